@@ -1,0 +1,100 @@
+"""Command line: `ambiguous-digits run` and friends. Flags are validated here, at the edge."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import Config, ConfigError
+from .data import DataError
+
+PROG = "ambiguous-digits"
+DEFAULTS = Config()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag on one line, without the usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    return tuple(_positive_int(part) for part in text.split(","))
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    d = DEFAULTS
+    p.add_argument("--out", type=Path, default=d.out, help="run directory to write")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="MNIST cache (default: $AMBIGUOUS_DIGITS_DATA or ~/.cache/ambiguous-digits/mnist)")
+    p.add_argument("--seed", type=int, default=d.seed, help="base random seed")
+    p.add_argument("--epochs", type=_positive_int, default=d.epochs, help="training epochs")
+    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="training batch size")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD weight decay")
+    p.add_argument("--widths", type=_widths, default=d.widths, help="channels of each conv stage, e.g. 32,64,128")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="train without random affine augmentation")
+    p.add_argument("--top", type=_positive_int, default=d.top, help="digits per top-K list")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", default=d.precision, choices=("auto", "bf16", "fp32"),
+                   help="bf16 autocast for training (auto: where the hardware has it)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--train-limit", type=_positive_int, default=None, help="train on the first N digits only (smoke tests)")
+    p.add_argument("--test-limit", type=_positive_int, default=None, help="score the first N test digits only (smoke tests)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Find the most ambiguous handwritten digits in MNIST.",
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="fetch MNIST, train, score every test digit, write the results",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_run_flags(run)
+    return parser
+
+
+def config_from_args(a: argparse.Namespace) -> Config:
+    return Config(out=a.out, data_dir=a.data_dir, seed=a.seed, epochs=a.epochs, batch_size=a.batch_size,
+                  lr=a.lr, weight_decay=a.weight_decay, widths=a.widths, augment=a.augment, top=a.top,
+                  device=a.device, precision=a.precision, threads=a.threads, train_limit=a.train_limit,
+                  test_limit=a.test_limit, force=a.force)
+
+
+def _cmd_run(a: argparse.Namespace) -> None:
+    from .pipeline import run  # torch is imported only once the flags are known to be good
+
+    cfg = config_from_args(a)
+    summary = run(cfg, log=print, progress=not a.quiet)
+    print(f"test accuracy {summary['test_accuracy']:.2%} ({summary['test_errors']} errors in "
+          f"{summary['test_digits']} test digits), {summary['seconds']['total']:.0f} s; results in {cfg.out}/")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        {"run": _cmd_run}[args.command](args)
+    except (ConfigError, DataError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The one typed configuration, and the named constants every stage shares."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+NUM_CLASSES = 10
+IMAGE_SIDE = 28
+# Mean and std of the MNIST training pixels scaled to [0, 1]; the values every
+# MNIST recipe (PyTorch's examples/mnist among them) normalises with.
+PIXEL_MEAN = 0.1307
+PIXEL_STD = 0.3081
+# Test images are scored in chunks so peak memory stays small on a laptop.
+EVAL_BATCH = 1000
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message names the flag and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything one `run` depends on; written next to every output as config.json."""
+
+    out: Path = Path("results")
+    data_dir: Path | None = None
+    seed: int = 0
+    epochs: int = 4
+    batch_size: int = 256
+    lr: float = 0.2
+    weight_decay: float = 5e-4
+    widths: tuple[int, ...] = (32, 64, 128)
+    augment: bool = True
+    top: int = 10
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int | None = None
+    train_limit: int | None = None
+    test_limit: int | None = None
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        _check_positive("--epochs", self.epochs)
+        _check_positive("--batch-size", self.batch_size)
+        _check_positive("--top", self.top)
+        _check_positive("--lr", self.lr)
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay: must be >= 0, got {self.weight_decay}")
+        if self.threads is not None:
+            _check_positive("--threads", self.threads)
+        for flag, limit in (("--train-limit", self.train_limit), ("--test-limit", self.test_limit)):
+            if limit is not None:
+                _check_positive(flag, limit)
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"--device: expected auto, cpu or cuda[:N], got {self.device!r}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"--precision: expected auto, bf16 or fp32, got {self.precision!r}")
+        if not self.widths or any(w <= 0 for w in self.widths):
+            raise ConfigError(f"--widths: expected positive channel counts, got {self.widths}")
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Config":
+        d = dict(d)
+        d["out"] = Path(d["out"])
+        d["data_dir"] = Path(d["data_dir"]) if d.get("data_dir") else None
+        d["widths"] = tuple(d["widths"])
+        return cls(**d)
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2)
+
+
+def _check_positive(flag: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{flag}: must be positive, got {value}")

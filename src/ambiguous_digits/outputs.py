@@ -1,0 +1,74 @@
+"""Writing a run's results: the per-digit table, the digit images, contact sheets."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from . import files  # noqa: E402
+
+# Column order of scores.csv; float columns get this many significant digits,
+# enough to tell apart probabilities like 0.99999 and 0.999999.
+FLOAT_DIGITS = 7
+SHEET_COLUMNS = 5
+SHEET_CELL_INCHES = 2.2
+
+
+def _cell(value) -> str:
+    if isinstance(value, (float, np.floating)):
+        if np.isnan(value):
+            return ""
+        if float(value).is_integer() and abs(value) < 2**53:
+            return str(int(value))
+        return f"{value:.{FLOAT_DIGITS}g}"
+    return str(value)
+
+
+def table_csv(table: dict[str, np.ndarray]) -> str:
+    """Columns of equal length -> CSV text; NaN becomes an empty cell."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(table)
+    for row in zip(*table.values()):
+        writer.writerow([_cell(v) for v in row])
+    return buf.getvalue()
+
+
+def write_table(path: Path, table: dict[str, np.ndarray]) -> None:
+    files.write_text(path, table_csv(table))
+
+
+def write_digit(path: Path, image: np.ndarray) -> None:
+    """Save a (28, 28) uint8 digit as a grayscale PNG of the original pixels."""
+    assert image.dtype == np.uint8 and image.ndim == 2
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    files.write_bytes(path, buf.getvalue())
+
+
+def contact_sheet(path: Path, images: np.ndarray, titles: list[str], heading: str) -> None:
+    """Save the digits (K, 28, 28) in a grid, each large, each titled."""
+    k = max(len(images), 1)
+    cols = min(SHEET_COLUMNS, k)
+    rows = -(-k // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * SHEET_CELL_INCHES, rows * SHEET_CELL_INCHES + 0.6),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, titles):
+        ax.imshow(image, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(title, fontsize=10)
+    fig.suptitle(heading, fontsize=12)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    files.write_bytes(path, buf.getvalue())

@@ -1,0 +1,138 @@
+"""Training: the whole data set held as tensors, batched augmentation, one-cycle SGD."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .config import PIXEL_MEAN, PIXEL_STD, Config
+from .model import Net, NetShape
+
+# Random affine augmentation, drawn per digit: translations up to 2 px, rotations
+# up to ~8.6 degrees, scaling by up to 10% — small enough that a digit stays the
+# same digit (a 6 never turns into a 9).
+MAX_SHIFT_PX = 2.0
+MAX_ROTATION_RAD = 0.15
+MAX_SCALE = 0.10
+# The share of the one-cycle schedule spent warming the learning rate up.
+WARMUP_FRACTION = 0.25
+MOMENTUM = 0.9
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Where the forward pass runs in bfloat16 (autocast); weights stay float32."""
+
+    autocast: bool
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> the first CUDA GPU when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """'auto' -> bf16 autocast where the hardware runs it natively, else fp32."""
+    if name == "auto":
+        if device.type == "cuda":
+            return Precision(torch.cuda.is_bf16_supported())
+        return Precision(bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+    return Precision(name == "bf16")
+
+
+def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(N, 28, 28) uint8 -> (N, 1, 28, 28) float32 normalised, channels-last."""
+    # astype copies: the cached arrays are read-only views of the verified bytes.
+    x = torch.from_numpy(images.astype(np.float32)).to(device).div_(255)
+    x = x.sub_(PIXEL_MEAN).div_(PIXEL_STD).unsqueeze(1)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random small affine transform of every digit of a (B, 1, H, W) batch at once."""
+    n, side = x.shape[0], x.shape[-1]
+    u = torch.rand(n, 4, generator=gen, device=gen.device).to(x.device) * 2 - 1
+    shift = u[:, :2] * (2 * MAX_SHIFT_PX / side)  # affine_grid spans [-1, 1]
+    angle, scale = u[:, 2] * MAX_ROTATION_RAD, 1 + u[:, 3] * MAX_SCALE
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    background = -PIXEL_MEAN / PIXEL_STD  # a blank pixel after normalisation
+    out = F.grid_sample(x - background, grid, align_corners=False, padding_mode="zeros") + background
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+def _epoch(model, opt, sched, x, y, cfg: Config, gen, precision: Precision, bar) -> tuple[float, float]:
+    """One pass over the shuffled training set; returns (mean loss, accuracy)."""
+    perm = torch.randperm(len(x), generator=gen, device=gen.device).to(x.device)
+    steps = math.ceil(len(x) / cfg.batch_size)
+    loss_sum = correct = 0.0
+    for i in range(steps):
+        idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+        xb, yb = x[idx], y[idx]
+        if cfg.augment:
+            xb = augment(xb, gen)
+        with torch.autocast(x.device.type, dtype=precision.dtype, enabled=precision.autocast):
+            logits = model(xb)
+            loss = F.cross_entropy(logits.float(), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss_sum += loss.item() * len(idx)
+        correct += (logits.argmax(1) == yb).sum().item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    return loss_sum / len(x), correct / len(x)
+
+
+def train(images: np.ndarray, labels: np.ndarray, cfg: Config, seed: int, device: torch.device,
+          precision: Precision, progress: bool = True) -> tuple[Net, list[dict]]:
+    """Train one CNN on (N, 28, 28) uint8 images and (N,) labels; returns it and its per-epoch history."""
+    torch.manual_seed(seed)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    x, y = to_tensor(images, device), torch.from_numpy(labels.astype(np.int64)).to(device)
+    model = Net(NetShape(widths=cfg.widths)).to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=MOMENTUM, nesterov=True,
+                          weight_decay=cfg.weight_decay)
+    steps = math.ceil(len(x) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
+                                                pct_start=WARMUP_FRACTION)
+    history = []
+    model.train()
+    for epoch in range(1, cfg.epochs + 1):
+        start = time.perf_counter()
+        with tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False) as bar:
+            loss, acc = _epoch(model, opt, sched, x, y, cfg, gen, precision, bar)
+        history.append({"epoch": epoch, "loss": loss, "train_acc": acc, "seconds": time.perf_counter() - start})
+        if progress:
+            tqdm.write(f"epoch {epoch}/{cfg.epochs}: loss {loss:.4f}, train accuracy {acc:.2%}")
+    model.eval()
+    return model, history
+
+
+@torch.no_grad()
+def predict_probs(model: Net, images: np.ndarray, device: torch.device, batch: int) -> np.ndarray:
+    """(N, 28, 28) uint8 -> (N, K) float32 class probabilities, row i = image i.
+
+    Runs in float32 (no autocast): the probabilities are the product, so they are
+    not rounded to bfloat16's 3 significant digits.
+    """
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch):
+        logits = model(to_tensor(images[start : start + batch], device))
+        out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    return np.concatenate(out).astype(np.float32)

