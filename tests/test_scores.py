@@ -116,3 +116,22 @@ def test_invariants_hold_for_valid_probabilities(raw):
     for name in scores.RANKINGS:
         ranked = t[f"rank_{name}"][~np.isnan(t[f"rank_{name}"])]
         np.testing.assert_array_equal(np.sort(ranked), np.arange(1, len(ranked) + 1))
+
+
+def test_nll_by_hand():
+    assert scores.nll(PROBS, LABELS) == pytest.approx(-np.mean(np.log([0.9, 0.1, 0.45, 0.4])))
+
+
+def test_ece_by_hand():
+    # Confidences 0.9, 0.7, 0.5, 0.4 land in four different bins; right, wrong, wrong, right.
+    expected = (abs(1 - 0.9) + abs(0 - 0.7) + abs(0 - 0.5) + abs(1 - 0.4)) / 4
+    assert scores.expected_calibration_error(PROBS, LABELS) == pytest.approx(expected)
+
+
+def test_ece_is_zero_when_confidence_matches_accuracy():
+    # Ten digits all at confidence 0.8, eight of them right.
+    p = np.tile([[0.8, 0.2]], (10, 1))
+    y = np.array([0] * 8 + [1] * 2)
+    assert scores.expected_calibration_error(p, y) == pytest.approx(0.0, abs=1e-12)
+    r = scores.reliability(p, y)
+    assert r["count"].sum() == 10 and r["count"][12] == 10

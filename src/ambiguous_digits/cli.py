@@ -40,6 +40,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, default=None,
                    help="MNIST cache (default: $AMBIGUOUS_DIGITS_DATA or ~/.cache/ambiguous-digits/mnist)")
     p.add_argument("--seed", type=int, default=d.seed, help="base random seed")
+    p.add_argument("--members", type=_positive_int, default=d.members, help="CNNs in the ensemble, each with its own seed")
     p.add_argument("--epochs", type=_positive_int, default=d.epochs, help="training epochs")
     p.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="training batch size")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of the one-cycle schedule")
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(a: argparse.Namespace) -> Config:
     return Config(out=a.out, data_dir=a.data_dir, seed=a.seed, epochs=a.epochs, batch_size=a.batch_size,
-                  lr=a.lr, weight_decay=a.weight_decay, widths=a.widths, augment=a.augment, top=a.top,
+                  members=a.members, lr=a.lr, weight_decay=a.weight_decay, widths=a.widths, augment=a.augment, top=a.top,
                   device=a.device, precision=a.precision, threads=a.threads, train_limit=a.train_limit,
                   test_limit=a.test_limit, force=a.force)
 

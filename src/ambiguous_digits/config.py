@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 NUM_CLASSES = 10
 IMAGE_SIDE = 28
 # Mean and std of the MNIST training pixels scaled to [0, 1]; the values every
@@ -28,6 +30,7 @@ class Config:
     out: Path = Path("results")
     data_dir: Path | None = None
     seed: int = 0
+    members: int = 1
     epochs: int = 4
     batch_size: int = 256
     lr: float = 0.2
@@ -43,6 +46,7 @@ class Config:
     force: bool = False
 
     def __post_init__(self) -> None:
+        _check_positive("--members", self.members)
         _check_positive("--epochs", self.epochs)
         _check_positive("--batch-size", self.batch_size)
         _check_positive("--top", self.top)
@@ -60,6 +64,11 @@ class Config:
             raise ConfigError(f"--precision: expected auto, bf16 or fp32, got {self.precision!r}")
         if not self.widths or any(w <= 0 for w in self.widths):
             raise ConfigError(f"--widths: expected positive channel counts, got {self.widths}")
+
+    def member_seeds(self) -> list[int]:
+        """One independent seed per ensemble member, derived from the base seed."""
+        states = np.random.SeedSequence(self.seed).spawn(self.members)
+        return [int(s.generate_state(1)[0]) for s in states]
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)

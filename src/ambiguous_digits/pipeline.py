@@ -81,6 +81,28 @@ def write_results(out: Path, cfg: Config, x_test: np.ndarray, table: dict[str, n
     return tops
 
 
+def _train_members(cfg: Config, x_train, y_train, device, precision, progress: bool, log: Log):
+    """Train each member with its own seed, saving its checkpoint; returns models and histories."""
+    (cfg.out / "models").mkdir(exist_ok=True)
+    models, histories = [], []
+    for m, seed in enumerate(cfg.member_seeds()):
+        log(f"member {m + 1}/{cfg.members} (seed {seed})")
+        model, history = train(x_train, y_train, cfg, seed, device, precision, progress)
+        with files.atomic_path(cfg.out / "models" / f"member-{m}.pt") as tmp:
+            torch.save(checkpoint(model), tmp)
+        models.append(model)
+        histories.append(history)
+    return models, histories
+
+
+def _save_probs(path: Path, probs: np.ndarray, labels: np.ndarray, seeds: list[int]) -> None:
+    """probs.npz: per-member test probabilities (M, N, K) float32, labels (N,), index (N,), seeds (M,)."""
+    with files.atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, probs=probs.astype(np.float32), labels=labels, index=np.arange(len(labels)),
+                     seeds=np.array(seeds, dtype=np.uint64))
+
+
 def run(cfg: Config, log: Log = print, progress: bool = True) -> dict:
     """Run the whole pipeline into cfg.out; returns the summary also written as summary.json."""
     prepare_out_dir(cfg.out, cfg.force)
@@ -94,30 +116,32 @@ def run(cfg: Config, log: Log = print, progress: bool = True) -> dict:
     with timed(timings, "data"):
         mnist = data.load_mnist(cfg.data_dir, log=log, progress=progress)
         x_train, y_train, x_test, y_test = _subset(mnist, cfg)
-    log(f"training on {len(x_train)} digits, {device}, bf16 autocast {'on' if precision.autocast else 'off'}, "
-        f"{torch.get_num_threads()} threads")
+    log(f"training {cfg.members} CNN(s) on {len(x_train)} digits, {device}, bf16 autocast "
+        f"{'on' if precision.autocast else 'off'}, {torch.get_num_threads()} threads")
     with timed(timings, "train"):
-        model, history = train(x_train, y_train, cfg, cfg.seed, device, precision, progress)
+        models, histories = _train_members(cfg, x_train, y_train, device, precision, progress, log)
     with timed(timings, "predict"):
-        probs = predict_probs(model, x_test, device, EVAL_BATCH)
+        member_probs = np.stack([predict_probs(m, x_test, device, EVAL_BATCH) for m in models])
     with timed(timings, "scores"):
-        table = scores.score_table(probs, y_test)
+        table = scores.score_table(member_probs.mean(axis=0), y_test)
     with timed(timings, "write"):
-        torch.save(checkpoint(model), cfg.out / "model.pt")
-        index = np.arange(len(y_test))
-        with files.atomic_path(cfg.out / PROBS_FILE) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, probs=probs, labels=y_test, index=index)
+        _save_probs(cfg.out / PROBS_FILE, member_probs, y_test, cfg.member_seeds())
         tops = write_results(cfg.out, cfg, x_test, table)
+    member_acc = [float((p.argmax(1) == y_test).mean()) for p in member_probs]
     errors = int((table["pred"] != table["label"]).sum())
     summary = {
         "test_accuracy": 1 - errors / len(y_test),
         "test_errors": errors,
         "test_digits": len(y_test),
         "train_digits": len(x_train),
-        "model": describe(model),
+        "member_accuracy": member_acc,
+        "member_accuracy_mean": float(np.mean(member_acc)),
+        "member_accuracy_std": float(np.std(member_acc)),
+        "members": cfg.members,
+        "member_seeds": cfg.member_seeds(),
+        "model": describe(models[0]),
         "seconds": {**timings, "total": round(time.perf_counter() - wall, 3)},
-        "history": history,
+        "history": histories,
         "top": tops,
         "data": {"source": mnist.source, "md5": mnist.checksums},
         "environment": environment(device, precision),

@@ -132,3 +132,40 @@ def top_indices(ranks: np.ndarray, k: int) -> np.ndarray:
     ranked = np.flatnonzero(~np.isnan(ranks))
     order = ranked[np.argsort(ranks[ranked], kind="stable")]
     return order[:k]
+
+
+# ---------------------------------------------------------------------------
+# Calibration: is a stated confidence of 0.9 right 90% of the time?
+# ---------------------------------------------------------------------------
+# 15 equal-width confidence bins, the convention of Guo et al. (2017) that most
+# papers report ECE with.
+ECE_BINS = 15
+# log(0) guard for the NLL: probabilities below this count as this.
+MIN_PROB = 1e-12
+
+
+def nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true labels (nats); lower is better."""
+    probs, labels = validate(probs, labels)
+    return float(-np.log(np.maximum(prob_label(probs, labels), MIN_PROB)).mean())
+
+
+def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict[str, np.ndarray]:
+    """Per confidence bin (bins,): mean confidence, accuracy and count (NaN where empty)."""
+    probs, labels = validate(probs, labels)
+    conf, right = prob_pred(probs), predicted(probs) == labels
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    count = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(which, conf, bins) / count
+        acc = np.bincount(which, right, bins) / count
+    return {"confidence": mean_conf, "accuracy": acc, "count": count,
+            "edges": np.linspace(0, 1, bins + 1)}
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Count-weighted mean |accuracy - confidence| over the bins; 0 is perfectly calibrated."""
+    r = reliability(probs, labels, bins)
+    filled = r["count"] > 0
+    gap = np.abs(r["accuracy"][filled] - r["confidence"][filled])
+    return float((gap * r["count"][filled]).sum() / r["count"].sum())

@@ -1,0 +1,394 @@
+"""Side-by-side CPU training benchmark: PyTorch's examples/mnist recipe against our default trainer.
+
+One run, one machine, one thread count; each trainer in its own subprocess (a
+clean peak RSS). Reported: training seconds until test accuracy first reaches
+99.2% (the clock stops while the model is evaluated), final test accuracy, NLL,
+ECE, training and inference images/s, peak RSS, and the fraction of a measured
+matmul peak reached. The reference is rebuilt from the description of
+pytorch/examples mnist/main.py. Both trainers hold the data as tensors with no
+DataLoader: generous to the reference, whose own script pays for a DataLoader,
+so the comparison is about the recipe, not the loader.
+
+    python bench/train_speed.py            # full: the reference trains its 14 epochs
+    python bench/train_speed.py --quick    # reference capped; its full time extrapolated
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from ambiguous_digits.config import EVAL_BATCH, NUM_CLASSES, Config
+from ambiguous_digits.data import load_mnist
+from ambiguous_digits.model import Net, NetShape, count_parameters
+from ambiguous_digits.scores import expected_calibration_error, nll
+from ambiguous_digits.train import predict_probs, resolve_device, resolve_precision, to_tensor, train
+
+# ---------------------------------------------------------------------------
+# Constants
+# ---------------------------------------------------------------------------
+# The target the benchmark's spec sets (about where the reference recipe ends).
+TARGET_ACCURACY = 0.992
+# One seed for both: a timing run, not an accuracy claim (that needs the spread over seeds).
+SEED = 0
+# The reference recipe, exactly as examples/mnist/main.py sets it.
+REF_EPOCHS = 14
+REF_BATCH = 64
+REF_LR = 1.0
+REF_GAMMA = 0.7
+# Ours is evaluated more often than once an epoch: it only trains a few epochs,
+# so an epoch-level curve would say little about when it crossed the target.
+OURS_EVALS_PER_EPOCH = 4
+# Big enough that the matmul runs at the BLAS kernel's steady-state rate
+# (2 * 2048^3 = 17 GFLOP, a fraction of a second on a laptop core).
+PEAK_SIZE = 2048
+# Peak = the best of the repeats done in this long (at least 3): the best, not
+# the mean, because the peak is what the hardware can do, not what it did once.
+PEAK_SECONDS = 0.5
+MIB = 1024  # ru_maxrss is in KiB on Linux
+
+
+# ---------------------------------------------------------------------------
+# The reference network and recipe (pytorch/examples mnist/main.py)
+# ---------------------------------------------------------------------------
+class ReferenceNet(nn.Module):
+    """(B, 1, 28, 28) normalised pixels -> (B, 10) logits; 1,199,882 parameters.
+
+    The example ends in log_softmax + nll_loss; returning logits and using
+    cross_entropy is the same loss with softmax left to the boundary.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
+        x = F.relu(self.fc1(self.dropout1(x).flatten(1)))
+        return self.fc2(self.dropout2(x))
+
+
+def _reference_tensor(images: np.ndarray) -> torch.Tensor:
+    """(N, 28, 28) uint8 -> (N, 1, 28, 28) float32, normalised as ours, in the default NCHW layout."""
+    return to_tensor(images, torch.device("cpu")).contiguous()
+
+
+def train_reference(images: np.ndarray, labels: np.ndarray, epochs: int, seed: int,
+                    hook: Callable[[nn.Module, float], None]) -> ReferenceNet:
+    """Train on (N, 28, 28) uint8 and (N,) labels; `hook(model, epoch)` after every epoch."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    x, y = _reference_tensor(images), torch.from_numpy(labels.astype(np.int64))
+    model = ReferenceNet()
+    opt = torch.optim.Adadelta(model.parameters(), lr=REF_LR)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=REF_GAMMA)
+    for epoch in range(1, epochs + 1):
+        model.train()
+        for idx in torch.randperm(len(x), generator=gen).split(REF_BATCH):
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+        hook(model, float(epoch))
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def reference_probs(model: nn.Module, images: np.ndarray) -> np.ndarray:
+    """(N, 28, 28) uint8 -> (N, 10) float32 probabilities, fp32, in chunks like predict_probs."""
+    model.eval()
+    chunks = [torch.softmax(model(_reference_tensor(images[i : i + EVAL_BATCH])), 1)
+              for i in range(0, len(images), EVAL_BATCH)]
+    return torch.cat(chunks).numpy()
+
+
+# ---------------------------------------------------------------------------
+# Bookkeeping: a training clock that stops during evaluation, and the curve
+# ---------------------------------------------------------------------------
+class Point(NamedTuple):
+    epochs_done: float
+    train_seconds: float
+    test_accuracy: float
+
+
+class TrainClock:
+    """Seconds of training since creation, not counting time spent inside `paused()`."""
+
+    def __init__(self, now: Callable[[], float] = time.perf_counter):
+        self._now, self._start, self._paused = now, now(), 0.0
+
+    def seconds(self) -> float:
+        return self._now() - self._start - self._paused
+
+    @contextmanager
+    def paused(self) -> Iterator[float]:
+        """Stop the clock for the block; yields the training seconds at the stop."""
+        stopped = self._now()
+        try:
+            yield stopped - self._start - self._paused
+        finally:
+            self._paused += self._now() - stopped
+
+
+def time_to_target(curve: list[Point], target: float = TARGET_ACCURACY) -> float | None:
+    """Training seconds at the first point with accuracy >= target; None if never reached."""
+    return next((p.train_seconds for p in curve if p.test_accuracy >= target), None)
+
+
+def extrapolate(seconds: float, epochs_done: float, full_epochs: int) -> float:
+    """Seconds for `full_epochs` at the mean epoch time of the epochs done."""
+    return seconds / epochs_done * full_epochs
+
+
+def time_ratio(ref: dict, ours: dict) -> tuple[float | None, bool]:
+    """(reference / ours time-to-target, is_lower_bound): a bound when only ours got there."""
+    if ours["time_to_target_s"] is None:
+        return None, False
+    if ref["time_to_target_s"] is None:  # it would take longer than all of its training
+        return ref["train_seconds"] / ours["time_to_target_s"], True
+    return ref["time_to_target_s"] / ours["time_to_target_s"], False
+
+
+# ---------------------------------------------------------------------------
+# Measurements: FLOPs per training image, matmul peak, one trainer end to end
+# ---------------------------------------------------------------------------
+def flops_per_image(model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: bool) -> float:
+    """FLOPs of one forward+backward on a (B, 1, 28, 28) batch, divided by B.
+
+    Counts matmuls and convolutions only (FlopCounterMode's convention): not
+    elementwise ops, batch norm, pooling or our augmentation.
+    """
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+    return counter.get_total_flops() / len(x)
+
+
+def matmul_peak(dtype: torch.dtype, size: int = PEAK_SIZE, min_seconds: float = PEAK_SECONDS) -> float:
+    """FLOP/s of the fastest (size, size) @ (size, size) matmul in `dtype` on this process's threads."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    a @ b  # warm-up: the first call pays for allocation and kernel selection
+    best, reps, start = math.inf, 0, time.perf_counter()
+    while reps < 3 or time.perf_counter() - start < min_seconds:
+        t = time.perf_counter()
+        a @ b
+        best, reps = min(best, time.perf_counter() - t), reps + 1
+    return 2 * size**3 / best
+
+
+def measure(fit: Callable, predict: Callable, x_test: np.ndarray, y_test: np.ndarray) -> dict:
+    """Train with `fit(hook) -> (model, epochs)`, evaluating through `predict(model, (N,28,28)) -> (N,K)`."""
+    clock, curve = TrainClock(), []
+
+    def hook(model: nn.Module, epochs_done: float) -> None:
+        with clock.paused() as seconds:
+            accuracy = float((predict(model, x_test).argmax(1) == y_test).mean())
+        curve.append(Point(epochs_done, seconds, accuracy))
+
+    model, epochs = fit(hook)
+    train_seconds = clock.seconds()
+    start = time.perf_counter()
+    probs = predict(model, x_test)
+    infer_seconds = time.perf_counter() - start
+    return {"model": model, "epochs": epochs, "train_seconds": train_seconds,
+            "time_to_target_s": time_to_target(curve), "final_test_accuracy": float((probs.argmax(1) == y_test).mean()),
+            "test_nll": nll(probs, y_test), "test_ece": expected_calibration_error(probs, y_test),
+            "inference_images_per_s": len(x_test) / infer_seconds, "curve": [p._asdict() for p in curve]}
+
+
+class Trainer(NamedTuple):
+    """What `run_worker` needs to know about one side of the comparison."""
+
+    fit: Callable  # fit(hook) -> (trained model, epochs trained)
+    predict: Callable  # predict(model, (N, 28, 28) uint8) -> (N, K) probabilities
+    full_epochs: int
+    autocast: bool
+    batch: int
+    fresh: nn.Module  # an untrained copy, for counting FLOPs
+
+
+def _reference(args: argparse.Namespace, x: np.ndarray, y: np.ndarray) -> Trainer:
+    epochs = args.quick_epochs if args.quick else REF_EPOCHS
+    fit = lambda hook: (train_reference(x, y, epochs, SEED, hook), epochs)
+    return Trainer(fit, reference_probs, REF_EPOCHS, False, REF_BATCH, ReferenceNet())
+
+
+def _ours(args: argparse.Namespace, x: np.ndarray, y: np.ndarray) -> Trainer:
+    cfg, device = Config(), resolve_device("cpu")
+    precision = resolve_precision(cfg.precision, device)
+    fit = lambda hook: (train(x, y, cfg, SEED, device, precision, progress=False, hook=hook,
+                              hooks_per_epoch=OURS_EVALS_PER_EPOCH)[0], cfg.epochs)
+    predict = lambda model, images: predict_probs(model, images, device, EVAL_BATCH)
+    fresh = Net(NetShape(widths=cfg.widths)).to(memory_format=torch.channels_last)
+    return Trainer(fit, predict, cfg.epochs, precision.autocast, cfg.batch_size, fresh)
+
+
+TRAINERS = {"reference": _reference, "ours": _ours}
+
+
+def run_worker(which: str, args: argparse.Namespace) -> dict:
+    """Train one trainer in this process; returns its numbers (JSON-ready)."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(SEED)
+    mnist = load_mnist(args.data_dir, progress=False)
+    x, y = mnist.x_train[: args.train_limit], mnist.y_train[: args.train_limit]
+    trainer = TRAINERS[which](args, x, y)
+    out = measure(trainer.fit, trainer.predict, mnist.x_test[: args.test_limit], mnist.y_test[: args.test_limit])
+    xb, yb = to_tensor(x[: trainer.batch], torch.device("cpu")), torch.from_numpy(y[: trainer.batch].astype(np.int64))
+    out["flops_per_train_image"] = flops_per_image(trainer.fresh, xb, yb, trainer.autocast)
+    out["parameters"] = count_parameters(out.pop("model"))
+    out["precision"] = "bf16" if trainer.autocast else "fp32"
+    out["train_images_per_s"] = out["epochs"] * len(x) / out["train_seconds"]
+    out["full_epochs"], out["full_is_extrapolated"] = trainer.full_epochs, out["epochs"] < trainer.full_epochs
+    out["train_seconds_full"] = extrapolate(out["train_seconds"], out["epochs"], trainer.full_epochs)
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / MIB
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The parent: run both workers, measure the peak, report
+# ---------------------------------------------------------------------------
+def _run_in_subprocess(which: str, args: argparse.Namespace, tmp: Path) -> dict:
+    path = tmp / f"{which}.json"
+    cmd = [sys.executable, __file__, "--worker", which, "--json", str(path), "--threads", str(args.threads),
+           "--quick-epochs", str(args.quick_epochs)] + (["--quick"] if args.quick else [])
+    for flag, value in (("--data-dir", args.data_dir), ("--train-limit", args.train_limit),
+                        ("--test-limit", args.test_limit)):
+        cmd += [flag, str(value)] if value is not None else []
+    print(f"training {which} ...", flush=True)
+    if subprocess.run(cmd).returncode:
+        raise SystemExit(f"the {which} worker failed (its error is above)")
+    return json.loads(path.read_text())
+
+
+def _cpu_model() -> str:
+    info = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (info.read_text().splitlines() if info.exists() else [])
+             if line.startswith("model name")]
+    return names[0] if names else platform.processor() or "unknown"
+
+
+def _target_cell(r: dict) -> str:
+    if r["time_to_target_s"] is None:
+        return f"not reached in {r['epochs']} epochs"
+    return f"{r['time_to_target_s']:.1f}"
+
+
+def _full_cell(r: dict) -> str:
+    note = f" (extrapolated to {r['full_epochs']} epochs)" if r["full_is_extrapolated"] else ""
+    return f"{r['train_seconds_full']:.1f}{note}"
+
+
+# Table rows: label -> how to render one trainer's result.
+ROWS: dict[str, Callable[[dict], str]] = {
+    f"time to {TARGET_ACCURACY:.1%} (s)": _target_cell,
+    "final test accuracy": lambda r: f"{r['final_test_accuracy']:.2%}",
+    "test NLL (nats)": lambda r: f"{r['test_nll']:.4f}",
+    "test ECE (15 bins)": lambda r: f"{r['test_ece']:.4f}",
+    "epochs trained": lambda r: str(r["epochs"]),
+    "train seconds, all epochs": _full_cell,
+    "train images/s": lambda r: f"{r['train_images_per_s']:,.0f}",
+    "inference images/s": lambda r: f"{r['inference_images_per_s']:,.0f}",
+    "peak RSS (MiB)": lambda r: f"{r['peak_rss_mib']:,.0f}",
+    "parameters": lambda r: f"{r['parameters']:,}",
+    "precision": lambda r: r["precision"],
+    "MFLOPs / train image": lambda r: f"{r['flops_per_train_image'] / 1e6:.2f}",
+    "achieved GFLOP/s": lambda r: f"{r['achieved_flops_per_s'] / 1e9:.1f}",
+    "fraction of peak": lambda r: f"{r['peak_fraction']:.2%}",
+}
+
+
+def render(report: dict) -> str:
+    """The readable table: one row per metric, columns reference / ours."""
+    ref, ours, m = report["reference"], report["ours"], report["machine"]
+    lines = [f"{m['cpu']}, {m['cores']} cores, {m['threads']} threads, torch {m['torch']}, mode {report['mode']}",
+             "matmul peak: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in report["peak_flops_per_s"].items()),
+             f"{'':28} {'reference':>34} {'ours':>22}"]
+    lines += [f"{label:28} {cell(ref):>34} {cell(ours):>22}" for label, cell in ROWS.items()]
+    ratio, bound = report["time_to_target_ratio"], report["ratio_is_lower_bound"]
+    shown = "n/a (ours did not reach the target)" if ratio is None else f"{'> ' if bound else ''}{ratio:.2f}x"
+    return "\n".join(lines + [f"time to {TARGET_ACCURACY:.1%}, reference / ours: {shown}"])
+
+
+def run_parent(args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory(prefix="train-speed-") as tmp:
+        ref, ours = (_run_in_subprocess(w, args, Path(tmp)) for w in ("reference", "ours"))
+    torch.set_num_threads(args.threads)  # measured after the workers, so nothing competes
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    for r in (ref, ours):  # against the peak of the precision it trained in
+        r["achieved_flops_per_s"] = r["flops_per_train_image"] * r["train_images_per_s"]
+        r["peak_fraction"] = r["achieved_flops_per_s"] / peaks[r["precision"]]
+    ratio, bound = time_ratio(ref, ours)
+    return {"mode": "quick" if args.quick else "full", "target_accuracy": TARGET_ACCURACY,
+            "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "threads": args.threads,
+                        "torch": torch.__version__},
+            "limits": {"train": args.train_limit, "test": args.test_limit},
+            "peak_flops_per_s": peaks, "time_to_target_ratio": ratio, "ratio_is_lower_bound": bound,
+            "reference": ref, "ours": ours}
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=Path("bench/bench.json"), help="JSON report (default: bench/bench.json)")
+    p.add_argument("--quick", action="store_true", help="cap the reference at --quick-epochs, extrapolate its full time")
+    p.add_argument("--quick-epochs", type=_positive_int, default=2, help="reference epochs in --quick (default: 2)")
+    p.add_argument("--threads", type=_positive_int, default=os.cpu_count(), help="torch threads (default: all CPUs)")
+    p.add_argument("--data-dir", type=Path, default=None, help="MNIST cache (default: the project's cache)")
+    p.add_argument("--train-limit", type=_positive_int, default=None, help="first N training digits (smoke tests)")
+    p.add_argument("--test-limit", type=_positive_int, default=None, help="first N test digits (smoke tests)")
+    p.add_argument("--worker", choices=("reference", "ours"), help=argparse.SUPPRESS)
+    p.add_argument("--json", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker and args.json is None:
+        p.error("--worker needs --json")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        args.json.write_text(json.dumps(run_worker(args.worker, args)))
+        return 0
+    report = run_parent(args)
+    print(render(report))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
