@@ -202,13 +202,18 @@ def matmul_peak(dtype: torch.dtype, size: int = PEAK_SIZE, min_seconds: float = 
     return 2 * size**3 / best
 
 
+def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Share of (N, K) probability rows whose top class is the (N,) label."""
+    return float((probs.argmax(1) == labels).mean())
+
+
 def measure(fit: Callable, predict: Callable, x_test: np.ndarray, y_test: np.ndarray) -> dict:
     """Train with `fit(hook) -> (model, epochs)`, evaluating through `predict(model, (N,28,28)) -> (N,K)`."""
     clock, curve = TrainClock(), []
 
     def hook(model: nn.Module, epochs_done: float) -> None:
         with clock.paused() as seconds:
-            accuracy = float((predict(model, x_test).argmax(1) == y_test).mean())
+            accuracy = _accuracy(predict(model, x_test), y_test)
         curve.append(Point(epochs_done, seconds, accuracy))
 
     model, epochs = fit(hook)
@@ -217,7 +222,7 @@ def measure(fit: Callable, predict: Callable, x_test: np.ndarray, y_test: np.nda
     probs = predict(model, x_test)
     infer_seconds = time.perf_counter() - start
     return {"model": model, "epochs": epochs, "train_seconds": train_seconds,
-            "time_to_target_s": time_to_target(curve), "final_test_accuracy": float((probs.argmax(1) == y_test).mean()),
+            "time_to_target_s": time_to_target(curve), "final_test_accuracy": _accuracy(probs, y_test),
             "test_nll": nll(probs, y_test), "test_ece": expected_calibration_error(probs, y_test),
             "inference_images_per_s": len(x_test) / infer_seconds, "curve": [p._asdict() for p in curve]}
 
@@ -234,7 +239,7 @@ class Trainer(NamedTuple):
 
 
 def _reference(args: argparse.Namespace, x: np.ndarray, y: np.ndarray) -> Trainer:
-    epochs = args.quick_epochs if args.quick else REF_EPOCHS
+    epochs = min(args.quick_epochs, REF_EPOCHS) if args.quick else REF_EPOCHS
     fit = lambda hook: (train_reference(x, y, epochs, SEED, hook), epochs)
     return Trainer(fit, reference_probs, REF_EPOCHS, False, REF_BATCH, ReferenceNet())
 
@@ -362,8 +367,10 @@ def _positive_int(text: str) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=Path("bench/bench.json"), help="JSON report (default: bench/bench.json)")
-    p.add_argument("--quick", action="store_true", help="cap the reference at --quick-epochs, extrapolate its full time")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "bench.json",
+                   help="JSON report (default: bench/bench.json)")
+    p.add_argument("--quick", action="store_true",
+                   help="cap the reference at --quick-epochs and extrapolate its full time")
     p.add_argument("--quick-epochs", type=_positive_int, default=2, help="reference epochs in --quick (default: 2)")
     p.add_argument("--threads", type=_positive_int, default=os.cpu_count(), help="torch threads (default: all CPUs)")
     p.add_argument("--data-dir", type=Path, default=None, help="MNIST cache (default: the project's cache)")

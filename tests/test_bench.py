@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # bench/ is a script folder, not part of the installed package
 
 from bench.train_speed import (  # noqa: E402
-    Point, ReferenceNet, TrainClock, extrapolate, main, parse_args, time_ratio, time_to_target,
+    Point, ReferenceNet, TrainClock, extrapolate, parse_args, time_ratio, time_to_target,
 )
 
 TRAINER_KEYS = {"epochs", "train_seconds", "time_to_target_s", "final_test_accuracy", "test_nll", "test_ece",

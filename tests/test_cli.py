@@ -12,7 +12,8 @@ from ambiguous_digits import cli, scores
 TINY = ["--train-limit", "600", "--test-limit", "300", "--epochs", "1", "--widths", "8,16,32",
         "--top", "5", "--quiet"]
 COLUMNS = ["index", "label", "pred", "prob_pred", "prob_label", "margin", "entropy",
-           "rank_confident_wrong", "rank_least_confident", "rank_margin", "rank_entropy"]
+           "vote_disagreement", "expected_entropy", "mutual_information", "members_wrong", "ambiguity",
+           "rank_confident_wrong", "rank_least_confident", "rank_margin", "rank_entropy", "rank_ambiguity"]
 
 
 def _run(out, data_dir, *extra):

@@ -73,7 +73,7 @@ def test_top_indices_follow_ranks_and_skip_unranked():
 
 
 def test_score_table_columns_and_row_order():
-    table = scores.score_table(PROBS, LABELS)
+    table = scores.score_table(PROBS[None], LABELS)
     assert list(table)[:7] == ["index", "label", "pred", "prob_pred", "prob_label", "margin", "entropy"]
     assert {f"rank_{n}" for n in scores.RANKINGS} <= set(table)
     np.testing.assert_array_equal(table["index"], np.arange(4))
@@ -93,7 +93,9 @@ def test_score_table_columns_and_row_order():
 ])
 def test_bad_inputs_are_refused(probs, labels, match):
     with pytest.raises(ValueError, match=match):
-        scores.score_table(probs, labels)
+        scores.validate(probs, labels)
+    with pytest.raises(ValueError, match=match.replace("labels: expected shape", "labels")):
+        scores.score_table(probs[None], labels)
 
 
 def test_unknown_ranking_is_refused():
@@ -108,7 +110,7 @@ def test_invariants_hold_for_valid_probabilities(raw):
     raw = raw + 1e-9
     p = raw / raw.sum(axis=1, keepdims=True)
     y = np.zeros(len(p), dtype=int)
-    t = scores.score_table(p, y)
+    t = scores.score_table(p[None], y)
     k = p.shape[1]
     assert ((t["entropy"] >= -1e-12) & (t["entropy"] <= math.log(k) + 1e-9)).all()
     assert ((t["margin"] >= 0) & (t["margin"] <= 1)).all()
@@ -135,3 +137,60 @@ def test_ece_is_zero_when_confidence_matches_accuracy():
     assert scores.expected_calibration_error(p, y) == pytest.approx(0.0, abs=1e-12)
     r = scores.reliability(p, y)
     assert r["count"].sum() == 10 and r["count"][12] == 10
+
+
+# ---------------------------------------------------------------------------
+# Ensemble measures on hand-made (M, N, K) arrays
+# ---------------------------------------------------------------------------
+AGREE = np.array([[[0.9, 0.1]], [[0.9, 0.1]]])  # two members, same belief
+DISAGREE = np.array([[[1.0, 0.0]], [[0.0, 1.0]]])  # two members, opposite certainties
+UNIFORM = np.array([[[0.5, 0.5]], [[0.5, 0.5]]])  # both unsure
+
+
+def test_members_that_agree_have_no_epistemic_part():
+    assert scores.vote_disagreement(AGREE)[0] == 0
+    assert scores.mutual_information(AGREE)[0] == pytest.approx(0, abs=1e-12)
+    assert scores.expected_entropy(AGREE)[0] == pytest.approx(scipy.stats.entropy([0.9, 0.1]))
+
+
+def test_members_that_disagree_completely_are_all_epistemic():
+    assert scores.vote_disagreement(DISAGREE)[0] == 0.5
+    assert scores.expected_entropy(DISAGREE)[0] == pytest.approx(0)
+    assert scores.mutual_information(DISAGREE)[0] == pytest.approx(math.log(2))
+
+
+def test_uniform_members_are_all_aleatoric():
+    assert scores.expected_entropy(UNIFORM)[0] == pytest.approx(math.log(2))
+    assert scores.mutual_information(UNIFORM)[0] == pytest.approx(0, abs=1e-12)
+
+
+def test_members_wrong_counts_members_not_voting_for_the_label():
+    np.testing.assert_array_equal(scores.members_wrong(DISAGREE, np.array([1])), [1])
+    np.testing.assert_array_equal(scores.members_wrong(AGREE, np.array([1])), [2])
+
+
+def test_vote_disagreement_with_three_members_and_plurality():
+    probs = np.array([[[0.8, 0.1, 0.1]], [[0.1, 0.8, 0.1]], [[0.7, 0.2, 0.1]]])
+    assert scores.vote_disagreement(probs)[0] == pytest.approx(1 / 3)
+
+
+def test_total_entropy_is_expected_entropy_plus_mutual_information():
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.full(10, 0.3), size=(5, 200))
+    total = scores.entropy(probs.mean(axis=0))
+    np.testing.assert_allclose(scores.expected_entropy(probs) + scores.mutual_information(probs), total,
+                               rtol=0, atol=1e-12)
+    assert (scores.mutual_information(probs) >= 0).all()
+
+
+def test_ambiguity_is_one_minus_mean_label_probability_and_ranks_it():
+    probs = np.stack([PROBS, PROBS[::-1]])
+    t = scores.score_table(probs, LABELS)
+    mean = probs.mean(axis=0)
+    np.testing.assert_allclose(t["ambiguity"], 1 - mean[np.arange(4), LABELS])
+    assert t["rank_ambiguity"][np.argmax(t["ambiguity"])] == 1
+
+
+def test_member_shape_is_checked():
+    with pytest.raises(ValueError, match=r"expected shape \(M, N, K\)"):
+        scores.score_table(PROBS, LABELS)

@@ -123,7 +123,7 @@ def run(cfg: Config, log: Log = print, progress: bool = True) -> dict:
     with timed(timings, "predict"):
         member_probs = np.stack([predict_probs(m, x_test, device, EVAL_BATCH) for m in models])
     with timed(timings, "scores"):
-        table = scores.score_table(member_probs.mean(axis=0), y_test)
+        table = scores.score_table(member_probs, y_test)
     with timed(timings, "write"):
         _save_probs(cfg.out / PROBS_FILE, member_probs, y_test, cfg.member_seeds())
         tops = write_results(cfg.out, cfg, x_test, table)

@@ -90,6 +90,19 @@ def _entropy(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return rank(entropy(probs))
 
 
+def ambiguity(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(N,) 1 - (ensemble-mean) probability of the given label, in [0, 1]; HIGHER is more ambiguous.
+
+    High both when the networks split their belief between classes and when they
+    all agree on a class other than the label.
+    """
+    return 1.0 - prob_label(probs, labels)
+
+
+def _ambiguity(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return rank(ambiguity(probs, labels))
+
+
 # Each ranking: name -> (probs, labels) -> ranks. confident_wrong ranks only the
 # misclassified digits by how sure the wrong prediction is (the original
 # analysis's main definition); the others rank every digit.
@@ -98,6 +111,7 @@ RANKINGS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "least_confident": _least_confident,
     "margin": _margin,
     "entropy": _entropy,
+    "ambiguity": _ambiguity,
 }
 
 
@@ -109,18 +123,26 @@ def rank_by(name: str, probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return RANKINGS[name](probs, labels)
 
 
-def score_table(probs: np.ndarray, labels: np.ndarray, index: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Every measure and rank as named (N,) columns; `index` defaults to 0..N-1."""
-    probs, labels = validate(probs, labels)
-    n = len(labels)
+def score_table(member_probs: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Every measure and rank as named (N,) columns, from per-member probabilities (M, N, K).
+
+    The single-model measures use the ensemble mean; a single model is M = 1.
+    """
+    member_probs, labels = validate_members(member_probs, labels)
+    probs = member_probs.mean(axis=0)
     table = {
-        "index": np.arange(n) if index is None else np.asarray(index),
+        "index": np.arange(len(labels)),
         "label": labels,
         "pred": predicted(probs),
         "prob_pred": prob_pred(probs),
         "prob_label": prob_label(probs, labels),
         "margin": margin(probs),
         "entropy": entropy(probs),
+        "vote_disagreement": vote_disagreement(member_probs),
+        "expected_entropy": expected_entropy(member_probs),
+        "mutual_information": mutual_information(member_probs),
+        "members_wrong": members_wrong(member_probs, labels),
+        "ambiguity": ambiguity(probs, labels),
     }
     for name, fn in RANKINGS.items():
         table[f"rank_{name}"] = fn(probs, labels)
@@ -169,3 +191,48 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     filled = r["count"] > 0
     gap = np.abs(r["accuracy"][filled] - r["confidence"][filled])
     return float((gap * r["count"][filled]).sum() / r["count"].sum())
+
+
+# ---------------------------------------------------------------------------
+# Ensembles: per-member probabilities (M, N, K) from independently seeded CNNs.
+# Total uncertainty = aleatoric (the digit itself is unclear to every member)
+#                   + epistemic (the members disagree; BALD's mutual information).
+# ---------------------------------------------------------------------------
+
+
+def validate_members(member_probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Check (M, N, K) probabilities and (N,) labels once; return float64 / int64 copies."""
+    member_probs, labels = np.asarray(member_probs), np.asarray(labels)
+    if member_probs.ndim != 3 or member_probs.shape[0] < 1:
+        raise ValueError(f"member_probs: expected shape (M, N, K), got {member_probs.shape}")
+    m, n, k = member_probs.shape
+    if labels.shape != (n,):
+        raise ValueError(f"labels: expected shape ({n},), got {labels.shape}")
+    flat, tiled = validate(member_probs.reshape(m * n, k), np.tile(labels, m))
+    return flat.reshape(m, n, k), tiled[:n]
+
+
+def vote_disagreement(member_probs: np.ndarray) -> np.ndarray:
+    """(N,) fraction of members NOT voting for the plurality class, in [0, 1 - 1/M]; HIGHER is worse."""
+    m, _, k = member_probs.shape
+    votes = member_probs.argmax(axis=2)  # (M, N)
+    counts = np.stack([(votes == c).sum(axis=0) for c in range(k)], axis=1)  # (N, K)
+    return 1.0 - counts.max(axis=1) / m
+
+
+def expected_entropy(member_probs: np.ndarray) -> np.ndarray:
+    """(N,) mean over members of each member's entropy: the aleatoric part (nats)."""
+    m, n, k = member_probs.shape
+    return entropy(member_probs.reshape(m * n, k)).reshape(m, n).mean(axis=0)
+
+
+def mutual_information(member_probs: np.ndarray) -> np.ndarray:
+    """(N,) entropy of the mean minus the mean entropy: the epistemic part (nats, >= 0)."""
+    total = entropy(member_probs.mean(axis=0))
+    # Jensen makes this >= 0; clip the float rounding that can dip a hair below.
+    return np.maximum(total - expected_entropy(member_probs), 0.0)
+
+
+def members_wrong(member_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(N,) how many members' top class differs from the label, in [0, M]."""
+    return (member_probs.argmax(axis=2) != labels[None, :]).sum(axis=0)
