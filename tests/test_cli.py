@@ -9,7 +9,7 @@ from PIL import Image
 
 from ambiguous_digits import cli, scores
 
-TINY = ["--train-limit", "600", "--test-limit", "300", "--epochs", "1", "--widths", "8,16,32",
+TINY = ["--train-limit", "600", "--test-limit", "300", "--epochs", "1", "--widths", "8,16,32", "--members", "2",
         "--top", "5", "--quiet"]
 COLUMNS = ["index", "label", "pred", "prob_pred", "prob_label", "margin", "entropy",
            "vote_disagreement", "expected_entropy", "mutual_information", "members_wrong", "ambiguity",
@@ -33,7 +33,7 @@ def _rows(path):
 
 
 def test_every_output_file_is_written(tiny_run):
-    for name in ["scores.csv", "summary.json", "config.json", "probs.npz", "models/member-0.pt",
+    for name in ["scores.csv", "summary.json", "config.json", "probs.npz", "models/member-0.pt", "models/member-1.pt",
                  *(f"top_{n}.png" for n in scores.RANKINGS)]:
         assert (tiny_run / name).is_file(), name
     assert not list(tiny_run.glob(".*.tmp")), "temporary files left behind"
@@ -76,7 +76,7 @@ def test_summary_reports_accuracy_timings_checksums(tiny_run):
 
 def test_probs_are_saved_row_per_test_digit(tiny_run):
     with np.load(tiny_run / "probs.npz") as z:
-        assert z["probs"].shape == (1, 300, 10) and z["probs"].dtype == np.float32
+        assert z["probs"].shape == (2, 300, 10) and z["probs"].dtype == np.float32
         np.testing.assert_array_equal(z["index"], np.arange(300))
 
 

@@ -58,6 +58,13 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _existing_dir(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a directory" if path.exists() else f"{text} does not exist")
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Find the most ambiguous handwritten digits in MNIST.",
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -65,11 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="fetch MNIST, train, score every test digit, write the results",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_run_flags(run)
+    aud = sub.add_parser("audit", help="suspected label errors: K-fold cross-validated probabilities ranked by cleanlab",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_run_flags(aud)
+    aud.set_defaults(members=1)
+    aud.add_argument("--folds", type=_positive_int, default=DEFAULTS.folds, help="cross-validation folds K")
+    aud.add_argument("--split", choices=("test", "train"), default=DEFAULTS.split,
+                     help="audit the test digits (K-fold over the test set) or the training digits")
+    val = sub.add_parser("validate", help="compare a run's suspected label errors with the human review")
+    val.add_argument("run_dir", type=_existing_dir, help="run directory holding label_issues.csv (from audit)")
     return parser
 
 
 def config_from_args(a: argparse.Namespace) -> Config:
-    return Config(out=a.out, data_dir=a.data_dir, seed=a.seed, epochs=a.epochs, batch_size=a.batch_size,
+    extra = {"folds": a.folds, "split": a.split} if a.command == "audit" else {}
+    return Config(**extra, out=a.out, data_dir=a.data_dir, seed=a.seed, epochs=a.epochs, batch_size=a.batch_size,
                   members=a.members, lr=a.lr, weight_decay=a.weight_decay, widths=a.widths, augment=a.augment, top=a.top,
                   device=a.device, precision=a.precision, threads=a.threads, train_limit=a.train_limit,
                   test_limit=a.test_limit, force=a.force)
@@ -84,10 +101,32 @@ def _cmd_run(a: argparse.Namespace) -> None:
           f"{summary['test_digits']} test digits), {summary['seconds']['total']:.0f} s; results in {cfg.out}/")
 
 
+def _cmd_audit(a: argparse.Namespace) -> None:
+    from .pipeline import run_audit
+
+    cfg = config_from_args(a)
+    s = run_audit(cfg, log=print, progress=not a.quiet)
+    print(f"{s['split']} set: cross-validated accuracy {s['cv_accuracy']:.2%}; cleanlab flags "
+          f"{s['label_issues_found']} label issues; most suspect: {', '.join(map(str, s['top'][:10]))}; "
+          f"results in {cfg.out}/")
+
+
+def _cmd_validate(a: argparse.Namespace) -> None:
+    from .pipeline import run_validate
+
+    v = run_validate(a.run_dir)
+    for name, r in v["rankings"].items():
+        print(f"{name}: {r['errors_in_top_10']}/10, {r['errors_in_top_20']}, {r['errors_in_top_50']}, "
+              f"{r['errors_in_top_100']} of the {len(r['errors'])} human-confirmed label errors in our top "
+              f"10/20/50/100; average precision {r['average_precision']:.3f} over the {r['reviewed']} reviewed "
+              f"digits (the authors' own ranking: {r['reference']['average_precision']})")
+    print(f"wrote {a.run_dir / 'validation.json'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"run": _cmd_run}[args.command](args)
+        {"run": _cmd_run, "audit": _cmd_audit, "validate": _cmd_validate}[args.command](args)
     except (ConfigError, DataError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

@@ -30,7 +30,7 @@ class Config:
     out: Path = Path("results")
     data_dir: Path | None = None
     seed: int = 0
-    members: int = 1
+    members: int = 5
     epochs: int = 4
     batch_size: int = 256
     lr: float = 0.2
@@ -38,6 +38,8 @@ class Config:
     widths: tuple[int, ...] = (32, 64, 128)
     augment: bool = True
     top: int = 10
+    folds: int = 5
+    split: str = "test"
     device: str = "auto"
     precision: str = "auto"
     threads: int | None = None
@@ -53,6 +55,10 @@ class Config:
         _check_positive("--lr", self.lr)
         if self.weight_decay < 0:
             raise ConfigError(f"--weight-decay: must be >= 0, got {self.weight_decay}")
+        if self.folds < 2:
+            raise ConfigError(f"--folds: need at least 2 folds, got {self.folds}")
+        if self.split not in ("test", "train"):
+            raise ConfigError(f"--split: expected test or train, got {self.split!r}")
         if self.threads is not None:
             _check_positive("--threads", self.threads)
         for flag, limit in (("--train-limit", self.train_limit), ("--test-limit", self.test_limit)):
@@ -65,10 +71,10 @@ class Config:
         if not self.widths or any(w <= 0 for w in self.widths):
             raise ConfigError(f"--widths: expected positive channel counts, got {self.widths}")
 
-    def member_seeds(self) -> list[int]:
-        """One independent seed per ensemble member, derived from the base seed."""
-        states = np.random.SeedSequence(self.seed).spawn(self.members)
-        return [int(s.generate_state(1)[0]) for s in states]
+    def member_seeds(self, fold: int | None = None) -> list[int]:
+        """One independent seed per ensemble member (of one audit fold), derived from the base seed."""
+        root = np.random.SeedSequence(self.seed if fold is None else [self.seed, 1 + fold])
+        return [int(s.generate_state(1)[0]) for s in root.spawn(self.members)]
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import platform
 import sys
@@ -15,8 +16,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from . import data, files, outputs, scores
-from .config import EVAL_BATCH, Config, ConfigError
+from . import audit, data, files, outputs, scores, validate
+from .config import EVAL_BATCH, NUM_CLASSES, Config, ConfigError
 from .model import checkpoint, describe
 from .train import predict_probs, resolve_device, resolve_precision, train
 
@@ -67,13 +68,11 @@ def _subset(mnist: data.Mnist, cfg: Config) -> tuple[np.ndarray, ...]:
 def write_results(out: Path, cfg: Config, x_test: np.ndarray, table: dict[str, np.ndarray]) -> dict[str, list[int]]:
     """scores.csv, imgs/<index>.png for every digit in a top-K list, one contact sheet per ranking."""
     outputs.write_table(out / SCORES_FILE, table)
-    (out / "imgs").mkdir(exist_ok=True)
     tops = {}
     for name in scores.RANKINGS:
         rows = scores.top_indices(table[f"rank_{name}"], cfg.top)
         tops[name] = [int(table["index"][r]) for r in rows]
-        for r in rows:
-            outputs.write_digit(out / "imgs" / f"{table['index'][r]}.png", x_test[r])
+        _write_images(out / "imgs", x_test, rows)
         titles = [f"#{table['index'][r]}: true {table['label'][r]}, pred {table['pred'][r]}\n"
                   f"p={table['prob_pred'][r]:.3f}" for r in rows]
         outputs.contact_sheet(out / f"top_{name}.png", x_test[rows], titles,
@@ -81,18 +80,23 @@ def write_results(out: Path, cfg: Config, x_test: np.ndarray, table: dict[str, n
     return tops
 
 
-def _train_members(cfg: Config, x_train, y_train, device, precision, progress: bool, log: Log):
-    """Train each member with its own seed, saving its checkpoint; returns models and histories."""
-    (cfg.out / "models").mkdir(exist_ok=True)
+def _train_members(cfg: Config, seeds: list[int], x_train, y_train, device, precision, progress: bool,
+                   log: Log, what: str = "member"):
+    """Train one CNN per seed; returns the models (eval mode) and their per-epoch histories."""
     models, histories = [], []
-    for m, seed in enumerate(cfg.member_seeds()):
-        log(f"member {m + 1}/{cfg.members} (seed {seed})")
+    for m, seed in enumerate(seeds):
+        log(f"{what} {m + 1}/{len(seeds)} (seed {seed}): training on {len(x_train)} digits")
         model, history = train(x_train, y_train, cfg, seed, device, precision, progress)
-        with files.atomic_path(cfg.out / "models" / f"member-{m}.pt") as tmp:
-            torch.save(checkpoint(model), tmp)
         models.append(model)
         histories.append(history)
     return models, histories
+
+
+def _save_models(out: Path, models) -> None:
+    (out / "models").mkdir(exist_ok=True)
+    for m, model in enumerate(models):
+        with files.atomic_path(out / "models" / f"member-{m}.pt") as tmp:
+            torch.save(checkpoint(model), tmp)
 
 
 def _save_probs(path: Path, probs: np.ndarray, labels: np.ndarray, seeds: list[int]) -> None:
@@ -103,13 +107,18 @@ def _save_probs(path: Path, probs: np.ndarray, labels: np.ndarray, seeds: list[i
                      seeds=np.array(seeds, dtype=np.uint64))
 
 
-def run(cfg: Config, log: Log = print, progress: bool = True) -> dict:
-    """Run the whole pipeline into cfg.out; returns the summary also written as summary.json."""
-    prepare_out_dir(cfg.out, cfg.force)
+def _setup(cfg: Config):
+    """Threads, device and precision, resolved once at the entry point."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
+    return device, resolve_precision(cfg.precision, device)
+
+
+def run(cfg: Config, log: Log = print, progress: bool = True) -> dict:
+    """Run the whole pipeline into cfg.out; returns the summary also written as summary.json."""
+    prepare_out_dir(cfg.out, cfg.force)
+    device, precision = _setup(cfg)
     files.write_text(cfg.out / "config.json", cfg.dumps() + "\n")
     timings: dict[str, float] = {}
     wall = time.perf_counter()
@@ -119,7 +128,9 @@ def run(cfg: Config, log: Log = print, progress: bool = True) -> dict:
     log(f"training {cfg.members} CNN(s) on {len(x_train)} digits, {device}, bf16 autocast "
         f"{'on' if precision.autocast else 'off'}, {torch.get_num_threads()} threads")
     with timed(timings, "train"):
-        models, histories = _train_members(cfg, x_train, y_train, device, precision, progress, log)
+        models, histories = _train_members(cfg, cfg.member_seeds(), x_train, y_train, device, precision,
+                                           progress, log)
+        _save_models(cfg.out, models)
     with timed(timings, "predict"):
         member_probs = np.stack([predict_probs(m, x_test, device, EVAL_BATCH) for m in models])
     with timed(timings, "scores"):
@@ -149,3 +160,113 @@ def run(cfg: Config, log: Log = print, progress: bool = True) -> dict:
     }
     files.write_json(cfg.out / "summary.json", summary)
     return summary
+
+
+# ---------------------------------------------------------------------------
+# audit: suspected label errors by K-fold cross-validation + cleanlab
+# ---------------------------------------------------------------------------
+AUDIT_TOP = 30  # digits on the label-issue contact sheet
+AUDIT_FILES = {  # split -> (table, probabilities, contact sheet, image folder, summary)
+    "test": ("label_issues.csv", "cv_probs_test.npz", "top_label_issues.png", "imgs", "audit_test.json"),
+    "train": ("train_label_issues.csv", "cv_probs_train.npz", "top_train_label_issues.png", "imgs/train",
+              "audit_train.json"),
+}
+
+
+def _prepare_audit_dir(out: Path, table: str, force: bool) -> None:
+    """The audit may join a finished run's directory, but never overwrites an audit without --force."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} is a file, not a directory")
+    if (out / table).exists() and not force:
+        raise ConfigError(f"--out: {out / table} exists; pass --force to overwrite it")
+    prepare_out_dir(out, force=True)
+
+
+def cross_val_probs(cfg: Config, extra, x, y, device, precision, progress: bool, log: Log):
+    """Out-of-sample probabilities (N, K) for every digit of (x, y), and the (N,) fold of each."""
+    folds = audit.fold_ids(len(y), cfg.folds, cfg.seed)
+    probs = np.zeros((len(y), NUM_CLASSES), dtype=np.float32)
+    for f in range(cfg.folds):
+        x_tr, y_tr = audit.fold_training_set(*extra, x, y, folds, f)
+        models, _ = _train_members(cfg, cfg.member_seeds(fold=f), x_tr, y_tr, device, precision, progress,
+                                   log, what=f"fold {f + 1}/{cfg.folds}, member")
+        held = folds == f
+        probs[held] = np.mean([predict_probs(m, x[held], device, EVAL_BATCH) for m in models], axis=0)
+        log(f"fold {f + 1}/{cfg.folds}: accuracy on its {held.sum()} held-out digits "
+            f"{(probs[held].argmax(1) == y[held]).mean():.2%}")
+    return probs, folds
+
+
+def run_audit(cfg: Config, log: Log = print, progress: bool = True) -> dict:
+    """Rank every digit of cfg.split by how likely its label is wrong; writes the table and images."""
+    table_name, probs_name, sheet_name, img_dir, summary_name = AUDIT_FILES[cfg.split]
+    _prepare_audit_dir(cfg.out, table_name, cfg.force)
+    device, precision = _setup(cfg)
+    start = time.perf_counter()
+    mnist = data.load_mnist(cfg.data_dir, log=log, progress=progress)
+    x_train, y_train, x_test, y_test = _subset(mnist, cfg)
+    if cfg.split == "test":
+        extra, x, y = (x_train, y_train), x_test, y_test
+    else:
+        extra, x, y = (x_train[:0], y_train[:0]), x_train, y_train
+    probs, folds = cross_val_probs(cfg, extra, x, y, device, precision, progress, log)
+    with files.atomic_path(cfg.out / probs_name) as tmp, open(tmp, "wb") as f:
+        np.savez(f, probs=probs, labels=y, folds=folds, index=np.arange(len(y)))
+    table = audit.label_issue_table(y, probs)
+    outputs.write_table(cfg.out / table_name, table)
+    top = scores.top_indices(table["rank"].astype(float), AUDIT_TOP)
+    _write_images(cfg.out / img_dir, x, top)
+    titles = [f"#{i}: {y[i]} \u2192 {table['suggested_label'][i]}\nq={table['label_quality'][i]:.2g}" for i in top]
+    outputs.contact_sheet(cfg.out / sheet_name, x[top], titles,
+                          f"Top {len(top)} suspected label errors ({cfg.split} set; given \u2192 suggested)")
+    summary = {
+        "split": cfg.split, "digits": len(y), "folds": cfg.folds, "members_per_fold": cfg.members,
+        "cv_accuracy": float((probs.argmax(1) == y).mean()),
+        "label_issues_found": int(table["is_label_issue"].sum()),
+        "top": [int(i) for i in top], "quality_method": audit.QUALITY_METHOD,
+        "fold_seeds": [cfg.member_seeds(fold=f) for f in range(cfg.folds)],
+        "seconds": round(time.perf_counter() - start, 3),
+        "data": {"source": mnist.source, "md5": mnist.checksums},
+        "environment": environment(device, precision), "config": cfg.to_json(),
+    }
+    files.write_json(cfg.out / summary_name, summary)
+    return summary
+
+
+def _write_images(folder: Path, x: np.ndarray, rows) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        outputs.write_digit(folder / f"{r}.png", x[r])
+
+
+# ---------------------------------------------------------------------------
+# validate: our rankings against the human review of 100 test digits
+# ---------------------------------------------------------------------------
+def _ranks_from_csv(path: Path, column: str) -> np.ndarray:
+    """(N,) ranks from a per-digit table (row i = digit i); NaN where empty."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or column not in rows[0]:
+        raise ConfigError(f"{path}: no column {column!r}")
+    if [int(r["index"]) for r in rows] != list(range(len(rows))):
+        raise ConfigError(f"{path}: rows are not in canonical index order")
+    return np.array([float(r[column]) if r[column] else np.nan for r in rows])
+
+
+def run_validate(run_dir: Path) -> dict:
+    """validation.json: each available ranking (audit's label issues, the run's ambiguity) vs the review."""
+    sources = {"label_issues": (run_dir / AUDIT_FILES["test"][0], "rank"),
+               "ambiguity": (run_dir / SCORES_FILE, "rank_ambiguity")}
+    available = {k: v for k, v in sources.items() if v[0].is_file()}
+    if not available:
+        raise ConfigError(f"RUN_DIR: {run_dir} has neither label_issues.csv (run `audit`) nor scores.csv (run `run`)")
+    review = validate.load_review()
+    result = {}
+    for name, (path, column) in available.items():
+        try:
+            result[name] = validate.validate_ranking(_ranks_from_csv(path, column), review)
+        except ValueError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    out = {"rankings": result, "review": validate.REVIEW_FILE}
+    files.write_json(run_dir / "validation.json", out)
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -21,8 +22,11 @@ from .model import Net, NetShape
 MAX_SHIFT_PX = 2.0
 MAX_ROTATION_RAD = 0.15
 MAX_SCALE = 0.10
-# The share of the one-cycle schedule spent warming the learning rate up.
+# One-cycle learning rate: a linear warm-up over the first quarter of the steps
+# from 1/25 of the peak (large steps on an untrained net diverge), then a linear
+# decay to zero so the last steps settle into a minimum.
 WARMUP_FRACTION = 0.25
+WARMUP_START = 1 / 25
 MOMENTUM = 0.9
 
 
@@ -51,6 +55,14 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
             return Precision(torch.cuda.is_bf16_supported())
         return Precision(bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
     return Precision(name == "bf16")
+
+
+def one_cycle(step: int, total: int) -> float:
+    """Learning-rate factor at `step` of `total` (0 <= step < total): up linearly, then down to 0."""
+    warm = max(1, round(WARMUP_FRACTION * total))
+    if step < warm:
+        return WARMUP_START + (1 - WARMUP_START) * step / warm
+    return max(0.0, 1 - (step - warm) / max(total - warm, 1))
 
 
 def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -123,8 +135,7 @@ def train(images: np.ndarray, labels: np.ndarray, cfg: Config, seed: int, device
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=MOMENTUM, nesterov=True,
                           weight_decay=cfg.weight_decay)
     steps = math.ceil(len(x) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
-                                                pct_start=WARMUP_FRACTION)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(one_cycle, total=cfg.epochs * steps))
     history = []
     model.train()
     for epoch in range(1, cfg.epochs + 1):

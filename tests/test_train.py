@@ -1,0 +1,58 @@
+"""Training pieces: the schedule, the tensors, the augmentation, the network."""
+
+import numpy as np
+import pytest
+import torch
+
+from ambiguous_digits.config import PIXEL_MEAN, PIXEL_STD
+from ambiguous_digits.model import Net, NetShape, checkpoint, count_parameters, from_checkpoint
+from ambiguous_digits.train import augment, one_cycle, to_tensor
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 4, 7, 235, 940])
+def test_one_cycle_warms_up_to_the_peak_then_decays(total):
+    f = [one_cycle(t, total) for t in range(total)]
+    assert all(0 <= v <= 1 for v in f)
+    peak = int(np.argmax(f))
+    assert all(a <= b for a, b in zip(f[:peak], f[1:peak + 1]))
+    assert all(a >= b for a, b in zip(f[peak:], f[peak + 1:]))
+    if total >= 4:
+        assert max(f) == 1 and f[-1] < f[0] * 10
+
+
+def test_to_tensor_normalises_and_keeps_order():
+    images = np.stack([np.zeros((28, 28), np.uint8), np.full((28, 28), 255, np.uint8)])
+    x = to_tensor(images, torch.device("cpu"))
+    assert x.shape == (2, 1, 28, 28)
+    assert x[0].flatten()[0].item() == pytest.approx(-PIXEL_MEAN / PIXEL_STD)
+    assert x[1].flatten()[0].item() == pytest.approx((1 - PIXEL_MEAN) / PIXEL_STD)
+
+
+def _digits(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, 28, 28), np.uint8)
+    images[:, 8:20, 10:18] = rng.integers(0, 256, size=(n, 12, 8))
+    return to_tensor(images, torch.device("cpu"))
+
+
+def test_augment_keeps_shape_and_pixel_range_and_is_seeded():
+    x = _digits()
+    a = augment(x, torch.Generator().manual_seed(3))
+    b = augment(x, torch.Generator().manual_seed(3))
+    c = augment(x, torch.Generator().manual_seed(4))
+    assert a.shape == x.shape
+    lo, hi = -PIXEL_MEAN / PIXEL_STD, (1 - PIXEL_MEAN) / PIXEL_STD
+    assert a.min() >= lo - 1e-5 and a.max() <= hi + 1e-5
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    # Blank background stays blank far from the digit: the corners are never ink.
+    assert torch.allclose(a[:, :, 0, 0], torch.tensor(lo))
+
+
+def test_net_returns_logits_and_round_trips_a_checkpoint():
+    net = Net(NetShape(widths=(4, 8, 16))).eval()
+    x = _digits(3)
+    out = net(x)
+    assert out.shape == (3, 10)
+    again = from_checkpoint(checkpoint(net)).eval()
+    assert torch.equal(again(x), out)
+    assert count_parameters(net) == sum(p.numel() for p in again.parameters())
