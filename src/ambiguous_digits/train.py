@@ -28,6 +28,8 @@ MAX_SCALE = 0.10
 WARMUP_FRACTION = 0.25
 WARMUP_START = 1 / 25
 MOMENTUM = 0.9
+# Progress bars redraw at most this often: a log file stays readable.
+PROGRESS_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,8 @@ def train(images: np.ndarray, labels: np.ndarray, cfg: Config, seed: int, device
     model.train()
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
-        with tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False) as bar:
+        with tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False,
+                  mininterval=PROGRESS_SECONDS) as bar:
             loss, acc = _epoch(model, opt, sched, x, y, cfg, gen, precision, bar, hook, hooks_per_epoch, epoch - 1)
         history.append({"epoch": epoch, "loss": loss, "train_acc": acc, "seconds": time.perf_counter() - start})
         if progress:

@@ -1,0 +1,494 @@
+"""The HTML report of a finished run: one self-contained page, rendered from the run directory.
+
+Everything comes from the files `run` (and, when present, `audit` and `validate`)
+left in the run directory, plus the test pixels from the verified MNIST cache, so
+a report can be re-rendered at any time without retraining. The page references
+nothing outside itself: digits are PNG data URIs, the chart is an embedded PNG,
+CSS and JavaScript are inline, and the data the controls need is one JSON blob.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from jinja2 import Environment, PackageLoader  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from . import data, files, scores  # noqa: E402
+from .config import NUM_CLASSES, ConfigError  # noqa: E402
+
+REPORT_FILE = "report.html"
+TEMPLATE = "report.html"
+# Gallery sizes the page offers. The page holds the pixels of the first COUNTS[-1]
+# digits of every ranking under every filter, so each choice shows exactly that many.
+COUNTS = (10, 25, 50, 100)
+DEFAULT_COUNT = 25
+# A digit costs ~0.7 kB of page (PNG + numbers); this keeps the page a few MB.
+MAX_DIGITS = 4000
+# Suspected training-set label errors shown (a static gallery; `audit --split train`).
+TRAIN_ISSUES_SHOWN = 30
+# The rankings of one run (scores.RANKINGS) plus the audit's, when present:
+# name -> (title, what ranks first). Unknown names get their own name as title.
+RANKING_INFO = {
+    "confident_wrong": ("Confidently wrong",
+                        "misclassified digits only, the most confident wrong prediction first "
+                        "(the original analysis's main definition)"),
+    "least_confident": ("Least confident", "every digit, lowest probability of the predicted class first"),
+    "margin": ("Smallest margin", "every digit, smallest gap between the top two probabilities first"),
+    "entropy": ("Highest entropy", "every digit, highest predictive entropy of the ensemble first"),
+    "ambiguity": ("Most ambiguous", "every digit, lowest ensemble probability of its true label first"),
+    "label_issues": ("Suspected label errors",
+                     "every digit, lowest cleanlab label quality (cross-validated, from `audit`) first"),
+}
+# Per-digit measures shown in the detail view, in this order (scores.csv columns).
+MEASURES = ("prob_pred", "prob_label", "margin", "entropy", "expected_entropy", "mutual_information",
+            "vote_disagreement", "members_wrong", "ambiguity")
+# The original analysis this tool grew out of (README: "Where this comes from").
+ORIGINAL_ACCURACY = 0.992
+TEST_IMAGES = "t10k-images-idx3-ubyte"
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a run directory holds. Tables are per test digit (row i = test digit i)."""
+
+    dir: Path
+    summary: dict
+    table: dict[str, np.ndarray]
+    member_probs: np.ndarray  # (M, N, K)
+    seeds: list[int]
+    label_issues: dict[str, np.ndarray] | None
+    validation: dict | None
+    train_issues: dict[str, np.ndarray] | None
+
+
+# ---------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------
+def write_report(run_dir: Path, mnist: data.Mnist | None = None) -> Path:
+    """Render `run_dir/report.html` from a finished run; returns its path.
+
+    `mnist` supplies the pixels (loaded from the run's data directory when None).
+    Raises ConfigError when run_dir is not a finished run or the pixels are not its MNIST.
+    """
+    run = load_run(Path(run_dir))
+    if mnist is None:
+        mnist = data.load_mnist(run.summary["config"].get("data_dir"), log=lambda _: None, progress=False)
+    _check_pixels(run, mnist)
+    html = render(run, mnist)
+    path = run.dir / REPORT_FILE
+    files.write_text(path, html)
+    return path
+
+
+def render(run: Run, mnist: data.Mnist) -> str:
+    """The whole page as one HTML string."""
+    env = Environment(loader=PackageLoader("ambiguous_digits", "templates"), autoescape=True)
+    return env.get_template(TEMPLATE).render(**page_context(run, mnist))
+
+
+def page_context(run: Run, mnist: data.Mnist) -> dict:
+    """Everything the template shows: header numbers, tables, chart, answers, and the gallery's JSON."""
+    facts = run_facts(run)
+    return {
+        "run": run, "s": run.summary, "facts": facts, "answers": answers(facts),
+        "confusion": facts["confusion"].tolist(), "confusion_rows": facts["confusion"].sum(axis=1).tolist(),
+        "confusion_cols": facts["confusion"].sum(axis=0).tolist(), "class_accuracy": facts["class_accuracy"],
+        "reliability_png": reliability_png(run), "counts": COUNTS, "default_count": DEFAULT_COUNT,
+        "rankings": {n: _ranking_title(n) for n in ranking_orders(run)},
+        "train_issues": train_issue_cards(run, mnist.x_train),
+        "page_data": gallery_data(run, mnist.x_test),
+    }
+
+
+# ---------------------------------------------------------------------------
+# Reading the run directory (validated here, trusted below)
+# ---------------------------------------------------------------------------
+def load_run(run_dir: Path) -> Run:
+    for name in ("summary.json", "scores.csv", "probs.npz"):
+        if not (run_dir / name).is_file():
+            raise ConfigError(f"RUN_DIR: {run_dir} has no {name}; is it a finished `run`?")
+    table = read_table(run_dir / "scores.csv")
+    with np.load(run_dir / "probs.npz") as npz:
+        member_probs, seeds = npz["probs"], [int(s) for s in npz["seeds"]]
+    n = len(table["index"])
+    if member_probs.shape[1:] != (n, NUM_CLASSES):
+        raise ConfigError(f"{run_dir / 'probs.npz'}: probs {member_probs.shape} do not match {n} rows of scores.csv")
+    label_issues = _optional_table(run_dir / "label_issues.csv", n)
+    return Run(run_dir, json.loads((run_dir / "summary.json").read_text()), table, member_probs, seeds,
+               label_issues, _optional_json(run_dir / "validation.json"),
+               _optional_table(run_dir / "train_label_issues.csv", None))
+
+
+def read_table(path: Path) -> dict[str, np.ndarray]:
+    """A per-digit CSV as float columns (empty cell = NaN); rows must be in canonical index order."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2:
+        raise ConfigError(f"{path}: no rows")
+    try:
+        values = np.array([[float(v) if v else np.nan for v in row] for row in rows[1:]])
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    table = dict(zip(rows[0], values.T))
+    if "index" not in table or not np.array_equal(table["index"], np.arange(len(values))):
+        raise ConfigError(f"{path}: rows are not in canonical index order")
+    return table
+
+
+def _optional_table(path: Path, rows: int | None) -> dict[str, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    table = read_table(path)
+    if rows is not None and len(table["index"]) != rows:
+        raise ConfigError(f"{path}: {len(table['index'])} rows, but the run scored {rows} test digits")
+    return table
+
+
+def _optional_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _check_pixels(run: Run, mnist: data.Mnist) -> None:
+    expected = run.summary.get("data", {}).get("md5", {}).get(TEST_IMAGES)
+    if expected and mnist.checksums.get(TEST_IMAGES) != expected:
+        raise ConfigError(f"{run.dir}: the MNIST test images given are not the ones this run used (md5 differs)")
+
+
+# ---------------------------------------------------------------------------
+# Numbers: everything the header, tables and answers quote
+# ---------------------------------------------------------------------------
+def _ints(column: np.ndarray) -> np.ndarray:
+    return column.astype(np.int64)
+
+
+def error_confusion(labels: np.ndarray, preds: np.ndarray) -> np.ndarray:
+    """(K, K) counts of misclassified digits, row = true digit, column = prediction; diagonal 0."""
+    conf = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    wrong = labels != preds
+    np.add.at(conf, (labels[wrong], preds[wrong]), 1)
+    return conf
+
+
+def top_confusions(conf: np.ndarray, n: int = 3) -> list[tuple[int, int, int]]:
+    """The n largest (true, predicted, count) cells, largest first, empty cells left out."""
+    flat = np.argsort(-conf, axis=None, kind="stable")[:n]
+    cells = zip(*np.unravel_index(flat, conf.shape))
+    return [(int(t), int(p), int(conf[t, p])) for t, p in cells if conf[t, p] > 0]
+
+
+def class_accuracy(labels: np.ndarray, preds: np.ndarray) -> list[dict]:
+    """Per true digit: test digits, correct ones, accuracy (None where the class is absent)."""
+    out = []
+    for c in range(NUM_CLASSES):
+        mine = labels == c
+        right = int((preds[mine] == c).sum())
+        out.append({"digit": c, "n": int(mine.sum()), "correct": right,
+                    "accuracy": right / mine.sum() if mine.any() else None})
+    return out
+
+
+def errors_in_top(ranks: np.ndarray, wrong: np.ndarray, k: int) -> int:
+    """How many of the k top-ranked digits are misclassified."""
+    return int(wrong[scores.top_indices(ranks, k)].sum())
+
+
+def uncertainty_split(table: dict[str, np.ndarray], rows: np.ndarray) -> dict:
+    """Mean total, aleatoric (expected entropy) and epistemic (mutual information) entropy over `rows`."""
+    if not rows.any():
+        return {"total": 0.0, "aleatoric": 0.0, "epistemic": 0.0, "epistemic_share": 0.0}
+    alea, epi = float(table["expected_entropy"][rows].mean()), float(table["mutual_information"][rows].mean())
+    total = alea + epi
+    return {"total": total, "aleatoric": alea, "epistemic": epi, "epistemic_share": epi / total if total else 0.0}
+
+
+def run_facts(run: Run) -> dict:
+    """The measured numbers of this run that the page quotes."""
+    t, s = run.table, run.summary
+    labels, preds = _ints(t["label"]), _ints(t["pred"])
+    wrong = labels != preds
+    probs = run.member_probs.mean(axis=0)
+    conf = error_confusion(labels, preds)
+    return {
+        "summary": s, "n": len(labels), "errors": int(wrong.sum()), "accuracy": float(1 - wrong.mean()),
+        "members": run.member_probs.shape[0], "member_accuracy": s["member_accuracy"],
+        "member_mean": s["member_accuracy_mean"], "member_std": s["member_accuracy_std"],
+        "confusion": conf, "confusion_max": int(conf.max()), "pairs": top_confusions(conf),
+        "class_accuracy": class_accuracy(labels, preds),
+        "ece": scores.expected_calibration_error(probs, labels), "nll": scores.nll(probs, labels),
+        "mean_confidence": float(t["prob_pred"].mean()),
+        "top_errors": {k: errors_in_top(t["rank_ambiguity"], wrong, k) for k in (10, 50)},
+        "split_all": uncertainty_split(t, np.ones(len(labels), bool)),
+        "split_errors": uncertainty_split(t, wrong),
+        "all_members_wrong": int((wrong & (t["members_wrong"] == run.member_probs.shape[0])).sum()),
+        "parameters": _parameter_count(s["model"]),
+        "label_issues_found": None if run.label_issues is None else int(np.nansum(run.label_issues["is_label_issue"])),
+        "validation": (run.validation or {}).get("rankings", {}),
+    }
+
+
+def _parameter_count(model: str) -> str | None:
+    found = re.search(r"([\d,]+) parameters", model)
+    return found.group(1) if found else None
+
+
+# ---------------------------------------------------------------------------
+# The three questions of the original analysis, answered from this run's numbers
+# ---------------------------------------------------------------------------
+def _pct(x: float) -> str:
+    return f"{x:.2%}"
+
+
+def _points(x: float) -> str:
+    return f"{100 * x:.2f} percentage points"
+
+
+def answers(f: dict) -> list[dict]:
+    """[{question, paragraphs}] in the original analysis's order; every number is this run's."""
+    return [{"question": "Describe your model", "paragraphs": describe_model(f)},
+            {"question": "Analyse your results", "paragraphs": analyse_results(f)},
+            {"question": "Impact of the images and improvements", "paragraphs": impact(f)}]
+
+
+def describe_model(f: dict) -> list[str]:
+    s, c = f["summary"], f["summary"]["config"]
+    limited = f" (the first {s['train_digits']:,} only)" if c.get("train_limit") else ""
+    who = ("One convolutional network" if f["members"] == 1 else
+           f"An ensemble of {f['members']} convolutional networks, each trained from its own seed; "
+           f"its prediction is the mean of their softmax probabilities. Each network is")
+    return [
+        f"{who}: {s['model']}. The network returns logits; softmax is applied once, when probabilities are computed.",
+        f"Training: {c['epochs']} epoch(s) over {s['train_digits']:,} training digits{limited}, SGD with Nesterov "
+        f"momentum and a one-cycle learning rate peaking at {c['lr']}, weight decay {c['weight_decay']}, batches of "
+        f"{c['batch_size']}, {'with' if c['augment'] else 'without'} random affine augmentation, and no label "
+        f"smoothing, so the probabilities keep their confidence signal. Training took "
+        f"{s['seconds']['train']:.1f} s on {s['environment']['device']}.",
+    ]
+
+
+def analyse_results(f: dict) -> list[str]:
+    s = f["summary"]
+    scored = f"{f['n']:,} test digits" + (" (a --test-limit subset)" if s["config"].get("test_limit") else "")
+    first = f"The ensemble classifies {_pct(f['accuracy'])} of the {scored} correctly: {f['errors']} errors."
+    if f["members"] > 1:
+        gain = f["accuracy"] - f["member_mean"]
+        first += (f" Its members alone score {_pct(f['member_mean'])} ± {_pct(f['member_std'])} (mean ± std over "
+                  f"{f['members']} seeds, {_pct(min(f['member_accuracy']))} to {_pct(max(f['member_accuracy']))}), "
+                  f"so averaging them {'adds' if gain >= 0 else 'costs'} {_points(abs(gain))}.")
+    gap = f["accuracy"] - ORIGINAL_ACCURACY
+    first += (f" The original notebook's Keras CNN reached {_pct(ORIGINAL_ACCURACY)}; this run is "
+              f"{_points(abs(gap))} {'above' if gap >= 0 else 'below'} it.")
+    return [first, _confusion_sentence(f), _calibration_sentence(f)]
+
+
+def _confusion_sentence(f: dict) -> str:
+    if not f["pairs"]:
+        return "There are no errors to analyse."
+    pairs = "; ".join(f"true {t} read as {p} ({n}×)" for t, p, n in f["pairs"])
+    held = sum(n for *_, n in f["pairs"])
+    known = [c for c in f["class_accuracy"] if c["accuracy"] is not None]
+    worst, best = min(known, key=lambda c: c["accuracy"]), max(known, key=lambda c: c["accuracy"])
+    return (f"The most confused pairs are {pairs}: together {held} of the {f['errors']} errors "
+            f"({_pct(held / f['errors'])}). Per-class accuracy runs from {_pct(worst['accuracy'])} for "
+            f"{worst['digit']}s to {_pct(best['accuracy'])} for {best['digit']}s.")
+
+
+def _calibration_sentence(f: dict) -> str:
+    over = f["mean_confidence"] - f["accuracy"]
+    return (f"Calibration: expected calibration error {f['ece']:.3f} ({scores.ECE_BINS} bins) and negative "
+            f"log-likelihood {f['nll']:.3f} nats; the mean confidence {_pct(f['mean_confidence'])} is "
+            f"{_points(abs(over))} {'above' if over >= 0 else 'below'} the accuracy, so the ensemble is "
+            f"{'over' if over >= 0 else 'under'}confident on average.")
+
+
+def impact(f: dict) -> list[str]:
+    return [_concentration_sentence(f), _uncertainty_sentence(f), _label_issue_sentence(f)]
+
+
+def _concentration_sentence(f: dict) -> str:
+    e10, e50, errors = f["top_errors"][10], f["top_errors"][50], max(f["errors"], 1)
+    verdict = ("so the errors are concentrated in a few hard digits"
+               if e50 >= errors / 2 else "so most errors lie beyond the 50 most ambiguous digits")
+    return (f"The 10 most ambiguous digits (lowest ensemble probability of the true label) hold {e10} of the "
+            f"{f['errors']} errors ({_pct(e10 / errors)}); the 50 most ambiguous hold {e50} ({_pct(e50 / errors)}), "
+            f"{verdict}. Classifying all 50 correctly would raise accuracy by at most "
+            f"{_points(e50 / f['n'])} — the original analysis judged these digits' impact small; here it is "
+            f"{_pct(e50 / errors)} of the errors.")
+
+
+def _uncertainty_sentence(f: dict) -> str:
+    if f["members"] == 1:
+        return ("With a single network the uncertainty cannot be split into its aleatoric and epistemic parts; "
+                "train an ensemble (--members) to measure it.")
+    e, a = f["split_errors"], f["split_all"]
+    advice = ("Most of it is aleatoric — the digits themselves are unclear to every member — which more data or "
+              "more members would not remove; retraining on them (the original suggestion) mostly teaches labels "
+              "a person might dispute too." if e["epistemic_share"] < 0.5 else
+              "Much of it is epistemic — the members disagree — which more data, augmentation or more members "
+              "can still reduce, as the original analysis suggested.")
+    return (f"On the misclassified digits the predictive entropy averages {e['total']:.3f} nats: "
+            f"{e['aleatoric']:.3f} aleatoric (mean member entropy) and {e['epistemic']:.3f} epistemic (mutual "
+            f"information), an epistemic share of {_pct(e['epistemic_share'])} (over all digits: "
+            f"{_pct(a['epistemic_share'])}). {f['all_members_wrong']} of the {f['errors']} errors are made by all "
+            f"{f['members']} members. {advice}")
+
+
+def _label_issue_sentence(f: dict) -> str:
+    if f["label_issues_found"] is None:
+        return ("Whether some of these digits carry a wrong label is not measured in this run: run "
+                "`ambiguous-digits audit` (and `validate`) into this directory and re-render the report.")
+    text = f"cleanlab flags {f['label_issues_found']} test digits as likely label errors."
+    for name, v in f["validation"].items():
+        text += (f" Against the human review ({len(v['errors'])} confirmed label errors among {v['reviewed']} "
+                 f"reviewed digits), the {name.replace('_', ' ')} ranking holds {v['errors_in_top_10']} of them "
+                 f"in its top 10 and {v['errors_in_top_100']} in its top 100, average precision "
+                 f"{v['average_precision']:.3f} (the review authors' own ranking: "
+                 f"{v['reference']['average_precision']}).")
+    return text + " Digits with a wrong label should be relabelled or dropped before retraining on ambiguous ones."
+
+
+# ---------------------------------------------------------------------------
+# Pictures
+# ---------------------------------------------------------------------------
+def png_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def digit_uri(image: np.ndarray) -> str:
+    """A (28, 28) uint8 digit's original pixels as a PNG data URI (~300 bytes)."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", optimize=True)
+    return png_uri(buf.getvalue())
+
+
+def reliability_png(run: Run) -> str:
+    """Reliability diagram of the ensemble (accuracy vs confidence per bin, with counts) as a data URI."""
+    r = scores.reliability(run.member_probs.mean(axis=0), _ints(run.table["label"]))
+    centers, width = (r["edges"][:-1] + r["edges"][1:]) / 2, 1 / len(r["count"])
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(4.6, 4.6), height_ratios=(3, 1), sharex=True)
+    top.bar(centers, np.nan_to_num(r["accuracy"]), width=width * 0.92, color="#4c72b0", label="accuracy")
+    top.plot([0, 1], [0, 1], "--", color="#888", lw=1, label="perfect calibration")
+    top.plot(r["confidence"], r["accuracy"], "o", color="#dd8452", ms=3, label="mean confidence")
+    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    top.legend(loc="upper left", fontsize=8, frameon=False)
+    bottom.bar(centers, r["count"], width=width * 0.92, color="#999")
+    bottom.set(xlabel="confidence (probability of the predicted class)", ylabel="digits", yscale="symlog")
+    for ax in (top, bottom):
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=144)
+    plt.close(fig)
+    return png_uri(buf.getvalue())
+
+
+# ---------------------------------------------------------------------------
+# The gallery's data: which digits the page must hold, and their numbers
+# ---------------------------------------------------------------------------
+def _ranking_title(name: str) -> dict:
+    title, about = RANKING_INFO.get(name, (name.replace("_", " "), ""))
+    return {"title": title, "about": about}
+
+
+def ranking_orders(run: Run) -> dict[str, np.ndarray]:
+    """name -> test indices of every ranked digit, most ambiguous first."""
+    ranks = {name: run.table[f"rank_{name}"] for name in scores.RANKINGS if f"rank_{name}" in run.table}
+    if run.label_issues is not None:
+        ranks["label_issues"] = run.label_issues["rank"]
+    return {name: scores.top_indices(r, len(r)) for name, r in ranks.items()}
+
+
+def _filters(labels: np.ndarray, preds: np.ndarray):
+    """Boolean masks of every filter the page offers: true digit, predicted digit, and both."""
+    for c in range(NUM_CLASSES):
+        yield labels == c
+        yield preds == c
+        for p in range(NUM_CLASSES):
+            yield (labels == c) & (preds == p)
+
+
+def needed_prefix(order: np.ndarray, labels: np.ndarray, preds: np.ndarray, k: int) -> np.ndarray:
+    """The digits of `order` (kept in order) that are among the first k under any filter, or unfiltered."""
+    keep = np.zeros(len(order), bool)
+    keep[:k] = True
+    for mask in _filters(labels[order], preds[order]):
+        keep[np.flatnonzero(mask)[:k]] = True
+    return order[keep]
+
+
+def filter_counts(order: np.ndarray, labels: np.ndarray, preds: np.ndarray) -> list[list[int]]:
+    """(K+1, K+1) ranked digits per filter: [true + 1][pred + 1], index 0 = any."""
+    counts = np.zeros((NUM_CLASSES + 1, NUM_CLASSES + 1), dtype=np.int64)
+    np.add.at(counts, (labels[order] + 1, preds[order] + 1), 1)
+    counts[0, :] = counts[1:, :].sum(axis=0)
+    counts[:, 0] = counts[:, 1:].sum(axis=1)
+    return counts.tolist()
+
+
+def chosen_digits(run: Run, orders: dict[str, np.ndarray]) -> np.ndarray:
+    """Test indices whose pixels the page holds: every ranking's needed prefix, then all errors; capped."""
+    labels, preds = _ints(run.table["label"]), _ints(run.table["pred"])
+    parts = [needed_prefix(o, labels, preds, COUNTS[-1]) for o in orders.values()]
+    parts.append(np.flatnonzero(labels != preds))
+    _, first = np.unique(np.concatenate(parts), return_index=True)
+    return np.concatenate(parts)[np.sort(first)][:MAX_DIGITS]
+
+
+def _num(x: float, digits: int = 4) -> float | None:
+    """A JSON-safe number (NaN, which JSON lacks, becomes null)."""
+    return None if np.isnan(x) else round(float(x), digits)
+
+
+def digit_record(run: Run, i: int, image: np.ndarray, rank_columns: dict[str, np.ndarray]) -> dict:
+    """One digit for the page: pixels, labels, probabilities, measures, ranks and member votes."""
+    t, member = run.table, run.member_probs[:, i, :]
+    votes = member.argmax(axis=1)
+    rec = {
+        "i": i, "y": int(t["label"][i]), "p": int(t["pred"][i]), "img": digit_uri(image),
+        "probs": [_num(v) for v in run.member_probs[:, i, :].mean(axis=0)],
+        "m": {name: _num(t[name][i]) for name in MEASURES if name in t},
+        "ranks": {name: _num(col[i], 0) for name, col in rank_columns.items()},
+        "votes": votes.tolist(), "vote_probs": [_num(member[m, v]) for m, v in enumerate(votes)],
+    }
+    if run.label_issues is not None:
+        li = run.label_issues
+        rec["issue"] = {"suggested": int(li["suggested_label"][i]), "quality": _num(li["label_quality"][i]),
+                        "flagged": bool(li["is_label_issue"][i])}
+    return rec
+
+
+def gallery_data(run: Run, x_test: np.ndarray) -> dict:
+    """The JSON the page's script reads: digits, each ranking's order and filter counts."""
+    orders = ranking_orders(run)
+    chosen = chosen_digits(run, orders)
+    has = np.zeros(len(run.table["index"]), bool)
+    has[chosen] = True
+    labels, preds = _ints(run.table["label"]), _ints(run.table["pred"])
+    rank_columns = {n: (run.label_issues["rank"] if n == "label_issues" else run.table[f"rank_{n}"]) for n in orders}
+    return {
+        "members": run.member_probs.shape[0], "seeds": run.seeds, "measures": list(MEASURES),
+        "digits": [digit_record(run, int(i), x_test[i], rank_columns) for i in np.sort(chosen)],
+        "rankings": {n: {**_ranking_title(n), "order": o[has[o]].tolist(), "counts": filter_counts(o, labels, preds)}
+                     for n, o in orders.items()},
+    }
+
+
+def train_issue_cards(run: Run, x_train: np.ndarray) -> list[dict]:
+    """The most suspect training labels (from `audit --split train`), for a static gallery."""
+    if run.train_issues is None:
+        return []
+    t = run.train_issues
+    top = scores.top_indices(t["rank"], TRAIN_ISSUES_SHOWN)
+    return [{"i": int(i), "given": int(t["given_label"][i]), "suggested": int(t["suggested_label"][i]),
+             "quality": float(t["label_quality"][i]), "img": digit_uri(x_train[i])} for i in top]

@@ -1,0 +1,145 @@
+"""Suspected label errors: the cross-validation split, cleanlab's table, the human-review check."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ambiguous_digits import audit, cli, validate
+
+
+@pytest.mark.parametrize("n, k", [(10, 2), (10000, 5), (101, 7)])
+def test_folds_cover_every_digit_exactly_once_in_near_equal_parts(n, k):
+    folds = audit.fold_ids(n, k, seed=0)
+    assert folds.shape == (n,) and set(np.unique(folds)) == set(range(k))
+    sizes = np.bincount(folds)
+    assert sizes.max() - sizes.min() <= 1
+    np.testing.assert_array_equal(folds, audit.fold_ids(n, k, seed=0))
+    assert not np.array_equal(folds, audit.fold_ids(n, k, seed=1))
+
+
+def test_fold_training_set_never_holds_the_held_out_digits():
+    x = np.arange(20).reshape(20, 1)  # each "image" is its own index
+    y = np.arange(20) % 10
+    extra_x, extra_y = np.full((5, 1), -1), np.zeros(5, int)
+    folds = audit.fold_ids(20, 4, seed=0)
+    seen_held = []
+    for f in range(4):
+        x_tr, y_tr = audit.fold_training_set(extra_x, extra_y, x, y, folds, f)
+        held = set(np.flatnonzero(folds == f))
+        assert held.isdisjoint(set(x_tr[:, 0])) and (x_tr[:5] == -1).all()
+        assert len(x_tr) == 5 + 20 - len(held) and len(y_tr) == len(x_tr)
+        seen_held += sorted(held)
+    assert sorted(seen_held) == list(range(20))
+
+
+@pytest.mark.parametrize("k", [0, 1, 11])
+def test_bad_fold_counts_are_refused(k):
+    with pytest.raises(ValueError, match="--folds"):
+        audit.fold_ids(10, k, seed=0)
+
+
+def test_label_issue_table_ranks_the_mislabelled_digit_first():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    probs = np.full((60, 3), 0.05)
+    probs[np.arange(60), labels] = 0.9
+    probs += rng.uniform(0, 0.01, probs.shape)
+    probs /= probs.sum(axis=1, keepdims=True)
+    probs[7] = [0.02, 0.03, 0.95]  # labelled 0, every model says 2
+    t = audit.label_issue_table(labels, probs)
+    assert list(t) == ["index", "given_label", "suggested_label", "label_quality", "rank", "is_label_issue"]
+    assert t["rank"][7] == 1 and t["suggested_label"][7] == 2 and t["is_label_issue"][7] == 1
+    assert sorted(t["rank"]) == list(range(1, 61))
+    np.testing.assert_array_equal(t["index"], np.arange(60))
+
+
+def test_review_data_is_the_published_one():
+    review = validate.load_review()
+    assert len(review) == 100 and len({r["index"] for r in review}) == 100
+    errors = validate.review_errors(review)
+    assert errors.tolist() == [947, 1621, 1901, 2130, 2462, 2597, 2654, 3520, 3558, 5937, 6651, 6783,
+                               8527, 9679, 9729]
+    verdicts = [r["verdict"] for r in review if r["verdict"] != "correct"]
+    assert (verdicts.count("correctable"), verdicts.count("neither"), verdicts.count("no_majority")) == (10, 3, 2)
+
+
+def test_review_given_labels_are_the_real_test_labels(mnist):
+    for r in validate.load_review():
+        assert mnist.y_test[r["index"]] == r["given_label"], r["index"]
+
+
+def _ranking_with(first: list[int], n=10000):
+    """Ranks putting `first` at 1, 2, ... and every other digit after them in index order."""
+    ranks = np.zeros(n)
+    rest = [i for i in range(n) if i not in set(first)]
+    ranks[first] = np.arange(1, len(first) + 1)
+    ranks[rest] = np.arange(len(first) + 1, n + 1)
+    return ranks
+
+
+def test_validate_a_perfect_ranking():
+    review = validate.load_review()
+    v = validate.validate_ranking(_ranking_with(validate.review_errors(review).tolist()), review)
+    assert v["errors_in_top_10"] == 10 and v["errors_in_top_20"] == 15 and v["errors_in_top_100"] == 15
+    assert v["average_precision"] == pytest.approx(1.0)
+
+
+def test_validate_a_known_imperfect_ranking():
+    review = validate.load_review()
+    errors = validate.review_errors(review).tolist()
+    correct = [r["index"] for r in review if r["verdict"] == "correct"]
+    # Alternate: correct, error, correct, error, ... for the first 30, then the rest.
+    first = [d for pair in zip(correct[:15], errors) for d in pair]
+    v = validate.validate_ranking(_ranking_with(first), review)
+    assert v["errors_in_top_10"] == 5 and v["errors_in_top_20"] == 10 and v["errors_in_top_50"] == 15
+    expected_ap = np.mean([(j + 1) / (2 * (j + 1)) for j in range(15)])  # precision 1/2 at every hit
+    assert v["average_precision"] == pytest.approx(expected_ap)
+    assert v["ranks_of_errors"][947] == 2
+
+
+def test_validate_refuses_a_ranking_that_is_too_short():
+    with pytest.raises(ValueError, match="covers 300 digits"):
+        validate.validate_ranking(np.arange(1, 301), validate.load_review())
+
+
+def test_audit_smoke_on_a_tiny_slice(tmp_path, mnist_dir, capsys):
+    out = tmp_path / "audit"
+    argv = ["audit", "--out", str(out), "--data-dir", str(mnist_dir), "--train-limit", "400",
+            "--test-limit", "90", "--folds", "3", "--epochs", "1", "--widths", "8,16,32", "--quiet"]
+    assert cli.main(argv) == 0
+    lines = (out / "label_issues.csv").read_text().splitlines()
+    assert lines[0] == "index,given_label,suggested_label,label_quality,rank,is_label_issue"
+    assert len(lines) == 91
+    with np.load(out / "cv_probs_test.npz") as z:
+        assert z["probs"].shape == (90, 10) and sorted(np.bincount(z["folds"])) == [30, 30, 30]
+    summary = json.loads((out / "audit_test.json").read_text())
+    assert len(summary["top"]) == 30 and (out / "top_label_issues.png").is_file()
+    assert {int(p.stem) for p in (out / "imgs").glob("*.png")} == set(summary["top"])
+    assert cli.main(argv) == 2 and "--force" in capsys.readouterr().err  # never overwritten silently
+
+
+def test_audit_of_the_training_split_writes_its_own_files(tmp_path, mnist_dir):
+    out = tmp_path / "audit"
+    assert cli.main(["audit", "--split", "train", "--out", str(out), "--data-dir", str(mnist_dir),
+                     "--train-limit", "120", "--test-limit", "10", "--folds", "2", "--epochs", "1",
+                     "--widths", "4,8,8", "--quiet"]) == 0
+    assert len((out / "train_label_issues.csv").read_text().splitlines()) == 121
+    assert (out / "imgs" / "train").is_dir() and not (out / "label_issues.csv").exists()
+
+
+def test_validate_command_on_a_synthetic_run_dir(tmp_path, capsys):
+    review = validate.load_review()
+    ranks = _ranking_with(validate.review_errors(review).tolist())
+    rows = ["index,given_label,suggested_label,label_quality,rank,is_label_issue"]
+    rows += [f"{i},0,0,0.5,{int(r)},0" for i, r in enumerate(ranks)]
+    (tmp_path / "label_issues.csv").write_text("\n".join(rows) + "\n")
+    assert cli.main(["validate", str(tmp_path)]) == 0
+    v = json.loads((tmp_path / "validation.json").read_text())
+    assert v["rankings"]["label_issues"]["errors_in_top_20"] == 15
+    assert "15/10" not in capsys.readouterr().out
+
+
+def test_validate_without_results_says_what_is_missing(tmp_path, capsys):
+    assert cli.main(["validate", str(tmp_path)]) == 2
+    assert "label_issues.csv" in capsys.readouterr().err
