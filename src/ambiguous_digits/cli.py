@@ -116,10 +116,10 @@ def _cmd_validate(a: argparse.Namespace) -> None:
 
     v = run_validate(a.run_dir)
     for name, r in v["rankings"].items():
-        print(f"{name}: {r['errors_in_top_10']}/10, {r['errors_in_top_20']}, {r['errors_in_top_50']}, "
-              f"{r['errors_in_top_100']} of the {len(r['errors'])} human-confirmed label errors in our top "
-              f"10/20/50/100; average precision {r['average_precision']:.3f} over the {r['reviewed']} reviewed "
-              f"digits (the authors' own ranking: {r['reference']['average_precision']})")
+        found = ", ".join(f"top {k}: {r[f'errors_in_top_{k}']}" for k in (10, 20, 50, 100))
+        print(f"{name}: of the {len(r['errors'])} label errors human reviewers confirmed, {found}; average "
+              f"precision {r['average_precision']:.3f} over the {r['reviewed']} reviewed digits (the ranking "
+              f"that chose them: {r['reference']['average_precision']}, top 10: {r['reference']['errors_in_top_10']})")
     print(f"wrote {a.run_dir / 'validation.json'}")
 
 

@@ -28,6 +28,8 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
+from . import files
+
 # ---------------------------------------------------------------- constants
 # The canonical file names (LeCun's), used as cache names whatever the source.
 FILES = (
@@ -327,17 +329,12 @@ def _check_writable(data_dir: Path) -> None:
 
 def _write_atomic(data_dir: Path, name: str, data: bytes) -> None:
     """Temp file in data_dir, fsync, re-verify from disk, rename into place."""
-    tmp = tempfile.NamedTemporaryFile(dir=data_dir, prefix=f".{name}.", suffix=".tmp", delete=False)
-    try:
-        with tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        _verify(name, Path(tmp.name).read_bytes())
-        os.replace(tmp.name, data_dir / name)
-    except BaseException:
-        Path(tmp.name).unlink(missing_ok=True)
-        raise
+    with files.atomic_path(data_dir / name) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        _verify(name, tmp.read_bytes())
 
 
 def _write_cache(data_dir: Path, contents: dict[str, bytes]) -> None:

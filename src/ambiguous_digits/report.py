@@ -49,7 +49,7 @@ RANKING_INFO = {
     "entropy": ("Highest entropy", "every digit, highest predictive entropy of the ensemble first"),
     "ambiguity": ("Most ambiguous", "every digit, lowest ensemble probability of its true label first"),
     "label_issues": ("Suspected label errors",
-                     "every digit, lowest cleanlab label quality (cross-validated, from `audit`) first"),
+                     "every digit, lowest cleanlab label quality (cross-validated, from audit) first"),
 }
 # Per-digit measures shown in the detail view, in this order (scores.csv columns).
 MEASURES = ("prob_pred", "prob_label", "margin", "entropy", "expected_entropy", "mutual_information",
@@ -95,6 +95,7 @@ def write_report(run_dir: Path, mnist: data.Mnist | None = None) -> Path:
 def render(run: Run, mnist: data.Mnist) -> str:
     """The whole page as one HTML string."""
     env = Environment(loader=PackageLoader("ambiguous_digits", "templates"), autoescape=True)
+    env.filters["pct"] = _pct
     return env.get_template(TEMPLATE).render(**page_context(run, mnist))
 
 
@@ -250,6 +251,10 @@ def _pct(x: float) -> str:
     return f"{x:.2%}"
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _points(x: float) -> str:
     return f"{100 * x:.2f} percentage points"
 
@@ -267,9 +272,14 @@ def describe_model(f: dict) -> list[str]:
     who = ("One convolutional network" if f["members"] == 1 else
            f"An ensemble of {f['members']} convolutional networks, each trained from its own seed; "
            f"its prediction is the mean of their softmax probabilities. Each network is")
+    size = ""
+    if f["parameters"] and f["members"] > 1:
+        total = f["members"] * int(f["parameters"].replace(",", ""))
+        size = f" The ensemble holds {f['members']} × {f['parameters']} = {total:,} parameters."
     return [
-        f"{who}: {s['model']}. The network returns logits; softmax is applied once, when probabilities are computed.",
-        f"Training: {c['epochs']} epoch(s) over {s['train_digits']:,} training digits{limited}, SGD with Nesterov "
+        f"{who}: {s['model']}.{size} The network returns logits; softmax is applied once, when probabilities "
+        f"are computed.",
+        f"Training: {_plural(c['epochs'], 'epoch')} over {s['train_digits']:,} training digits{limited}, SGD with Nesterov "
         f"momentum and a one-cycle learning rate peaking at {c['lr']}, weight decay {c['weight_decay']}, batches of "
         f"{c['batch_size']}, {'with' if c['augment'] else 'without'} random affine augmentation, and no label "
         f"smoothing, so the probabilities keep their confidence signal. Training took "
@@ -323,8 +333,8 @@ def _concentration_sentence(f: dict) -> str:
     return (f"The 10 most ambiguous digits (lowest ensemble probability of the true label) hold {e10} of the "
             f"{f['errors']} errors ({_pct(e10 / errors)}); the 50 most ambiguous hold {e50} ({_pct(e50 / errors)}), "
             f"{verdict}. Classifying all 50 correctly would raise accuracy by at most "
-            f"{_points(e50 / f['n'])} — the original analysis judged these digits' impact small; here it is "
-            f"{_pct(e50 / errors)} of the errors.")
+            f"{_points(e50 / f['n'])} — the original analysis judged the most ambiguous digits' impact "
+            f"small; here they hold {_pct(e50 / errors)} of the errors.")
 
 
 def _uncertainty_sentence(f: dict) -> str:
@@ -340,21 +350,23 @@ def _uncertainty_sentence(f: dict) -> str:
     return (f"On the misclassified digits the predictive entropy averages {e['total']:.3f} nats: "
             f"{e['aleatoric']:.3f} aleatoric (mean member entropy) and {e['epistemic']:.3f} epistemic (mutual "
             f"information), an epistemic share of {_pct(e['epistemic_share'])} (over all digits: "
-            f"{_pct(a['epistemic_share'])}). {f['all_members_wrong']} of the {f['errors']} errors are made by all "
-            f"{f['members']} members. {advice}")
+            f"{_pct(a['epistemic_share'])}). {f['all_members_wrong']} of the {f['errors']} errors are made by "
+            f"{'both' if f['members'] == 2 else 'all ' + str(f['members'])} members. {advice}")
 
 
 def _label_issue_sentence(f: dict) -> str:
     if f["label_issues_found"] is None:
         return ("Whether some of these digits carry a wrong label is not measured in this run: run "
-                "`ambiguous-digits audit` (and `validate`) into this directory and re-render the report.")
+                "'ambiguous-digits audit' (and 'validate') into this directory and re-render the report.")
     text = f"cleanlab flags {f['label_issues_found']} test digits as likely label errors."
-    for name, v in f["validation"].items():
-        text += (f" Against the human review ({len(v['errors'])} confirmed label errors among {v['reviewed']} "
-                 f"reviewed digits), the {name.replace('_', ' ')} ranking holds {v['errors_in_top_10']} of them "
-                 f"in its top 10 and {v['errors_in_top_100']} in its top 100, average precision "
-                 f"{v['average_precision']:.3f} (the review authors' own ranking: "
-                 f"{v['reference']['average_precision']}).")
+    if f["validation"]:
+        v0 = next(iter(f["validation"].values()))
+        found = "; ".join(f"the {name.replace('_', ' ')} ranking holds {v['errors_in_top_10']} of them in its top 10 "
+                          f"and {v['errors_in_top_100']} in its top 100 (average precision {v['average_precision']:.3f})"
+                          for name, v in f["validation"].items())
+        text += (f" Against the human review ({len(v0['errors'])} confirmed label errors among {v0['reviewed']} "
+                 f"reviewed test digits), {found}; the review authors' own ranking reached "
+                 f"{v0['reference']['average_precision']}.")
     return text + " Digits with a wrong label should be relabelled or dropped before retraining on ambiguous ones."
 
 
@@ -379,11 +391,12 @@ def reliability_png(run: Run) -> str:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(4.6, 4.6), height_ratios=(3, 1), sharex=True)
     top.bar(centers, np.nan_to_num(r["accuracy"]), width=width * 0.92, color="#4c72b0", label="accuracy")
     top.plot([0, 1], [0, 1], "--", color="#888", lw=1, label="perfect calibration")
-    top.plot(r["confidence"], r["accuracy"], "o", color="#dd8452", ms=3, label="mean confidence")
+    top.plot(r["confidence"], r["accuracy"], "o", color="#dd8452", ms=3, label="bin: mean confidence, accuracy")
     top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
     top.legend(loc="upper left", fontsize=8, frameon=False)
     bottom.bar(centers, r["count"], width=width * 0.92, color="#999")
-    bottom.set(xlabel="confidence (probability of the predicted class)", ylabel="digits", yscale="symlog")
+    bottom.set(xlabel="confidence (probability of the predicted class)", ylabel="digits", yscale="log")
+    bottom.set_ylim(bottom=0.8)
     for ax in (top, bottom):
         ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
@@ -460,6 +473,7 @@ def digit_record(run: Run, i: int, image: np.ndarray, rank_columns: dict[str, np
         "m": {name: _num(t[name][i]) for name in MEASURES if name in t},
         "ranks": {name: _num(col[i], 0) for name, col in rank_columns.items()},
         "votes": votes.tolist(), "vote_probs": [_num(member[m, v]) for m, v in enumerate(votes)],
+        "label_probs": [_num(p) for p in member[:, int(t["label"][i])]],
     }
     if run.label_issues is not None:
         li = run.label_issues

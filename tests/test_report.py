@@ -1,0 +1,387 @@
+"""The HTML report of a tiny real run: checked as a file, and driven in a real headless Chromium.
+
+The browser tests need Debian's `chromium` (apt-get install chromium) and the
+`playwright` package (requirements.txt); without them they FAIL, never skip.
+Playwright never downloads a browser here: it drives /usr/bin/chromium.
+"""
+
+import csv
+import dataclasses
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ambiguous_digits import audit, cli, outputs, report, scores, validate
+from ambiguous_digits.config import ConfigError
+
+TINY = ["--train-limit", "600", "--test-limit", "300", "--epochs", "1", "--widths", "8,16,32", "--members", "2",
+        "--top", "5", "--quiet", "--threads", "1"]
+MEMBERS = 2
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync"]
+VIEWPORT = {"width": 1280, "height": 900}
+INDICES_JS = "els => els.map(e => Number(e.dataset.index))"
+
+
+# ---------------------------------------------------------------------------
+# Fixtures: one tiny run, its report, and a copy with the audit's files beside it
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, mnist_dir):
+    out = tmp_path_factory.mktemp("report") / "run"
+    assert cli.main(["run", "--out", str(out), "--data-dir", str(mnist_dir), *TINY]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def report_path(tiny_run, mnist):
+    return report.write_report(tiny_run, mnist=mnist)
+
+
+@pytest.fixture(scope="module")
+def audited_run(tiny_run, mnist, tmp_path_factory):
+    """The tiny run plus label_issues.csv, train_label_issues.csv and validation.json in the audit's formats.
+
+    The label issues come from the run's own probabilities (a stand-in for the
+    K-fold ones: same table, no extra training).
+    """
+    out = tmp_path_factory.mktemp("audited") / "run"
+    shutil.copytree(tiny_run, out)
+    (out / "report.html").unlink(missing_ok=True)
+    with np.load(out / "probs.npz") as f:
+        probs, labels = f["probs"].mean(axis=0), f["labels"]
+    table = audit.label_issue_table(labels, probs)
+    outputs.write_table(out / "label_issues.csv", table)
+    train_probs = np.random.default_rng(0).dirichlet(np.full(10, 0.3), size=600)
+    outputs.write_table(out / "train_label_issues.csv", audit.label_issue_table(mnist.y_train[:600], train_probs))
+    ranks = np.full(len(mnist.y_test), np.nan)  # the review covers all 10,000; this run ranked the first 300
+    ranks[:len(labels)] = table["rank"]
+    review = {"label_issues": validate.validate_ranking(ranks, validate.load_review())}
+    (out / "validation.json").write_text(json.dumps({"rankings": review}))
+    report.write_report(out, mnist=mnist)
+    return out
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _expected(rows, column, count, label=None, pred=None, pred_rows=None):
+    """Test indices the gallery should show: ranked by `column` (1 first), filtered, first `count`."""
+    pred_rows = pred_rows or rows
+    ranked = sorted((r for r in rows if r[column]), key=lambda r: float(r[column]))
+    keep = [int(r["index"]) for r in ranked
+            if (label is None or int(r.get("label", r.get("given_label"))) == label)
+            and (pred is None or int(pred_rows[int(r["index"])]["pred"]) == pred)]
+    return keep[:count]
+
+
+def _section(html, section_id):
+    match = re.search(rf'<section id="{section_id}">(.*?)</section>', html, re.S)
+    assert match, f"no section #{section_id}"
+    return re.sub(r"<[^>]+>", " ", match.group(1))
+
+
+def _page_data(html):
+    match = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', html, re.S)
+    return json.loads(match.group(1))
+
+
+# ---------------------------------------------------------------------------
+# The file
+# ---------------------------------------------------------------------------
+def test_report_is_written_into_the_run_directory(tiny_run, report_path):
+    assert report_path == tiny_run / "report.html"
+    assert report_path.read_text().startswith("<!doctype html>")
+    assert not list(tiny_run.glob(".*.tmp")), "temporary files left behind"
+
+
+class _References(HTMLParser):
+    """Every src/href/srcset/action/data value, and every <link> tag."""
+
+    def __init__(self):
+        super().__init__()
+        self.urls, self.links = [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.urls += [v for k, v in attrs.items() if k in ("src", "href", "srcset", "action", "data") and v]
+        if tag == "link":
+            self.links.append(attrs)
+
+
+def test_report_is_self_contained(report_path):
+    html = report_path.read_text()
+    refs = _References()
+    refs.feed(html)
+    assert refs.urls, "no references found at all: the parser missed them"
+    for url in refs.urls:
+        assert url.startswith(("data:", "#")), f"external reference {url[:80]!r}"
+    assert all(link.get("rel") != "stylesheet" for link in refs.links)
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html)
+    assert not re.search(r"url\(\s*['\"]?(https?:)?//|@import", html)
+    assert "<style>" in html and "<script>" in html
+
+
+def test_report_embeds_the_gallery_data_as_valid_json(report_path, tiny_run):
+    html = report_path.read_text()
+    data = _page_data(html)
+    assert not re.search(r"\bNaN\b|Infinity", html), "JSON has no NaN; the browser's JSON.parse would fail"
+    shown = {d["i"] for d in data["digits"]}
+    rows = _rows(tiny_run / "scores.csv")
+    assert shown >= {int(r["index"]) for r in rows if r["label"] != r["pred"]}, "every error is embedded"
+    assert set(data["rankings"]) == set(scores.RANKINGS)
+    for ranking in data["rankings"].values():
+        assert set(ranking["order"]) <= shown
+    assert all(d["img"].startswith("data:image/png;base64,") and len(d["votes"]) == MEMBERS for d in data["digits"])
+
+
+def test_answers_quote_this_runs_numbers(report_path, tiny_run):
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    text = _section(report_path.read_text(), "answers")
+    for question in ("Describe your model", "Analyse your results", "Impact of the images and improvements"):
+        assert question in text
+    assert f"{summary['test_accuracy']:.2%}" in text
+    assert f"{summary['member_accuracy_mean']:.2%}" in text
+    assert f"{summary['test_errors']} errors" in text
+    assert "8,834 parameters" in text  # widths 8,16,32, from summary["model"]
+
+
+def test_answers_name_the_most_confused_pair(report_path, tiny_run):
+    rows = _rows(tiny_run / "scores.csv")
+    labels, preds = (np.array([int(r[c]) for r in rows]) for c in ("label", "pred"))
+    (t, p, n), *_ = report.top_confusions(report.error_confusion(labels, preds))
+    assert f"true {t} read as {p} ({n}×)" in _section(report_path.read_text(), "answers")
+
+
+def test_header_holds_accuracy_ensemble_timings_and_checksums(report_path, tiny_run):
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    html = report_path.read_text()
+    assert f"{summary['test_accuracy']:.2%}" in html
+    assert f"{summary['member_accuracy_mean']:.2%} ± {summary['member_accuracy_std']:.2%}" in html
+    for md5 in summary["data"]["md5"].values():
+        assert md5 in html
+    assert f"{summary['seconds']['total']:.2f} s" in html
+
+
+def test_without_audit_files_there_is_no_label_issue_section(report_path):
+    html = report_path.read_text()
+    assert 'value="label_issues"' not in html
+    assert 'id="label-audit"' not in html
+    assert "audit" in _section(html, "answers")  # says how to get it
+
+
+def test_with_label_issues_the_gallery_and_validation_appear(audited_run):
+    html = (audited_run / "report.html").read_text()
+    assert '<option value="label_issues">' in html
+    assert 'id="label-audit"' in html
+    v = json.loads((audited_run / "validation.json").read_text())["rankings"]["label_issues"]
+    assert f"{v['average_precision']:.3f}" in _section(html, "answers")
+    assert len(re.findall(r"data-train-index=", html)) == report.TRAIN_ISSUES_SHOWN
+    data = _page_data(html)
+    assert data["rankings"]["label_issues"]["order"][:5] == _expected(_rows(audited_run / "label_issues.csv"),
+                                                                       "rank", 5)
+
+
+def test_re_rendering_loads_the_pixels_itself_and_is_deterministic(tiny_run, report_path):
+    first = report_path.read_bytes()
+    assert report.write_report(tiny_run).read_bytes() == first  # data dir taken from summary.json
+
+
+def test_a_directory_that_is_not_a_run_is_refused(tmp_path, mnist):
+    with pytest.raises(ConfigError, match="summary.json"):
+        report.write_report(tmp_path, mnist=mnist)
+
+
+def test_pixels_from_another_mnist_are_refused(tiny_run, mnist):
+    wrong = dataclasses.replace(mnist, checksums={**mnist.checksums, report.TEST_IMAGES: "0" * 32})
+    with pytest.raises(ConfigError, match="md5"):
+        report.write_report(tiny_run, mnist=wrong)
+
+
+def test_scores_csv_out_of_order_is_refused(tmp_path):
+    (tmp_path / "scores.csv").write_text("index,label\n1,3\n0,2\n")
+    with pytest.raises(ConfigError, match="canonical"):
+        report.read_table(tmp_path / "scores.csv")
+
+
+# ---------------------------------------------------------------------------
+# Pure helpers, on data with known answers
+# ---------------------------------------------------------------------------
+def test_error_confusion_counts_only_errors():
+    labels, preds = np.array([1, 1, 1, 7, 4, 4]), np.array([1, 7, 7, 1, 9, 4])
+    conf = report.error_confusion(labels, preds)
+    assert conf[1, 7] == 2 and conf[7, 1] == 1 and conf[4, 9] == 1
+    assert conf.sum() == 4 and np.trace(conf) == 0
+    assert report.top_confusions(conf) == [(1, 7, 2), (4, 9, 1), (7, 1, 1)]
+
+
+def test_needed_prefix_holds_the_first_k_digits_of_every_filter():
+    rng = np.random.default_rng(1)
+    labels, preds, k = rng.integers(0, 10, 2000), rng.integers(0, 10, 2000), 7
+    order = rng.permutation(2000)
+    kept = set(report.needed_prefix(order, labels, preds, k).tolist())
+    assert set(order[:k].tolist()) <= kept
+    for c in range(10):
+        for mask in (labels == c, preds == c, (labels == c) & (preds == (c + 3) % 10)):
+            assert set(order[mask[order]][:k].tolist()) <= kept
+    assert len(kept) < len(order)
+
+
+def test_filter_counts_add_up():
+    labels, preds = np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1])
+    counts = np.array(report.filter_counts(np.array([3, 1, 0]), labels, preds))
+    assert counts[0, 0] == 3 and counts[1, 0] == 2 and counts[0, 2] == 2 and counts[1, 2] == 1 and counts[3, 2] == 1
+
+
+# ---------------------------------------------------------------------------
+# In a real browser
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the Python package playwright is missing: pip install -r requirements.txt")
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (never `playwright install`)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+class Opened:
+    """A page showing a report, with every console error and uncaught exception it raised."""
+
+    def __init__(self, browser, path: Path):
+        self.page = browser.new_page(viewport=VIEWPORT)
+        self.errors = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.goto(path.as_uri())
+
+    def shown(self) -> list[int]:
+        return self.page.eval_on_selector_all("#gallery .digit", INDICES_JS)
+
+    def choose(self, **selects) -> list[int]:
+        for select_id, value in selects.items():
+            self.page.select_option(f"#{select_id.replace('_', '-')}", str(value))
+        return self.shown()
+
+
+@pytest.fixture
+def page(browser, report_path):
+    opened = Opened(browser, report_path)
+    yield opened
+    opened.page.close()
+    assert opened.errors == [], f"console errors: {opened.errors}"
+
+
+def test_gallery_shows_the_top_digits_of_the_default_ranking(page, tiny_run):
+    rows = _rows(tiny_run / "scores.csv")
+    assert page.page.input_value("#ranking") == "confident_wrong"
+    assert page.shown() == _expected(rows, "rank_confident_wrong", report.DEFAULT_COUNT)
+    loaded = page.page.eval_on_selector_all("#gallery .digit img", "els => els.map(e => e.naturalWidth)")
+    assert loaded == [28] * report.DEFAULT_COUNT, "every digit image decodes to its 28 pixels"
+    box = page.page.locator("#gallery .digit img").first.bounding_box()
+    assert box["width"] >= 100, "digits are shown large"
+    style = page.page.eval_on_selector("#gallery .digit img", "e => getComputedStyle(e).imageRendering")
+    assert style == "pixelated"
+
+
+@pytest.mark.parametrize("count", report.COUNTS)
+def test_count_selects_how_many_are_shown(page, tiny_run, count):
+    rows = _rows(tiny_run / "scores.csv")
+    assert page.choose(ranking="least_confident", count=count) == _expected(rows, "rank_least_confident", count)
+
+
+@pytest.mark.parametrize("ranking", list(scores.RANKINGS))
+def test_every_ranking_shows_its_own_order(page, tiny_run, ranking):
+    rows = _rows(tiny_run / "scores.csv")
+    assert page.choose(ranking=ranking, count=50) == _expected(rows, f"rank_{ranking}", 50)
+    ranks = page.page.eval_on_selector_all("#gallery .digit", "els => els.map(e => Number(e.dataset.rank))")
+    assert ranks == list(range(1, len(ranks) + 1))
+
+
+def test_switching_ranking_changes_the_order(page):
+    first = page.choose(ranking="confident_wrong", count=25)
+    assert page.choose(ranking="entropy") != first
+    assert page.choose(ranking="confident_wrong") == first
+
+
+def test_true_digit_filter_shows_exactly_that_digit(page, tiny_run):
+    rows = _rows(tiny_run / "scores.csv")
+    digit = int(np.bincount([int(r["label"]) for r in rows]).argmax())
+    shown = page.choose(ranking="least_confident", count=25, filter_true=digit)
+    labels = page.page.eval_on_selector_all("#gallery .digit", "els => els.map(e => Number(e.dataset.label))")
+    assert labels == [digit] * len(shown)
+    assert shown == _expected(rows, "rank_least_confident", 25, label=digit)
+    assert len(shown) == min(25, sum(int(r["label"]) == digit for r in rows))
+
+
+def test_predicted_and_true_filters_combine(page, tiny_run):
+    rows = _rows(tiny_run / "scores.csv")
+    wrong = [r for r in rows if r["label"] != r["pred"]]
+    t, p = int(wrong[0]["label"]), int(wrong[0]["pred"])
+    shown = page.choose(ranking="margin", count=100, filter_true=t, filter_pred=p)
+    assert shown == _expected(rows, "rank_margin", 100, label=t, pred=p)
+    preds = page.page.eval_on_selector_all("#gallery .digit", "els => els.map(e => Number(e.dataset.pred))")
+    assert preds == [p] * len(shown) and shown
+    assert page.page.text_content("#gallery-status").startswith(f"Showing {len(shown)} of ")
+
+
+def test_clicking_a_digit_opens_its_detail_with_every_members_vote(page, tiny_run):
+    with np.load(tiny_run / "probs.npz") as f:
+        votes = f["probs"].argmax(axis=2)  # (M, N)
+    assert page.page.locator("#detail").is_hidden()
+    item = page.page.locator("#gallery .digit").nth(2)
+    index = int(item.get_attribute("data-index"))
+    item.click()
+    detail = page.page.locator("#detail")
+    assert detail.is_visible()
+    assert int(detail.get_attribute("data-index")) == index
+    assert f"#{index}" in page.page.text_content("#detail-title")
+    rows = page.page.locator("#detail .vote")
+    assert rows.count() == MEMBERS
+    shown_votes = [int(rows.nth(m).locator("td").first.text_content()) for m in range(MEMBERS)]
+    assert shown_votes == votes[:, index].tolist()
+    assert page.page.locator("#detail-probs .track").count() == 10
+    page.page.keyboard.press("Escape")
+    assert detail.is_hidden()
+
+
+def test_clicking_a_confusion_cell_shows_those_errors(page):
+    cell = page.page.locator("#confusion td.hit").first
+    t, p = int(cell.get_attribute("data-true")), int(cell.get_attribute("data-pred"))
+    cell.click()
+    pairs = page.page.eval_on_selector_all("#gallery .digit", "els => els.map(e => [+e.dataset.label, +e.dataset.pred])")
+    assert pairs and all(pair == [t, p] for pair in pairs)
+    assert len(pairs) == min(int(cell.text_content()), report.DEFAULT_COUNT)
+
+
+def test_label_issue_gallery_in_the_browser(browser, audited_run):
+    opened = Opened(browser, audited_run / "report.html")
+    shown = opened.choose(ranking="label_issues", count=25)
+    assert shown == _expected(_rows(audited_run / "label_issues.csv"), "rank", 25)
+    opened.page.locator("#gallery .digit").first.click()
+    assert "suggested label" in opened.page.text_content("#detail-measures")
+    opened.page.close()
+    assert opened.errors == []
+
+
+def test_screenshot(page, tmp_path):
+    shot = tmp_path / "report.png"
+    page.page.screenshot(path=str(shot), full_page=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(shot) as im:
+        assert im.width == VIEWPORT["width"] and im.height > VIEWPORT["height"]
+        assert len(set(im.convert("L").resize((64, 64)).getdata())) > 10, "not a blank page"
