@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--folds", type=_positive_int, default=DEFAULTS.folds, help="cross-validation folds K")
     aud.add_argument("--split", choices=("test", "train"), default=DEFAULTS.split,
                      help="audit the test digits (K-fold over the test set) or the training digits")
+    rep = sub.add_parser("report", help="write report.html from a finished run (no retraining)")
+    rep.add_argument("run_dir", type=_existing_dir, help="run directory (from `run`)")
     val = sub.add_parser("validate", help="compare a run's suspected label errors with the human review")
     val.add_argument("run_dir", type=_existing_dir, help="run directory holding label_issues.csv (from audit)")
     return parser
@@ -98,7 +100,8 @@ def _cmd_run(a: argparse.Namespace) -> None:
     cfg = config_from_args(a)
     summary = run(cfg, log=print, progress=not a.quiet)
     print(f"test accuracy {summary['test_accuracy']:.2%} ({summary['test_errors']} errors in "
-          f"{summary['test_digits']} test digits), {summary['seconds']['total']:.0f} s; results in {cfg.out}/")
+          f"{summary['test_digits']} test digits), {summary['seconds']['total']:.0f} s; results in {cfg.out}/ "
+          f"(open {cfg.out / 'report.html'})")
 
 
 def _cmd_audit(a: argparse.Namespace) -> None:
@@ -109,6 +112,12 @@ def _cmd_audit(a: argparse.Namespace) -> None:
     print(f"{s['split']} set: cross-validated accuracy {s['cv_accuracy']:.2%}; cleanlab flags "
           f"{s['label_issues_found']} label issues; most suspect: {', '.join(map(str, s['top'][:10]))}; "
           f"results in {cfg.out}/")
+
+
+def _cmd_report(a: argparse.Namespace) -> None:
+    from .report import write_report
+
+    print(f"wrote {write_report(a.run_dir)}")
 
 
 def _cmd_validate(a: argparse.Namespace) -> None:
@@ -126,7 +135,7 @@ def _cmd_validate(a: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"run": _cmd_run, "audit": _cmd_audit, "validate": _cmd_validate}[args.command](args)
+        {"run": _cmd_run, "audit": _cmd_audit, "report": _cmd_report, "validate": _cmd_validate}[args.command](args)
     except (ConfigError, DataError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from . import audit, data, files, outputs, scores, validate
+from . import audit, data, files, outputs, report, scores, validate
 from .config import EVAL_BATCH, NUM_CLASSES, Config, ConfigError
 from .model import checkpoint, describe
 from .train import predict_probs, resolve_device, resolve_precision, train
@@ -159,6 +159,7 @@ def run(cfg: Config, log: Log = print, progress: bool = True) -> dict:
         "config": cfg.to_json(),
     }
     files.write_json(cfg.out / "summary.json", summary)
+    report.write_report(cfg.out, mnist=mnist)
     return summary
 
 
@@ -230,7 +231,14 @@ def run_audit(cfg: Config, log: Log = print, progress: bool = True) -> dict:
         "environment": environment(device, precision), "config": cfg.to_json(),
     }
     files.write_json(cfg.out / summary_name, summary)
+    _refresh_report(cfg.out, mnist)
     return summary
+
+
+def _refresh_report(run_dir: Path, mnist: data.Mnist | None = None) -> None:
+    """Re-render report.html when run_dir holds a finished run, so new results show up in it."""
+    if (run_dir / "summary.json").is_file():
+        report.write_report(run_dir, mnist=mnist)
 
 
 def _write_images(folder: Path, x: np.ndarray, rows) -> None:
@@ -269,4 +277,5 @@ def run_validate(run_dir: Path) -> dict:
             raise ConfigError(f"{path}: {e}") from None
     out = {"rankings": result, "review": validate.REVIEW_FILE}
     files.write_json(run_dir / "validation.json", out)
+    _refresh_report(run_dir)
     return out

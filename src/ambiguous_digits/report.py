@@ -34,8 +34,13 @@ TEMPLATE = "report.html"
 # digits of every ranking under every filter, so each choice shows exactly that many.
 COUNTS = (10, 25, 50, 100)
 DEFAULT_COUNT = 25
-# A digit costs ~0.7 kB of page (PNG + numbers); this keeps the page a few MB.
+# A digit costs ~1.1 kB of page (PNG + numbers); this keeps the page under ~5 MB. The
+# galleries' digits come first, so the cap only drops errors no gallery needs, unless
+# a run has thousands of errors (a full-size run needs ~1,600 digits).
 MAX_DIGITS = 4000
+# Keys of summary.json the report reads (written by `run` since the ensemble pipeline).
+SUMMARY_KEYS = ("test_accuracy", "test_errors", "train_digits", "member_accuracy", "member_accuracy_mean",
+                "member_accuracy_std", "member_seeds", "model", "seconds", "data", "environment", "config")
 # Suspected training-set label errors shown (a static gallery; `audit --split train`).
 TRAIN_ISSUES_SHOWN = 30
 # The rankings of one run (scores.RANKINGS) plus the audit's, when present:
@@ -101,15 +106,15 @@ def render(run: Run, mnist: data.Mnist) -> str:
 
 def page_context(run: Run, mnist: data.Mnist) -> dict:
     """Everything the template shows: header numbers, tables, chart, answers, and the gallery's JSON."""
-    facts = run_facts(run)
+    facts, page_data = run_facts(run), gallery_data(run, mnist.x_test)
     return {
-        "run": run, "s": run.summary, "facts": facts, "answers": answers(facts),
+        "run": run, "name": run.dir.resolve().name, "s": run.summary, "facts": facts, "answers": answers(facts),
         "confusion": facts["confusion"].tolist(), "confusion_rows": facts["confusion"].sum(axis=1).tolist(),
         "confusion_cols": facts["confusion"].sum(axis=0).tolist(), "class_accuracy": facts["class_accuracy"],
         "reliability_png": reliability_png(run), "counts": COUNTS, "default_count": DEFAULT_COUNT,
-        "rankings": {n: _ranking_title(n) for n in ranking_orders(run)},
+        "rankings": {n: _ranking_title(n) for n in page_data["rankings"]},
         "train_issues": train_issue_cards(run, mnist.x_train),
-        "page_data": gallery_data(run, mnist.x_test),
+        "page_data": page_data,
     }
 
 
@@ -117,9 +122,14 @@ def page_context(run: Run, mnist: data.Mnist) -> dict:
 # Reading the run directory (validated here, trusted below)
 # ---------------------------------------------------------------------------
 def load_run(run_dir: Path) -> Run:
+    """The run's files, checked once; the audit's files are None where absent."""
     for name in ("summary.json", "scores.csv", "probs.npz"):
         if not (run_dir / name).is_file():
             raise ConfigError(f"RUN_DIR: {run_dir} has no {name}; is it a finished `run`?")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    missing = [key for key in SUMMARY_KEYS if key not in summary]
+    if missing:
+        raise ConfigError(f"{run_dir / 'summary.json'}: no {', '.join(missing)}; re-run with this version")
     table = read_table(run_dir / "scores.csv")
     with np.load(run_dir / "probs.npz") as npz:
         member_probs, seeds = npz["probs"], [int(s) for s in npz["seeds"]]
@@ -127,7 +137,7 @@ def load_run(run_dir: Path) -> Run:
     if member_probs.shape[1:] != (n, NUM_CLASSES):
         raise ConfigError(f"{run_dir / 'probs.npz'}: probs {member_probs.shape} do not match {n} rows of scores.csv")
     label_issues = _optional_table(run_dir / "label_issues.csv", n)
-    return Run(run_dir, json.loads((run_dir / "summary.json").read_text()), table, member_probs, seeds,
+    return Run(run_dir, summary, table, member_probs, seeds,
                label_issues, _optional_json(run_dir / "validation.json"),
                _optional_table(run_dir / "train_label_issues.csv", None))
 
@@ -279,9 +289,10 @@ def describe_model(f: dict) -> list[str]:
     return [
         f"{who}: {s['model']}.{size} The network returns logits; softmax is applied once, when probabilities "
         f"are computed.",
-        f"Training: {_plural(c['epochs'], 'epoch')} over {s['train_digits']:,} training digits{limited}, SGD with Nesterov "
-        f"momentum and a one-cycle learning rate peaking at {c['lr']}, weight decay {c['weight_decay']}, batches of "
-        f"{c['batch_size']}, {'with' if c['augment'] else 'without'} random affine augmentation, and no label "
+        f"Training: {_plural(c['epochs'], 'epoch')} over {s['train_digits']:,} training digits{limited}, SGD "
+        f"with Nesterov momentum and a one-cycle learning rate peaking at {c['lr']}, weight decay "
+        f"{c['weight_decay']}, batches of {c['batch_size']}, {'with' if c['augment'] else 'without'} random "
+        f"affine augmentation, and no label "
         f"smoothing, so the probabilities keep their confidence signal. Training took "
         f"{s['seconds']['train']:.1f} s on {s['environment']['device']}.",
     ]
@@ -342,9 +353,9 @@ def _uncertainty_sentence(f: dict) -> str:
         return ("With a single network the uncertainty cannot be split into its aleatoric and epistemic parts; "
                 "train an ensemble (--members) to measure it.")
     e, a = f["split_errors"], f["split_all"]
-    advice = ("Most of it is aleatoric — the digits themselves are unclear to every member — which more data or "
-              "more members would not remove; retraining on them (the original suggestion) mostly teaches labels "
-              "a person might dispute too." if e["epistemic_share"] < 0.5 else
+    advice = ("Most of it is aleatoric — the digits themselves are unclear to every member — which more members "
+              "cannot remove and more data may not, so retraining on them (the original suggestion, untested "
+              "here) may buy little." if e["epistemic_share"] < 0.5 else
               "Much of it is epistemic — the members disagree — which more data, augmentation or more members "
               "can still reduce, as the original analysis suggested.")
     return (f"On the misclassified digits the predictive entropy averages {e['total']:.3f} nats: "
@@ -362,7 +373,8 @@ def _label_issue_sentence(f: dict) -> str:
     if f["validation"]:
         v0 = next(iter(f["validation"].values()))
         found = "; ".join(f"the {name.replace('_', ' ')} ranking holds {v['errors_in_top_10']} of them in its top 10 "
-                          f"and {v['errors_in_top_100']} in its top 100 (average precision {v['average_precision']:.3f})"
+                          f"and {v['errors_in_top_100']} in its top 100 "
+                          f"(average precision {v['average_precision']:.3f})"
                           for name, v in f["validation"].items())
         text += (f" Against the human review ({len(v0['errors'])} confirmed label errors among {v0['reviewed']} "
                  f"reviewed test digits), {found}; the review authors' own ranking reached "
@@ -469,7 +481,7 @@ def digit_record(run: Run, i: int, image: np.ndarray, rank_columns: dict[str, np
     votes = member.argmax(axis=1)
     rec = {
         "i": i, "y": int(t["label"][i]), "p": int(t["pred"][i]), "img": digit_uri(image),
-        "probs": [_num(v) for v in run.member_probs[:, i, :].mean(axis=0)],
+        "probs": [_num(v) for v in member.mean(axis=0)],
         "m": {name: _num(t[name][i]) for name in MEASURES if name in t},
         "ranks": {name: _num(col[i], 0) for name, col in rank_columns.items()},
         "votes": votes.tolist(), "vote_probs": [_num(member[m, v]) for m, v in enumerate(votes)],
