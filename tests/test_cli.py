@@ -34,6 +34,7 @@ def _rows(path):
 
 def test_every_output_file_is_written(tiny_run):
     for name in ["scores.csv", "summary.json", "config.json", "probs.npz", "models/member-0.pt", "models/member-1.pt",
+                 "report.html",
                  *(f"top_{n}.png" for n in scores.RANKINGS)]:
         assert (tiny_run / name).is_file(), name
     assert not list(tiny_run.glob(".*.tmp")), "temporary files left behind"
@@ -120,3 +121,20 @@ def test_out_that_is_a_file_is_refused(tmp_path, mnist_dir, capsys):
     f.write_text("keep me")
     assert _run(f, mnist_dir) == 2
     assert "is a file" in capsys.readouterr().err and f.read_text() == "keep me"
+
+
+def test_report_is_written_by_run_and_recreated_without_retraining(tiny_run, capsys):
+    report = tiny_run / "report.html"
+    first = report.read_bytes()
+    report.unlink()
+    models_before = {p: p.stat().st_mtime_ns for p in (tiny_run / "models").iterdir()}
+    assert cli.main(["report", str(tiny_run)]) == 0
+    assert report.read_bytes() == first
+    assert {p: p.stat().st_mtime_ns for p in (tiny_run / "models").iterdir()} == models_before
+
+
+@pytest.mark.parametrize("command", ["report", "validate"])
+def test_commands_on_a_directory_that_does_not_exist_fail_on_one_line(tmp_path, command, capsys):
+    assert _exit_code([command, str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not exist" in err and len(err.splitlines()) == 1
