@@ -220,7 +220,7 @@ def test_a_summary_from_an_older_run_is_refused(tiny_run, tmp_path, mnist):
 def test_scores_csv_out_of_order_is_refused(tmp_path):
     (tmp_path / "scores.csv").write_text("index,label\n1,3\n0,2\n")
     with pytest.raises(ConfigError, match="canonical"):
-        report.read_table(tmp_path / "scores.csv")
+        outputs.read_table(tmp_path / "scores.csv")
 
 
 # ---------------------------------------------------------------------------

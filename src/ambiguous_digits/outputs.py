@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from . import files  # noqa: E402
+from .config import ConfigError  # noqa: E402
 
 # Column order of scores.csv; float columns get this many significant digits,
 # enough to tell apart probabilities like 0.99999 and 0.999999.
@@ -44,6 +45,22 @@ def table_csv(table: dict[str, np.ndarray]) -> str:
 
 def write_table(path: Path, table: dict[str, np.ndarray]) -> None:
     files.write_text(path, table_csv(table))
+
+
+def read_table(path: Path) -> dict[str, np.ndarray]:
+    """A per-digit CSV as float columns (empty cell = NaN); rows must be in canonical index order."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2:
+        raise ConfigError(f"{path}: no rows")
+    try:
+        values = np.array([[float(v) if v else np.nan for v in row] for row in rows[1:]])
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    table = dict(zip(rows[0], values.T))
+    if "index" not in table or not np.array_equal(table["index"], np.arange(len(values))):
+        raise ConfigError(f"{path}: rows are not in canonical index order")
+    return table
 
 
 def write_digit(path: Path, image: np.ndarray) -> None:

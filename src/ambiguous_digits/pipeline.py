@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import platform
 import sys
@@ -250,17 +249,6 @@ def _write_images(folder: Path, x: np.ndarray, rows) -> None:
 # ---------------------------------------------------------------------------
 # validate: our rankings against the human review of 100 test digits
 # ---------------------------------------------------------------------------
-def _ranks_from_csv(path: Path, column: str) -> np.ndarray:
-    """(N,) ranks from a per-digit table (row i = digit i); NaN where empty."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or column not in rows[0]:
-        raise ConfigError(f"{path}: no column {column!r}")
-    if [int(r["index"]) for r in rows] != list(range(len(rows))):
-        raise ConfigError(f"{path}: rows are not in canonical index order")
-    return np.array([float(r[column]) if r[column] else np.nan for r in rows])
-
-
 def run_validate(run_dir: Path) -> dict:
     """validation.json: each available ranking (audit's label issues, the run's ambiguity) vs the review."""
     sources = {"label_issues": (run_dir / AUDIT_FILES["test"][0], "rank"),
@@ -272,7 +260,10 @@ def run_validate(run_dir: Path) -> dict:
     result = {}
     for name, (path, column) in available.items():
         try:
-            result[name] = validate.validate_ranking(_ranks_from_csv(path, column), review)
+            table = outputs.read_table(path)
+            if column not in table:
+                raise ConfigError(f"{path}: no column {column!r}")
+            result[name] = validate.validate_ranking(table[column], review)
         except ValueError as e:
             raise ConfigError(f"{path}: {e}") from None
     out = {"rankings": result, "review": validate.REVIEW_FILE}

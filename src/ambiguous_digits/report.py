@@ -10,7 +10,6 @@ CSS and JavaScript are inline, and the data the controls need is one JSON blob.
 from __future__ import annotations
 
 import base64
-import csv
 import io
 import json
 import re
@@ -25,7 +24,7 @@ import numpy as np  # noqa: E402
 from jinja2 import Environment, PackageLoader  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from . import data, files, scores  # noqa: E402
+from . import data, files, outputs, scores  # noqa: E402
 from .config import NUM_CLASSES, ConfigError  # noqa: E402
 
 REPORT_FILE = "report.html"
@@ -130,7 +129,7 @@ def load_run(run_dir: Path) -> Run:
     missing = [key for key in SUMMARY_KEYS if key not in summary]
     if missing:
         raise ConfigError(f"{run_dir / 'summary.json'}: no {', '.join(missing)}; re-run with this version")
-    table = read_table(run_dir / "scores.csv")
+    table = outputs.read_table(run_dir / "scores.csv")
     with np.load(run_dir / "probs.npz") as npz:
         member_probs, seeds = npz["probs"], [int(s) for s in npz["seeds"]]
     n = len(table["index"])
@@ -142,26 +141,10 @@ def load_run(run_dir: Path) -> Run:
                _optional_table(run_dir / "train_label_issues.csv", None))
 
 
-def read_table(path: Path) -> dict[str, np.ndarray]:
-    """A per-digit CSV as float columns (empty cell = NaN); rows must be in canonical index order."""
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if len(rows) < 2:
-        raise ConfigError(f"{path}: no rows")
-    try:
-        values = np.array([[float(v) if v else np.nan for v in row] for row in rows[1:]])
-    except ValueError as e:
-        raise ConfigError(f"{path}: {e}") from None
-    table = dict(zip(rows[0], values.T))
-    if "index" not in table or not np.array_equal(table["index"], np.arange(len(values))):
-        raise ConfigError(f"{path}: rows are not in canonical index order")
-    return table
-
-
 def _optional_table(path: Path, rows: int | None) -> dict[str, np.ndarray] | None:
     if not path.is_file():
         return None
-    table = read_table(path)
+    table = outputs.read_table(path)
     if rows is not None and len(table["index"]) != rows:
         raise ConfigError(f"{path}: {len(table['index'])} rows, but the run scored {rows} test digits")
     return table

@@ -121,7 +121,7 @@ def _epoch(model, opt, sched, x, y, cfg: Config, gen, precision: Precision, bar,
         loss_sum += loss.item() * len(idx)
         correct += (logits.argmax(1) == yb).sum().item()
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         if i + 1 in hook_at:
             hook(model, epoch + (i + 1) / steps)
             model.train()
