@@ -143,3 +143,19 @@ def test_validate_command_on_a_synthetic_run_dir(tmp_path, capsys):
 def test_validate_without_results_says_what_is_missing(tmp_path, capsys):
     assert cli.main(["validate", str(tmp_path)]) == 2
     assert "label_issues.csv" in capsys.readouterr().err
+
+
+def test_audit_pools_a_finished_run_over_the_same_test_digits(tmp_path, mnist_dir):
+    out = tmp_path / "run"
+    common = ["--out", str(out), "--data-dir", str(mnist_dir), "--train-limit", "300", "--test-limit", "60",
+              "--epochs", "1", "--widths", "4,8,8", "--quiet"]
+    assert cli.main(["run", "--members", "2", *common]) == 0
+    assert cli.main(["audit", "--folds", "2", *common]) == 0
+    summary = json.loads((out / "audit_test.json").read_text())
+    assert summary["run_members_pooled"] == 2 and summary["members_per_fold"] == 1
+    with np.load(out / "cv_probs_test.npz") as cv, np.load(out / "probs.npz") as run:
+        pooled = (cv["probs"] + run["probs"].sum(axis=0)) / 3
+    from ambiguous_digits import outputs
+    table = outputs.read_table(out / "label_issues.csv")
+    np.testing.assert_array_equal(table["suggested_label"], pooled.argmax(axis=1))
+    assert (out / "report.html").is_file()

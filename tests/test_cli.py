@@ -138,3 +138,11 @@ def test_commands_on_a_directory_that_does_not_exist_fail_on_one_line(tmp_path, 
     assert _exit_code([command, str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert "does not exist" in err and len(err.splitlines()) == 1
+
+
+def test_outputs_get_ordinary_file_permissions(tiny_run):
+    import os
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("scores.csv", "summary.json", "report.html", "probs.npz"):
+        assert (tiny_run / name).stat().st_mode & 0o777 == 0o666 & ~mask, name

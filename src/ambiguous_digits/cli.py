@@ -11,6 +11,9 @@ from .data import DataError
 
 PROG = "ambiguous-digits"
 DEFAULTS = Config()
+# CNNs per audit fold. One keeps the audit as fast as one `run` member per fold; on
+# the test split the run's own ensemble is pooled in as well (pipeline._pool_with_run).
+AUDIT_MEMBERS = 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     aud = sub.add_parser("audit", help="suspected label errors: K-fold cross-validated probabilities ranked by cleanlab",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_run_flags(aud)
-    aud.set_defaults(members=1)
+    aud.set_defaults(members=AUDIT_MEMBERS)
     aud.add_argument("--folds", type=_positive_int, default=DEFAULTS.folds, help="cross-validation folds K")
     aud.add_argument("--split", choices=("test", "train"), default=DEFAULTS.split,
                      help="audit the test digits (K-fold over the test set) or the training digits")

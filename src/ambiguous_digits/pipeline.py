@@ -212,7 +212,11 @@ def run_audit(cfg: Config, log: Log = print, progress: bool = True) -> dict:
     probs, folds = cross_val_probs(cfg, extra, x, y, device, precision, progress, log)
     with files.atomic_path(cfg.out / probs_name) as tmp, open(tmp, "wb") as f:
         np.savez(f, probs=probs, labels=y, folds=folds, index=np.arange(len(y)))
-    table = audit.label_issue_table(y, probs)
+    pooled, run_members = _pool_with_run(cfg, probs, y)
+    if run_members:
+        log(f"pooling the {cfg.members} cross-validated CNN(s) per digit with the run's {run_members} members "
+            f"(trained on the training set only, so also out-of-sample for every test digit)")
+    table = audit.label_issue_table(y, pooled)
     outputs.write_table(cfg.out / table_name, table)
     top = scores.top_indices(table["rank"].astype(float), AUDIT_TOP)
     _write_images(cfg.out / img_dir, x, top)
@@ -221,6 +225,7 @@ def run_audit(cfg: Config, log: Log = print, progress: bool = True) -> dict:
                           f"Top {len(top)} suspected label errors ({cfg.split} set; given \u2192 suggested)")
     summary = {
         "split": cfg.split, "digits": len(y), "folds": cfg.folds, "members_per_fold": cfg.members,
+        "run_members_pooled": run_members,
         "cv_accuracy": float((probs.argmax(1) == y).mean()),
         "label_issues_found": int(table["is_label_issue"].sum()),
         "top": [int(i) for i in top], "quality_method": audit.QUALITY_METHOD,
@@ -232,6 +237,24 @@ def run_audit(cfg: Config, log: Log = print, progress: bool = True) -> dict:
     files.write_json(cfg.out / summary_name, summary)
     _refresh_report(cfg.out, mnist)
     return summary
+
+
+def _pool_with_run(cfg: Config, cv_probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """(N, K) mean over every out-of-sample CNN of each digit, and how many run members joined.
+
+    For the test split, a finished run in the same directory holds M members trained on
+    the training digits only: they never saw a test digit, so they are out-of-sample
+    too, and pooling them steadies the ranking. The training split has no such models.
+    """
+    path = cfg.out / PROBS_FILE
+    if cfg.split != "test" or not path.is_file():
+        return cv_probs, 0
+    with np.load(path) as z:
+        run_probs, run_labels = z["probs"], z["labels"]
+    if run_probs.shape[1:] != cv_probs.shape or not np.array_equal(run_labels, labels):
+        return cv_probs, 0
+    m = len(run_probs)
+    return (cv_probs * cfg.members + run_probs.sum(axis=0)) / (cfg.members + m), m
 
 
 def _refresh_report(run_dir: Path, mnist: data.Mnist | None = None) -> None:
