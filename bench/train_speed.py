@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ambiguous_digits import files
 from ambiguous_digits.config import EVAL_BATCH, NUM_CLASSES, Config
 from ambiguous_digits.data import load_mnist
 from ambiguous_digits.model import Net, NetShape, count_parameters
@@ -387,12 +388,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        args.json.write_text(json.dumps(run_worker(args.worker, args)))
+        files.write_text(args.json, json.dumps(run_worker(args.worker, args)))
         return 0
     report = run_parent(args)
     print(render(report))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    files.write_text(args.out, json.dumps(report, indent=2))
     print(f"wrote {args.out}")
     return 0
 

@@ -159,3 +159,12 @@ def test_audit_pools_a_finished_run_over_the_same_test_digits(tmp_path, mnist_di
     table = outputs.read_table(out / "label_issues.csv")
     np.testing.assert_array_equal(table["suggested_label"], pooled.argmax(axis=1))
     assert (out / "report.html").is_file()
+
+
+def test_more_folds_than_digits_is_a_one_line_error(tmp_path, mnist_dir, capsys):
+    argv = ["audit", "--out", str(tmp_path / "a"), "--data-dir", str(mnist_dir), "--test-limit", "3",
+            "--train-limit", "50", "--folds", "5", "--epochs", "1", "--widths", "4,8,8", "--quiet"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--folds: need 2 <= K <= 3 digits, got 5" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "a" / "label_issues.csv").exists()

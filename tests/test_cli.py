@@ -107,6 +107,9 @@ def _exit_code(argv):
     (["--precision", "fp8"], "--precision: invalid choice"),
     (["--device", "tpu"], "--device: expected auto, cpu or cuda"),
     (["--lr", "-1"], "--lr: must be positive"),
+    (["--weight-decay", "nan"], "--weight-decay: must be >= 0"),
+    (["--widths", "8,8,8,8,8"], "--widths: at most 4 stages"),
+    (["--members", "0"], "--members: must be positive"),
 ])
 def test_bad_flags_fail_on_one_line_and_write_nothing(tmp_path, flags, message, capsys):
     out = tmp_path / "out"
@@ -146,3 +149,15 @@ def test_outputs_get_ordinary_file_permissions(tiny_run):
     os.umask(mask)
     for name in ("scores.csv", "summary.json", "report.html", "probs.npz"):
         assert (tiny_run / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
+def test_force_rerun_drops_results_derived_from_the_earlier_run(tmp_path, mnist_dir):
+    out = tmp_path / "run"
+    assert _run(out, mnist_dir) == 0
+    stale = ["label_issues.csv", "validation.json", "audit_test.json"]
+    for name in stale:
+        (out / name).write_text("from an earlier run")
+    (out / "imgs" / "99999.png").write_bytes(b"old")
+    assert _run(out, mnist_dir, "--force") == 0
+    assert not any((out / name).exists() for name in stale)
+    assert not (out / "imgs" / "99999.png").exists() and (out / "report.html").is_file()

@@ -12,6 +12,8 @@ import numpy as np
 from cleanlab.filter import find_label_issues
 from cleanlab.rank import get_label_quality_scores
 
+from .config import ConfigError
+
 # cleanlab's label-quality score: 'normalized_margin' (the given label's probability
 # minus the largest other class's), the score Northcutt et al. ranked MNIST's test
 # labels with before their human review, so `validate` compares like with like.
@@ -21,7 +23,7 @@ QUALITY_METHOD = "normalized_margin"
 def fold_ids(n: int, k: int, seed: int) -> np.ndarray:
     """(n,) fold number in [0, k) of each digit: a seeded shuffle cut into k near-equal folds."""
     if not 2 <= k <= n:
-        raise ValueError(f"--folds: need 2 <= K <= {n} digits, got {k}")
+        raise ConfigError(f"--folds: need 2 <= K <= {n} digits, got {k}")
     order = np.random.default_rng(seed).permutation(n)
     ids = np.empty(n, dtype=np.int64)
     ids[order] = np.arange(n) % k

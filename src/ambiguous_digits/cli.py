@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write report.html from a finished run (no retraining)")
     rep.add_argument("run_dir", type=_existing_dir, help="run directory (from `run`)")
     val = sub.add_parser("validate", help="compare a run's suspected label errors with the human review")
-    val.add_argument("run_dir", type=_existing_dir, help="run directory holding label_issues.csv (from audit)")
+    val.add_argument("run_dir", type=_existing_dir,
+                     help="run directory holding scores.csv (from run) and/or label_issues.csv (from audit)")
     return parser
 
 

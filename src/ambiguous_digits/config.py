@@ -15,6 +15,8 @@ IMAGE_SIDE = 28
 # MNIST recipe (PyTorch's examples/mnist among them) normalises with.
 PIXEL_MEAN = 0.1307
 PIXEL_STD = 0.3081
+# Each conv stage halves the image side (28 -> 14 -> 7 -> 3 -> 1): at most 4 stages.
+MAX_STAGES = 4
 # Test images are scored in chunks so peak memory stays small on a laptop.
 EVAL_BATCH = 1000
 
@@ -53,7 +55,7 @@ class Config:
         _check_positive("--batch-size", self.batch_size)
         _check_positive("--top", self.top)
         _check_positive("--lr", self.lr)
-        if self.weight_decay < 0:
+        if not self.weight_decay >= 0:  # also refuses NaN
             raise ConfigError(f"--weight-decay: must be >= 0, got {self.weight_decay}")
         if self.folds < 2:
             raise ConfigError(f"--folds: need at least 2 folds, got {self.folds}")
@@ -70,6 +72,9 @@ class Config:
             raise ConfigError(f"--precision: expected auto, bf16 or fp32, got {self.precision!r}")
         if not self.widths or any(w <= 0 for w in self.widths):
             raise ConfigError(f"--widths: expected positive channel counts, got {self.widths}")
+        if IMAGE_SIDE >> len(self.widths) < 1:  # each stage halves the side: 28, 14, 7, 3, 1
+            raise ConfigError(f"--widths: at most {MAX_STAGES} stages fit a {IMAGE_SIDE}-pixel digit, "
+                              f"got {len(self.widths)}")
 
     def member_seeds(self, fold: int | None = None) -> list[int]:
         """One independent seed per ensemble member (of one audit fold), derived from the base seed."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -114,9 +115,20 @@ def _setup(cfg: Config):
     return device, resolve_precision(cfg.precision, device)
 
 
+def _remove_derived(out: Path) -> None:
+    """With --force: drop an earlier run's summary and every result derived from it (audits,
+    validation, report), so a new run never sits beside results of another."""
+    names = ["summary.json", "validation.json", report.REPORT_FILE]
+    names += [name for files_ in AUDIT_FILES.values() for name in files_ if name.endswith((".csv", ".npz", ".json", ".png"))]
+    for name in names:
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "imgs", ignore_errors=True)  # the earlier top-K lists' digits
+
+
 def run(cfg: Config, log: Log = print, progress: bool = True) -> dict:
     """Run the whole pipeline into cfg.out; returns the summary also written as summary.json."""
     prepare_out_dir(cfg.out, cfg.force)
+    _remove_derived(cfg.out)
     device, precision = _setup(cfg)
     files.write_text(cfg.out / "config.json", cfg.dumps() + "\n")
     timings: dict[str, float] = {}
@@ -235,7 +247,7 @@ def run_audit(cfg: Config, log: Log = print, progress: bool = True) -> dict:
         "environment": environment(device, precision), "config": cfg.to_json(),
     }
     files.write_json(cfg.out / summary_name, summary)
-    _refresh_report(cfg.out, mnist)
+    _refresh_report(cfg.out, mnist, log)
     return summary
 
 
@@ -257,10 +269,14 @@ def _pool_with_run(cfg: Config, cv_probs: np.ndarray, labels: np.ndarray) -> tup
     return (cv_probs * cfg.members + run_probs.sum(axis=0)) / (cfg.members + m), m
 
 
-def _refresh_report(run_dir: Path, mnist: data.Mnist | None = None) -> None:
+def _refresh_report(run_dir: Path, mnist: data.Mnist | None = None, log: Log = print) -> None:
     """Re-render report.html when run_dir holds a finished run, so new results show up in it."""
-    if (run_dir / "summary.json").is_file():
+    if not (run_dir / "summary.json").is_file():
+        return
+    try:
         report.write_report(run_dir, mnist=mnist)
+    except ConfigError as e:  # e.g. an audit over other digits than the run's: keep the results
+        log(f"report.html not refreshed: {e}")
 
 
 def _write_images(folder: Path, x: np.ndarray, rows) -> None:
