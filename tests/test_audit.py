@@ -168,3 +168,10 @@ def test_more_folds_than_digits_is_a_one_line_error(tmp_path, mnist_dir, capsys)
     err = capsys.readouterr().err.strip()
     assert "--folds: need 2 <= K <= 3 digits, got 5" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "a" / "label_issues.csv").exists()
+
+
+def test_validate_names_an_unreadable_table_once(tmp_path, capsys):
+    (tmp_path / "label_issues.csv").write_text("index,rank\n0,x\n")
+    assert cli.main(["validate", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.count(str(tmp_path / "label_issues.csv")) == 1

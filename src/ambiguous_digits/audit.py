@@ -12,6 +12,7 @@ import numpy as np
 from cleanlab.filter import find_label_issues
 from cleanlab.rank import get_label_quality_scores
 
+from . import scores
 from .config import ConfigError
 
 # cleanlab's label-quality score: 'normalized_margin' (the given label's probability
@@ -44,9 +45,7 @@ def label_issue_table(labels: np.ndarray, pred_probs: np.ndarray) -> dict[str, n
     labels = np.asarray(labels, dtype=np.int64)
     quality = get_label_quality_scores(labels, pred_probs, method=QUALITY_METHOD)
     is_issue = find_label_issues(labels, pred_probs)
-    order = np.argsort(quality, kind="stable")
-    ranks = np.empty(len(labels), dtype=np.int64)
-    ranks[order] = np.arange(1, len(labels) + 1)
+    ranks = scores.rank(-quality).astype(np.int64)  # lowest quality first, ties by index
     return {
         "index": np.arange(len(labels)),
         "given_label": labels,

@@ -138,16 +138,16 @@ def run(cfg: Config, log: Log = print, progress: bool = True) -> dict:
         x_train, y_train, x_test, y_test = _subset(mnist, cfg)
     log(f"training {cfg.members} CNN(s) on {len(x_train)} digits, {device}, bf16 autocast "
         f"{'on' if precision.autocast else 'off'}, {torch.get_num_threads()} threads")
+    seeds = cfg.member_seeds()
     with timed(timings, "train"):
-        models, histories = _train_members(cfg, cfg.member_seeds(), x_train, y_train, device, precision,
-                                           progress, log)
+        models, histories = _train_members(cfg, seeds, x_train, y_train, device, precision, progress, log)
         _save_models(cfg.out, models)
     with timed(timings, "predict"):
         member_probs = np.stack([predict_probs(m, x_test, device, EVAL_BATCH) for m in models])
     with timed(timings, "scores"):
         table = scores.score_table(member_probs, y_test)
     with timed(timings, "write"):
-        _save_probs(cfg.out / PROBS_FILE, member_probs, y_test, cfg.member_seeds())
+        _save_probs(cfg.out / PROBS_FILE, member_probs, y_test, seeds)
         tops = write_results(cfg.out, cfg, x_test, table)
     member_acc = [float((p.argmax(1) == y_test).mean()) for p in member_probs]
     errors = int((table["pred"] != table["label"]).sum())
@@ -160,7 +160,7 @@ def run(cfg: Config, log: Log = print, progress: bool = True) -> dict:
         "member_accuracy_mean": float(np.mean(member_acc)),
         "member_accuracy_std": float(np.std(member_acc)),
         "members": cfg.members,
-        "member_seeds": cfg.member_seeds(),
+        "member_seeds": seeds,
         "model": describe(models[0]),
         "seconds": {**timings, "total": round(time.perf_counter() - wall, 3)},
         "history": histories,
@@ -187,8 +187,6 @@ AUDIT_FILES = {  # split -> (table, probabilities, contact sheet, image folder, 
 
 def _prepare_audit_dir(out: Path, table: str, force: bool) -> None:
     """The audit may join a finished run's directory, but never overwrites an audit without --force."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out: {out} is a file, not a directory")
     if (out / table).exists() and not force:
         raise ConfigError(f"--out: {out / table} exists; pass --force to overwrite it")
     prepare_out_dir(out, force=True)
@@ -298,10 +296,10 @@ def run_validate(run_dir: Path) -> dict:
     review = validate.load_review()
     result = {}
     for name, (path, column) in available.items():
+        table = outputs.read_table(path)  # raises ConfigError naming the file
+        if column not in table:
+            raise ConfigError(f"{path}: no column {column!r}")
         try:
-            table = outputs.read_table(path)
-            if column not in table:
-                raise ConfigError(f"{path}: no column {column!r}")
             result[name] = validate.validate_ranking(table[column], review)
         except ValueError as e:
             raise ConfigError(f"{path}: {e}") from None
