@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import Config, ConfigError
+from .config import BACKENDS, Config, ConfigError
 from .data import DataError
 
 PROG = "ambiguous-digits"
@@ -58,6 +58,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-limit", type=_positive_int, default=None, help="train on the first N digits only (smoke tests)")
     p.add_argument("--test-limit", type=_positive_int, default=None, help="score the first N test digits only (smoke tests)")
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    p.add_argument("--backend", choices=BACKENDS, default=d.backend,
+                   help="where the ensemble members (audit: folds) train: one after another here, or as Ray "
+                        "tasks of --threads CPUs each (default 1; needs pip install '.[ray]')")
+    p.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                   help="with --backend ray: the head node of an existing Ray cluster "
+                        "(default: $RAY_ADDRESS, else a Ray started on this machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -95,7 +101,7 @@ def config_from_args(a: argparse.Namespace) -> Config:
     return Config(**extra, out=a.out, data_dir=a.data_dir, seed=a.seed, epochs=a.epochs, batch_size=a.batch_size,
                   members=a.members, lr=a.lr, weight_decay=a.weight_decay, widths=a.widths, augment=a.augment, top=a.top,
                   device=a.device, precision=a.precision, threads=a.threads, train_limit=a.train_limit,
-                  test_limit=a.test_limit, force=a.force)
+                  test_limit=a.test_limit, force=a.force, backend=a.backend, ray_address=a.ray_address)
 
 
 def _cmd_run(a: argparse.Namespace) -> None:

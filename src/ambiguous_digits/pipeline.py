@@ -16,10 +16,9 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from . import audit, data, files, outputs, report, scores, validate
-from .config import EVAL_BATCH, NUM_CLASSES, Config, ConfigError
-from .model import checkpoint, describe
-from .train import predict_probs, resolve_device, resolve_precision, train
+from . import audit, backend, data, files, jobs, outputs, report, scores, validate
+from .config import NUM_CLASSES, Config, ConfigError
+from .model import describe, from_checkpoint
 
 Log = Callable[[str], None]
 PROBS_FILE = "probs.npz"
@@ -80,23 +79,20 @@ def write_results(out: Path, cfg: Config, x_test: np.ndarray, table: dict[str, n
     return tops
 
 
-def _train_members(cfg: Config, seeds: list[int], x_train, y_train, device, precision, progress: bool,
-                   log: Log, what: str = "member"):
-    """Train one CNN per seed; returns the models (eval mode) and their per-epoch histories."""
-    models, histories = [], []
-    for m, seed in enumerate(seeds):
-        log(f"{what} {m + 1}/{len(seeds)} (seed {seed}): training on {len(x_train)} digits")
-        model, history = train(x_train, y_train, cfg, seed, device, precision, progress)
-        models.append(model)
-        histories.append(history)
-    return models, histories
+def _train_members(cfg: Config, seeds: list[int], x_train, y_train, x_test, y_test, progress: bool,
+                   log: Log) -> list[dict]:
+    """One job per seed on cfg.backend (jobs.member_job); each member's weights are saved as it arrives."""
+    (cfg.out / "models").mkdir(exist_ok=True)
 
+    def arrived(m: int, result: dict) -> None:
+        with files.atomic_path(cfg.out / "models" / f"member-{m}.pt") as tmp:
+            torch.save(result["checkpoint"], tmp)
+        log(f"member {m + 1}/{len(seeds)} (seed {seeds[m]}): test accuracy {result['accuracy']:.2%}, "
+            f"trained in {result['seconds']['train']:.1f} s")
 
-def _save_models(out: Path, models) -> None:
-    (out / "models").mkdir(exist_ok=True)
-    for m, model in enumerate(models):
-        with files.atomic_path(out / "models" / f"member-{m}.pt") as tmp:
-            torch.save(checkpoint(model), tmp)
+    shared = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    member_jobs = [{"cfg": cfg, "seed": seed} for seed in seeds]
+    return backend.map_jobs(jobs.member_job, member_jobs, shared, cfg, arrived, "members", progress)
 
 
 def _save_probs(path: Path, probs: np.ndarray, labels: np.ndarray, seeds: list[int]) -> None:
@@ -107,12 +103,13 @@ def _save_probs(path: Path, probs: np.ndarray, labels: np.ndarray, seeds: list[i
                      seeds=np.array(seeds, dtype=np.uint64))
 
 
-def _setup(cfg: Config):
-    """Threads, device and precision, resolved once at the entry point."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    return device, resolve_precision(cfg.precision, device)
+def _where(cfg: Config, device, precision) -> str:
+    """Where the jobs run, for the log: this process's device and threads, or the Ray cluster."""
+    if cfg.backend == "ray":
+        return (f"as Ray tasks of {backend.task_cpus(cfg)} CPU(s) each on "
+                f"{cfg.ray_address or 'the default Ray cluster'}")
+    return (f"{device}, bf16 autocast {'on' if precision.autocast else 'off'}, "
+            f"{torch.get_num_threads()} threads")
 
 
 def _remove_derived(out: Path) -> None:
@@ -129,21 +126,19 @@ def run(cfg: Config, log: Log = print, progress: bool = True) -> dict:
     """Run the whole pipeline into cfg.out; returns the summary also written as summary.json."""
     prepare_out_dir(cfg.out, cfg.force)
     _remove_derived(cfg.out)
-    device, precision = _setup(cfg)
+    device, precision = jobs.setup(cfg)  # here; each job resolves its own too
     files.write_text(cfg.out / "config.json", cfg.dumps() + "\n")
     timings: dict[str, float] = {}
     wall = time.perf_counter()
     with timed(timings, "data"):
         mnist = data.load_mnist(cfg.data_dir, log=log, progress=progress)
         x_train, y_train, x_test, y_test = _subset(mnist, cfg)
-    log(f"training {cfg.members} CNN(s) on {len(x_train)} digits, {device}, bf16 autocast "
-        f"{'on' if precision.autocast else 'off'}, {torch.get_num_threads()} threads")
+    log(f"training {cfg.members} CNN(s) on {len(x_train)} digits, {_where(cfg, device, precision)}")
     seeds = cfg.member_seeds()
-    with timed(timings, "train"):
-        models, histories = _train_members(cfg, seeds, x_train, y_train, device, precision, progress, log)
-        _save_models(cfg.out, models)
-    with timed(timings, "predict"):
-        member_probs = np.stack([predict_probs(m, x_test, device, EVAL_BATCH) for m in models])
+    with timed(timings, "train"):  # each member's job also predicts the test digits
+        results = _train_members(cfg, seeds, x_train, y_train, x_test, y_test, progress, log)
+    timings["predict"] = round(sum(r["seconds"]["predict"] for r in results), 3)  # of which, summed
+    member_probs = np.stack([r["probs"] for r in results])
     with timed(timings, "scores"):
         table = scores.score_table(member_probs, y_test)
     with timed(timings, "write"):
@@ -161,12 +156,13 @@ def run(cfg: Config, log: Log = print, progress: bool = True) -> dict:
         "member_accuracy_std": float(np.std(member_acc)),
         "members": cfg.members,
         "member_seeds": seeds,
-        "model": describe(models[0]),
+        "model": describe(from_checkpoint(results[0]["checkpoint"])),
         "seconds": {**timings, "total": round(time.perf_counter() - wall, 3)},
-        "history": histories,
+        "history": [r["history"] for r in results],
         "top": tops,
         "data": {"source": mnist.source, "md5": mnist.checksums},
         "environment": environment(device, precision),
+        "backend": cfg.backend,
         "config": cfg.to_json(),
     }
     files.write_json(cfg.out / "summary.json", summary)
@@ -192,18 +188,23 @@ def _prepare_audit_dir(out: Path, table: str, force: bool) -> None:
     prepare_out_dir(out, force=True)
 
 
-def cross_val_probs(cfg: Config, extra, x, y, device, precision, progress: bool, log: Log):
-    """Out-of-sample probabilities (N, K) for every digit of (x, y), and the (N,) fold of each."""
+def cross_val_probs(cfg: Config, extra, x, y, progress: bool, log: Log):
+    """Out-of-sample probabilities (N, K) for every digit of (x, y), and the (N,) fold of each.
+
+    One job per fold on cfg.backend (jobs.fold_job), seeded by cfg.member_seeds(fold).
+    """
     folds = audit.fold_ids(len(y), cfg.folds, cfg.seed)
+
+    def arrived(f: int, result: dict) -> None:
+        log(f"fold {f + 1}/{cfg.folds}: accuracy on its {(folds == f).sum()} held-out digits "
+            f"{result['accuracy']:.2%}")
+
+    shared = {"extra_x": extra[0], "extra_y": extra[1], "x": x, "y": y, "folds": folds}
+    fold_jobs = [{"cfg": cfg, "fold": f, "seeds": cfg.member_seeds(fold=f)} for f in range(cfg.folds)]
+    results = backend.map_jobs(jobs.fold_job, fold_jobs, shared, cfg, arrived, "folds", progress)
     probs = np.zeros((len(y), NUM_CLASSES), dtype=np.float32)
-    for f in range(cfg.folds):
-        x_tr, y_tr = audit.fold_training_set(*extra, x, y, folds, f)
-        models, _ = _train_members(cfg, cfg.member_seeds(fold=f), x_tr, y_tr, device, precision, progress,
-                                   log, what=f"fold {f + 1}/{cfg.folds}, member")
-        held = folds == f
-        probs[held] = np.mean([predict_probs(m, x[held], device, EVAL_BATCH) for m in models], axis=0)
-        log(f"fold {f + 1}/{cfg.folds}: accuracy on its {held.sum()} held-out digits "
-            f"{(probs[held].argmax(1) == y[held]).mean():.2%}")
+    for f, result in enumerate(results):
+        probs[folds == f] = result["probs"]
     return probs, folds
 
 
@@ -211,7 +212,7 @@ def run_audit(cfg: Config, log: Log = print, progress: bool = True) -> dict:
     """Rank every digit of cfg.split by how likely its label is wrong; writes the table and images."""
     table_name, probs_name, sheet_name, img_dir, summary_name = AUDIT_FILES[cfg.split]
     _prepare_audit_dir(cfg.out, table_name, cfg.force)
-    device, precision = _setup(cfg)
+    device, precision = jobs.setup(cfg)  # here; each job resolves its own too
     start = time.perf_counter()
     mnist = data.load_mnist(cfg.data_dir, log=log, progress=progress)
     x_train, y_train, x_test, y_test = _subset(mnist, cfg)
@@ -219,7 +220,8 @@ def run_audit(cfg: Config, log: Log = print, progress: bool = True) -> dict:
         extra, x, y = (x_train, y_train), x_test, y_test
     else:
         extra, x, y = (x_train[:0], y_train[:0]), x_train, y_train
-    probs, folds = cross_val_probs(cfg, extra, x, y, device, precision, progress, log)
+    log(f"{cfg.folds} folds of {cfg.members} CNN(s), {_where(cfg, device, precision)}")
+    probs, folds = cross_val_probs(cfg, extra, x, y, progress, log)
     with files.atomic_path(cfg.out / probs_name) as tmp, open(tmp, "wb") as f:
         np.savez(f, probs=probs, labels=y, folds=folds, index=np.arange(len(y)))
     pooled, run_members = _pool_with_run(cfg, probs, y)

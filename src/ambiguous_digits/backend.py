@@ -1,0 +1,105 @@
+"""Where independent training jobs run: here, one after another, or as Ray tasks on a cluster.
+
+A job is a call `fn(**shared, **job)` returning a dict with an "accuracy". The
+shared arrays (the digits) go to a Ray cluster once, through its object store;
+each job's own arguments (a seed, a fold number) are small. Results reach the
+caller through `on_result(i, result)` in the driver as each job finishes, so the
+caller can write them to disk before the next one arrives.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from .config import Config, ConfigError, split_address
+
+# Seconds to wait for a TCP connection to the cluster's address before giving up:
+# an unreachable or mistyped address fails in seconds instead of hanging.
+CONNECT_TIMEOUT_S = 5.0
+# How often Ray re-runs a task whose worker process or node died mid-task (Ray's
+# own retry; an exception raised by the job itself is a bug and is not retried).
+TASK_RETRIES = 3
+
+Job = dict
+OnResult = Callable[[int, dict], None]
+
+
+def map_jobs(fn: Callable[..., dict], jobs: Sequence[Job], shared: dict, cfg: Config,
+             on_result: OnResult, desc: str, progress: bool = True) -> list[dict]:
+    """Run `fn(**shared, **job)` for every job on cfg.backend; returns the results in job order.
+
+    One progress bar over the jobs, advanced as each finishes, with its accuracy.
+    """
+    run = _run_local if cfg.backend == "local" else _run_ray
+    results: list[dict | None] = [None] * len(jobs)
+    with tqdm(total=len(jobs), desc=desc, unit="job", disable=not progress) as bar:
+        def arrived(i: int, result: dict) -> None:
+            results[i] = result
+            with tqdm.external_write_mode():  # the caller's log lines do not tear the bar
+                on_result(i, result)
+            bar.set_postfix(last=f"{i + 1}: {result['accuracy']:.2%}")
+            bar.update(1)
+        run(fn, jobs, shared, cfg, arrived, progress)
+    assert all(r is not None for r in results)
+    return results
+
+
+def _run_local(fn, jobs, shared, cfg: Config, arrived: OnResult, progress: bool) -> None:
+    for i, job in enumerate(jobs):
+        arrived(i, fn(**shared, **job, progress=progress))
+
+
+def task_cpus(cfg: Config) -> int:
+    """CPUs each Ray task reserves; it runs torch with as many threads (--threads, default 1)."""
+    return cfg.threads or 1
+
+
+def _run_ray(fn, jobs, shared, cfg: Config, arrived: OnResult, progress: bool) -> None:
+    ray = _import_ray()
+    _connect(ray, cfg.ray_address)
+    try:
+        refs = {name: ray.put(value) for name, value in shared.items()}  # once, not once per task
+        remote = ray.remote(num_cpus=task_cpus(cfg), max_retries=TASK_RETRIES)(fn)
+        pending = {remote.remote(**refs, **job, progress=False): i for i, job in enumerate(jobs)}
+        while pending:
+            (done,), _ = ray.wait(list(pending), num_returns=1)
+            arrived(pending.pop(done), ray.get(done))
+    finally:
+        ray.shutdown()
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError('--backend ray: Ray is not installed; install it with pip install ".[ray]"') from None
+    return ray
+
+
+def _connect(ray, address: str | None) -> None:
+    """Join the cluster at `address`; without one, Ray's own default ($RAY_ADDRESS, else a local Ray)."""
+    if address:
+        check_reachable(address)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    except (ConnectionError, RuntimeError) as e:
+        raise ConfigError(f"--ray-address: cannot join a Ray cluster at {address}: {_first_line(e)}") from None
+
+
+def check_reachable(address: str) -> None:
+    """Raise ConfigError unless a TCP connection to HOST:PORT opens within CONNECT_TIMEOUT_S."""
+    host, port = split_address(address)
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else e.strerror or str(e)
+        raise ConfigError(f"--ray-address: cannot reach a Ray cluster at {address} ({reason})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
