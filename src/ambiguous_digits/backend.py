@@ -23,6 +23,11 @@ CONNECT_TIMEOUT_S = 5.0
 # How often Ray re-runs a task whose worker process or node died mid-task (Ray's
 # own retry; an exception raised by the job itself is a bug and is not retried).
 TASK_RETRIES = 3
+# A Ray head node's GCS speaks gRPC (HTTP/2): it answers the HTTP/2 connection preface
+# with a SETTINGS frame (9-byte header, type 0x4). An empty SETTINGS frame of our own
+# follows the preface, as the protocol asks (RFC 9113, section 3.4).
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+HTTP2_SETTINGS = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 
 Job = dict
 OnResult = Callable[[int, dict], None]
@@ -91,14 +96,30 @@ def _connect(ray, address: str | None) -> None:
         raise ConfigError(f"--ray-address: cannot join a Ray cluster at {address}: {_first_line(e)}") from None
 
 
+def check_backend(cfg: Config) -> None:
+    """Fail fast, before anything is written: Ray importable, its cluster's address answering."""
+    if cfg.backend == "ray":
+        _import_ray()
+        if cfg.ray_address:
+            check_reachable(cfg.ray_address)
+
+
 def check_reachable(address: str) -> None:
-    """Raise ConfigError unless a TCP connection to HOST:PORT opens within CONNECT_TIMEOUT_S."""
+    """Raise ConfigError unless HOST:PORT answers as a gRPC server (a Ray head's GCS) within the timeout.
+
+    ray.init itself waits minutes on a silent address, and exits the process when
+    something other than Ray listens there, so the address is probed first.
+    """
     host, port = split_address(address)
     try:
-        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S) as conn:
+            conn.sendall(HTTP2_PREFACE + HTTP2_SETTINGS)
+            frame = conn.recv(9)
     except OSError as e:
         reason = "timed out" if isinstance(e, TimeoutError) else e.strerror or str(e)
         raise ConfigError(f"--ray-address: cannot reach a Ray cluster at {address} ({reason})") from None
+    if len(frame) < 9 or frame[3] != HTTP2_SETTINGS[3]:
+        raise ConfigError(f"--ray-address: {address} answers, but not as a Ray head node (no gRPC there)")
 
 
 def _first_line(e: BaseException) -> str:

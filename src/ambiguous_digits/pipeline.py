@@ -124,6 +124,7 @@ def _remove_derived(out: Path) -> None:
 
 def run(cfg: Config, log: Log = print, progress: bool = True) -> dict:
     """Run the whole pipeline into cfg.out; returns the summary also written as summary.json."""
+    backend.check_backend(cfg)
     prepare_out_dir(cfg.out, cfg.force)
     _remove_derived(cfg.out)
     device, precision = jobs.setup(cfg)  # here; each job resolves its own too
@@ -211,6 +212,7 @@ def cross_val_probs(cfg: Config, extra, x, y, progress: bool, log: Log):
 def run_audit(cfg: Config, log: Log = print, progress: bool = True) -> dict:
     """Rank every digit of cfg.split by how likely its label is wrong; writes the table and images."""
     table_name, probs_name, sheet_name, img_dir, summary_name = AUDIT_FILES[cfg.split]
+    backend.check_backend(cfg)
     _prepare_audit_dir(cfg.out, table_name, cfg.force)
     device, precision = jobs.setup(cfg)  # here; each job resolves its own too
     start = time.perf_counter()

@@ -1,0 +1,274 @@
+"""The Ray backend, for real: a two-node Ray cluster on loopback, started and torn down here.
+
+Each node is a `ray start --block` in its own process group with 1 CPU; the driver
+joins it with --ray-address. Results must be byte-identical to the local backend's.
+"""
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ambiguous_digits
+from ambiguous_digits import backend
+from ambiguous_digits.cli import main
+from ambiguous_digits.config import Config, ConfigError
+from ambiguous_digits.pipeline import run, run_audit
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="Ray is not installed: pip install '.[ray]' (requirements.txt installs it)")
+SRC = Path(ambiguous_digits.__file__).resolve().parents[1]  # the workers import this copy of the package
+TINY = dict(train_limit=2000, test_limit=300, members=2, epochs=1, threads=1, precision="fp32")
+CLUSTER_START_S = 60
+# `ray start --block` takes its time over SIGTERM; the test cluster holds nothing worth a clean stop.
+STOP_GRACE_S = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    path = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _ray_node(args: list[str], temp_dir: str) -> subprocess.Popen:
+    """One `ray start --block` node in a process group of its own, so teardown ends exactly it."""
+    cmd = [shutil.which("ray") or "ray", "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+           f"--temp-dir={temp_dir}", *args]
+    return subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _stop(nodes: list[subprocess.Popen]) -> None:
+    """SIGTERM each node's process group (raylet, GCS, workers); SIGKILL what is left after a grace period."""
+    for sig, grace in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 10)):
+        for node in nodes:
+            try:
+                os.killpg(node.pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_group_alive(n.pid) for n in nodes):
+            time.sleep(0.2)
+    for node in nodes:
+        node.wait(timeout=10)
+    assert not any(_group_alive(n.pid) for n in nodes), "a Ray process outlived the teardown"
+
+
+def _group_alive(pgid: int) -> bool:
+    """Is any live (not zombie) process left in process group `pgid`?"""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def _wait_for_nodes(address: str, n: int) -> None:
+    """Block until the cluster at `address` reports n live nodes."""
+    import ray
+
+    deadline = time.monotonic() + CLUSTER_START_S
+    while time.monotonic() < deadline:
+        try:
+            backend.check_reachable(address)
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+            alive = sum(node["Alive"] for node in ray.nodes())
+            ray.shutdown()
+            if alive == n:
+                return
+        except ConfigError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the Ray cluster at {address} did not reach {n} nodes in {CLUSTER_START_S} s")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """HOST:PORT of a live two-node Ray cluster on loopback, 1 CPU per node."""
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    temp_dir = tempfile.mkdtemp(prefix="adray")  # short: Ray's socket paths live under it
+    nodes = [_ray_node(["--head", f"--port={port}", "--include-dashboard=false", "--disable-usage-stats"], temp_dir)]
+    try:
+        _wait_for_port(address)
+        nodes.append(_ray_node([f"--address={address}"], temp_dir))
+        _wait_for_nodes(address, 2)
+        yield address
+    finally:
+        _stop(nodes)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _wait_for_port(address: str) -> None:
+    deadline = time.monotonic() + CLUSTER_START_S
+    while True:
+        try:
+            return backend.check_reachable(address)
+        except ConfigError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def _cfg(out: Path, mnist_dir: Path, **overrides) -> Config:
+    return Config(out=out, data_dir=mnist_dir, **{**TINY, **overrides})
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, mnist_dir) -> Path:
+    out = tmp_path_factory.mktemp("local-run")
+    run(_cfg(out, mnist_dir), log=lambda _: None, progress=False)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# the same results on either backend
+# ---------------------------------------------------------------------------
+@needs_ray
+def test_run_on_ray_matches_local_byte_for_byte(cluster, local_run, mnist_dir, tmp_path, monkeypatch):
+    import ray
+
+    puts = []
+    monkeypatch.setattr(ray, "put", lambda value, _put=ray.put, **kw: puts.append(value) or _put(value, **kw))
+    lines = []
+    summary = run(_cfg(tmp_path, mnist_dir, backend="ray", ray_address=cluster), log=lines.append, progress=False)
+    assert (tmp_path / "probs.npz").read_bytes() == (local_run / "probs.npz").read_bytes()
+    assert summary["backend"] == "ray" and summary["member_seeds"] == Config(**TINY).member_seeds()
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["member-0.pt", "member-1.pt"]
+    assert len(puts) == 4  # x_train, y_train, x_test, y_test: once each, not once per member
+    assert sum("test accuracy" in line for line in lines) == TINY["members"]  # one line as each finishes
+
+
+@needs_ray
+def test_audit_on_ray_matches_local_byte_for_byte(cluster, mnist_dir, tmp_path):
+    audit = dict(folds=3, members=1)
+    run_audit(_cfg(tmp_path / "local", mnist_dir, **audit), log=lambda _: None, progress=False)
+    lines = []
+    s = run_audit(_cfg(tmp_path / "ray", mnist_dir, backend="ray", ray_address=cluster, **audit),
+                  log=lines.append, progress=False)
+    name = "cv_probs_test.npz"
+    assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+    assert s["digits"] == TINY["test_limit"] and sum("held-out" in line for line in lines) == audit["folds"]
+
+
+# ---------------------------------------------------------------------------
+# faults
+# ---------------------------------------------------------------------------
+def _task_workers(task: str) -> list[int]:
+    """PIDs of Ray worker processes now running `task` (Ray titles them 'ray::<task>')."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes().startswith(f"ray::{task}".encode()):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+@needs_ray
+def test_a_worker_killed_mid_task_is_retried_and_every_member_arrives(cluster, local_run, mnist_dir, tmp_path):
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    cmd = [sys.executable, "-m", "ambiguous_digits.cli", "run", "--out", str(tmp_path), "--data-dir", str(mnist_dir),
+           "--quiet", "--backend", "ray", "--ray-address", cluster, *args]
+    driver = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed = None
+    while killed is None and driver.poll() is None:
+        workers = _task_workers("member_job")
+        if workers:
+            os.kill(workers[0], signal.SIGKILL)
+            killed = workers[0]
+        time.sleep(0.02)
+    out, _ = driver.communicate(timeout=300)
+    assert killed is not None, f"no worker was seen running a member; driver said:\n{out}"
+    assert driver.returncode == 0, out
+    with np.load(tmp_path / "probs.npz") as z:
+        assert z["probs"].shape == (TINY["members"], TINY["test_limit"], 10)
+    assert (tmp_path / "probs.npz").read_bytes() == (local_run / "probs.npz").read_bytes()
+
+
+@pytest.mark.parametrize("address", [
+    "127.0.0.1:{free}",  # nothing listens there
+    "192.0.2.1:6379",  # TEST-NET-1 (RFC 5737): never routed, nothing answers
+])
+@needs_ray
+def test_an_unreachable_address_fails_fast_and_writes_nothing(address, tmp_path, monkeypatch):
+    monkeypatch.setattr(backend, "CONNECT_TIMEOUT_S", 1.0)
+    out, start = tmp_path / "out", time.monotonic()
+    with pytest.raises(ConfigError, match="--ray-address: cannot reach a Ray cluster"):
+        run(Config(out=out, backend="ray", ray_address=address.format(free=_free_port())))
+    assert time.monotonic() - start < 5
+    assert not out.exists()
+
+
+@needs_ray
+def test_an_address_where_something_else_listens_is_refused(tmp_path):
+    """A web server on the wrong port answers HTTP/1.1, not gRPC: refused at once, not handed to ray.init."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        answer = threading.Thread(target=_answer_http1, args=(server,))
+        answer.start()
+        with pytest.raises(ConfigError, match="--ray-address: .* answers, but not as a Ray head node"):
+            run(Config(out=tmp_path / "out", backend="ray", ray_address=f"127.0.0.1:{server.getsockname()[1]}"))
+        answer.join(timeout=5)
+    assert not (tmp_path / "out").exists()
+
+
+def _answer_http1(server: socket.socket) -> None:
+    conn, _ = server.accept()
+    with conn:
+        conn.recv(64)
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+
+def test_ray_not_installed_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    with pytest.raises(ConfigError, match=r"--backend ray: Ray is not installed.*\.\[ray\]"):
+        run(Config(out=tmp_path / "out", backend="ray"))
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------
+# the flags
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides, message", [
+    ({"backend": "dask"}, "--backend: expected local or ray"),
+    ({"ray_address": "127.0.0.1:6379"}, "--ray-address: only meaningful with --backend ray"),
+    ({"backend": "ray", "ray_address": "head-node"}, "--ray-address: expected HOST:PORT"),
+    ({"backend": "ray", "ray_address": ":6379"}, "--ray-address: expected HOST:PORT"),
+    ({"backend": "ray", "ray_address": "head:0"}, "--ray-address: expected HOST:PORT"),
+    ({"backend": "ray", "ray_address": "head:70000"}, "--ray-address: expected HOST:PORT"),
+])
+def test_bad_backend_settings_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        Config(**overrides)
+
+
+@pytest.mark.parametrize("command", ["run", "audit"])
+def test_cli_reports_a_bad_address_on_one_line(command, tmp_path, capsys):
+    assert main([command, "--out", str(tmp_path / "out"), "--backend", "ray", "--ray-address", "nohost"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--ray-address: expected HOST:PORT" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_backend_config_round_trips_through_json():
+    cfg = Config(backend="ray", ray_address="10.0.0.1:6379")
+    assert Config.from_json(cfg.to_json()) == cfg
