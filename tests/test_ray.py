@@ -1,17 +1,16 @@
 """The Ray backend, for real: a two-node Ray cluster on loopback, started and torn down here.
 
-Each node is a `ray start --block` in its own process group with 1 CPU; the driver
-joins it with --ray-address. Results must be byte-identical to the local backend's.
+Each node is a `ray start --block` in its own process group with 1 CPU
+(bench.ray_scaling.loopback_cluster); the driver joins it with --ray-address.
+Results must be byte-identical to the local backend's.
 """
 
 import importlib.util
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -19,113 +18,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import ambiguous_digits
 from ambiguous_digits import backend
 from ambiguous_digits.cli import main
 from ambiguous_digits.config import Config, ConfigError
 from ambiguous_digits.pipeline import run, run_audit
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # bench/ is a script folder, not part of the installed package
+from bench.ray_scaling import free_port, loopback_cluster, ray_env  # noqa: E402
+
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="Ray is not installed: pip install '.[ray]' (requirements.txt installs it)")
-SRC = Path(ambiguous_digits.__file__).resolve().parents[1]  # the workers import this copy of the package
 TINY = dict(train_limit=2000, test_limit=300, members=2, epochs=1, threads=1, precision="fp32")
-CLUSTER_START_S = 60
-# `ray start --block` takes its time over SIGTERM; the test cluster holds nothing worth a clean stop.
-STOP_GRACE_S = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict:
-    path = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "PYTHONPATH": path, "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-def _ray_node(args: list[str], temp_dir: str) -> subprocess.Popen:
-    """One `ray start --block` node in a process group of its own, so teardown ends exactly it."""
-    cmd = [shutil.which("ray") or "ray", "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-           f"--temp-dir={temp_dir}", *args]
-    return subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-
-
-def _stop(nodes: list[subprocess.Popen]) -> None:
-    """SIGTERM each node's process group (raylet, GCS, workers); SIGKILL what is left after a grace period."""
-    for sig, grace in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 10)):
-        for node in nodes:
-            try:
-                os.killpg(node.pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(_group_alive(n.pid) for n in nodes):
-            time.sleep(0.2)
-    for node in nodes:
-        node.wait(timeout=10)
-    assert not any(_group_alive(n.pid) for n in nodes), "a Ray process outlived the teardown"
-
-
-def _group_alive(pgid: int) -> bool:
-    """Is any live (not zombie) process left in process group `pgid`?"""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
-def _wait_for_nodes(address: str, n: int) -> None:
-    """Block until the cluster at `address` reports n live nodes."""
-    import ray
-
-    deadline = time.monotonic() + CLUSTER_START_S
-    while time.monotonic() < deadline:
-        try:
-            backend.check_reachable(address)
-            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-            alive = sum(node["Alive"] for node in ray.nodes())
-            ray.shutdown()
-            if alive == n:
-                return
-        except ConfigError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"the Ray cluster at {address} did not reach {n} nodes in {CLUSTER_START_S} s")
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    """HOST:PORT of a live two-node Ray cluster on loopback, 1 CPU per node."""
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    temp_dir = tempfile.mkdtemp(prefix="adray")  # short: Ray's socket paths live under it
-    nodes = [_ray_node(["--head", f"--port={port}", "--include-dashboard=false", "--disable-usage-stats"], temp_dir)]
-    try:
-        _wait_for_port(address)
-        nodes.append(_ray_node([f"--address={address}"], temp_dir))
-        _wait_for_nodes(address, 2)
+    """HOST:PORT of a live two-node Ray cluster on loopback, 1 CPU per node; torn down after the module."""
+    with loopback_cluster(nodes=2) as address:
         yield address
-    finally:
-        _stop(nodes)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _wait_for_port(address: str) -> None:
-    deadline = time.monotonic() + CLUSTER_START_S
-    while True:
-        try:
-            return backend.check_reachable(address)
-        except ConfigError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
 
 
 def _cfg(out: Path, mnist_dir: Path, **overrides) -> Config:
@@ -189,7 +100,7 @@ def test_a_worker_killed_mid_task_is_retried_and_every_member_arrives(cluster, l
     args = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
     cmd = [sys.executable, "-m", "ambiguous_digits.cli", "run", "--out", str(tmp_path), "--data-dir", str(mnist_dir),
            "--quiet", "--backend", "ray", "--ray-address", cluster, *args]
-    driver = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    driver = subprocess.Popen(cmd, env=ray_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     killed = None
     while killed is None and driver.poll() is None:
         workers = _task_workers("member_job")
@@ -214,7 +125,7 @@ def test_an_unreachable_address_fails_fast_and_writes_nothing(address, tmp_path,
     monkeypatch.setattr(backend, "CONNECT_TIMEOUT_S", 1.0)
     out, start = tmp_path / "out", time.monotonic()
     with pytest.raises(ConfigError, match="--ray-address: cannot reach a Ray cluster"):
-        run(Config(out=out, backend="ray", ray_address=address.format(free=_free_port())))
+        run(Config(out=out, backend="ray", ray_address=address.format(free=free_port())))
     assert time.monotonic() - start < 5
     assert not out.exists()
 
@@ -272,3 +183,4 @@ def test_cli_reports_a_bad_address_on_one_line(command, tmp_path, capsys):
 def test_backend_config_round_trips_through_json():
     cfg = Config(backend="ray", ray_address="10.0.0.1:6379")
     assert Config.from_json(cfg.to_json()) == cfg
+
