@@ -182,6 +182,7 @@ def test_class_names_from_a_json_file(tmp_path):
     (["--class-names", "a,b,a"], "--class-names: names must be distinct, a given more than once"),
     (["--class-names", "a,,c"], "--class-names: every name must be a non-empty one-line string"),
     (["--class-names", "missing.json"], "--class-names: cannot read missing.json"),
+    (["--dataset", "npz:x.npz", "--data-dir", "d"], "--data-dir: caches a published data set (mnist, fashion-mnist)"),
 ])
 def test_bad_dataset_flags_fail_on_one_line(tmp_path, flags, message, capsys):
     try:

@@ -70,6 +70,9 @@ class Config:
         if self.split not in ("test", "train"):
             raise ConfigError(f"--split: expected test or train, got {self.split!r}")
         _check_dataset(self.dataset)
+        if self.data_dir is not None and self.dataset not in PUBLISHED_DATASETS:
+            raise ConfigError(f"--data-dir: caches a published data set ({', '.join(PUBLISHED_DATASETS)}); "
+                              f"{self.dataset} names its own files")
         if self.class_names is not None:
             _check_class_names(self.class_names)
         if self.threads is not None:

