@@ -75,6 +75,8 @@ def test_user_npz_report_shows_class_names(three_classes, capsys):
     assert all(f"<th>{name}</th>" in head for name in NAMES)
     assert '<option value="label_issues">' in html
     assert "original notebook" not in html  # the MNIST-only comparison is left out
+    answers = re.search(r'<section id="answers">.*?</section>', html, re.S).group(0)
+    assert "test images" in answers and not re.search(r"\bdigits?\b", answers, re.I)
 
 
 def test_validate_says_plainly_there_is_no_review(three_classes, capsys):
@@ -127,6 +129,8 @@ def test_fashion_mnist_report_names_the_classes(fashion_run):
     html = (fashion_run / "report.html").read_text()
     assert "Ankle boot" in re.search(r'<table id="class-accuracy".*?</table>', html, re.S).group(0)
     assert '<option value="0">T-shirt/top</option>' in html
+    answers = re.search(r'<section id="answers">.*?</section>', html, re.S).group(0)
+    assert "500 test images" in answers and "ambiguous-digits audit" in answers  # the command keeps its name
 
 
 def test_fashion_mnist_has_no_human_review(fashion_run, capsys):

@@ -266,9 +266,20 @@ def _points(x: float) -> str:
 
 def answers(f: dict) -> list[dict]:
     """[{question, paragraphs}] in the original analysis's order; every number is this run's."""
-    return [{"question": "Describe your model", "paragraphs": describe_model(f)},
-            {"question": "Analyse your results", "paragraphs": analyse_results(f)},
-            {"question": "Impact of the images and improvements", "paragraphs": impact(f)}]
+    out = [{"question": "Describe your model", "paragraphs": describe_model(f)},
+           {"question": "Analyse your results", "paragraphs": analyse_results(f)},
+           {"question": "Impact of the images and improvements", "paragraphs": impact(f)}]
+    if f["dataset"] != "mnist":  # the sentences speak of digits; other data sets hold images
+        for a in out:
+            a["paragraphs"] = [_DIGIT_WORD.sub(_as_image, p) for p in a["paragraphs"]]
+    return out
+
+
+_DIGIT_WORD = re.compile(r"(?<![-\w])([Dd])igit(s?)\b")  # not the command's name, ambiguous-digits
+
+
+def _as_image(m: re.Match) -> str:
+    return ("I" if m.group(1) == "D" else "i") + "mage" + m.group(2)
 
 
 def describe_model(f: dict) -> list[str]:
