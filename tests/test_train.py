@@ -49,7 +49,7 @@ def test_augment_keeps_shape_and_pixel_range_and_is_seeded():
 
 
 def test_net_returns_logits_and_round_trips_a_checkpoint():
-    net = Net(NetShape(widths=(4, 8, 16))).eval()
+    net = Net(NetShape(10, widths=(4, 8, 16))).eval()
     x = _digits(3)
     out = net(x)
     assert out.shape == (3, 10)

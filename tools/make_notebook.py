@@ -20,16 +20,20 @@ import os
 from pathlib import Path
 
 RUN_DIR = Path(os.environ.get("NOTEBOOK_RUN_DIR", "results"))
-DATA_DIR = os.environ.get("NOTEBOOK_DATA_DIR")  # None: the default MNIST cache
+DATASET = os.environ.get("NOTEBOOK_DATASET", "mnist")  # any --dataset: fashion-mnist, npz:FILE, ...
+DATA_DIR = os.environ.get("NOTEBOOK_DATA_DIR")  # None: the data set's default cache
 TINY = os.environ.get("NOTEBOOK_TINY") == "1"  # a few hundred digits, one short epoch"""),
-    ("md", "## 1. The data: the real MNIST, verified by checksum"),
+    ("md", "## 1. The data: the real MNIST (or another --dataset), verified by checksum"),
     ("code", """import numpy as np
 from ambiguous_digits import data
 
-mnist = data.load_mnist(DATA_DIR, progress=False)
-print("train", mnist.x_train.shape, mnist.x_train.dtype, "test", mnist.x_test.shape, "from", mnist.source)
-for name, md5 in mnist.checksums.items():
-    print(f"  {name}: md5 {md5} (expected {data.CONTENT_MD5[name]})")"""),
+ds = data.load_dataset(DATASET, DATA_DIR, progress=False)
+names = ds.class_names  # label k is names[k]; for MNIST the digits themselves
+print(ds.name, "train", ds.x_train.shape, ds.x_train.dtype, "test", ds.x_test.shape, "from", ds.source)
+print("classes:", ", ".join(names))
+expected = data.PUBLISHED[DATASET].content_md5 if DATASET in data.PUBLISHED else {}
+for name, md5 in ds.checksums.items():
+    print(f"  {name}: md5 {md5}" + (f" (expected {expected[name]})" if expected else ""))"""),
     ("md", """## 2. Train an ensemble (or load a finished run)
 
 `pipeline.run` is what `ambiguous-digits run` calls: it trains the CNNs, scores every
@@ -39,7 +43,8 @@ from ambiguous_digits import pipeline
 
 if not (RUN_DIR / "summary.json").is_file():
     tiny = dict(train_limit=600, test_limit=300, epochs=1, widths=(8, 16, 32), members=2, top=5)
-    cfg = Config(out=RUN_DIR, data_dir=Path(DATA_DIR) if DATA_DIR else None, **(tiny if TINY else {}))
+    cfg = Config(out=RUN_DIR, dataset=DATASET, data_dir=Path(DATA_DIR) if DATA_DIR else None,
+                 **(tiny if TINY else {}))
     pipeline.run(cfg, progress=False)
 
 import json
@@ -69,8 +74,8 @@ def show(indices, title):
     fig, axes = plt.subplots(1, len(indices), figsize=(1.6 * len(indices), 2.2), squeeze=False)
     for ax, i in zip(axes[0], indices):
         row = table.loc[i]
-        ax.imshow(mnist.x_test[i], cmap="gray_r")
-        ax.set_title(f"#{i}\\n{row.label}\\u2192{row.pred} p={row.prob_pred:.2f}", fontsize=8)
+        ax.imshow(ds.x_test[i], cmap="gray_r")
+        ax.set_title(f"#{i}\\n{names[int(row.label)]}\\u2192{names[int(row.pred)]} p={row.prob_pred:.2f}", fontsize=8)
         ax.axis("off")
     fig.suptitle(title)
     plt.show()
@@ -106,8 +111,10 @@ if issues_file.is_file():
     print(issues.sort_values("rank").head(10).to_string(index=False))
 else:
     print("no audit in this run directory yet: run `ambiguous-digits audit --out", RUN_DIR, "`")
-review = validate.load_review()
-if len(table) == 10000:  # the review covers the whole test set
+if DATASET not in validate.REVIEWS:
+    print(f"no human review of {DATASET}'s labels exists (only MNIST's test set has one)")
+elif len(table) == 10000:  # the review covers the whole test set
+    review = validate.load_review(DATASET)
     v = validate.validate_ranking(table["rank_ambiguity"].to_numpy(), review)
     print({k: v[k] for k in ("errors_in_top_10", "errors_in_top_50", "errors_in_top_100", "average_precision")})
 else:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from .config import BACKENDS, Config, ConfigError
+from .config import BACKENDS, PUBLISHED_DATASETS, USER_FORMATS, Config, ConfigError
 from .data import DataError
 
 PROG = "ambiguous-digits"
@@ -37,11 +38,41 @@ def _widths(text: str) -> tuple[int, ...]:
     return tuple(_positive_int(part) for part in text.split(","))
 
 
+def _dataset(text: str) -> str:
+    """A --dataset value; a user file's path is made absolute, so `report` finds it from anywhere."""
+    fmt, sep, path = text.partition(":")
+    if text in PUBLISHED_DATASETS:
+        return text
+    if not (sep and fmt in USER_FORMATS and path):
+        raise argparse.ArgumentTypeError(f"expected {', '.join(PUBLISHED_DATASETS)}, idx:DIR or npz:FILE, got {text!r}")
+    return f"{fmt}:{Path(path).expanduser().resolve()}"
+
+
+def _class_names(text: str) -> tuple[str, ...]:
+    """'a,b,c', or a JSON file (name ending .json) holding a list of names."""
+    if not text.endswith(".json"):
+        return tuple(name.strip() for name in text.split(","))
+    try:
+        names = json.loads(Path(text).read_text())
+    except (OSError, ValueError) as e:
+        raise argparse.ArgumentTypeError(f"cannot read {text} ({e})") from None
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise argparse.ArgumentTypeError(f"{text}: expected a JSON list of names, e.g. [\"cat\", \"dog\"]")
+    return tuple(names)
+
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     d = DEFAULTS
     p.add_argument("--out", type=Path, default=d.out, help="run directory to write")
+    p.add_argument("--dataset", type=_dataset, default=d.dataset,
+                   help="mnist, fashion-mnist, idx:DIR (the four IDX files, .gz or not) or npz:FILE "
+                        "(x_train, y_train, x_test, y_test)")
+    p.add_argument("--class-names", type=_class_names, default=None,
+                   help="names of classes 0..K-1: a,b,c or a .json file with a list (default: the data set's own; "
+                        "0..K-1 for your own data)")
     p.add_argument("--data-dir", type=Path, default=None,
-                   help="MNIST cache (default: $AMBIGUOUS_DIGITS_DATA or ~/.cache/ambiguous-digits/mnist)")
+                   help="cache of a published data set (default: ~/.cache/ambiguous-digits/<dataset>; "
+                        "for mnist $AMBIGUOUS_DIGITS_DATA when set)")
     p.add_argument("--seed", type=int, default=d.seed, help="base random seed")
     p.add_argument("--members", type=_positive_int, default=d.members, help="CNNs in the ensemble, each with its own seed")
     p.add_argument("--epochs", type=_positive_int, default=d.epochs, help="training epochs")
@@ -98,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(a: argparse.Namespace) -> Config:
     extra = {"folds": a.folds, "split": a.split} if a.command == "audit" else {}
-    return Config(**extra, out=a.out, data_dir=a.data_dir, seed=a.seed, epochs=a.epochs, batch_size=a.batch_size,
+    return Config(**extra, out=a.out, dataset=a.dataset, class_names=a.class_names, data_dir=a.data_dir, seed=a.seed, epochs=a.epochs, batch_size=a.batch_size,
                   members=a.members, lr=a.lr, weight_decay=a.weight_decay, widths=a.widths, augment=a.augment, top=a.top,
                   device=a.device, precision=a.precision, threads=a.threads, train_limit=a.train_limit,
                   test_limit=a.test_limit, force=a.force, backend=a.backend, ray_address=a.ray_address)
@@ -109,9 +140,10 @@ def _cmd_run(a: argparse.Namespace) -> None:
 
     cfg = config_from_args(a)
     summary = run(cfg, log=print, progress=not a.quiet)
-    print(f"test accuracy {summary['test_accuracy']:.2%} ({summary['test_errors']} errors in "
-          f"{summary['test_digits']} test digits), {summary['seconds']['total']:.0f} s; results in {cfg.out}/ "
-          f"(open {cfg.out / 'report.html'})")
+    top = ", ".join(f"#{t['index']} ({t['label']} \u2192 {t['pred']})" for t in summary["top_ambiguous"][:3])
+    print(f"{summary['data']['dataset']}: test accuracy {summary['test_accuracy']:.2%} ({summary['test_errors']} "
+          f"errors in {summary['test_digits']} test images), {summary['seconds']['total']:.0f} s; most ambiguous "
+          f"(true \u2192 predicted): {top}; results in {cfg.out}/ (open {cfg.out / 'report.html'})")
 
 
 def _cmd_audit(a: argparse.Namespace) -> None:
@@ -119,9 +151,9 @@ def _cmd_audit(a: argparse.Namespace) -> None:
 
     cfg = config_from_args(a)
     s = run_audit(cfg, log=print, progress=not a.quiet)
-    print(f"{s['split']} set: cross-validated accuracy {s['cv_accuracy']:.2%}; cleanlab flags "
-          f"{s['label_issues_found']} label issues; most suspect: {', '.join(map(str, s['top'][:10]))}; "
-          f"results in {cfg.out}/")
+    top = ", ".join(f"#{i} ({given} \u2192 {suggested})" for i, (given, suggested) in zip(s["top"][:5], s["top_labels"]))
+    print(f"{s['data']['dataset']}, {s['split']} set: cross-validated accuracy {s['cv_accuracy']:.2%}; cleanlab flags "
+          f"{s['label_issues_found']} label issues; most suspect (given \u2192 suggested): {top}; results in {cfg.out}/")
 
 
 def _cmd_report(a: argparse.Namespace) -> None:

@@ -9,10 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
-NUM_CLASSES = 10
+# --dataset: a published data set by name (data.PUBLISHED), or the user's own
+# files as FORMAT:PATH ('idx:DIR' with the four IDX files, 'npz:FILE').
+PUBLISHED_DATASETS = ("mnist", "fashion-mnist")
+USER_FORMATS = ("idx", "npz")
+# Every data set is 28x28 grayscale: the network's stages are sized for it.
 IMAGE_SIDE = 28
 # Mean and std of the MNIST training pixels scaled to [0, 1]; the values every
-# MNIST recipe (PyTorch's examples/mnist among them) normalises with.
+# MNIST recipe (PyTorch's examples/mnist among them) normalises with. Kept for
+# every data set: the batch norm after the first conv absorbs any other offset
+# and scale, so per-data-set constants would be tuning for nothing.
 PIXEL_MEAN = 0.1307
 PIXEL_STD = 0.3081
 # Each conv stage halves the image side (28 -> 14 -> 7 -> 3 -> 1): at most 4 stages.
@@ -32,6 +38,8 @@ class Config:
     """Everything one `run` depends on; written next to every output as config.json."""
 
     out: Path = Path("results")
+    dataset: str = "mnist"
+    class_names: tuple[str, ...] | None = None  # None: the data set's own (digits for MNIST)
     data_dir: Path | None = None
     seed: int = 0
     members: int = 5
@@ -65,6 +73,12 @@ class Config:
             raise ConfigError(f"--folds: need at least 2 folds, got {self.folds}")
         if self.split not in ("test", "train"):
             raise ConfigError(f"--split: expected test or train, got {self.split!r}")
+        _check_dataset(self.dataset)
+        if self.data_dir is not None and self.dataset not in PUBLISHED_DATASETS:
+            raise ConfigError(f"--data-dir: caches a published data set ({', '.join(PUBLISHED_DATASETS)}); "
+                              f"{self.dataset} names its own files")
+        if self.class_names is not None:
+            _check_class_names(self.class_names)
         if self.threads is not None:
             _check_positive("--threads", self.threads)
         for flag, limit in (("--train-limit", self.train_limit), ("--test-limit", self.test_limit)):
@@ -101,6 +115,8 @@ class Config:
         d["out"] = Path(d["out"])
         d["data_dir"] = Path(d["data_dir"]) if d.get("data_dir") else None
         d["widths"] = tuple(d["widths"])
+        if d.get("class_names") is not None:
+            d["class_names"] = tuple(d["class_names"])
         return cls(**d)
 
     def dumps(self) -> str:
@@ -118,3 +134,20 @@ def split_address(address: str) -> tuple[str, int]:
 def _check_positive(flag: str, value: float) -> None:
     if not value > 0:
         raise ConfigError(f"{flag}: must be positive, got {value}")
+
+
+def _check_dataset(dataset: str) -> None:
+    fmt, sep, path = dataset.partition(":")
+    if dataset in PUBLISHED_DATASETS or (sep and fmt in USER_FORMATS and path):
+        return
+    raise ConfigError(f"--dataset: expected {', '.join(PUBLISHED_DATASETS)}, idx:DIR or npz:FILE, got {dataset!r}")
+
+
+def _check_class_names(names: tuple[str, ...]) -> None:
+    if len(names) < 2:
+        raise ConfigError(f"--class-names: need at least 2 names, got {len(names)}")
+    if not all(isinstance(n, str) and n.strip() and "\n" not in n for n in names):
+        raise ConfigError(f"--class-names: every name must be a non-empty one-line string, got {list(names)}")
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"--class-names: names must be distinct, {', '.join(twice)} given more than once")

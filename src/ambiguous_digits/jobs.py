@@ -27,8 +27,8 @@ def setup(cfg: Config) -> tuple[torch.device, Precision]:
     return device, resolve_precision(cfg.precision, device)
 
 
-def member_job(cfg: Config, seed: int, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-               y_test: np.ndarray, progress: bool = True) -> dict:
+def member_job(cfg: Config, seed: int, num_classes: int, x_train: np.ndarray, y_train: np.ndarray,
+               x_test: np.ndarray, y_test: np.ndarray, progress: bool = True) -> dict:
     """Train one CNN with `seed`, then predict the test digits.
 
     Returns its checkpoint (CPU tensors), per-epoch history, test probabilities
@@ -36,7 +36,7 @@ def member_job(cfg: Config, seed: int, x_train: np.ndarray, y_train: np.ndarray,
     """
     device, precision = setup(cfg)
     start = time.perf_counter()
-    model, history = train(x_train, y_train, cfg, seed, device, precision, progress)
+    model, history = train(x_train, y_train, cfg, seed, device, precision, progress, num_classes=num_classes)
     trained = time.perf_counter()
     probs = predict_probs(model, x_test, device, EVAL_BATCH)
     seconds = {"train": trained - start, "predict": time.perf_counter() - trained}
@@ -44,8 +44,8 @@ def member_job(cfg: Config, seed: int, x_train: np.ndarray, y_train: np.ndarray,
             "accuracy": float((probs.argmax(1) == y_test).mean()), "seconds": seconds}
 
 
-def fold_job(cfg: Config, fold: int, seeds: list[int], extra_x: np.ndarray, extra_y: np.ndarray,
-             x: np.ndarray, y: np.ndarray, folds: np.ndarray, progress: bool = True) -> dict:
+def fold_job(cfg: Config, fold: int, seeds: list[int], num_classes: int, extra_x: np.ndarray,
+             extra_y: np.ndarray, x: np.ndarray, y: np.ndarray, folds: np.ndarray, progress: bool = True) -> dict:
     """Train one CNN per seed on everything but `fold` (plus `extra`), predict the fold's digits.
 
     Returns the members' mean probabilities (n_fold, K) float32 of the fold's digits in
@@ -54,6 +54,7 @@ def fold_job(cfg: Config, fold: int, seeds: list[int], extra_x: np.ndarray, extr
     device, precision = setup(cfg)
     x_tr, y_tr = audit.fold_training_set(extra_x, extra_y, x, y, folds, fold)
     held = folds == fold
-    members = [train(x_tr, y_tr, cfg, seed, device, precision, progress)[0] for seed in seeds]
+    members = [train(x_tr, y_tr, cfg, seed, device, precision, progress, num_classes=num_classes)[0]
+               for seed in seeds]
     probs = np.mean([predict_probs(m, x[held], device, EVAL_BATCH) for m in members], axis=0)
     return {"probs": probs.astype(np.float32), "accuracy": float((probs.argmax(1) == y[held]).mean())}

@@ -7,15 +7,13 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .config import NUM_CLASSES
-
 
 @dataclass(frozen=True)
 class NetShape:
     """The network's shape; saved inside each checkpoint so any stage can rebuild it."""
 
+    num_classes: int  # K, from the data set (10 for MNIST)
     widths: tuple[int, ...] = (32, 64, 128)
-    num_classes: int = NUM_CLASSES
 
 
 def _stage(c_in: int, c_out: int) -> list[nn.Module]:
@@ -31,7 +29,7 @@ def _stage(c_in: int, c_out: int) -> list[nn.Module]:
 class Net(nn.Module):
     """(B, 1, 28, 28) normalised pixels -> (B, num_classes) logits."""
 
-    def __init__(self, shape: NetShape = NetShape()):
+    def __init__(self, shape: NetShape):
         super().__init__()
         self.shape = shape
         layers: list[nn.Module] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from . import audit, backend, data, files, jobs, outputs, report, scores, validate
-from .config import NUM_CLASSES, Config, ConfigError
+from .config import Config, ConfigError
 from .model import describe, from_checkpoint
 
 Log = Callable[[str], None]
@@ -58,29 +59,31 @@ def environment(device: torch.device, precision) -> dict:
     }
 
 
-def _subset(mnist: data.Mnist, cfg: Config) -> tuple[np.ndarray, ...]:
-    """The first train_limit / test_limit digits (all by default): indices stay canonical."""
+def _subset(ds: data.Dataset, cfg: Config) -> tuple[np.ndarray, ...]:
+    """The first train_limit / test_limit images (all by default): indices stay canonical."""
     tr, te = slice(cfg.train_limit), slice(cfg.test_limit)
-    return mnist.x_train[tr], mnist.y_train[tr], mnist.x_test[te], mnist.y_test[te]
+    return ds.x_train[tr], ds.y_train[tr], ds.x_test[te], ds.y_test[te]
 
 
-def write_results(out: Path, cfg: Config, x_test: np.ndarray, table: dict[str, np.ndarray]) -> dict[str, list[int]]:
-    """scores.csv, imgs/<index>.png for every digit in a top-K list, one contact sheet per ranking."""
+def write_results(out: Path, cfg: Config, x_test: np.ndarray, table: dict[str, np.ndarray],
+                  class_names: tuple[str, ...]) -> dict[str, list[int]]:
+    """scores.csv, imgs/<index>.png for every image in a top-K list, one contact sheet per ranking."""
     outputs.write_table(out / SCORES_FILE, table)
     tops = {}
     for name in scores.RANKINGS:
         rows = scores.top_indices(table[f"rank_{name}"], cfg.top)
         tops[name] = [int(table["index"][r]) for r in rows]
         _write_images(out / "imgs", x_test, rows)
-        titles = [f"#{table['index'][r]}: true {table['label'][r]}, pred {table['pred'][r]}\n"
+        titles = [f"#{table['index'][r]}: true {class_names[table['label'][r]]}, "
+                  f"pred {class_names[table['pred'][r]]}\n"
                   f"p={table['prob_pred'][r]:.3f}" for r in rows]
         outputs.contact_sheet(out / f"top_{name}.png", x_test[rows], titles,
                               f"Top {len(rows)} by {name.replace('_', '-')}")
     return tops
 
 
-def _train_members(cfg: Config, seeds: list[int], x_train, y_train, x_test, y_test, progress: bool,
-                   log: Log) -> list[dict]:
+def _train_members(cfg: Config, seeds: list[int], x_train, y_train, x_test, y_test, num_classes: int,
+                   progress: bool, log: Log) -> list[dict]:
     """One job per seed on cfg.backend (jobs.member_job); each member's weights are saved as it arrives."""
     (cfg.out / "models").mkdir(exist_ok=True)
 
@@ -91,7 +94,7 @@ def _train_members(cfg: Config, seeds: list[int], x_train, y_train, x_test, y_te
             f"trained in {result['seconds']['train']:.1f} s")
 
     shared = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
-    member_jobs = [{"cfg": cfg, "seed": seed} for seed in seeds]
+    member_jobs = [{"cfg": cfg, "seed": seed, "num_classes": num_classes} for seed in seeds]
     return backend.map_jobs(jobs.member_job, member_jobs, shared, cfg, arrived, "members", progress)
 
 
@@ -132,19 +135,20 @@ def run(cfg: Config, log: Log = print, progress: bool = True) -> dict:
     timings: dict[str, float] = {}
     wall = time.perf_counter()
     with timed(timings, "data"):
-        mnist = data.load_mnist(cfg.data_dir, log=log, progress=progress)
-        x_train, y_train, x_test, y_test = _subset(mnist, cfg)
-    log(f"training {cfg.members} CNN(s) on {len(x_train)} digits, {_where(cfg, device, precision)}")
+        ds = data.load_dataset(cfg, log=log, progress=progress)
+        x_train, y_train, x_test, y_test = _subset(ds, cfg)
+    log(f"training {cfg.members} CNN(s) on {len(x_train)} {ds.name} images, {ds.num_classes} classes, "
+        f"{_where(cfg, device, precision)}")
     seeds = cfg.member_seeds()
-    with timed(timings, "train"):  # each member's job also predicts the test digits
-        results = _train_members(cfg, seeds, x_train, y_train, x_test, y_test, progress, log)
+    with timed(timings, "train"):  # each member's job also predicts the test images
+        results = _train_members(cfg, seeds, x_train, y_train, x_test, y_test, ds.num_classes, progress, log)
     timings["predict"] = round(sum(r["seconds"]["predict"] for r in results), 3)  # of which, summed
     member_probs = np.stack([r["probs"] for r in results])
     with timed(timings, "scores"):
         table = scores.score_table(member_probs, y_test)
     with timed(timings, "write"):
         _save_probs(cfg.out / PROBS_FILE, member_probs, y_test, seeds)
-        tops = write_results(cfg.out, cfg, x_test, table)
+        tops = write_results(cfg.out, cfg, x_test, table, ds.class_names)
     member_acc = [float((p.argmax(1) == y_test).mean()) for p in member_probs]
     errors = int((table["pred"] != table["label"]).sum())
     summary = {
@@ -161,13 +165,15 @@ def run(cfg: Config, log: Log = print, progress: bool = True) -> dict:
         "seconds": {**timings, "total": round(time.perf_counter() - wall, 3)},
         "history": [r["history"] for r in results],
         "top": tops,
-        "data": {"source": mnist.source, "md5": mnist.checksums},
+        "top_ambiguous": [{"index": i, "label": ds.class_names[table["label"][i]], "pred": ds.class_names[table["pred"][i]]}
+                          for i in tops["ambiguity"]],
+        "data": ds.record(),
         "environment": environment(device, precision),
         "backend": cfg.backend,
         "config": cfg.to_json(),
     }
     files.write_json(cfg.out / "summary.json", summary)
-    report.write_report(cfg.out, mnist=mnist)
+    report.write_report(cfg.out, dataset=ds)
     return summary
 
 
@@ -189,21 +195,22 @@ def _prepare_audit_dir(out: Path, table: str, force: bool) -> None:
     prepare_out_dir(out, force=True)
 
 
-def cross_val_probs(cfg: Config, extra, x, y, progress: bool, log: Log):
-    """Out-of-sample probabilities (N, K) for every digit of (x, y), and the (N,) fold of each.
+def cross_val_probs(cfg: Config, extra, x, y, num_classes: int, progress: bool, log: Log):
+    """Out-of-sample probabilities (N, K) for every image of (x, y), and the (N,) fold of each.
 
     One job per fold on cfg.backend (jobs.fold_job), seeded by cfg.member_seeds(fold).
     """
     folds = audit.fold_ids(len(y), cfg.folds, cfg.seed)
 
     def arrived(f: int, result: dict) -> None:
-        log(f"fold {f + 1}/{cfg.folds}: accuracy on its {(folds == f).sum()} held-out digits "
+        log(f"fold {f + 1}/{cfg.folds}: accuracy on its {(folds == f).sum()} held-out images "
             f"{result['accuracy']:.2%}")
 
     shared = {"extra_x": extra[0], "extra_y": extra[1], "x": x, "y": y, "folds": folds}
-    fold_jobs = [{"cfg": cfg, "fold": f, "seeds": cfg.member_seeds(fold=f)} for f in range(cfg.folds)]
+    fold_jobs = [{"cfg": cfg, "fold": f, "seeds": cfg.member_seeds(fold=f), "num_classes": num_classes}
+                 for f in range(cfg.folds)]
     results = backend.map_jobs(jobs.fold_job, fold_jobs, shared, cfg, arrived, "folds", progress)
-    probs = np.zeros((len(y), NUM_CLASSES), dtype=np.float32)
+    probs = np.zeros((len(y), num_classes), dtype=np.float32)
     for f, result in enumerate(results):
         probs[folds == f] = result["probs"]
     return probs, folds
@@ -216,14 +223,14 @@ def run_audit(cfg: Config, log: Log = print, progress: bool = True) -> dict:
     _prepare_audit_dir(cfg.out, table_name, cfg.force)
     device, precision = jobs.setup(cfg)  # here; each job resolves its own too
     start = time.perf_counter()
-    mnist = data.load_mnist(cfg.data_dir, log=log, progress=progress)
-    x_train, y_train, x_test, y_test = _subset(mnist, cfg)
+    ds = data.load_dataset(cfg, log=log, progress=progress)
+    x_train, y_train, x_test, y_test = _subset(ds, cfg)
     if cfg.split == "test":
         extra, x, y = (x_train, y_train), x_test, y_test
     else:
         extra, x, y = (x_train[:0], y_train[:0]), x_train, y_train
     log(f"{cfg.folds} folds of {cfg.members} CNN(s), {_where(cfg, device, precision)}")
-    probs, folds = cross_val_probs(cfg, extra, x, y, progress, log)
+    probs, folds = cross_val_probs(cfg, extra, x, y, ds.num_classes, progress, log)
     with files.atomic_path(cfg.out / probs_name) as tmp, open(tmp, "wb") as f:
         np.savez(f, probs=probs, labels=y, folds=folds, index=np.arange(len(y)))
     pooled, run_members = _pool_with_run(cfg, probs, y)
@@ -234,7 +241,9 @@ def run_audit(cfg: Config, log: Log = print, progress: bool = True) -> dict:
     outputs.write_table(cfg.out / table_name, table)
     top = scores.top_indices(table["rank"].astype(float), AUDIT_TOP)
     _write_images(cfg.out / img_dir, x, top)
-    titles = [f"#{i}: {y[i]} \u2192 {table['suggested_label'][i]}\nq={table['label_quality'][i]:.2g}" for i in top]
+    names = ds.class_names
+    titles = [f"#{i}: {names[y[i]]} \u2192 {names[table['suggested_label'][i]]}\nq={table['label_quality'][i]:.2g}"
+              for i in top]
     outputs.contact_sheet(cfg.out / sheet_name, x[top], titles,
                           f"Top {len(top)} suspected label errors ({cfg.split} set; given \u2192 suggested)")
     summary = {
@@ -242,14 +251,15 @@ def run_audit(cfg: Config, log: Log = print, progress: bool = True) -> dict:
         "run_members_pooled": run_members,
         "cv_accuracy": float((probs.argmax(1) == y).mean()),
         "label_issues_found": int(table["is_label_issue"].sum()),
-        "top": [int(i) for i in top], "quality_method": audit.QUALITY_METHOD,
+        "top": [int(i) for i in top], "top_labels": [[names[y[i]], names[table["suggested_label"][i]]] for i in top],
+        "quality_method": audit.QUALITY_METHOD,
         "fold_seeds": [cfg.member_seeds(fold=f) for f in range(cfg.folds)],
         "seconds": round(time.perf_counter() - start, 3),
-        "data": {"source": mnist.source, "md5": mnist.checksums},
+        "data": ds.record(),
         "environment": environment(device, precision), "config": cfg.to_json(),
     }
     files.write_json(cfg.out / summary_name, summary)
-    _refresh_report(cfg.out, mnist, log)
+    _refresh_report(cfg.out, ds, log)
     return summary
 
 
@@ -271,13 +281,13 @@ def _pool_with_run(cfg: Config, cv_probs: np.ndarray, labels: np.ndarray) -> tup
     return (cv_probs * cfg.members + run_probs.sum(axis=0)) / (cfg.members + m), m
 
 
-def _refresh_report(run_dir: Path, mnist: data.Mnist | None = None, log: Log = print) -> None:
+def _refresh_report(run_dir: Path, ds: data.Dataset | None = None, log: Log = print) -> None:
     """Re-render report.html when run_dir holds a finished run, so new results show up in it."""
     if not (run_dir / "summary.json").is_file():
         return
     try:
-        report.write_report(run_dir, mnist=mnist)
-    except ConfigError as e:  # e.g. an audit over other digits than the run's: keep the results
+        report.write_report(run_dir, dataset=ds)
+    except (ConfigError, data.DataError) as e:  # e.g. an audit over other images than the run's: keep the results
         log(f"report.html not refreshed: {e}")
 
 
@@ -290,6 +300,14 @@ def _write_images(folder: Path, x: np.ndarray, rows) -> None:
 # ---------------------------------------------------------------------------
 # validate: our rankings against the human review of 100 test digits
 # ---------------------------------------------------------------------------
+def run_dataset(run_dir: Path) -> str:
+    """The --dataset a run directory's results come from (runs older than --dataset: mnist)."""
+    for name in ("summary.json", AUDIT_FILES["test"][4]):
+        if (run_dir / name).is_file():
+            return json.loads((run_dir / name).read_text()).get("config", {}).get("dataset", "mnist")
+    return "mnist"
+
+
 def run_validate(run_dir: Path) -> dict:
     """validation.json: each available ranking (audit's label issues, the run's ambiguity) vs the review."""
     sources = {"label_issues": (run_dir / AUDIT_FILES["test"][0], "rank"),
@@ -297,7 +315,11 @@ def run_validate(run_dir: Path) -> dict:
     available = {k: v for k, v in sources.items() if v[0].is_file()}
     if not available:
         raise ConfigError(f"RUN_DIR: {run_dir} has neither label_issues.csv (run `audit`) nor scores.csv (run `run`)")
-    review = validate.load_review()
+    dataset = run_dataset(run_dir)
+    if dataset not in validate.REVIEWS:
+        raise ConfigError(f"RUN_DIR: {run_dir} is a run on {dataset}, and no human review of {dataset}'s labels "
+                          f"exists to validate against (only MNIST's test set has one)")
+    review = validate.load_review(dataset)
     result = {}
     for name, (path, column) in available.items():
         table = outputs.read_table(path)  # raises ConfigError naming the file
@@ -307,7 +329,7 @@ def run_validate(run_dir: Path) -> dict:
             result[name] = validate.validate_ranking(table[column], review)
         except ValueError as e:
             raise ConfigError(f"{path}: {e}") from None
-    out = {"rankings": result, "review": validate.REVIEW_FILE}
+    out = {"rankings": result, "review": validate.REVIEWS[dataset]}
     files.write_json(run_dir / "validation.json", out)
     _refresh_report(run_dir)
     return out

@@ -1,7 +1,8 @@
 """The HTML report of a finished run: one self-contained page, rendered from the run directory.
 
 Everything comes from the files `run` (and, when present, `audit` and `validate`)
-left in the run directory, plus the test pixels from the verified MNIST cache, so
+left in the run directory, plus the test pixels of the run's data set (recorded in
+summary.json and checked against its MD5s), so
 a report can be re-rendered at any time without retraining. The page references
 nothing outside itself: digits are PNG data URIs, the chart is an embedded PNG,
 CSS and JavaScript are inline, and the data the controls need is one JSON blob.
@@ -25,7 +26,7 @@ from jinja2 import Environment, PackageLoader  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from . import data, files, outputs, scores  # noqa: E402
-from .config import NUM_CLASSES, ConfigError  # noqa: E402
+from .config import ConfigError  # noqa: E402
 
 REPORT_FILE = "report.html"
 TEMPLATE = "report.html"
@@ -58,9 +59,8 @@ RANKING_INFO = {
 # Per-digit measures shown in the detail view, in this order (scores.csv columns).
 MEASURES = ("prob_pred", "prob_label", "margin", "entropy", "expected_entropy", "mutual_information",
             "vote_disagreement", "members_wrong", "ambiguity")
-# The original analysis this tool grew out of (README: "Where this comes from").
+# The original analysis this tool grew out of (README: "Where this comes from"): MNIST.
 ORIGINAL_ACCURACY = 0.992
-TEST_IMAGES = "t10k-images-idx3-ubyte"
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,7 @@ class Run:
     table: dict[str, np.ndarray]
     member_probs: np.ndarray  # (M, N, K)
     seeds: list[int]
+    class_names: tuple[str, ...]  # (K,): label k is class_names[k]
     label_issues: dict[str, np.ndarray] | None
     validation: dict | None
     train_issues: dict[str, np.ndarray] | None
@@ -80,39 +81,42 @@ class Run:
 # ---------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------
-def write_report(run_dir: Path, mnist: data.Mnist | None = None) -> Path:
+def write_report(run_dir: Path, dataset: data.Dataset | None = None) -> Path:
     """Render `run_dir/report.html` from a finished run; returns its path.
 
-    `mnist` supplies the pixels (loaded from the run's data directory when None).
-    Raises ConfigError when run_dir is not a finished run or the pixels are not its MNIST.
+    `dataset` supplies the pixels (when None, the data set the run recorded is loaded).
+    Raises ConfigError when run_dir is not a finished run or the pixels are not its data's.
     """
     run = load_run(Path(run_dir))
-    if mnist is None:
-        mnist = data.load_mnist(run.summary["config"].get("data_dir"), log=lambda _: None, progress=False)
-    _check_pixels(run, mnist)
-    html = render(run, mnist)
+    if dataset is None:
+        c = run.summary["config"]
+        dataset = data.load_dataset(c.get("dataset", "mnist"), c.get("data_dir"), class_names=c.get("class_names"),
+                                    log=lambda _: None, progress=False)
+    _check_pixels(run, dataset)
+    html = render(run, dataset)
     path = run.dir / REPORT_FILE
     files.write_text(path, html)
     return path
 
 
-def render(run: Run, mnist: data.Mnist) -> str:
+def render(run: Run, ds: data.Dataset) -> str:
     """The whole page as one HTML string."""
     env = Environment(loader=PackageLoader("ambiguous_digits", "templates"), autoescape=True)
     env.filters["pct"] = _pct
-    return env.get_template(TEMPLATE).render(**page_context(run, mnist))
+    return env.get_template(TEMPLATE).render(**page_context(run, ds))
 
 
-def page_context(run: Run, mnist: data.Mnist) -> dict:
+def page_context(run: Run, ds: data.Dataset) -> dict:
     """Everything the template shows: header numbers, tables, chart, answers, and the gallery's JSON."""
-    facts, page_data = run_facts(run), gallery_data(run, mnist.x_test)
+    facts, page_data = run_facts(run), gallery_data(run, ds.x_test)
     return {
         "run": run, "name": run.dir.resolve().name, "s": run.summary, "facts": facts, "answers": answers(facts),
         "confusion": facts["confusion"].tolist(), "confusion_rows": facts["confusion"].sum(axis=1).tolist(),
         "confusion_cols": facts["confusion"].sum(axis=0).tolist(), "class_accuracy": facts["class_accuracy"],
         "reliability_png": reliability_png(run), "counts": COUNTS, "default_count": DEFAULT_COUNT,
         "rankings": {n: _ranking_title(n) for n in page_data["rankings"]},
-        "train_issues": train_issue_cards(run, mnist.x_train),
+        "train_issues": train_issue_cards(run, ds.x_train), "classes": run.class_names,
+        "dataset": run.summary["data"].get("dataset", "mnist"),
         "page_data": page_data,
     }
 
@@ -132,13 +136,20 @@ def load_run(run_dir: Path) -> Run:
     table = outputs.read_table(run_dir / "scores.csv")
     with np.load(run_dir / "probs.npz") as npz:
         member_probs, seeds = npz["probs"], [int(s) for s in npz["seeds"]]
-    n = len(table["index"])
-    if member_probs.shape[1:] != (n, NUM_CLASSES):
-        raise ConfigError(f"{run_dir / 'probs.npz'}: probs {member_probs.shape} do not match {n} rows of scores.csv")
+    n, names = len(table["index"]), _class_names(summary, member_probs)
+    if member_probs.ndim != 3 or member_probs.shape[1:] != (n, len(names)):
+        raise ConfigError(f"{run_dir / 'probs.npz'}: probs {member_probs.shape} do not match {n} rows of scores.csv "
+                          f"and {len(names)} classes")
     label_issues = _optional_table(run_dir / "label_issues.csv", n)
-    return Run(run_dir, summary, table, member_probs, seeds,
+    return Run(run_dir, summary, table, member_probs, seeds, names,
                label_issues, _optional_json(run_dir / "validation.json"),
                _optional_table(run_dir / "train_label_issues.csv", None))
+
+
+def _class_names(summary: dict, member_probs: np.ndarray) -> tuple[str, ...]:
+    """The run's class names (runs older than --dataset recorded none: MNIST's digits)."""
+    names = summary["data"].get("class_names")
+    return tuple(names) if names else tuple(str(k) for k in range(member_probs.shape[-1]))
 
 
 def _optional_table(path: Path, rows: int | None) -> dict[str, np.ndarray] | None:
@@ -154,10 +165,10 @@ def _optional_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _check_pixels(run: Run, mnist: data.Mnist) -> None:
-    expected = run.summary.get("data", {}).get("md5", {}).get(TEST_IMAGES)
-    if expected and mnist.checksums.get(TEST_IMAGES) != expected:
-        raise ConfigError(f"{run.dir}: the MNIST test images given are not the ones this run used (md5 differs)")
+def _check_pixels(run: Run, ds: data.Dataset) -> None:
+    expected = run.summary["data"].get("md5")
+    if expected and ds.checksums != expected:
+        raise ConfigError(f"{run.dir}: the {ds.name} data given are not the ones this run used (md5 differs)")
 
 
 # ---------------------------------------------------------------------------
@@ -167,9 +178,9 @@ def _ints(column: np.ndarray) -> np.ndarray:
     return column.astype(np.int64)
 
 
-def error_confusion(labels: np.ndarray, preds: np.ndarray) -> np.ndarray:
-    """(K, K) counts of misclassified digits, row = true digit, column = prediction; diagonal 0."""
-    conf = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+def error_confusion(labels: np.ndarray, preds: np.ndarray, k: int) -> np.ndarray:
+    """(K, K) counts of misclassified images, row = true class, column = prediction; diagonal 0."""
+    conf = np.zeros((k, k), dtype=np.int64)
     wrong = labels != preds
     np.add.at(conf, (labels[wrong], preds[wrong]), 1)
     return conf
@@ -182,13 +193,13 @@ def top_confusions(conf: np.ndarray, n: int = 3) -> list[tuple[int, int, int]]:
     return [(int(t), int(p), int(conf[t, p])) for t, p in cells if conf[t, p] > 0]
 
 
-def class_accuracy(labels: np.ndarray, preds: np.ndarray) -> list[dict]:
-    """Per true digit: test digits, correct ones, accuracy (None where the class is absent)."""
+def class_accuracy(labels: np.ndarray, preds: np.ndarray, names: tuple[str, ...]) -> list[dict]:
+    """Per true class: its name, test images, correct ones, accuracy (None where the class is absent)."""
     out = []
-    for c in range(NUM_CLASSES):
+    for c, name in enumerate(names):
         mine = labels == c
         right = int((preds[mine] == c).sum())
-        out.append({"digit": c, "n": int(mine.sum()), "correct": right,
+        out.append({"class": c, "name": name, "n": int(mine.sum()), "correct": right,
                     "accuracy": right / mine.sum() if mine.any() else None})
     return out
 
@@ -213,13 +224,14 @@ def run_facts(run: Run) -> dict:
     labels, preds = _ints(t["label"]), _ints(t["pred"])
     wrong = labels != preds
     probs = run.member_probs.mean(axis=0)
-    conf = error_confusion(labels, preds)
+    conf = error_confusion(labels, preds, len(run.class_names))
     return {
         "summary": s, "n": len(labels), "errors": int(wrong.sum()), "accuracy": float(1 - wrong.mean()),
         "members": run.member_probs.shape[0], "member_accuracy": s["member_accuracy"],
         "member_mean": s["member_accuracy_mean"], "member_std": s["member_accuracy_std"],
         "confusion": conf, "confusion_max": int(conf.max()), "pairs": top_confusions(conf),
-        "class_accuracy": class_accuracy(labels, preds),
+        "class_accuracy": class_accuracy(labels, preds, run.class_names), "names": run.class_names,
+        "dataset": s["data"].get("dataset", "mnist"),
         "ece": scores.expected_calibration_error(probs, labels), "nll": scores.nll(probs, labels),
         "mean_confidence": float(t["prob_pred"].mean()),
         "top_errors": {k: errors_in_top(t["rank_ambiguity"], wrong, k) for k in (10, 50)},
@@ -254,9 +266,20 @@ def _points(x: float) -> str:
 
 def answers(f: dict) -> list[dict]:
     """[{question, paragraphs}] in the original analysis's order; every number is this run's."""
-    return [{"question": "Describe your model", "paragraphs": describe_model(f)},
-            {"question": "Analyse your results", "paragraphs": analyse_results(f)},
-            {"question": "Impact of the images and improvements", "paragraphs": impact(f)}]
+    out = [{"question": "Describe your model", "paragraphs": describe_model(f)},
+           {"question": "Analyse your results", "paragraphs": analyse_results(f)},
+           {"question": "Impact of the images and improvements", "paragraphs": impact(f)}]
+    if f["dataset"] != "mnist":  # the sentences speak of digits; other data sets hold images
+        for a in out:
+            a["paragraphs"] = [_DIGIT_WORD.sub(_as_image, p) for p in a["paragraphs"]]
+    return out
+
+
+_DIGIT_WORD = re.compile(r"(?<![-\w])([Dd])igit(s?)\b")  # not the command's name, ambiguous-digits
+
+
+def _as_image(m: re.Match) -> str:
+    return ("I" if m.group(1) == "D" else "i") + "mage" + m.group(2)
 
 
 def describe_model(f: dict) -> list[str]:
@@ -291,21 +314,23 @@ def analyse_results(f: dict) -> list[str]:
                   f"{f['members']} seeds, {_pct(min(f['member_accuracy']))} to {_pct(max(f['member_accuracy']))}), "
                   f"so averaging them {'adds' if gain >= 0 else 'costs'} {_points(abs(gain))}.")
     gap = f["accuracy"] - ORIGINAL_ACCURACY
-    first += (f" The original notebook's Keras CNN reached {_pct(ORIGINAL_ACCURACY)}; this run is "
-              f"{_points(abs(gap))} {'above' if gap >= 0 else 'below'} it.")
+    if f["dataset"] == "mnist":  # the original analysis was of MNIST only
+        first += (f" The original notebook's Keras CNN reached {_pct(ORIGINAL_ACCURACY)}; this run is "
+                  f"{_points(abs(gap))} {'above' if gap >= 0 else 'below'} it.")
     return [first, _confusion_sentence(f), _calibration_sentence(f)]
 
 
 def _confusion_sentence(f: dict) -> str:
     if not f["pairs"]:
         return "There are no errors to analyse."
-    pairs = "; ".join(f"true {t} read as {p} ({n}×)" for t, p, n in f["pairs"])
+    names = f["names"]
+    pairs = "; ".join(f"true {names[t]} read as {names[p]} ({n}×)" for t, p, n in f["pairs"])
     held = sum(n for *_, n in f["pairs"])
     known = [c for c in f["class_accuracy"] if c["accuracy"] is not None]
     worst, best = min(known, key=lambda c: c["accuracy"]), max(known, key=lambda c: c["accuracy"])
     return (f"The most confused pairs are {pairs}: together {held} of the {f['errors']} errors "
             f"({_pct(held / f['errors'])}). Per-class accuracy runs from {_pct(worst['accuracy'])} for "
-            f"{worst['digit']}s to {_pct(best['accuracy'])} for {best['digit']}s.")
+            f"{worst['name']} to {_pct(best['accuracy'])} for {best['name']}.")
 
 
 def _calibration_sentence(f: dict) -> str:
@@ -417,27 +442,27 @@ def ranking_orders(run: Run) -> dict[str, np.ndarray]:
     return {name: scores.top_indices(r, len(r)) for name, r in ranks.items()}
 
 
-def _filters(labels: np.ndarray, preds: np.ndarray):
-    """Boolean masks of every filter the page offers: true digit, predicted digit, and both."""
-    for c in range(NUM_CLASSES):
+def _filters(labels: np.ndarray, preds: np.ndarray, classes: int):
+    """Boolean masks of every filter the page offers: true class, predicted class, and both."""
+    for c in range(classes):
         yield labels == c
         yield preds == c
-        for p in range(NUM_CLASSES):
+        for p in range(classes):
             yield (labels == c) & (preds == p)
 
 
-def needed_prefix(order: np.ndarray, labels: np.ndarray, preds: np.ndarray, k: int) -> np.ndarray:
-    """The digits of `order` (kept in order) that are among the first k under any filter, or unfiltered."""
+def needed_prefix(order: np.ndarray, labels: np.ndarray, preds: np.ndarray, k: int, classes: int) -> np.ndarray:
+    """The images of `order` (kept in order) that are among the first k under any filter, or unfiltered."""
     keep = np.zeros(len(order), bool)
     keep[:k] = True
-    for mask in _filters(labels[order], preds[order]):
+    for mask in _filters(labels[order], preds[order], classes):
         keep[np.flatnonzero(mask)[:k]] = True
     return order[keep]
 
 
-def filter_counts(order: np.ndarray, labels: np.ndarray, preds: np.ndarray) -> list[list[int]]:
-    """(K+1, K+1) ranked digits per filter: [true + 1][pred + 1], index 0 = any."""
-    counts = np.zeros((NUM_CLASSES + 1, NUM_CLASSES + 1), dtype=np.int64)
+def filter_counts(order: np.ndarray, labels: np.ndarray, preds: np.ndarray, classes: int) -> list[list[int]]:
+    """(K+1, K+1) ranked images per filter: [true + 1][pred + 1], index 0 = any."""
+    counts = np.zeros((classes + 1, classes + 1), dtype=np.int64)
     np.add.at(counts, (labels[order] + 1, preds[order] + 1), 1)
     counts[0, :] = counts[1:, :].sum(axis=0)
     counts[:, 0] = counts[:, 1:].sum(axis=1)
@@ -447,7 +472,7 @@ def filter_counts(order: np.ndarray, labels: np.ndarray, preds: np.ndarray) -> l
 def chosen_digits(run: Run, orders: dict[str, np.ndarray]) -> np.ndarray:
     """Test indices whose pixels the page holds: every ranking's needed prefix, then all errors; capped."""
     labels, preds = _ints(run.table["label"]), _ints(run.table["pred"])
-    parts = [needed_prefix(o, labels, preds, COUNTS[-1]) for o in orders.values()]
+    parts = [needed_prefix(o, labels, preds, COUNTS[-1], len(run.class_names)) for o in orders.values()]
     parts.append(np.flatnonzero(labels != preds))
     _, first = np.unique(np.concatenate(parts), return_index=True)
     return np.concatenate(parts)[np.sort(first)][:MAX_DIGITS]
@@ -487,8 +512,9 @@ def gallery_data(run: Run, x_test: np.ndarray) -> dict:
     rank_columns = {n: (run.label_issues["rank"] if n == "label_issues" else run.table[f"rank_{n}"]) for n in orders}
     return {
         "members": run.member_probs.shape[0], "seeds": run.seeds, "measures": list(MEASURES),
+        "classes": list(run.class_names),
         "digits": [digit_record(run, int(i), x_test[i], rank_columns) for i in np.sort(chosen)],
-        "rankings": {n: {**_ranking_title(n), "order": o[has[o]].tolist(), "counts": filter_counts(o, labels, preds)}
+        "rankings": {n: {**_ranking_title(n), "order": o[has[o]].tolist(), "counts": filter_counts(o, labels, preds, len(run.class_names))}
                      for n, o in orders.items()},
     }
 
@@ -499,5 +525,6 @@ def train_issue_cards(run: Run, x_train: np.ndarray) -> list[dict]:
         return []
     t = run.train_issues
     top = scores.top_indices(t["rank"], TRAIN_ISSUES_SHOWN)
-    return [{"i": int(i), "given": int(t["given_label"][i]), "suggested": int(t["suggested_label"][i]),
+    names = run.class_names
+    return [{"i": int(i), "given": names[int(t["given_label"][i])], "suggested": names[int(t["suggested_label"][i])],
              "quality": float(t["label_quality"][i]), "img": digit_uri(x_train[i])} for i in top]

@@ -12,7 +12,8 @@ from importlib.resources import files as package_files
 import numpy as np
 from sklearn.metrics import average_precision_score
 
-REVIEW_FILE = "mnist_test_mturk.json"
+# Human reviews of a data set's test labels, by --dataset: only MNIST's exists here.
+REVIEWS = {"mnist": "mnist_test_mturk.json"}
 TOP_KS = (10, 20, 50, 100)
 # For scale: the ranking that chose these 100 digits (cleanlab's normalized margin on
 # the authors' own cross-validated probabilities), as the issue that asked for this states.
@@ -20,9 +21,9 @@ AUTHORS_AP = 0.51
 AUTHORS_TOP10 = 5
 
 
-def load_review() -> list[dict]:
-    """The 100 reviewed test digits: index, given_label, guessed_label, votes, verdict."""
-    text = package_files("ambiguous_digits").joinpath("references", REVIEW_FILE).read_text()
+def load_review(dataset: str = "mnist") -> list[dict]:
+    """The reviewed test images of `dataset` (one of REVIEWS): index, given_label, guessed_label, votes, verdict."""
+    text = package_files("ambiguous_digits").joinpath("references", REVIEWS[dataset]).read_text()
     return json.loads(text)["records"]
 
 

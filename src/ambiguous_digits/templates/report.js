@@ -38,20 +38,25 @@
     d.probs.forEach(function (v, c) {
       const bar = el("span", c === d.y ? "truth" : (c === d.p ? "wrongpred" : ""));
       bar.style.height = (100 * v).toFixed(1) + "%";
-      bar.title = c + ": " + v.toFixed(3);
+      bar.title = DATA.classes[c] + ": " + v.toFixed(3);
       box.appendChild(bar);
     });
     const ticks = el("div", "ticks");
-    for (let c = 0; c < 10; c++) ticks.appendChild(el("span", "", String(c)));
+    // Digits fit under their bars; longer class names show as their index (full name on hover).
+    DATA.classes.forEach(function (name, c) {
+      const tick = el("span", "", name.length <= 2 ? name : String(c));
+      tick.title = name;
+      ticks.appendChild(tick);
+    });
     return [box, ticks];
   }
 
   function labelLine(d, ranking) {
     const line = el("div", "lab");
-    line.append("true ", el("b", "truthtxt", String(d.y)), " → ");
-    line.appendChild(el("b", d.p === d.y ? "" : "wrongtxt", String(d.p)));
+    line.append("true ", el("b", "truthtxt", DATA.classes[d.y]), " → ");
+    line.appendChild(el("b", d.p === d.y ? "" : "wrongtxt", DATA.classes[d.p]));
     if (ranking === "label_issues" && d.issue) {
-      line.append(" · ", el("span", "small", "suggest " + d.issue.suggested));
+      line.append(" · ", el("span", "small", "suggest " + DATA.classes[d.issue.suggested]));
     }
     return line;
   }
@@ -91,7 +96,7 @@
       const fill = el("div", "fill" + (c === d.y ? " truth" : (c === d.p ? " wrongpred" : "")));
       fill.style.width = (100 * v).toFixed(1) + "%";
       track.appendChild(fill);
-      rows.push(el("b", "", String(c)), track, el("span", "val", v.toFixed(4)));
+      rows.push(el("b", "", DATA.classes[c]), track, el("span", "val", v.toFixed(4)));
     });
     return rows;
   }
@@ -106,7 +111,7 @@
     const rows = DATA.measures.filter(function (m) { return m in d.m; })
       .map(function (m) { return row([MEASURE_NAMES[m] || m, fmt(d.m[m])]); });
     if (d.issue) {
-      rows.push(row(["suggested label", String(d.issue.suggested)]),
+      rows.push(row(["suggested label", DATA.classes[d.issue.suggested]]),
                 row(["label quality", fmt(d.issue.quality)]),
                 row(["flagged by cleanlab", d.issue.flagged ? "yes" : "no"]));
     }
@@ -123,7 +128,7 @@
   function memberRows(d) {
     const rows = [row(["member", "vote", "p(vote)", "p(true)", "seed"])];
     d.votes.forEach(function (v, m) {
-      rows.push(row(["#" + (m + 1), String(v), d.vote_probs[m].toFixed(4), d.label_probs[m].toFixed(4),
+      rows.push(row(["#" + (m + 1), DATA.classes[v], d.vote_probs[m].toFixed(4), d.label_probs[m].toFixed(4),
                      String(DATA.seeds[m])],
                     "vote" + (v === d.y ? "" : " disagrees")));
     });
@@ -137,8 +142,8 @@
     $("detail-img").alt = "test digit " + d.i;
     $("detail-title").textContent = "Test digit #" + d.i;
     const labels = $("detail-labels");
-    labels.replaceChildren("true ", el("b", "truthtxt", String(d.y)), " · predicted ",
-                           el("b", d.p === d.y ? "" : "wrongtxt", String(d.p)));
+    labels.replaceChildren("true ", el("b", "truthtxt", DATA.classes[d.y]), " · predicted ",
+                           el("b", d.p === d.y ? "" : "wrongtxt", DATA.classes[d.p]));
     $("detail-probs").replaceChildren(...probRows(d));
     $("detail-measures").replaceChildren(...measureRows(d));
     $("detail-members").replaceChildren(...memberRows(d));
