@@ -1,9 +1,12 @@
 """Wall time of one `run` on a Ray cluster of 1, then 2, ... nodes on this machine, against the local backend.
 
-Each cluster is real: `ray start --block` processes on loopback, each node with
---threads CPUs, started before and torn down after its run. The same seeds give
-the same probs.npz on every backend, so the sha256 of each run's probs.npz is
-recorded too: the rows must agree.
+Each cluster is real: `ray start --block` processes on loopback, started before
+and torn down after its run, the machine's cores split evenly between its nodes
+(so every row uses the same cores: what changes is how many nodes share them).
+Each member is one task of --threads CPUs. The local row trains the members one
+after another with --local-threads torch threads (default: every core), as a
+plain `run` does. The same seeds and threads give the same probs.npz on every
+backend, so each row's sha256 of probs.npz is recorded: the Ray rows must agree.
 
     python bench/ray_scaling.py --members 10 --epochs 4 --nodes 1 2
 """
@@ -151,7 +154,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--members", type=int, default=10, help="ensemble members (one Ray task each)")
     p.add_argument("--epochs", type=int, default=4, help="training epochs per member")
-    p.add_argument("--threads", type=int, default=1, help="CPUs per node = CPUs per task = torch threads")
+    p.add_argument("--threads", type=int, default=1, help="CPUs (and torch threads) per Ray task")
+    p.add_argument("--local-threads", type=int, default=os.cpu_count(), help="torch threads of the local row")
     p.add_argument("--nodes", type=int, nargs="+", default=[1, 2], help="cluster sizes to time, in order")
     p.add_argument("--no-local", dest="local", action="store_false", help="skip the local-backend baseline")
     p.add_argument("--data-dir", type=Path, default=None, help="MNIST cache (as for `run`)")
@@ -163,23 +167,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
-    run_args = [f"--members={a.members}", f"--epochs={a.epochs}", f"--threads={a.threads}"]
+    run_args = [f"--members={a.members}", f"--epochs={a.epochs}"]
     run_args += [f"--{k}={v}" for k, v in (("data-dir", a.data_dir), ("train-limit", a.train_limit),
                                            ("test-limit", a.test_limit)) if v is not None]
     rows = {}
     if a.local:
-        rows["local"] = timed_run(run_args, ["--backend=local"])
-        print(f"local backend, {a.threads} thread(s): {rows['local']['wall_s']} s", flush=True)
+        rows["local"] = timed_run(run_args, ["--backend=local", f"--threads={a.local_threads}"])
+        print(f"local backend, {a.local_threads} thread(s): {rows['local']['wall_s']} s", flush=True)
     for n in a.nodes:
-        with loopback_cluster(n, a.threads) as address:
-            rows[f"ray_{n}_nodes"] = row = timed_run(run_args, ["--backend=ray", f"--ray-address={address}"])
-        print(f"Ray, {n} node(s) of {a.threads} CPU(s): {row['wall_s']} s", flush=True)
-    result = {"members": a.members, "epochs": a.epochs, "threads": a.threads, "cpu_count": os.cpu_count(),
-              "runs": rows, "same_probs": len({r["probs_sha256"] for r in rows.values()}) == 1}
+        cpus = max(a.threads, (os.cpu_count() or 1) // n)
+        with loopback_cluster(n, cpus) as address:
+            row = timed_run(run_args, ["--backend=ray", f"--ray-address={address}", f"--threads={a.threads}"])
+        rows[f"ray_{n}_nodes"] = {**row, "cpus_per_node": cpus}
+        print(f"Ray, {n} node(s) of {cpus} CPU(s), tasks of {a.threads}: {row['wall_s']} s", flush=True)
+    ray_shas = {r["probs_sha256"] for name, r in rows.items() if name != "local"}
+    result = {"members": a.members, "epochs": a.epochs, "threads_per_task": a.threads,
+              "local_threads": a.local_threads, "cpu_count": os.cpu_count(), "runs": rows,
+              "same_probs_on_every_cluster": len(ray_shas) <= 1}
     from ambiguous_digits import files
 
     files.write_json(a.json, result)
-    print(f"same probs.npz on every backend: {result['same_probs']}; wrote {a.json}")
+    print(f"same probs.npz on every cluster: {result['same_probs_on_every_cluster']}; wrote {a.json}")
     return result
 
 
