@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ambiguous_digits import backend
+from ambiguous_digits import backend, jobs
 from ambiguous_digits.cli import main
 from ambiguous_digits.config import Config, ConfigError
 from ambiguous_digits.pipeline import run, run_audit
@@ -114,6 +114,19 @@ def test_a_worker_killed_mid_task_is_retried_and_every_member_arrives(cluster, l
     with np.load(tmp_path / "probs.npz") as z:
         assert z["probs"].shape == (TINY["members"], TINY["test_limit"], 10)
     assert (tmp_path / "probs.npz").read_bytes() == (local_run / "probs.npz").read_bytes()
+
+
+def _member_job_the_workers_cannot_import(**job):
+    raise AssertionError("this module is not on the workers' path, so this never runs there")
+
+
+@needs_ray
+def test_workers_without_the_package_are_one_clear_error(cluster, mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(jobs, "member_job", _member_job_the_workers_cannot_import)
+    with pytest.raises(ConfigError, match=r"--backend ray: a worker cannot import this package \(.*No module "
+                                          r"named .*\); install ambiguous-digits .* on every node"):
+        run(_cfg(tmp_path, mnist_dir, backend="ray", ray_address=cluster, members=1), progress=False,
+            log=lambda _: None)
 
 
 @pytest.mark.parametrize("address", [

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
+from . import __version__
 from .config import Config, ConfigError, split_address
 
 # Seconds to wait for a TCP connection to the cluster's address before giving up:
@@ -28,6 +29,8 @@ TASK_RETRIES = 3
 # follows the preface, as the protocol asks (RFC 9113, section 3.4).
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 HTTP2_SETTINGS = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+# How Ray's RayTaskError begins its message when a worker could not import the task's function.
+WORKER_IMPORT_FAILED = "failed to import on the worker"
 
 Job = dict
 OnResult = Callable[[int, dict], None]
@@ -72,9 +75,21 @@ def _run_ray(fn, jobs, shared, cfg: Config, arrived: OnResult, progress: bool) -
         pending = {remote.remote(**refs, **job, progress=False): i for i, job in enumerate(jobs)}
         while pending:
             (done,), _ = ray.wait(list(pending), num_returns=1)
-            arrived(pending.pop(done), ray.get(done))
+            arrived(pending.pop(done), _get(ray, done))
     finally:
         ray.shutdown()
+
+
+def _get(ray, ref) -> dict:
+    """The task's result; a worker without this package is a one-line error, other failures propagate."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if WORKER_IMPORT_FAILED not in str(e):
+            raise
+        missing = str(e).strip().splitlines()[-1]
+        raise ConfigError(f"--backend ray: a worker cannot import this package ({missing}); install "
+                          f"ambiguous-digits {__version__} on every node") from None
 
 
 def _import_ray():
