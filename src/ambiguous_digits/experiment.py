@@ -92,8 +92,8 @@ def emphasis_indices(split: str, cv_probs: np.ndarray, audit_labels: np.ndarray,
                            f"(training on the test digits we evaluate on would be leakage)")
     if len(audit_labels) != len(train_labels) or not np.array_equal(audit_labels, train_labels):
         raise LeakageError(f"emphasis: the audit's {len(audit_labels)} labels are not those of the "
-                           f"{len(train_labels)} training digits (a test audit? a different --train-limit?); "
-                           f"rerun `audit --split train` with this experiment's --train-limit")
+                           f"{len(train_labels)} training digits (a test audit would be leakage; a different "
+                           f"--train-limit?): rerun `audit --split train` with this experiment's --train-limit")
     probs, labels = scores.validate(cv_probs, audit_labels)
     order = np.argsort(-scores.ambiguity(probs, labels), kind="stable")
     return order[~np.asarray(flagged, bool)[order]][:top]
