@@ -260,3 +260,11 @@ def test_config_refuses_bad_experiment_settings():
         Config(emphasis_factor=1)
     with pytest.raises(ConfigError, match="--seeds"):
         Config(seeds=0)
+
+
+def test_an_unreadable_training_audit_is_named(prerequisites, tmp_path, mnist_dir, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(prerequisites, out)
+    (out / "cv_probs_train.npz").write_bytes(b"not an npz")
+    assert cli.main(_argv("experiment", out, mnist_dir, *EXPERIMENT)) == 2
+    assert str(out / "cv_probs_train.npz") in _one_line_error(capsys)

@@ -113,8 +113,13 @@ def load_train_audit(run_dir: Path) -> dict:
     if missing:
         raise ConfigError(f"--out: {run_dir} has no {', '.join(missing)}; run `ambiguous-digits audit --split "
                           f"train --out {run_dir}` first (emphasis needs the training-set audit)")
-    with np.load(run_dir / TRAIN_AUDIT_FILES[0]) as z:
-        probs, labels = z["probs"], z["labels"]
+    path = run_dir / TRAIN_AUDIT_FILES[0]
+    try:
+        with np.load(path) as z:
+            probs, labels = z["probs"], z["labels"]
+        scores.validate(probs, labels)
+    except (OSError, KeyError, ValueError) as e:
+        raise ConfigError(f"{path}: not the audit's probabilities ({e})") from None
     table = outputs.read_table(run_dir / TRAIN_AUDIT_FILES[1])
     if len(table["index"]) != len(labels):
         raise ConfigError(f"{run_dir / TRAIN_AUDIT_FILES[1]}: {len(table['index'])} rows, but "
@@ -184,8 +189,9 @@ def compare(probs: dict[str, np.ndarray], labels: np.ndarray, review: list[dict]
         results[name] = {"title": v.title, "about": v.about, "per_seed": per_seed, **summarise(per_seed)}
     best = max(probs, key=lambda name: results[name]["accuracy"]["mean"])
     ens = [seed_metrics(probs[best].mean(axis=0), labels, top, errors)]
-    results[ENSEMBLE] = {"title": f"ensemble of {VARIANTS[best].title}", "about": f"the mean of the {len(probs[best])} {best} models' probabilities (no extra "
-                                  f"training)", "of": best, "per_seed": ens, **summarise(ens)}
+    results[ENSEMBLE] = {"title": f"ensemble of {VARIANTS[best].title}", "of": best, "per_seed": ens,
+                         "about": f"the mean of the {len(probs[best])} {best} models' probabilities (no extra "
+                                  f"training)", **summarise(ens)}
     return {"variants": results, "best_variant": best, "baseline_top_ambiguous": top.tolist(),
             "top_ambiguous_label_errors": sorted(set(top.tolist()) & set(errors.tolist())),
             "label_errors": errors.tolist()}
