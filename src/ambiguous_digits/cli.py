@@ -163,8 +163,8 @@ def _cmd_experiment(a: argparse.Namespace) -> None:
     cfg = config_from_args(a)
     r = run_experiment(cfg, log=print, progress=not a.quiet)
     for row in r["variants"].values():
-        print(f"{row['title']}: test accuracy {row['accuracy']['mean']:.2%} ± {row['accuracy']['std']:.2%} "
-              f"over {len(row['per_seed'])} model(s)")
+        spread = "" if "of" in row else f" ± {row['accuracy']['std']:.2%} over {len(row['per_seed'])} seed(s)"
+        print(f"{row['title']}: test accuracy {row['accuracy']['mean']:.2%}{spread}")
     print(f"{r['leakage']}\nwrote {cfg.out / 'experiment.json'} and {cfg.out / 'experiment.md'}")
 
 
