@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ambiguous_digits import cli, experiment, outputs, report, validate
+from ambiguous_digits import cli, experiment
 from ambiguous_digits.config import Config, ConfigError
 from ambiguous_digits.experiment import VARIANTS, LeakageError
 from ambiguous_digits.train import augment, resolve_precision, to_tensor, train

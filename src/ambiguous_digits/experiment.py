@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import data, files, outputs, pipeline, report, scores, validate
 from .config import EVAL_BATCH, Config, ConfigError
