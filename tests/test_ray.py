@@ -193,6 +193,12 @@ def test_cli_reports_a_bad_address_on_one_line(command, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_experiment_refuses_the_ray_backend(tmp_path, capsys):
+    """Its variants train in this process: --backend is refused, not silently ignored."""
+    assert main(["experiment", "--out", str(tmp_path), "--backend", "ray"]) == 2
+    assert "--backend: not used by experiment" in capsys.readouterr().err
+
+
 def test_backend_config_round_trips_through_json():
     cfg = Config(backend="ray", ray_address="10.0.0.1:6379")
     assert Config.from_json(cfg.to_json()) == cfg

@@ -27,6 +27,9 @@ MAX_STAGES = 4
 EVAL_BATCH = 1000
 # Where training jobs run: one after another in this process, or as tasks on a Ray cluster.
 BACKENDS = ("local", "ray")
+# Seeds of the `experiment` repeats are drawn from their own stream of the base seed,
+# apart from the run's members ([seed]) and the audit's folds ([seed, 1 + fold]).
+EXPERIMENT_STREAM = 2**63
 
 
 class ConfigError(ValueError):
@@ -60,9 +63,19 @@ class Config:
     force: bool = False
     backend: str = "local"
     ray_address: str | None = None
+    # `experiment` only: repeats per variant, and the second pass on ambiguous training digits.
+    seeds: int = 3
+    emphasis_top: int = 1000
+    emphasis_factor: int = 4
+    emphasis_epochs: int = 2
 
     def __post_init__(self) -> None:
         _check_positive("--members", self.members)
+        _check_positive("--seeds", self.seeds)
+        _check_positive("--emphasis-top", self.emphasis_top)
+        _check_positive("--emphasis-epochs", self.emphasis_epochs)
+        if self.emphasis_factor < 2:  # 1 would be the uniform second pass, not emphasis
+            raise ConfigError(f"--emphasis-factor: must be at least 2, got {self.emphasis_factor}")
         _check_positive("--epochs", self.epochs)
         _check_positive("--batch-size", self.batch_size)
         _check_positive("--top", self.top)
@@ -104,6 +117,11 @@ class Config:
         """One independent seed per ensemble member (of one audit fold), derived from the base seed."""
         root = np.random.SeedSequence(self.seed if fold is None else [self.seed, 1 + fold])
         return [int(s.generate_state(1)[0]) for s in root.spawn(self.members)]
+
+    def experiment_seeds(self) -> list[tuple[int, int]]:
+        """(first pass, second pass) seeds of each of the `seeds` experiment repeats, derived from the base seed."""
+        root = np.random.SeedSequence([self.seed, EXPERIMENT_STREAM])
+        return [tuple(int(w) for w in s.generate_state(2)) for s in root.spawn(self.seeds)]
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)

@@ -24,6 +24,8 @@ from .model import describe, from_checkpoint
 Log = Callable[[str], None]
 PROBS_FILE = "probs.npz"
 SCORES_FILE = "scores.csv"
+# Written by `experiment` (experiment.py) into a run's directory, from that run's numbers.
+EXPERIMENT_FILES = ("experiment.json", "experiment.md", "experiment_probs.npz")
 
 
 def prepare_out_dir(out: Path, force: bool) -> None:
@@ -118,7 +120,7 @@ def _where(cfg: Config, device, precision) -> str:
 def _remove_derived(out: Path) -> None:
     """With --force: drop an earlier run's summary and every result derived from it (audits,
     validation, report), so a new run never sits beside results of another."""
-    names = ["summary.json", "validation.json", report.REPORT_FILE]
+    names = ["summary.json", "validation.json", report.REPORT_FILE, *EXPERIMENT_FILES]
     names += [name for files_ in AUDIT_FILES.values() for name in files_ if name.endswith((".csv", ".npz", ".json", ".png"))]
     for name in names:
         (out / name).unlink(missing_ok=True)

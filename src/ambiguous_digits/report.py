@@ -29,6 +29,7 @@ from . import data, files, outputs, scores  # noqa: E402
 from .config import ConfigError  # noqa: E402
 
 REPORT_FILE = "report.html"
+EXPERIMENT_FILE = "experiment.json"
 TEMPLATE = "report.html"
 # Gallery sizes the page offers. The page holds the pixels of the first COUNTS[-1]
 # digits of every ranking under every filter, so each choice shows exactly that many.
@@ -76,6 +77,7 @@ class Run:
     label_issues: dict[str, np.ndarray] | None
     validation: dict | None
     train_issues: dict[str, np.ndarray] | None
+    experiment: dict | None = None  # experiment.json, from `experiment`
 
 
 # ---------------------------------------------------------------------------
@@ -117,6 +119,7 @@ def page_context(run: Run, ds: data.Dataset) -> dict:
         "rankings": {n: _ranking_title(n) for n in page_data["rankings"]},
         "train_issues": train_issue_cards(run, ds.x_train), "classes": run.class_names,
         "dataset": run.summary["data"].get("dataset", "mnist"),
+        "experiment": experiment_view(run.experiment),
         "page_data": page_data,
     }
 
@@ -143,7 +146,7 @@ def load_run(run_dir: Path) -> Run:
     label_issues = _optional_table(run_dir / "label_issues.csv", n)
     return Run(run_dir, summary, table, member_probs, seeds, names,
                label_issues, _optional_json(run_dir / "validation.json"),
-               _optional_table(run_dir / "train_label_issues.csv", None))
+               _optional_table(run_dir / "train_label_issues.csv", None), _optional_json(run_dir / EXPERIMENT_FILE))
 
 
 def _class_names(summary: dict, member_probs: np.ndarray) -> tuple[str, ...]:
@@ -528,3 +531,73 @@ def train_issue_cards(run: Run, x_train: np.ndarray) -> list[dict]:
     names = run.class_names
     return [{"i": int(i), "given": names[int(t["given_label"][i])], "suggested": names[int(t["suggested_label"][i])],
              "quality": float(t["label_quality"][i]), "img": digit_uri(x_train[i])} for i in top]
+
+
+# ---------------------------------------------------------------------------
+# The experiment (experiment.json): one table, shared with experiment.md
+# ---------------------------------------------------------------------------
+EXPERIMENT_COLUMNS = ("test accuracy", "errors", "NLL", "ECE", "baseline's top 10 correct",
+                      "accuracy without the label errors", "Δ accuracy vs baseline")
+
+
+def _spread(m: dict, fmt: str, scale: float = 1.0, single: bool = False, unit: str = "") -> str:
+    """'mean ± std' of a metric over seeds (just the mean for one model)."""
+    mean = format(scale * m["mean"], fmt) + unit
+    return mean if single else f"{mean} ± {format(scale * m['std'], fmt)}{unit}"
+
+
+def experiment_rows(exp: dict) -> list[dict]:
+    """One row per variant: its name, formatted cells (EXPERIMENT_COLUMNS) and whether it is the best."""
+    base = exp["variants"]["baseline"]["accuracy"]["mean"]
+    rows = []
+    for name, v in exp["variants"].items():
+        one = len(v["per_seed"]) == 1
+        cells = [_spread(v["accuracy"], ".2f", 100, one, "%"), _spread(v["errors"], ".1f", 1, one),
+                 _spread(v["nll"], ".4f", 1, one), _spread(v["ece"], ".4f", 1, one),
+                 f"{_spread(v['top_ambiguous_correct'], '.1f', 1, one)} of {len(exp['baseline_top_ambiguous'])}",
+                 _spread(v["accuracy_without_label_errors"], ".2f", 100, one, "%"),
+                 f"{100 * (v['accuracy']['mean'] - base):+.2f} points"]
+        rows.append({"name": v["title"], "cells": cells, "best": name == exp["best_variant"], "about": v["about"]})
+    return rows
+
+
+def experiment_notes(exp: dict) -> list[str]:
+    """How to read the table: seeds, the top-10 digits, the label errors, the emphasis, the leakage rule."""
+    seeds, e = len(exp["seeds"]), exp["emphasis"]
+    top, wrong = exp["baseline_top_ambiguous"], exp["top_ambiguous_label_errors"]
+    return [
+        f"Mean ± std (population) over {seeds} seed(s) per variant; the ensemble averages the {seeds} "
+        f"{exp['best_variant'].replace('_', ' ')} models (the best mean accuracy). Δ is against the baseline's mean.",
+        f"The baseline's top {len(top)} most ambiguous test digits (highest 1 − p(label), seeds averaged): "
+        f"{', '.join(map(str, top))}; {len(wrong)} of them are human-confirmed label errors, where a 'correct' "
+        f"answer agrees with a wrong label.",
+        f"Accuracy without the label errors leaves out the {len(exp['label_errors'])} test digits human reviewers "
+        f"judged mislabelled, so a model that reads them as what they show is not punished for it.",
+        f"Emphasis: a second pass of {e['epochs']} epoch(s) (peak learning rate {e['lr']:g}) from the first-pass "
+        f"model, in which the {e['digits']} most ambiguous training digits appear {e['factor']}× (cleanlab's "
+        f"suspected label errors left out).",
+        exp["leakage"],
+    ]
+
+
+def impact_lines(im: dict) -> list[str]:
+    """The default run's numbers: errors among its most ambiguous digits, accuracy with label errors fixed."""
+    tops = "; ".join(f"the {k} most ambiguous digits hold {t['errors']} of its {im['errors']} errors "
+                     f"({_pct(t['share'])})" for k, t in im["errors_in_top"].items())
+    return [
+        f"Impact, from the default run in this directory ({_pct(im['accuracy'])}, {im['errors']} errors in "
+        f"{im['test_digits']:,} test digits): {tops}.",
+        f"With the {im['relabelled']} reviewed label errors whose reviewers agreed on the guessed label relabelled "
+        f"to it, its accuracy is {_pct(im['accuracy_relabelled'])} "
+        f"({100 * (im['accuracy_relabelled'] - im['accuracy']):+.2f} points); with all {im['removed']} "
+        f"human-confirmed label errors removed, {_pct(im['accuracy_removed'])} "
+        f"({100 * (im['accuracy_removed'] - im['accuracy']):+.2f} points).",
+    ]
+
+
+def experiment_view(exp: dict | None) -> dict | None:
+    """What the report's experiment section shows (None: no experiment.json)."""
+    if exp is None:
+        return None
+    return {"columns": EXPERIMENT_COLUMNS, "rows": experiment_rows(exp), "notes": experiment_notes(exp),
+            "impact": impact_lines(exp["impact"])}

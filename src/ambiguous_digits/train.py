@@ -130,17 +130,22 @@ def _epoch(model, opt, sched, x, y, cfg: Config, gen, precision: Precision, bar,
 
 def train(images: np.ndarray, labels: np.ndarray, cfg: Config, seed: int, device: torch.device,
           precision: Precision, progress: bool = True, hook: Hook | None = None,
-          hooks_per_epoch: int = 1, *, num_classes: int) -> tuple[Net, list[dict]]:
+          hooks_per_epoch: int = 1, *, num_classes: int, init: Net | None = None) -> tuple[Net, list[dict]]:
     """Train one CNN on (N, 28, 28) uint8 images and (N,) labels in 0..num_classes-1.
 
     Returns the network (num_classes logits) and its per-epoch history.
 
     `hook(model, epochs_done)`, when given, is called `hooks_per_epoch` times per epoch.
+    `init`, when given, is a trained model of the same shape to start from (a fine-tune);
+    it is copied, never changed.
     """
     torch.manual_seed(seed)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     x, y = to_tensor(images, device), torch.from_numpy(labels.astype(np.int64)).to(device)
-    model = Net(NetShape(num_classes, cfg.widths)).to(device).to(memory_format=torch.channels_last)
+    model = Net(NetShape(num_classes, cfg.widths))
+    if init is not None:
+        model.load_state_dict(init.state_dict())  # copies the weights and batch-norm statistics
+    model = model.to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=MOMENTUM, nesterov=True,
                           weight_decay=cfg.weight_decay)
     steps = math.ceil(len(x) / cfg.batch_size)
