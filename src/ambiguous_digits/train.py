@@ -128,12 +128,37 @@ def _epoch(model, opt, sched, x, y, cfg: Config, gen, precision: Precision, bar,
     return loss_sum / len(x), correct / len(x)
 
 
+# Called after every epoch but the last with the whole training state (see
+# training_state): the pipeline saves it so an interrupted member resumes exactly.
+EpochHook = Callable[[dict], None]
+
+
+def training_state(epoch: int, model, opt, sched, gen: torch.Generator, history: list[dict]) -> dict:
+    """Everything the rest of training depends on, as tensors and plain values (weights_only-loadable)."""
+    return {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "history": history}
+
+
+def _restore(state: dict, model, opt, sched, gen: torch.Generator) -> list[dict]:
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    assert len(state["history"]) == state["epoch"]
+    return list(state["history"])
+
+
 def train(images: np.ndarray, labels: np.ndarray, cfg: Config, seed: int, device: torch.device,
           precision: Precision, progress: bool = True, hook: Hook | None = None,
-          hooks_per_epoch: int = 1) -> tuple[Net, list[dict]]:
+          hooks_per_epoch: int = 1, state: dict | None = None,
+          on_epoch: EpochHook | None = None) -> tuple[Net, list[dict]]:
     """Train one CNN on (N, 28, 28) uint8 images and (N,) labels; returns it and its per-epoch history.
 
     `hook(model, epochs_done)`, when given, is called `hooks_per_epoch` times per epoch.
+    `state` (from training_state) continues an interrupted training: the result is the
+    same as without the interruption. `on_epoch(state)` is called after each epoch but the last.
     """
     torch.manual_seed(seed)
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -143,9 +168,9 @@ def train(images: np.ndarray, labels: np.ndarray, cfg: Config, seed: int, device
                           weight_decay=cfg.weight_decay)
     steps = math.ceil(len(x) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(one_cycle, total=cfg.epochs * steps))
-    history = []
+    history = [] if state is None else _restore(state, model, opt, sched, gen)
     model.train()
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(len(history) + 1, cfg.epochs + 1):
         start = time.perf_counter()
         with tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False,
                   mininterval=PROGRESS_SECONDS) as bar:
@@ -153,6 +178,8 @@ def train(images: np.ndarray, labels: np.ndarray, cfg: Config, seed: int, device
         history.append({"epoch": epoch, "loss": loss, "train_acc": acc, "seconds": time.perf_counter() - start})
         if progress:
             tqdm.write(f"epoch {epoch}/{cfg.epochs}: loss {loss:.4f}, train accuracy {acc:.2%}")
+        if on_epoch is not None and epoch < cfg.epochs:
+            on_epoch(training_state(epoch, model, opt, sched, gen, history))
     model.eval()
     return model, history
 
