@@ -50,7 +50,7 @@ def _save(run_dir: Path, entries: dict[str, dict]) -> None:
 
 
 def _name(run_dir: Path, path: Path) -> str:
-    return Path(path).relative_to(run_dir).as_posix()
+    return Path(path).resolve().relative_to(Path(run_dir).resolve()).as_posix()
 
 
 def record(run_dir: Path, *paths: Path) -> None:
