@@ -100,10 +100,13 @@ class Config:
                 _check_positive(flag, limit)
                 if limit > most:
                     raise ConfigError(f"{flag}: MNIST has {most} digits there, got {limit}")
-        if self.top > self.test_digits:
-            raise ConfigError(f"--top: {self.top} is more than the {self.test_digits} test digits scored")
         if self.folds < 2:
             raise ConfigError(f"--folds: need at least 2 folds, got {self.folds}")
+
+    def check_top(self) -> None:
+        """A `run`'s top-K lists must fit in the test digits it scores (an audit ignores --top)."""
+        if self.top > self.test_digits:
+            raise ConfigError(f"--top: {self.top} is more than the {self.test_digits} test digits scored")
 
     def check_folds(self) -> None:
         """An audit's K folds must each hold a digit of its split (a `run` ignores --folds)."""

@@ -188,7 +188,8 @@ def _setup(cfg: Config):
 
 
 def start_run(cfg: Config) -> None:
-    """Check the directories, then clear (with --force) and claim cfg.out with config.json."""
+    """Check the flags against the data and directories, then clear (with --force) and claim cfg.out."""
+    cfg.check_top()
     check_data_dir(cfg.data_dir)
     prepare_out_dir(cfg.out, cfg.force)
     _remove_earlier_run(cfg.out)
