@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -134,10 +135,11 @@ EpochHook = Callable[[dict], None]
 
 
 def training_state(epoch: int, model, opt, sched, gen: torch.Generator, history: list[dict]) -> dict:
-    """Everything the rest of training depends on, as tensors and plain values (weights_only-loadable)."""
-    return {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "history": history}
+    """A snapshot of everything the rest of training depends on, as tensors and plain values
+    (torch.load(..., weights_only=True) reads it back); copied, so training on does not change it."""
+    return copy.deepcopy({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                          "torch_rng": torch.get_rng_state(), "history": history})
 
 
 def _restore(state: dict, model, opt, sched, gen: torch.Generator) -> list[dict]:
