@@ -199,7 +199,7 @@ def _tree(root):
 
 @pytest.mark.parametrize("argv, message", FLAG_CASES, ids=[" ".join(a[:1] + a[2:]) for a, _ in FLAG_CASES])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, mnist_dir, argv, message, capsys):
-    places = {"out": tmp_path / "out", "file": tmp_path / "file", "full": tmp_path / "full", "plain": tmp_path / "plain"}
+    places = {name: tmp_path / name for name in ("out", "file", "full", "plain")}
     places["file"].write_text("keep me")
     places["full"].mkdir()
     (places["full"] / "notes.txt").write_text("mine")

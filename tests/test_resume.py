@@ -68,7 +68,8 @@ def test_a_killed_run_resumes_to_the_same_bytes(uninterrupted, tmp_path, mnist_d
             np.testing.assert_array_equal(a[key], b[key])
     assert not list(out.rglob("*.epoch-*.pt")) and not list(out.rglob(".*.tmp"))
     listed = manifest.load(out)
-    assert {"config.json", "scores.csv", "probs.npz", "summary.json", "report.html", "models/member-1.pt"} <= set(listed)
+    expected = {"config.json", "scores.csv", "probs.npz", "summary.json", "report.html", "models/member-1.pt"}
+    assert expected <= set(listed)
     assert all(manifest.sha256(out / name) == e["sha256"] for name, e in listed.items())
 
 
