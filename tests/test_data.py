@@ -221,7 +221,7 @@ def test_two_fetches_into_one_cache_at_once_download_once_and_agree(fake, monkey
         time.sleep(0.05)  # long enough that the other thread arrives while this one holds the lock
         dest.write_bytes(served[dest.name])
 
-    monkeypatch.setattr(data, "MIRRORS", (MIRROR,))
+    monkeypatch.setitem(data.PUBLISHED, "mnist", replace(data.PUBLISHED["mnist"], mirrors=(MIRROR,)))
     monkeypatch.setattr(data, "_download", slow_download)
     logs, results = [[], []], [None, None]
 

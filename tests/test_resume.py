@@ -79,9 +79,9 @@ def test_epoch_checkpoint_continues_training_exactly(mnist):
     x, y, x_eval = mnist.x_train[:300], mnist.y_train[:300], mnist.x_test[:50]
     cpu, fp32 = torch.device("cpu"), pipeline.resolve_precision("fp32", torch.device("cpu"))
     states = []
-    whole = members.train_member(cfg, 7, x, y, x_eval, cpu, fp32, on_epoch=states.append)
+    whole = members.train_member(cfg, 7, x, y, x_eval, 10, cpu, fp32, on_epoch=states.append)
     assert [s["epoch"] for s in states] == [1]
-    rest = members.train_member(cfg, 7, x, y, x_eval, cpu, fp32, state=states[0])
+    rest = members.train_member(cfg, 7, x, y, x_eval, 10, cpu, fp32, state=states[0])
     np.testing.assert_array_equal(rest.probs, whole.probs)
     assert [h["loss"] for h in rest.history] == [h["loss"] for h in whole.history]
 

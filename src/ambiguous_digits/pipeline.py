@@ -259,7 +259,7 @@ def _run_summary(cfg: Config, ds: data.Dataset, results, table, tops, device, pr
         "test_accuracy": 1 - errors / len(labels),
         "test_errors": errors,
         "test_digits": len(labels),
-        "train_digits": cfg.train_digits,
+        "train_digits": len(ds.y_train[:cfg.train_limit]),
         "member_accuracy": member_acc,
         "member_accuracy_mean": float(np.mean(member_acc)),
         "member_accuracy_std": float(np.std(member_acc)),
@@ -268,8 +268,8 @@ def _run_summary(cfg: Config, ds: data.Dataset, results, table, tops, device, pr
         "model": describe(Net(NetShape(ds.num_classes, cfg.widths))),
         "history": [r.history for r in results],
         "top": tops,
-        "top_ambiguous": [{"index": i, "label": ds.class_names[table["label"][i]], "pred": ds.class_names[table["pred"][i]]}
-                          for i in tops["ambiguity"]],
+        "top_ambiguous": [{"index": int(i), "label": ds.class_names[table["label"][i]], "pred": ds.class_names[table["pred"][i]]}
+                          for i in scores.top_indices(table["rank_ambiguity"], cfg.top)],  # whatever --rankings
         "data": ds.record(),
         "environment": environment(device, precision),
         "config": cfg.to_json(),
