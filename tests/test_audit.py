@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from ambiguous_digits import audit, cli, validate
+from ambiguous_digits import audit, cli, manifest, validate
 
 
 @pytest.mark.parametrize("n, k", [(10, 2), (10000, 5), (101, 7)])
@@ -134,6 +134,7 @@ def test_validate_command_on_a_synthetic_run_dir(tmp_path, capsys):
     rows = ["index,given_label,suggested_label,label_quality,rank,is_label_issue"]
     rows += [f"{i},0,0,0.5,{int(r)},0" for i, r in enumerate(ranks)]
     (tmp_path / "label_issues.csv").write_text("\n".join(rows) + "\n")
+    manifest.record(tmp_path, tmp_path / "label_issues.csv")
     assert cli.main(["validate", str(tmp_path)]) == 0
     v = json.loads((tmp_path / "validation.json").read_text())
     assert v["rankings"]["label_issues"]["errors_in_top_20"] == 15
@@ -141,6 +142,7 @@ def test_validate_command_on_a_synthetic_run_dir(tmp_path, capsys):
 
 
 def test_validate_without_results_says_what_is_missing(tmp_path, capsys):
+    manifest.record(tmp_path)  # a run directory with nothing in it yet
     assert cli.main(["validate", str(tmp_path)]) == 2
     assert "label_issues.csv" in capsys.readouterr().err
 
@@ -166,12 +168,13 @@ def test_more_folds_than_digits_is_a_one_line_error(tmp_path, mnist_dir, capsys)
             "--train-limit", "50", "--folds", "5", "--epochs", "1", "--widths", "4,8,8", "--quiet"]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert "--folds: need 2 <= K <= 3 digits, got 5" in err and len(err.splitlines()) == 1
+    assert "--folds: need 2 <= K <= 3 images, got 5" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "a" / "label_issues.csv").exists()
 
 
 def test_validate_names_an_unreadable_table_once(tmp_path, capsys):
     (tmp_path / "label_issues.csv").write_text("index,rank\n0,x\n")
+    manifest.record(tmp_path, tmp_path / "label_issues.csv")
     assert cli.main(["validate", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.count(str(tmp_path / "label_issues.csv")) == 1

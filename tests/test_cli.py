@@ -161,3 +161,87 @@ def test_force_rerun_drops_results_derived_from_the_earlier_run(tmp_path, mnist_
     assert _run(out, mnist_dir, "--force") == 0
     assert not any((out / name).exists() for name in stale)
     assert not (out / "imgs" / "99999.png").exists() and (out / "report.html").is_file()
+
+
+# ---------------------------------------------------------------------------
+# Every flag checked at the edge: one line naming the flag, exit 2, nothing written
+# ---------------------------------------------------------------------------
+FLAG_CASES = [  # (argv with {out}, {file}, {full}, {plain} placeholders; what the one line must say)
+    (["run", "--out", "{out}", "--epochs", "0"], "--epochs: must be positive"),
+    (["run", "--out", "{out}", "--epochs", "-2"], "--epochs: must be positive"),
+    (["run", "--out", "{out}", "--members", "0"], "--members: must be positive"),
+    (["audit", "--out", "{out}", "--members", "-1"], "--members: must be positive"),
+    (["run", "--out", "{out}", "--top", "301", "--test-limit", "300"],
+     "--top: 301 is more than the 300 test images scored"),
+    (["run", "--out", "{out}", "--top", "10001"], "--top: 10001 is more than the 10000 test images scored"),
+    (["run", "--out", "{out}", "--test-limit", "10001"], "--test-limit: mnist has 10000 images there, got 10001"),
+    (["run", "--out", "{out}", "--rankings", "margin,nope"], "--rankings: unknown ranking 'nope'; choose from"),
+    (["audit", "--out", "{out}", "--folds", "1"], "--folds: need at least 2 folds"),
+    (["audit", "--out", "{out}", "--folds", "5", "--test-limit", "4"], "--folds: need 2 <= K <= 4 images, got 5"),
+    (["run", "--out", "{full}"], "is not empty (it may hold an earlier run); pass --force"),
+    (["run", "--out", "{file}"], "--out: {file} is a file, not a directory"),
+    (["run", "--out", "{file}/sub/run"], "--out: cannot create {file}/sub/run: {file} is a file"),
+    (["run", "--out", "{out}", "--data-dir", "{file}"], "--data-dir: {file} is a file, not a directory"),
+    (["audit", "--out", "{out}", "--data-dir", "{file}/mnist"], "--data-dir: {file} is a file, not a directory"),
+    (["run", "--resume", "{out}"], "argument --resume: {out} does not exist"),
+    (["run", "--resume", "{file}"], "argument --resume: {file} is not a directory"),
+    (["audit", "--resume", "{plain}"], "argument --resume: {plain} is not a run directory (no manifest.json)"),
+    (["report", "{plain}"], "argument run_dir: {plain} is not a run directory"),
+    (["validate", "{file}"], "argument run_dir: {file} is not a directory"),
+    (["predict", "{file}", "--run", "{plain}"], "argument --run: {plain} is not a run directory"),
+    (["predict", "{file}", "--run", "{out}"], "argument --run: {out} does not exist"),
+]
+
+
+def _tree(root):
+    return {p: (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("argv, message", FLAG_CASES, ids=[" ".join(a[:1] + a[2:]) for a, _ in FLAG_CASES])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, mnist_dir, argv, message, capsys):
+    places = {name: tmp_path / name for name in ("out", "file", "full", "plain")}
+    places["file"].write_text("keep me")
+    places["full"].mkdir()
+    (places["full"] / "notes.txt").write_text("mine")
+    places["plain"].mkdir()
+    before = _tree(tmp_path)
+    argv = [a.format(**places) for a in argv]
+    if "--data-dir" not in argv and argv[0] in ("run", "audit"):
+        argv += ["--data-dir", str(mnist_dir)]
+    assert _exit_code(argv) == 2
+    err = capsys.readouterr().err
+    assert message.format(**places) in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert _tree(tmp_path) == before  # nothing created, nothing changed
+
+
+def test_unwritable_out_is_refused_before_anything_is_written(tmp_path, mnist_dir, monkeypatch, capsys):
+    from ambiguous_digits import pipeline
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(pipeline.tempfile, "TemporaryFile", read_only)
+    assert _run(tmp_path / "out", mnist_dir) == 2
+    assert "--out: cannot write to" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_rankings_restrict_the_top_k_lists_and_the_gallery(tmp_path, mnist_dir):
+    out = tmp_path / "run"
+    assert _run(out, mnist_dir, "--rankings", "margin,confident_wrong") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["top"]) == ["margin", "confident_wrong"]
+    assert sorted(p.name for p in out.glob("top_*.png")) == ["top_confident_wrong.png", "top_margin.png"]
+    assert list(_rows(out / "scores.csv")[0]) == COLUMNS  # the table still holds every measure
+
+
+def test_ranking_names_in_the_config_are_the_scoring_ones():
+    from ambiguous_digits.config import RANKING_NAMES
+    assert RANKING_NAMES == tuple(scores.RANKINGS)
+
+
+def test_every_output_is_listed_in_the_manifest_with_its_sha256(tiny_run):
+    from ambiguous_digits import manifest
+    listed = manifest.load(tiny_run)
+    on_disk = {p.relative_to(tiny_run).as_posix() for p in tiny_run.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert set(listed) == on_disk
+    assert all(manifest.sha256(tiny_run / name) == entry["sha256"] for name, entry in listed.items())

@@ -11,6 +11,7 @@ import io
 import os
 import pickle
 import struct
+import threading
 import time
 import zipfile
 from dataclasses import replace
@@ -125,7 +126,7 @@ def old_numpy_pickle(obj) -> bytes:
 
 def assert_clean(cache: Path, expect_files: bool, dataset: str = "mnist"):
     """Only verified canonical files in the cache: no temp or partial files."""
-    names = sorted(p.name for p in cache.iterdir())
+    names = sorted(p.name for p in cache.iterdir() if p.name != data.LOCK_FILE)
     assert names == (sorted(FILES) if expect_files else [])
     for name in names:
         assert md5((cache / name).read_bytes()) == data.PUBLISHED[dataset].content_md5[name]
@@ -209,6 +210,37 @@ def test_gz_mirror_fills_cache_then_cache_is_used(fake, monkeypatch, tmp_path):
     again = load_mnist(tmp_path, log=logs.append, progress=False)
     assert again.source == "cache" and logs[-1] == f"data: cache {tmp_path} ok"
     check_matches(again, fake)
+
+
+def test_two_fetches_into_one_cache_at_once_download_once_and_agree(fake, monkeypatch, tmp_path):
+    """Two loaders start together on an empty cache: one fetches (slowly), the other waits on the lock."""
+    served, downloads, started = gz_files(fake), [], threading.Barrier(2)
+
+    def slow_download(url, dest, timeout, progress=True):
+        downloads.append(dest.name)
+        time.sleep(0.05)  # long enough that the other thread arrives while this one holds the lock
+        dest.write_bytes(served[dest.name])
+
+    monkeypatch.setitem(data.PUBLISHED, "mnist", replace(data.PUBLISHED["mnist"], mirrors=(MIRROR,)))
+    monkeypatch.setattr(data, "_download", slow_download)
+    logs, results = [[], []], [None, None]
+
+    def load(i):
+        started.wait()
+        results[i] = load_mnist(tmp_path, log=logs[i].append, progress=False)
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(downloads) == sorted(served)  # each file fetched once, not twice
+    assert sorted(r.source for r in results) == ["cache", MIRROR]
+    waited = logs[[r.source for r in results].index("cache")]
+    assert any("waiting for it" in line for line in waited) and "filled by another process" in waited[-1]
+    for r in results:
+        check_matches(r, fake)
+    assert_clean(tmp_path, expect_files=True)
 
 
 def test_cache_file_with_wrong_md5_is_refetched_and_replaced(fake, monkeypatch, tmp_path):

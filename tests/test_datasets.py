@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from ambiguous_digits import cli, data
+from ambiguous_digits import cli, data, manifest
 
 NAMES = ("zero", "one", "seven")
 DIGITS = (0, 1, 7)  # the 3 classes: real MNIST digits, relabelled 0..2
@@ -102,6 +102,7 @@ def test_report_refuses_data_that_changed_since_the_run(three_classes, tmp_path,
     np.savez(moved, **arrays)
     summary["config"]["dataset"] = f"npz:{moved}"
     (changed / "summary.json").write_text(json.dumps(summary))
+    manifest.record(changed, changed / "summary.json")  # listed as complete: the data check must catch it
     assert cli.main(["report", str(changed)]) == 2
     assert "data given are not the ones this run used (md5 differs)" in capsys.readouterr().err
 

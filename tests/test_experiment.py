@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ambiguous_digits import cli, experiment
+from ambiguous_digits import cli, experiment, manifest
 from ambiguous_digits.config import Config, ConfigError
 from ambiguous_digits.experiment import VARIANTS, LeakageError
 from ambiguous_digits.train import augment, resolve_precision, to_tensor, train
@@ -118,6 +118,7 @@ def test_a_test_audit_passed_off_as_the_training_audit_is_refused(prerequisites,
     shutil.copytree(prerequisites, out)
     probs = np.random.default_rng(0).dirichlet(np.ones(10), size=600).astype(np.float32)
     np.savez(out / "cv_probs_train.npz", probs=probs, labels=mnist.y_test[:600])  # the test digits' labels
+    manifest.record(out, out / "cv_probs_train.npz")  # listed as complete: the leakage check must catch it
     assert cli.main(_argv("experiment", out, mnist_dir, *EXPERIMENT)) == 2
     assert "not those of the 600 training digits" in _one_line_error(capsys)
     with pytest.raises(LeakageError, match="not those of the 600 training digits"):

@@ -6,6 +6,7 @@ Results must be byte-identical to the local backend's.
 """
 
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ambiguous_digits import backend, jobs
+from ambiguous_digits import backend, cli, jobs, manifest
 from ambiguous_digits.cli import main
 from ambiguous_digits.config import Config, ConfigError
 from ambiguous_digits.pipeline import run, run_audit
@@ -64,8 +65,8 @@ def test_run_on_ray_matches_local_byte_for_byte(cluster, local_run, mnist_dir, t
     assert (tmp_path / "probs.npz").read_bytes() == (local_run / "probs.npz").read_bytes()
     assert summary["backend"] == "ray" and summary["member_seeds"] == Config(**TINY).member_seeds()
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["member-0.pt", "member-1.pt"]
-    assert len(puts) == 4  # x_train, y_train, x_test, y_test: once each, not once per member
-    assert sum("test accuracy" in line for line in lines) == TINY["members"]  # one line as each finishes
+    assert len(puts) == 3  # x_train, y_train, x_test: once each, not once per member
+    assert sum(", saved" in line for line in lines) == TINY["members"]  # one line as each arrives
 
 
 @needs_ray
@@ -114,6 +115,55 @@ def test_a_worker_killed_mid_task_is_retried_and_every_member_arrives(cluster, l
     with np.load(tmp_path / "probs.npz") as z:
         assert z["probs"].shape == (TINY["members"], TINY["test_limit"], 10)
     assert (tmp_path / "probs.npz").read_bytes() == (local_run / "probs.npz").read_bytes()
+
+
+def _listed_members(out: Path) -> list[str]:
+    listing = out / "manifest.json"
+    try:
+        names = json.loads(listing.read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return []
+    return sorted(n for n in names if n.startswith("members/") and n.endswith(".npz"))
+
+
+@needs_ray
+def test_resume_after_a_driver_crash_trains_only_the_missing_members(cluster, local_run, mnist_dir, tmp_path,
+                                                                   capsys):
+    """Kill the driver once a member's result is saved; --resume loads it and trains only the rest on Ray."""
+    members = 3  # two tasks at a time on the two nodes: the third is still to come when the first arrives
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in {**TINY, "members": members}.items()]
+    cmd = [sys.executable, "-m", "ambiguous_digits.cli", "run", "--out", str(tmp_path), "--data-dir", str(mnist_dir),
+           "--quiet", "--backend", "ray", "--ray-address", cluster, *args]
+    driver = subprocess.Popen(cmd, env=ray_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while driver.poll() is None and not _listed_members(tmp_path):
+        time.sleep(0.02)
+    driver.kill()
+    out, _ = driver.communicate(timeout=60)
+    done = _listed_members(tmp_path)
+    assert 1 <= len(done) < members, f"the driver was not killed mid-run; it said:\n{out}"
+    before = {name: (tmp_path / name).read_bytes() for name in done}
+
+    assert main(["run", "--resume", str(tmp_path), "--quiet"]) == 0  # on the saved backend and address
+    log = capsys.readouterr().out
+    assert log.count("finished earlier") == len(done) and log.count("training on") == members - len(done)
+    assert all((tmp_path / name).read_bytes() == data for name, data in before.items())  # not recomputed
+    with np.load(tmp_path / "probs.npz") as z, np.load(local_run / "probs.npz") as ref:
+        assert z["probs"].shape[0] == members
+        assert np.array_equal(z["probs"][:2], ref["probs"])  # members 0 and 1 have the same seeds there
+
+
+def test_resume_may_move_a_run_to_another_backend(tmp_path, capsys):
+    """--backend and --ray-address may go with --resume (the result does not depend on them); others may not."""
+    cfg = Config(out=tmp_path, backend="ray", ray_address="127.0.0.1:1")
+    (tmp_path / "config.json").write_text(cfg.dumps())
+    manifest.record(tmp_path, tmp_path / "config.json")
+    moved = cli.resume_config(cli.build_parser().parse_args(["run", "--resume", str(tmp_path), "--backend", "local"]),
+                              ["run", "--resume", str(tmp_path), "--backend", "local"])
+    assert (moved.backend, moved.ray_address) == ("local", None)
+    argv = ["run", "--resume", str(tmp_path), "--ray-address", "10.0.0.2:6379"]
+    assert cli.resume_config(cli.build_parser().parse_args(argv), argv).ray_address == "10.0.0.2:6379"
+    assert main(["run", "--resume", str(tmp_path), "--members", "3"]) == 2
+    assert "drop --members" in capsys.readouterr().err
 
 
 def _member_job_the_workers_cannot_import(**job):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ambiguous_digits import audit, cli, outputs, report, scores, validate
+from ambiguous_digits import audit, cli, manifest, outputs, report, scores, validate
 from ambiguous_digits.config import ConfigError
 
 TINY = ["--train-limit", "600", "--test-limit", "300", "--epochs", "1", "--widths", "8,16,32", "--members", "2",
@@ -65,6 +65,7 @@ def audited_run(tiny_run, mnist, tmp_path_factory):
     ranks[:len(labels)] = table["rank"]
     review = {"label_issues": validate.validate_ranking(ranks, validate.load_review())}
     (out / "validation.json").write_text(json.dumps({"rankings": review}))
+    manifest.record(out, *(out / n for n in ("label_issues.csv", "train_label_issues.csv", "validation.json")))
     report.write_report(out, dataset=mnist)
     return out
 
@@ -197,6 +198,9 @@ def test_re_rendering_loads_the_pixels_itself_and_is_deterministic(tiny_run, rep
 
 
 def test_a_directory_that_is_not_a_run_is_refused(tmp_path, mnist):
+    with pytest.raises(ConfigError, match="no manifest.json"):
+        report.write_report(tmp_path, dataset=mnist)
+    manifest.record(tmp_path)
     with pytest.raises(ConfigError, match="summary.json"):
         report.write_report(tmp_path, dataset=mnist)
 
@@ -213,6 +217,7 @@ def test_a_summary_from_an_older_run_is_refused(tiny_run, tmp_path, mnist):
     summary = json.loads((old / "summary.json").read_text())
     del summary["member_accuracy"]
     (old / "summary.json").write_text(json.dumps(summary))
+    manifest.record(old, old / "summary.json")  # an honest older summary, not a tampered one
     with pytest.raises(ConfigError, match="member_accuracy"):
         report.write_report(old, dataset=mnist)
 

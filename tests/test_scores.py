@@ -194,3 +194,76 @@ def test_ambiguity_is_one_minus_mean_label_probability_and_ranks_it():
 def test_member_shape_is_checked():
     with pytest.raises(ValueError, match=r"expected shape \(M, N, K\)"):
         scores.score_table(PROBS, LABELS)
+
+
+# ---------------------------------------------------------------------------
+# Properties over generated inputs: every public function refuses bad
+# probabilities, and keeps its invariants for good ones
+# ---------------------------------------------------------------------------
+def _normalised(raw: np.ndarray) -> np.ndarray:
+    raw = raw + 1e-9
+    return raw / raw.sum(axis=-1, keepdims=True)
+
+
+VALID = hnp.arrays(np.float64, hnp.array_shapes(min_dims=2, max_dims=2, min_side=2, max_side=10),
+                   elements=st.floats(0.0, 1.0)).map(_normalised)
+MEMBERS = hnp.arrays(np.float64, hnp.array_shapes(min_dims=3, max_dims=3, min_side=2, max_side=6),
+                     elements=st.floats(0.0, 1.0)).map(_normalised)
+PUBLIC = {  # each public scoring entry point, called on (N, K) probabilities and (N,) labels
+    "validate": scores.validate,
+    "score_table": lambda p, y: scores.score_table(p[None], y),
+    "nll": scores.nll,
+    "expected_calibration_error": scores.expected_calibration_error,
+    **{f"rank_by {name}": (lambda p, y, n=name: scores.rank_by(n, p, y)) for name in scores.RANKINGS},
+}
+CORRUPTIONS = {  # name -> (how to spoil one cell or row of valid probabilities, the error's words)
+    "nan": (lambda p, r, c: p.__setitem__((r, c), np.nan), "NaN"),
+    "inf": (lambda p, r, c: p.__setitem__((r, c), np.inf), "infinity"),
+    "negative": (lambda p, r, c: p.__setitem__((r, c), -0.25), "negative"),
+    "row-sum": (lambda p, r, c: p.__setitem__(r, p[r] * 1.5), "sum to 1"),
+}
+
+
+@settings(max_examples=40, deadline=None)
+@given(probs=VALID, data=st.data(), corruption=st.sampled_from(sorted(CORRUPTIONS)),
+       function=st.sampled_from(sorted(PUBLIC)))
+def test_spoiled_probabilities_are_refused_everywhere(probs, data, corruption, function):
+    spoil, words = CORRUPTIONS[corruption]
+    r = data.draw(st.integers(0, probs.shape[0] - 1))
+    c = data.draw(st.integers(0, probs.shape[1] - 1))
+    spoil(probs, r, c)
+    with pytest.raises(ValueError, match=words):
+        PUBLIC[function](probs, np.zeros(len(probs), dtype=np.int64))
+
+
+@settings(max_examples=40, deadline=None)
+@given(probs=VALID, extra=st.integers(1, 3), function=st.sampled_from(sorted(PUBLIC)))
+def test_labels_of_another_length_are_refused_everywhere(probs, extra, function):
+    with pytest.raises(ValueError, match="labels"):
+        PUBLIC[function](probs, np.zeros(len(probs) + extra, dtype=np.int64))
+
+
+@settings(max_examples=40, deadline=None)
+@given(member_probs=MEMBERS, data=st.data())
+def test_ensemble_invariants_hold_for_valid_member_probabilities(member_probs, data):
+    m, n, k = member_probs.shape
+    labels = np.array(data.draw(st.lists(st.integers(0, k - 1), min_size=n, max_size=n)))
+    t = scores.score_table(member_probs, labels)
+    assert ((t["mutual_information"] >= 0) & (t["mutual_information"] <= math.log(k) + 1e-9)).all()
+    assert ((t["expected_entropy"] >= -1e-12) & (t["expected_entropy"] <= math.log(k) + 1e-9)).all()
+    np.testing.assert_allclose(t["expected_entropy"] + t["mutual_information"], t["entropy"], atol=1e-9)
+    assert ((t["entropy"] >= -1e-12) & (t["entropy"] <= math.log(k) + 1e-9)).all()
+    assert ((t["margin"] >= 0) & (t["margin"] <= 1)).all()
+    assert ((t["vote_disagreement"] >= 0) & (t["vote_disagreement"] <= 1 - 1 / m + 1e-12)).all()
+    assert ((t["members_wrong"] >= 0) & (t["members_wrong"] <= m)).all()
+    assert ((t["ambiguity"] >= -1e-12) & (t["ambiguity"] <= 1 + 1e-12)).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(member_probs=MEMBERS, axis=st.sampled_from([0, 1]))
+def test_member_probabilities_of_the_wrong_shape_are_refused(member_probs, axis):
+    labels = np.zeros(member_probs.shape[1] + 1, dtype=np.int64)
+    with pytest.raises(ValueError, match="labels: expected shape"):
+        scores.score_table(member_probs, labels)
+    with pytest.raises(ValueError, match="member_probs: expected shape"):
+        scores.score_table(member_probs[0] if axis == 0 else member_probs[..., 0], labels[:-1])

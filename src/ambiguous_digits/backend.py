@@ -1,17 +1,18 @@
 """Where independent training jobs run: here, one after another, or as Ray tasks on a cluster.
 
-A job is a call `fn(**shared, **job)` returning a dict with an "accuracy". The
-shared arrays (the digits) go to a Ray cluster once, through its object store;
-each job's own arguments (a seed, a fold number) are small. Results reach the
+A job is a call `fn(**shared, **job)`. The shared arrays (the images) go to a
+Ray cluster once, through its object store; each job's own arguments (a seed, a
+fold number, a saved training state) are small. Results reach the
 caller through `on_result(i, result)` in the driver as each job finishes, so the
-caller can write them to disk before the next one arrives.
+caller can write them to disk before the next one arrives; it returns a short note
+(an accuracy) for the progress bar.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
@@ -33,31 +34,38 @@ HTTP2_SETTINGS = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 WORKER_IMPORT_FAILED = "failed to import on the worker"
 
 Job = dict
-OnResult = Callable[[int, dict], None]
+OnResult = Callable[[int, Any], str]
 
 
-def map_jobs(fn: Callable[..., dict], jobs: Sequence[Job], shared: dict, cfg: Config,
-             on_result: OnResult, desc: str, progress: bool = True) -> list[dict]:
+def map_jobs(fn: Callable[..., Any], jobs: Sequence[Job], shared: dict, cfg: Config, on_result: OnResult,
+             desc: str, progress: bool = True, on_start: Callable[[int], None] = lambda i: None) -> list:
     """Run `fn(**shared, **job)` for every job on cfg.backend; returns the results in job order.
 
-    One progress bar over the jobs, advanced as each finishes, with its accuracy.
+    `on_start(i)` is called as job i is started (locally) or handed to the cluster (Ray).
+    One progress bar over the jobs, advanced as each finishes, with on_result's note.
     """
     run = _run_local if cfg.backend == "local" else _run_ray
-    results: list[dict | None] = [None] * len(jobs)
-    with tqdm(total=len(jobs), desc=desc, unit="job", disable=not progress) as bar:
-        def arrived(i: int, result: dict) -> None:
-            results[i] = result
+    results: list = [None] * len(jobs)
+    with tqdm(total=len(jobs), desc=desc, unit="job", disable=not progress or not jobs) as bar:
+        def started(i: int) -> None:
             with tqdm.external_write_mode():  # the caller's log lines do not tear the bar
-                on_result(i, result)
-            bar.set_postfix(last=f"{i + 1}: {result['accuracy']:.2%}")
+                on_start(i)
+
+        def arrived(i: int, result) -> None:
+            results[i] = result
+            with tqdm.external_write_mode():
+                note = on_result(i, result)
+            bar.set_postfix(last=f"{i + 1}: {note}")
             bar.update(1)
-        run(fn, jobs, shared, cfg, arrived, progress)
+        if jobs:  # a resumed run may have none left: no cluster to join
+            run(fn, jobs, shared, cfg, started, arrived, progress)
     assert all(r is not None for r in results)
     return results
 
 
-def _run_local(fn, jobs, shared, cfg: Config, arrived: OnResult, progress: bool) -> None:
+def _run_local(fn, jobs, shared, cfg: Config, started, arrived: OnResult, progress: bool) -> None:
     for i, job in enumerate(jobs):
+        started(i)
         arrived(i, fn(**shared, **job, progress=progress))
 
 
@@ -66,13 +74,16 @@ def task_cpus(cfg: Config) -> int:
     return cfg.threads or 1
 
 
-def _run_ray(fn, jobs, shared, cfg: Config, arrived: OnResult, progress: bool) -> None:
+def _run_ray(fn, jobs, shared, cfg: Config, started, arrived: OnResult, progress: bool) -> None:
     ray = _import_ray()
     _connect(ray, cfg.ray_address)
     try:
         refs = {name: ray.put(value) for name, value in shared.items()}  # once, not once per task
         remote = ray.remote(num_cpus=task_cpus(cfg), max_retries=TASK_RETRIES)(fn)
-        pending = {remote.remote(**refs, **job, progress=False): i for i, job in enumerate(jobs)}
+        pending = {}
+        for i, job in enumerate(jobs):
+            pending[remote.remote(**refs, **job, progress=False)] = i
+            started(i)
         while pending:
             (done,), _ = ray.wait(list(pending), num_returns=1)
             arrived(pending.pop(done), _get(ray, done))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from .config import BACKENDS, PUBLISHED_DATASETS, USER_FORMATS, Config, ConfigError
+from .config import BACKENDS, PUBLISHED_DATASETS, RANKING_NAMES, USER_FORMATS, Config, ConfigError
 from .data import DataError
+from .manifest import MANIFEST_FILE
 
 PROG = "ambiguous-digits"
 DEFAULTS = Config()
@@ -67,6 +69,27 @@ def _class_names(text: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _rankings(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",")))  # in order, once each
+    unknown = [n for n in names if n not in RANKING_NAMES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown ranking {', '.join(map(repr, unknown))}; "
+                                         f"choose from {', '.join(RANKING_NAMES)}")
+    return names
+
+
+def _run_dir(text: str) -> Path:
+    """A directory written by `run` or `audit` (it has a manifest.json)."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text} does not exist")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a directory")
+    if not (path / MANIFEST_FILE).is_file():
+        raise argparse.ArgumentTypeError(f"{text} is not a run directory (no {MANIFEST_FILE})")
+    return path
+
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     d = DEFAULTS
     p.add_argument("--out", type=Path, default=d.out, help="run directory to write")
@@ -87,7 +110,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD weight decay")
     p.add_argument("--widths", type=_widths, default=d.widths, help="channels of each conv stage, e.g. 32,64,128")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="train without random affine augmentation")
-    p.add_argument("--top", type=_positive_int, default=d.top, help="digits per top-K list")
+    p.add_argument("--top", type=_positive_int, default=d.top,
+                   help="digits per top-K list (at most the number of test digits scored)")
+    p.add_argument("--rankings", type=_rankings, default=",".join(d.rankings),
+                   help="comma-separated rankings that get a top-K list and a gallery")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", default=d.precision, choices=("auto", "bf16", "fp32"),
                    help="bf16 autocast for training (auto: where the hardware has it)")
@@ -102,16 +128,13 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="with --backend ray: the head node of an existing Ray cluster "
                         "(default: $RAY_ADDRESS, else a Ray started on this machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--resume", type=_run_dir, default=None, metavar="RUN_DIR",
+                   help="continue an interrupted run in RUN_DIR with its own saved settings "
+                        "(only --data-dir and --quiet may be given with it)")
 
 
-def _existing_dir(text: str) -> Path:
-    path = Path(text)
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is not a directory" if path.exists() else f"{text} does not exist")
-    return path
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(unset: object | None = None) -> argparse.ArgumentParser:
+    """The command line; with `unset`, every run/audit flag defaults to it (to see which were given)."""
     parser = _Parser(prog=PROG, description="Find the most ambiguous handwritten digits in MNIST.",
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -127,10 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="audit the test digits (K-fold over the test set) or the training digits")
     _add_experiment_parser(sub)
     rep = sub.add_parser("report", help="write report.html from a finished run (no retraining)")
-    rep.add_argument("run_dir", type=_existing_dir, help="run directory (from `run`)")
+    rep.add_argument("run_dir", type=_run_dir, help="run directory (from `run`)")
     val = sub.add_parser("validate", help="compare a run's suspected label errors with the human review")
-    val.add_argument("run_dir", type=_existing_dir,
+    val.add_argument("run_dir", type=_run_dir,
                      help="run directory holding scores.csv (from run) and/or label_issues.csv (from audit)")
+    _add_predict(sub)
+    if unset is not None:
+        for p in (run, aud):
+            p.set_defaults(**{a.dest: unset for a in p._actions if a.dest != "help"})
     return parser
 
 
@@ -155,6 +182,9 @@ def _experiment_args(a: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
 
     A run flag the experiment does not use is refused, not silently ignored.
     """
+    if a.resume is not None:
+        raise ConfigError("--resume: experiment cannot resume; rerun it (its inputs, the run and the train audit, "
+                          "are kept)")
     for key, flag in NOT_FOR_EXPERIMENT.items():
         if getattr(a, key) is not None:
             raise ConfigError(f"{flag}: not used by experiment (each variant trains one CNN per seed, "
@@ -167,38 +197,80 @@ def _experiment_args(a: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
                "emphasis_epochs": a.emphasis_epochs}
 
 
+def _add_predict(sub) -> None:
+    pre = sub.add_parser("predict", help="score your own digit images with a finished run's ensemble",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    pre.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    pre.add_argument("--run", type=_run_dir, default=str(DEFAULTS.out), metavar="RUN_DIR",
+                     help="finished run whose ensemble scores the images")
+    pre.add_argument("--out", type=Path, default=None,
+                     help="where the preprocessed 28x28 images go (default: RUN_DIR/predictions)")
+    pre.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+
+
 def config_from_args(a: argparse.Namespace) -> Config:
     extra = {"folds": a.folds, "split": a.split} if a.command == "audit" else {}
     if a.command == "experiment":
         a, extra = _experiment_args(a)
     return Config(**extra, out=a.out, dataset=a.dataset, class_names=a.class_names, data_dir=a.data_dir, seed=a.seed, epochs=a.epochs, batch_size=a.batch_size,
                   members=a.members, lr=a.lr, weight_decay=a.weight_decay, widths=a.widths, augment=a.augment, top=a.top,
-                  device=a.device, precision=a.precision, threads=a.threads, train_limit=a.train_limit,
-                  test_limit=a.test_limit, force=a.force, backend=a.backend, ray_address=a.ray_address)
+                  rankings=a.rankings, device=a.device, precision=a.precision, threads=a.threads,
+                  train_limit=a.train_limit, test_limit=a.test_limit, force=a.force, backend=a.backend,
+                  ray_address=a.ray_address)
 
 
-def _cmd_run(a: argparse.Namespace) -> None:
+# Flags that may go with --resume: they change where data is read, where the jobs run
+# (the backends give the same result) and what is shown, not the result.
+RESUME_FLAGS = {"resume", "data_dir", "quiet", "split", "backend", "ray_address"}
+
+
+def resume_config(a: argparse.Namespace, argv: list[str] | None) -> Config:
+    """RUN_DIR's saved config for --resume; refuses flags that would change its result."""
+    from .pipeline import AUDIT_FILES, CONFIG_FILE, load_config
+
+    given = build_parser(unset=_UNSET).parse_args(argv)
+    extra = [k for k, v in vars(given).items() if v is not _UNSET and k not in RESUME_FLAGS | {"command"}]
+    if extra:
+        flags = ", ".join(_flag_name(a.command, k) for k in extra)
+        raise ConfigError(f"--resume: the run continues with the settings saved in {a.resume}; drop {flags}")
+    name = AUDIT_FILES[a.split][5] if a.command == "audit" else CONFIG_FILE
+    cfg = load_config(a.resume, name)
+    where = {k: getattr(a, k) for k in ("data_dir", "backend", "ray_address") if getattr(given, k) is not _UNSET}
+    if where.get("backend", cfg.backend) == "local":  # a Ray run resumed here: its address no longer applies
+        where.setdefault("ray_address", None)
+    return dataclasses.replace(cfg, **where)
+
+
+_UNSET = object()
+
+
+def _flag_name(command: str, dest: str) -> str:
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    return next(a.option_strings[0] for a in sub._actions if a.dest == dest)
+
+
+def _cmd_run(a: argparse.Namespace, argv: list[str] | None) -> None:
     from .pipeline import run  # torch is imported only once the flags are known to be good
 
-    cfg = config_from_args(a)
-    summary = run(cfg, log=print, progress=not a.quiet)
+    cfg = resume_config(a, argv) if a.resume else config_from_args(a)
+    summary = run(cfg, log=print, progress=not a.quiet, resume=a.resume is not None)
     top = ", ".join(f"#{t['index']} ({t['label']} \u2192 {t['pred']})" for t in summary["top_ambiguous"][:3])
     print(f"{summary['data']['dataset']}: test accuracy {summary['test_accuracy']:.2%} ({summary['test_errors']} "
           f"errors in {summary['test_digits']} test images), {summary['seconds']['total']:.0f} s; most ambiguous "
           f"(true \u2192 predicted): {top}; results in {cfg.out}/ (open {cfg.out / 'report.html'})")
 
 
-def _cmd_audit(a: argparse.Namespace) -> None:
+def _cmd_audit(a: argparse.Namespace, argv: list[str] | None) -> None:
     from .pipeline import run_audit
 
-    cfg = config_from_args(a)
-    s = run_audit(cfg, log=print, progress=not a.quiet)
+    cfg = resume_config(a, argv) if a.resume else config_from_args(a)
+    s = run_audit(cfg, log=print, progress=not a.quiet, resume=a.resume is not None)
     top = ", ".join(f"#{i} ({given} \u2192 {suggested})" for i, (given, suggested) in zip(s["top"][:5], s["top_labels"]))
     print(f"{s['data']['dataset']}, {s['split']} set: cross-validated accuracy {s['cv_accuracy']:.2%}; cleanlab flags "
           f"{s['label_issues_found']} label issues; most suspect (given \u2192 suggested): {top}; results in {cfg.out}/")
 
 
-def _cmd_experiment(a: argparse.Namespace) -> None:
+def _cmd_experiment(a: argparse.Namespace, argv) -> None:
     from .experiment import run_experiment
 
     cfg = config_from_args(a)
@@ -209,13 +281,13 @@ def _cmd_experiment(a: argparse.Namespace) -> None:
     print(f"{r['leakage']}\nwrote {cfg.out / 'experiment.json'} and {cfg.out / 'experiment.md'}")
 
 
-def _cmd_report(a: argparse.Namespace) -> None:
+def _cmd_report(a: argparse.Namespace, argv) -> None:
     from .report import write_report
 
     print(f"wrote {write_report(a.run_dir)}")
 
 
-def _cmd_validate(a: argparse.Namespace) -> None:
+def _cmd_validate(a: argparse.Namespace, argv) -> None:
     from .pipeline import run_validate
 
     v = run_validate(a.run_dir)
@@ -227,18 +299,27 @@ def _cmd_validate(a: argparse.Namespace) -> None:
     print(f"wrote {a.run_dir / 'validation.json'}")
 
 
+def _cmd_predict(a: argparse.Namespace, argv) -> int:
+    """Exit status 1 when any image could not be scored (each named on its own line); 0 otherwise."""
+    from .predict import predict_images
+
+    failures = predict_images(a.images, a.run, a.out, a.device)
+    return 1 if failures else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    commands = {"run": _cmd_run, "audit": _cmd_audit, "experiment": _cmd_experiment, "report": _cmd_report,
+                "validate": _cmd_validate,
+                "predict": _cmd_predict}
     try:
-        {"run": _cmd_run, "audit": _cmd_audit, "experiment": _cmd_experiment, "report": _cmd_report,
-         "validate": _cmd_validate}[args.command](args)
+        return commands[args.command](args, argv) or 0
     except (ConfigError, DataError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

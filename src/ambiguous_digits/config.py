@@ -30,6 +30,14 @@ BACKENDS = ("local", "ray")
 # Seeds of the `experiment` repeats are drawn from their own stream of the base seed,
 # apart from the run's members ([seed]) and the audit's folds ([seed, 1 + fold]).
 EXPERIMENT_STREAM = 2**63
+# Images in the canonical splits of both published data sets (MNIST and Fashion-MNIST
+# share them): flags are checked against them before any data is loaded (data.py
+# checks the files against them). A user's own data set is checked once loaded.
+PUBLISHED_TRAIN_IMAGES = 60000
+PUBLISHED_TEST_IMAGES = 10000
+# The top-K rankings (scores.RANKINGS), named here so the config is checked
+# without importing the scoring code; tests keep the two in step.
+RANKING_NAMES = ("confident_wrong", "least_confident", "margin", "entropy", "ambiguity")
 
 
 class ConfigError(ValueError):
@@ -53,6 +61,7 @@ class Config:
     widths: tuple[int, ...] = (32, 64, 128)
     augment: bool = True
     top: int = 10
+    rankings: tuple[str, ...] = RANKING_NAMES
     folds: int = 5
     split: str = "test"
     device: str = "auto"
@@ -82,8 +91,6 @@ class Config:
         _check_positive("--lr", self.lr)
         if not self.weight_decay >= 0:  # also refuses NaN
             raise ConfigError(f"--weight-decay: must be >= 0, got {self.weight_decay}")
-        if self.folds < 2:
-            raise ConfigError(f"--folds: need at least 2 folds, got {self.folds}")
         if self.split not in ("test", "train"):
             raise ConfigError(f"--split: expected test or train, got {self.split!r}")
         _check_dataset(self.dataset)
@@ -92,11 +99,13 @@ class Config:
                               f"{self.dataset} names its own files")
         if self.class_names is not None:
             _check_class_names(self.class_names)
+        self._check_limits()
+        unknown = [name for name in self.rankings if name not in RANKING_NAMES]
+        if unknown or not self.rankings:
+            raise ConfigError(f"--rankings: unknown ranking {', '.join(map(repr, unknown)) or '(none given)'}; "
+                              f"choose from {', '.join(RANKING_NAMES)}")
         if self.threads is not None:
             _check_positive("--threads", self.threads)
-        for flag, limit in (("--train-limit", self.train_limit), ("--test-limit", self.test_limit)):
-            if limit is not None:
-                _check_positive(flag, limit)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"--device: expected auto, cpu or cuda[:N], got {self.device!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -112,6 +121,41 @@ class Config:
             if self.backend != "ray":
                 raise ConfigError("--ray-address: only meaningful with --backend ray")
             split_address(self.ray_address)
+
+    @property
+    def test_digits(self) -> int | None:
+        """How many test images a run scores, when known before any data is loaded (None: user data)."""
+        return self.test_limit or (PUBLISHED_TEST_IMAGES if self.dataset in PUBLISHED_DATASETS else None)
+
+    @property
+    def train_digits(self) -> int | None:
+        return self.train_limit or (PUBLISHED_TRAIN_IMAGES if self.dataset in PUBLISHED_DATASETS else None)
+
+    def _check_limits(self) -> None:
+        published = self.dataset in PUBLISHED_DATASETS
+        for flag, limit, most in (("--train-limit", self.train_limit, PUBLISHED_TRAIN_IMAGES),
+                                  ("--test-limit", self.test_limit, PUBLISHED_TEST_IMAGES)):
+            if limit is not None:
+                _check_positive(flag, limit)
+                if published and limit > most:
+                    raise ConfigError(f"{flag}: {self.dataset} has {most} images there, got {limit}")
+        if self.folds < 2:
+            raise ConfigError(f"--folds: need at least 2 folds, got {self.folds}")
+
+    def check_top(self, test_images: int | None = None) -> None:
+        """A `run`'s top-K lists must fit in the test images it scores (an audit ignores --top).
+
+        `test_images`: the loaded count, for user data (unknown before loading).
+        """
+        n = test_images or self.test_digits
+        if n is not None and self.top > n:
+            raise ConfigError(f"--top: {self.top} is more than the {n} test images scored")
+
+    def check_folds(self, images: int | None = None) -> None:
+        """An audit's K folds must each hold an image of its split (a `run` ignores --folds)."""
+        n = images or (self.test_digits if self.split == "test" else self.train_digits)
+        if n is not None and self.folds > n:
+            raise ConfigError(f"--folds: need 2 <= K <= {n} images, got {self.folds}")
 
     def member_seeds(self, fold: int | None = None) -> list[int]:
         """One independent seed per ensemble member (of one audit fold), derived from the base seed."""
@@ -135,6 +179,7 @@ class Config:
         d["widths"] = tuple(d["widths"])
         if d.get("class_names") is not None:
             d["class_names"] = tuple(d["class_names"])
+        d["rankings"] = tuple(d.get("rankings", RANKING_NAMES))
         return cls(**d)
 
     def dumps(self) -> str:

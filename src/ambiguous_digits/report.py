@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from jinja2 import Environment, PackageLoader  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from . import data, files, outputs, scores  # noqa: E402
+from . import data, files, manifest, outputs, scores  # noqa: E402
 from .config import ConfigError  # noqa: E402
 
 REPORT_FILE = "report.html"
@@ -98,6 +98,7 @@ def write_report(run_dir: Path, dataset: data.Dataset | None = None) -> Path:
     html = render(run, dataset)
     path = run.dir / REPORT_FILE
     files.write_text(path, html)
+    manifest.record(run.dir, path)
     return path
 
 
@@ -129,15 +130,17 @@ def page_context(run: Run, ds: data.Dataset) -> dict:
 # ---------------------------------------------------------------------------
 def load_run(run_dir: Path) -> Run:
     """The run's files, checked once; the audit's files are None where absent."""
+    manifest.require(run_dir)
     for name in ("summary.json", "scores.csv", "probs.npz"):
-        if not (run_dir / name).is_file():
+        if not manifest.listed(run_dir, name):
             raise ConfigError(f"RUN_DIR: {run_dir} has no {name}; is it a finished `run`?")
+        manifest.verified(run_dir, name)
     summary = json.loads((run_dir / "summary.json").read_text())
     missing = [key for key in SUMMARY_KEYS if key not in summary]
     if missing:
         raise ConfigError(f"{run_dir / 'summary.json'}: no {', '.join(missing)}; re-run with this version")
     table = outputs.read_table(run_dir / "scores.csv")
-    with np.load(run_dir / "probs.npz") as npz:
+    with np.load(run_dir / "probs.npz", allow_pickle=False) as npz:
         member_probs, seeds = npz["probs"], [int(s) for s in npz["seeds"]]
     n, names = len(table["index"]), _class_names(summary, member_probs)
     if member_probs.ndim != 3 or member_probs.shape[1:] != (n, len(names)):
@@ -156,16 +159,16 @@ def _class_names(summary: dict, member_probs: np.ndarray) -> tuple[str, ...]:
 
 
 def _optional_table(path: Path, rows: int | None) -> dict[str, np.ndarray] | None:
-    if not path.is_file():
+    if not path.exists():
         return None
-    table = outputs.read_table(path)
+    table = outputs.read_table(manifest.verified(path.parent, path.name))
     if rows is not None and len(table["index"]) != rows:
         raise ConfigError(f"{path}: {len(table['index'])} rows, but the run scored {rows} test digits")
     return table
 
 
 def _optional_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return json.loads(manifest.verified(path.parent, path.name).read_text()) if path.exists() else None
 
 
 def _check_pixels(run: Run, ds: data.Dataset) -> None:
@@ -438,8 +441,10 @@ def _ranking_title(name: str) -> dict:
 
 
 def ranking_orders(run: Run) -> dict[str, np.ndarray]:
-    """name -> test indices of every ranked digit, most ambiguous first."""
-    ranks = {name: run.table[f"rank_{name}"] for name in scores.RANKINGS if f"rank_{name}" in run.table}
+    """name -> test indices of every ranked digit, most ambiguous first (the rankings the run chose)."""
+    chosen = run.summary.get("top") or scores.RANKINGS
+    ranks = {name: run.table[f"rank_{name}"] for name in scores.RANKINGS
+             if f"rank_{name}" in run.table and name in chosen}
     if run.label_issues is not None:
         ranks["label_issues"] = run.label_issues["rank"]
     return {name: scores.top_indices(r, len(r)) for name, r in ranks.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -128,16 +129,42 @@ def _epoch(model, opt, sched, x, y, cfg: Config, gen, precision: Precision, bar,
     return loss_sum / len(x), correct / len(x)
 
 
+# Called after every epoch but the last with the whole training state (see
+# training_state): the pipeline saves it so an interrupted member resumes exactly.
+EpochHook = Callable[[dict], None]
+
+
+def training_state(epoch: int, model, opt, sched, gen: torch.Generator, history: list[dict]) -> dict:
+    """A snapshot of everything the rest of training depends on, as tensors and plain values
+    (torch.load(..., weights_only=True) reads it back); copied, so training on does not change it."""
+    return copy.deepcopy({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                          "torch_rng": torch.get_rng_state(), "history": history})
+
+
+def _restore(state: dict, model, opt, sched, gen: torch.Generator) -> list[dict]:
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    assert len(state["history"]) == state["epoch"]
+    return list(state["history"])
+
+
 def train(images: np.ndarray, labels: np.ndarray, cfg: Config, seed: int, device: torch.device,
           precision: Precision, progress: bool = True, hook: Hook | None = None,
-          hooks_per_epoch: int = 1, *, num_classes: int, init: Net | None = None) -> tuple[Net, list[dict]]:
+          hooks_per_epoch: int = 1, *, num_classes: int, init: Net | None = None, state: dict | None = None,
+          on_epoch: EpochHook | None = None) -> tuple[Net, list[dict]]:
     """Train one CNN on (N, 28, 28) uint8 images and (N,) labels in 0..num_classes-1.
 
     Returns the network (num_classes logits) and its per-epoch history.
 
     `hook(model, epochs_done)`, when given, is called `hooks_per_epoch` times per epoch.
     `init`, when given, is a trained model of the same shape to start from (a fine-tune);
-    it is copied, never changed.
+    it is copied, never changed. `state` (from training_state) continues an interrupted
+    training: the result is the same as without the interruption. `on_epoch(state)` is
+    called after each epoch but the last.
     """
     torch.manual_seed(seed)
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -150,9 +177,9 @@ def train(images: np.ndarray, labels: np.ndarray, cfg: Config, seed: int, device
                           weight_decay=cfg.weight_decay)
     steps = math.ceil(len(x) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(one_cycle, total=cfg.epochs * steps))
-    history = []
+    history = [] if state is None else _restore(state, model, opt, sched, gen)
     model.train()
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(len(history) + 1, cfg.epochs + 1):
         start = time.perf_counter()
         with tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False,
                   mininterval=PROGRESS_SECONDS) as bar:
@@ -160,6 +187,8 @@ def train(images: np.ndarray, labels: np.ndarray, cfg: Config, seed: int, device
         history.append({"epoch": epoch, "loss": loss, "train_acc": acc, "seconds": time.perf_counter() - start})
         if progress:
             tqdm.write(f"epoch {epoch}/{cfg.epochs}: loss {loss:.4f}, train accuracy {acc:.2%}")
+        if on_epoch is not None and epoch < cfg.epochs:
+            on_epoch(training_state(epoch, model, opt, sched, gen, history))
     model.eval()
     return model, history
 

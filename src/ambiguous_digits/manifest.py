@@ -1,0 +1,95 @@
+"""manifest.json: every output of a run directory with its sha256, so a changed file is never used.
+
+An output counts as written once it is listed here: it is renamed into place
+first (files.atomic_path) and listed second, so a run killed in between leaves
+a complete file that is simply not listed, and `--resume` writes it again. A
+listed file whose bytes no longer match (edited, truncated, half-copied) is
+refused with a one-line error wherever it is read: resume, report, validate,
+predict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from . import files
+from .config import ConfigError
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_VERSION = 1
+_CHUNK = 1 << 20  # hash large files (checkpoints, probabilities) a megabyte at a time
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load(run_dir: Path) -> dict[str, dict]:
+    """Relative path (posix) -> {"sha256", "bytes"}; empty when there is no manifest yet."""
+    path = Path(run_dir) / MANIFEST_FILE
+    if not path.is_file():
+        return {}
+    try:
+        entries = json.loads(path.read_text())["files"]
+        if not all(isinstance(e, dict) and isinstance(e.get("sha256"), str) for e in entries.values()):
+            raise TypeError("entry without a sha256")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"{path}: unreadable manifest ({e})") from None
+    return entries
+
+
+def _save(run_dir: Path, entries: dict[str, dict]) -> None:
+    body = {"version": MANIFEST_VERSION, "files": dict(sorted(entries.items()))}
+    files.write_json(Path(run_dir) / MANIFEST_FILE, body)
+
+
+def _name(run_dir: Path, path: Path) -> str:
+    return Path(path).resolve().relative_to(Path(run_dir).resolve()).as_posix()
+
+
+def record(run_dir: Path, *paths: Path) -> None:
+    """List `paths` (complete files inside run_dir) with their current sha256 and size."""
+    run_dir = Path(run_dir)
+    entries = load(run_dir)
+    for path in paths:
+        entries[_name(run_dir, path)] = {"sha256": sha256(path), "bytes": Path(path).stat().st_size}
+    _save(run_dir, entries)
+
+
+def forget(run_dir: Path, *names: str) -> None:
+    """Unlist `names` (relative paths, or folders ending in '/'); the files themselves are left alone."""
+    entries = load(run_dir)
+    keep = {k: v for k, v in entries.items() if not any(k == n or (n.endswith("/") and k.startswith(n))
+                                                         for n in names)}
+    if keep != entries:
+        _save(run_dir, keep)
+
+
+def listed(run_dir: Path, name: str) -> bool:
+    return name in load(run_dir)
+
+
+def require(run_dir: Path) -> None:
+    """Refuse a directory that no command of ours wrote (it has no manifest)."""
+    if not (Path(run_dir) / MANIFEST_FILE).is_file():
+        raise ConfigError(f"RUN_DIR: {run_dir} has no {MANIFEST_FILE}; is it a run directory?")
+
+
+def verified(run_dir: Path, name: str) -> Path:
+    """run_dir/name after checking it is listed and unchanged; ConfigError (one line) otherwise."""
+    run_dir = Path(run_dir)
+    require(run_dir)
+    path, entry = run_dir / name, load(run_dir).get(name)
+    if entry is None:
+        raise ConfigError(f"{path}: not listed in {MANIFEST_FILE}, so not known to be complete; refusing to use it")
+    if not path.is_file():
+        raise ConfigError(f"{path}: listed in {MANIFEST_FILE} but missing")
+    if sha256(path) != entry["sha256"]:
+        raise ConfigError(f"{path}: sha256 differs from {MANIFEST_FILE} (changed or truncated); refusing to use it")
+    return path

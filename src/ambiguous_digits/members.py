@@ -1,0 +1,127 @@
+"""One CNN of an ensemble (or of an audit fold) as an independent job, and its files in the run directory.
+
+The job (train_member) is a function of the config, its seed and the data only:
+it trains one CNN and predicts the evaluation digits; it reads and writes no
+files, so it can run anywhere (issue 8 runs these jobs as Ray tasks). The
+driver saves each finished job under its stem at once (save_member), and the
+training state after every epoch (save_state), so an interrupted run loses at
+most the epoch in progress and `--resume` gives the same result as no interruption.
+
+Files, for a stem such as `members/member-3` (all listed in manifest.json):
+  <stem>.npz          probs (N, K) float32 (row i = evaluation digit i), seed, history (JSON text)
+  <stem>.epoch-E.pt   training state after epoch E (train.training_state); deleted when the member is done
+  models/member-M.pt  the trained CNN (run members only; model.checkpoint)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import files, manifest
+from .config import EVAL_BATCH, Config, ConfigError
+from .model import Net, checkpoint
+from .train import Precision, predict_probs, train
+
+
+@dataclass
+class MemberResult:
+    """What one job produces. `model` is None once loaded back from the run directory."""
+
+    seed: int
+    probs: np.ndarray  # (N, K) float32, row i = evaluation digit i
+    history: list[dict]
+    model: Net | None = None
+    predict_seconds: float = 0.0
+
+
+def train_member(cfg: Config, seed: int, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray,
+                 num_classes: int, device: torch.device, precision: Precision, progress: bool = False,
+                 state: dict | None = None, on_epoch=None) -> MemberResult:
+    """Train one CNN with `seed` (continuing from `state` when given) and predict x_eval (N, 28, 28) -> (N, K)."""
+    model, history = train(x_train, y_train, cfg, seed, device, precision, progress, num_classes=num_classes,
+                           state=state, on_epoch=on_epoch)
+    start = time.perf_counter()
+    probs = predict_probs(model, x_eval, device, EVAL_BATCH)
+    return MemberResult(seed, probs, history, model, time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------
+# Finished members
+# ---------------------------------------------------------------------------
+def save_member(run_dir: Path, stem: str, result: MemberResult, model_name: str | None = None) -> None:
+    """Write the member's probabilities (and its CNN) atomically, list them together, drop its epoch states."""
+    paths = []
+    if model_name is not None:
+        paths.append(_save_torch(run_dir / model_name, checkpoint(result.model)))
+    path = run_dir / f"{stem}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, probs=result.probs.astype(np.float32), seed=np.uint64(result.seed),
+                 history=np.array(json.dumps(result.history)))
+    manifest.record(run_dir, *paths, path)  # one update: listed together, or not at all
+    drop_states(run_dir, stem)
+
+
+def load_member(run_dir: Path, stem: str, seed: int) -> MemberResult | None:
+    """The member saved under `stem`, or None when it has not finished; ConfigError if changed or foreign."""
+    name = f"{stem}.npz"
+    if not manifest.listed(run_dir, name):
+        return None
+    path = manifest.verified(run_dir, name)
+    with np.load(path, allow_pickle=False) as z:
+        probs, saved_seed, history = z["probs"], int(z["seed"]), json.loads(str(z["history"]))
+    if saved_seed != seed:
+        raise ConfigError(f"{path}: trained with seed {saved_seed}, but this run's member has seed {seed}")
+    return MemberResult(seed, probs, history)
+
+
+# ---------------------------------------------------------------------------
+# Epoch checkpoints of the member in progress
+# ---------------------------------------------------------------------------
+def _state_pattern(stem: str) -> re.Pattern:
+    return re.compile(re.escape(stem) + r"\.epoch-(\d+)\.pt")
+
+
+def save_state(run_dir: Path, stem: str, state: dict) -> None:
+    """Save the training state after an epoch as <stem>.epoch-E.pt, list it, then drop the older ones.
+
+    A new name per epoch: a kill at any moment leaves a listed, intact state to resume from.
+    """
+    path = _save_torch(run_dir / f"{stem}.epoch-{state['epoch']}.pt", state)
+    manifest.record(run_dir, path)
+    drop_states(run_dir, stem, keep=path.name)
+
+
+def latest_state(run_dir: Path, stem: str) -> dict | None:
+    """The listed training state of the latest epoch (checked against the manifest), or None."""
+    pattern = _state_pattern(stem)
+    epochs = {int(m.group(1)): name for name in manifest.load(run_dir) if (m := pattern.fullmatch(name))}
+    if not epochs:
+        return None
+    path = manifest.verified(run_dir, epochs[max(epochs)])
+    return torch.load(path, weights_only=True, map_location="cpu")
+
+
+def drop_states(run_dir: Path, stem: str, keep: str | None = None) -> None:
+    """Delete and unlist the member's epoch states (listed or left unlisted by a kill), but `keep`."""
+    pattern = _state_pattern(stem)
+    folder = (run_dir / stem).parent
+    names = [f"{Path(stem).parent.as_posix()}/{p.name}" for p in folder.glob("*.pt") if p.name != keep]
+    stale = [n for n in names if pattern.fullmatch(n)]
+    manifest.forget(run_dir, *stale)
+    for name in stale:
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def _save_torch(path: Path, obj: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with files.atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return path

@@ -1,0 +1,102 @@
+"""`predict`: score a user's own digit images with a finished run's ensemble.
+
+Each image is made MNIST-style (preprocess.py), run through every member CNN,
+and reported with the same measures `run` computes (scores.py). The 28x28 digit
+the ensemble saw is written to OUT/<stem>.png (default RUN_DIR/predictions/).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import manifest, outputs, scores
+from .config import EVAL_BATCH, ConfigError
+from .model import from_checkpoint
+from .pipeline import MODEL_FILE, SUMMARY_FILE
+from .preprocess import ImageError, preprocess
+from .train import predict_probs
+
+PREDICTIONS_DIR = "predictions"
+
+
+def load_ensemble(run_dir: Path, device: torch.device) -> tuple[list, list[str]]:
+    """The finished run's member CNNs (each checked against the manifest, loaded weights-only) and class names."""
+    if not manifest.listed(run_dir, SUMMARY_FILE):
+        raise ConfigError(f"--run: {run_dir} holds no finished run (no {SUMMARY_FILE}); finish it with --resume")
+    summary = json.loads(manifest.verified(run_dir, SUMMARY_FILE).read_text())
+    models = []
+    for m in range(summary["members"]):
+        path = manifest.verified(run_dir, MODEL_FILE.format(m=m))
+        models.append(from_checkpoint(torch.load(path, weights_only=True, map_location="cpu")).to(device).eval())
+    k = models[0].shape.num_classes
+    return models, summary.get("data", {}).get("class_names") or [str(c) for c in range(k)]
+
+
+def measures(member_probs: np.ndarray) -> dict[str, np.ndarray]:
+    """The label-free measures of `run` for (M, N, K) member probabilities: (N,) each."""
+    member_probs, _ = scores.validate_members(member_probs, np.zeros(member_probs.shape[1], dtype=np.int64))
+    probs = member_probs.mean(axis=0)
+    return {
+        "pred": scores.predicted(probs), "prob_pred": scores.prob_pred(probs), "margin": scores.margin(probs),
+        "entropy": scores.entropy(probs), "vote_disagreement": scores.vote_disagreement(member_probs),
+        "expected_entropy": scores.expected_entropy(member_probs),
+        "mutual_information": scores.mutual_information(member_probs),
+    }
+
+
+def describe(path: Path, probs: np.ndarray, m: dict[str, float], saved: Path, names: list[str]) -> str:
+    """Two lines for one image: the prediction and its measures, then the class probabilities."""
+    ranked = ", ".join(f"{names[c]}: {p:.3f}" for c, p in enumerate(probs))
+    return (f"{path}: predicted {names[int(m['pred'])]} (p={m['prob_pred']:.3f}, margin {m['margin']:.3f}, entropy "
+            f"{m['entropy']:.3f}, vote disagreement {m['vote_disagreement']:.2f}, mutual information "
+            f"{m['mutual_information']:.3f}); saw {saved}\n  probabilities {ranked}")
+
+
+def _out_names(images: list[Path]) -> list[str]:
+    """<stem>.png per image; a stem seen before gets -2, -3, ... so no image overwrites another."""
+    seen: dict[str, int] = {}
+    names = []
+    for path in images:
+        seen[path.stem] = seen.get(path.stem, 0) + 1
+        names.append(f"{path.stem}.png" if seen[path.stem] == 1 else f"{path.stem}-{seen[path.stem]}.png")
+    return names
+
+
+def _out_dir(run_dir: Path, out: Path | None) -> Path:
+    folder = out if out is not None else run_dir / PREDICTIONS_DIR
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--out: {folder} is a file, not a directory")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out: cannot create {folder}: {e.strerror or e}") from None
+    return folder
+
+
+def predict_images(images: list[Path], run_dir: Path, out: Path | None = None, device: str = "cpu",
+                   log=print, warn=lambda s: print(s, file=sys.stderr)) -> list[Path]:
+    """Score each image; print its result (or its one-line error) and return the images that failed."""
+    dev = torch.device(device)
+    models, names = load_ensemble(run_dir, dev)
+    folder = _out_dir(run_dir, out)
+    failed = []
+    for path, name in zip(images, _out_names(images)):
+        try:
+            digit = preprocess(path)
+        except ImageError as e:
+            warn(f"predict: error: {e}")
+            failed.append(path)
+            continue
+        outputs.write_digit(folder / name, digit)
+        if folder.resolve().is_relative_to(run_dir.resolve()):
+            manifest.record(run_dir, folder / name)
+        member_probs = np.stack([predict_probs(m, digit[None], dev, EVAL_BATCH) for m in models])
+        m = {k: v[0] for k, v in measures(member_probs).items()}
+        log(describe(path, member_probs.mean(axis=0)[0], m, folder / name, names))
+    return failed
+

@@ -1,0 +1,131 @@
+"""`predict`: the user's own digit images, made MNIST-style and scored by a finished run's ensemble."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ambiguous_digits import cli, manifest, preprocess
+
+DIGITS = range(8)  # the first test digits, rendered as a user might photograph them
+UPSCALE = 9
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mnist_dir):
+    out = tmp_path_factory.mktemp("predict") / "run"
+    assert cli.main(["run", "--out", str(out), "--data-dir", str(mnist_dir), "--train-limit", "3000",
+                     "--test-limit", "100", "--epochs", "2", "--members", "2", "--top", "5", "--quiet"]) == 0
+    return out
+
+
+def _render(digit: np.ndarray, offset: int, dark_on_light: bool = True) -> Image.Image:
+    """A real MNIST digit scaled 9x, dark ink on white paper, off-centre on a large RGB canvas."""
+    ink = 255 - digit if dark_on_light else digit
+    big = Image.fromarray(ink).resize((28 * UPSCALE, 28 * UPSCALE), Image.Resampling.BILINEAR)
+    canvas = Image.new("L", (520, 400), 255 if dark_on_light else 0)
+    canvas.paste(big, (20 + offset, 110 - offset // 2))
+    return canvas.convert("RGB")
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.astype(float).ravel(), b.astype(float).ravel())[0, 1])
+
+
+@pytest.mark.parametrize("dark_on_light", [True, False], ids=["dark-on-light", "light-on-dark"])
+def test_a_rendered_mnist_digit_comes_back_close_to_the_original(mnist, tmp_path, dark_on_light):
+    got = []
+    for i in DIGITS:
+        path = tmp_path / f"{i}.png"
+        _render(mnist.x_test[i], 25 * i, dark_on_light).save(path)
+        digit = preprocess.preprocess(path)
+        assert digit.shape == (28, 28) and digit.dtype == np.uint8
+        got.append(_correlation(digit, mnist.x_test[i]))
+    assert min(got) > 0.8 and np.mean(got) > 0.95, got
+
+
+def test_preprocessing_fits_a_20_pixel_box_centred_by_mass():
+    gray = np.ones((300, 120))
+    gray[40:260, 50:80] = 0.0  # a tall dark bar on white: 220 x 30 pixels
+    digit = preprocess.to_mnist(gray).astype(float)
+    rows, cols = np.flatnonzero(digit.any(1)), np.flatnonzero(digit.any(0))
+    assert rows[-1] - rows[0] + 1 == preprocess.BOX and cols[-1] - cols[0] + 1 in (3, 4)
+    ys, xs = np.mgrid[:28, :28]
+    cy, cx = (digit * ys).sum() / digit.sum(), (digit * xs).sum() / digit.sum()
+    assert abs(cy - preprocess.CENTRE) <= 0.5 and abs(cx - preprocess.CENTRE) <= 0.5
+
+
+def test_predict_reads_user_digits_like_the_test_digits(trained, mnist, tmp_path, capsys):
+    paths = []
+    for i in DIGITS:
+        paths.append(tmp_path / f"digit{i}.png")
+        _render(mnist.x_test[i], 25 * i).save(paths[-1])
+    assert cli.main(["predict", *map(str, paths), "--run", str(trained)]) == 0
+    out = capsys.readouterr().out
+    predicted = [int(line.split("predicted ")[1].split()[0]) for line in out.splitlines() if "predicted" in line]
+    assert predicted == [int(mnist.y_test[i]) for i in DIGITS]
+    assert out.count("probabilities 0: ") == len(DIGITS) and "mutual information" in out
+    for i in DIGITS:  # what the model saw, beside the run's outputs and listed in its manifest
+        saw = trained / "predictions" / f"digit{i}.png"
+        assert np.asarray(Image.open(saw)).shape == (28, 28)
+        manifest.verified(trained, f"predictions/digit{i}.png")
+
+
+def _bad_images(tmp_path, mnist):
+    """name -> (writer, what the one-line error must say)."""
+    def write(name, fn):
+        path = tmp_path / name
+        fn(path)
+        return path
+
+    return {
+        "text.png": (lambda p: p.write_text("not an image"), "not an image Pillow can read"),
+        "empty.png": (lambda p: p.write_bytes(b""), "not an image Pillow can read"),
+        "blank.png": (lambda p: Image.new("RGB", (64, 64), "white").save(p), "blank image"),
+        "noise-free-grey.jpg": (lambda p: Image.new("L", (50, 80), 128).save(p), "blank image"),
+        "bomb.png": (lambda p: Image.new("1", (8000, 6000)).save(p), "possible decompression bomb"),
+        "sixteen-bit.png": (lambda p: Image.fromarray(mnist.x_test[0].astype(np.uint16) * 257).save(p),
+                            "unsupported image mode"),
+        "truncated.png": (lambda p: _render(mnist.x_test[0], 0).save(p) or p.write_bytes(p.read_bytes()[:200]),
+                          "cannot read the image"),
+    }, write
+
+
+def test_every_bad_image_gets_its_own_line_and_the_others_are_still_scored(trained, mnist, tmp_path, capsys):
+    cases, write = _bad_images(tmp_path, mnist)
+    bad = {write(name, fn): message for name, (fn, message) in cases.items()}
+    good = tmp_path / "good.png"
+    _render(mnist.x_test[0], 40).save(good)
+    missing = tmp_path / "missing.png"
+    argv = ["predict", *map(str, bad), str(missing), str(good), "--run", str(trained), "--out", str(tmp_path / "saw")]
+    assert cli.main(argv) == 1
+    captured = capsys.readouterr()
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == len(bad) + 1
+    for (path, message), line in zip(bad.items(), errors):
+        assert line.startswith(f"predict: error: {path}: ") and message in line, line
+    assert f"{missing}: cannot read the image" in errors[-1]
+    assert f"{good}: predicted {mnist.y_test[0]}" in captured.out
+    assert sorted(p.name for p in (tmp_path / "saw").iterdir()) == ["good.png"]
+
+
+def test_preprocess_refuses_an_image_over_the_pixel_limit_before_decoding(tmp_path, monkeypatch):
+    path = tmp_path / "wide.png"
+    Image.new("L", (300, 200), 255).save(path)
+    monkeypatch.setattr(preprocess, "MAX_PIXELS", 300 * 200 - 1)
+    with pytest.raises(preprocess.ImageError, match=r"wide.png: 300x200 pixels is more than"):
+        preprocess.load_gray(path)
+
+
+def test_predict_refuses_a_tampered_model(trained, tmp_path, mnist, capsys):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    model = run / "models" / "member-1.pt"
+    model.write_bytes(model.read_bytes()[:-7])
+    image = tmp_path / "d.png"
+    _render(mnist.x_test[0], 0).save(image)
+    before = sorted(run.rglob("*"))
+    assert cli.main(["predict", str(image), "--run", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{model}: sha256 differs from manifest.json" in err and len(err.splitlines()) == 1
+    assert sorted(run.rglob("*")) == before  # no prediction written with a model that is not the run's
