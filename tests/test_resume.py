@@ -14,6 +14,7 @@ import torch
 
 from ambiguous_digits import cli, manifest, members, pipeline
 from ambiguous_digits.config import Config, ConfigError
+from ambiguous_digits.train import resolve_precision
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 # Small enough to train in seconds, large enough that a member spends a while in each epoch.
@@ -77,7 +78,7 @@ def test_epoch_checkpoint_continues_training_exactly(mnist):
     """In process: a member stopped after epoch 1 and continued from its saved state equals one never stopped."""
     cfg = Config(epochs=2, widths=(4, 8, 8), batch_size=64, precision="fp32")
     x, y, x_eval = mnist.x_train[:300], mnist.y_train[:300], mnist.x_test[:50]
-    cpu, fp32 = torch.device("cpu"), pipeline.resolve_precision("fp32", torch.device("cpu"))
+    cpu, fp32 = torch.device("cpu"), resolve_precision("fp32", torch.device("cpu"))
     states = []
     whole = members.train_member(cfg, 7, x, y, x_eval, 10, cpu, fp32, on_epoch=states.append)
     assert [s["epoch"] for s in states] == [1]

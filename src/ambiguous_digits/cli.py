@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import PUBLISHED_DATASETS, RANKING_NAMES, USER_FORMATS, Config, ConfigError
+from .config import BACKENDS, PUBLISHED_DATASETS, RANKING_NAMES, USER_FORMATS, Config, ConfigError
 from .data import DataError
 from .manifest import MANIFEST_FILE
 
@@ -121,6 +121,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-limit", type=_positive_int, default=None, help="train on the first N digits only (smoke tests)")
     p.add_argument("--test-limit", type=_positive_int, default=None, help="score the first N test digits only (smoke tests)")
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    p.add_argument("--backend", choices=BACKENDS, default=d.backend,
+                   help="where the ensemble members (audit: folds) train: one after another here, or as Ray "
+                        "tasks of --threads CPUs each (default 1; needs pip install '.[ray]')")
+    p.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                   help="with --backend ray: the head node of an existing Ray cluster "
+                        "(default: $RAY_ADDRESS, else a Ray started on this machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--resume", type=_run_dir, default=None, metavar="RUN_DIR",
                    help="continue an interrupted run in RUN_DIR with its own saved settings "
@@ -160,7 +166,7 @@ def _add_experiment_parser(sub) -> None:
                          "(needs a finished run and `audit --split train` in --out)",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_run_flags(exp)
-    exp.set_defaults(epochs=EXPERIMENT_EPOCHS, **{key: None for key in NOT_FOR_EXPERIMENT})
+    exp.set_defaults(epochs=EXPERIMENT_EPOCHS, backend=None, **{key: None for key in NOT_FOR_EXPERIMENT})
     d = DEFAULTS
     exp.add_argument("--seeds", type=_positive_int, default=d.seeds, help="seeds (one CNN each) per variant")
     exp.add_argument("--emphasis-top", type=_positive_int, default=d.emphasis_top,
@@ -183,7 +189,10 @@ def _experiment_args(a: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
         if getattr(a, key) is not None:
             raise ConfigError(f"{flag}: not used by experiment (each variant trains one CNN per seed, "
                               f"with augmentation as the variant says)")
-    a = argparse.Namespace(**{**vars(a), **{key: getattr(DEFAULTS, key) for key in NOT_FOR_EXPERIMENT}})
+    if a.backend is not None:
+        raise ConfigError("--backend: not used by experiment (its variants train in this process)")
+    a = argparse.Namespace(**{**vars(a), **{key: getattr(DEFAULTS, key) for key in NOT_FOR_EXPERIMENT},
+                              "backend": DEFAULTS.backend})
     return a, {"seeds": a.seeds, "emphasis_top": a.emphasis_top, "emphasis_factor": a.emphasis_factor,
                "emphasis_epochs": a.emphasis_epochs}
 
@@ -206,11 +215,13 @@ def config_from_args(a: argparse.Namespace) -> Config:
     return Config(**extra, out=a.out, dataset=a.dataset, class_names=a.class_names, data_dir=a.data_dir, seed=a.seed, epochs=a.epochs, batch_size=a.batch_size,
                   members=a.members, lr=a.lr, weight_decay=a.weight_decay, widths=a.widths, augment=a.augment, top=a.top,
                   rankings=a.rankings, device=a.device, precision=a.precision, threads=a.threads,
-                  train_limit=a.train_limit, test_limit=a.test_limit, force=a.force)
+                  train_limit=a.train_limit, test_limit=a.test_limit, force=a.force, backend=a.backend,
+                  ray_address=a.ray_address)
 
 
-# Flags that may go with --resume: they change where data is read and what is shown, not the result.
-RESUME_FLAGS = {"resume", "data_dir", "quiet", "split"}
+# Flags that may go with --resume: they change where data is read, where the jobs run
+# (the backends give the same result) and what is shown, not the result.
+RESUME_FLAGS = {"resume", "data_dir", "quiet", "split", "backend", "ray_address"}
 
 
 def resume_config(a: argparse.Namespace, argv: list[str] | None) -> Config:
@@ -224,7 +235,10 @@ def resume_config(a: argparse.Namespace, argv: list[str] | None) -> Config:
         raise ConfigError(f"--resume: the run continues with the settings saved in {a.resume}; drop {flags}")
     name = AUDIT_FILES[a.split][5] if a.command == "audit" else CONFIG_FILE
     cfg = load_config(a.resume, name)
-    return dataclasses.replace(cfg, data_dir=a.data_dir) if a.data_dir is not None else cfg
+    where = {k: getattr(a, k) for k in ("data_dir", "backend", "ray_address") if getattr(given, k) is not _UNSET}
+    if where.get("backend", cfg.backend) == "local":  # a Ray run resumed here: its address no longer applies
+        where.setdefault("ray_address", None)
+    return dataclasses.replace(cfg, **where)
 
 
 _UNSET = object()

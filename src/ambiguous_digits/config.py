@@ -25,6 +25,8 @@ PIXEL_STD = 0.3081
 MAX_STAGES = 4
 # Test images are scored in chunks so peak memory stays small on a laptop.
 EVAL_BATCH = 1000
+# Where training jobs run: one after another in this process, or as tasks on a Ray cluster.
+BACKENDS = ("local", "ray")
 # Seeds of the `experiment` repeats are drawn from their own stream of the base seed,
 # apart from the run's members ([seed]) and the audit's folds ([seed, 1 + fold]).
 EXPERIMENT_STREAM = 2**63
@@ -68,6 +70,8 @@ class Config:
     train_limit: int | None = None
     test_limit: int | None = None
     force: bool = False
+    backend: str = "local"
+    ray_address: str | None = None
     # `experiment` only: repeats per variant, and the second pass on ambiguous training digits.
     seeds: int = 3
     emphasis_top: int = 1000
@@ -111,6 +115,12 @@ class Config:
         if IMAGE_SIDE >> len(self.widths) < 1:  # each stage halves the side: 28, 14, 7, 3, 1
             raise ConfigError(f"--widths: at most {MAX_STAGES} stages fit a {IMAGE_SIDE}-pixel digit, "
                               f"got {len(self.widths)}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"--backend: expected {' or '.join(BACKENDS)}, got {self.backend!r}")
+        if self.ray_address is not None:
+            if self.backend != "ray":
+                raise ConfigError("--ray-address: only meaningful with --backend ray")
+            split_address(self.ray_address)
 
     @property
     def test_digits(self) -> int | None:
@@ -174,6 +184,14 @@ class Config:
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """'HOST:PORT' (a Ray head node's address) -> (host, port); a ConfigError naming the flag otherwise."""
+    host, sep, port = address.rpartition(":")
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError(f"--ray-address: expected HOST:PORT (the Ray head node's address), got {address!r}")
+    return host, int(port)
 
 
 def _check_positive(flag: str, value: float) -> None:

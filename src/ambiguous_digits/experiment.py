@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, files, manifest, outputs, pipeline, report, scores, validate
+from . import data, files, jobs, manifest, outputs, pipeline, report, scores, validate
 from .config import EVAL_BATCH, Config, ConfigError
 from .train import predict_probs, train
 
@@ -253,7 +253,7 @@ def run_experiment(cfg: Config, log=print, progress: bool = True) -> dict:
     """Train and compare every variant on cfg.seeds seeds in cfg.out; writes experiment.json and .md."""
     if (cfg.out / EXPERIMENT_FILE).exists() and not cfg.force:
         raise ConfigError(f"--out: {cfg.out / EXPERIMENT_FILE} exists; pass --force to overwrite it")
-    device, precision = pipeline._setup(cfg)
+    device, precision = jobs.setup(cfg)
     start = time.perf_counter()
     ds = data.load_dataset(cfg, log=log, progress=progress)
     x_train, y_train, x_test, y_test = pipeline._subset(ds, cfg)

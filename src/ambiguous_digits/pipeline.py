@@ -19,10 +19,9 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from . import audit, data, files, manifest, members, outputs, report, scores, validate
+from . import audit, backend, data, files, jobs, manifest, members, outputs, report, scores, validate
 from .config import Config, ConfigError
 from .model import Net, NetShape, describe
-from .train import resolve_device, resolve_precision
 
 Log = Callable[[str], None]
 CONFIG_FILE = "config.json"
@@ -147,31 +146,58 @@ def write_results(out: Path, cfg: Config, x_test: np.ndarray, table: dict[str, n
 # ---------------------------------------------------------------------------
 # The ensemble: each member an independent job, saved as soon as it finishes
 # ---------------------------------------------------------------------------
-def ensemble(cfg: Config, out: Path, stems: list[str], seeds: list[int], x_train, y_train, x_eval, num_classes: int,
-             device, precision, progress: bool, log: Log, what: str = "member",
-             model_names: list[str] | None = None) -> list[members.MemberResult]:
-    """One result per seed: loaded when its job finished earlier (--resume), else trained and saved."""
-    results = []
-    for m, (stem, seed) in enumerate(zip(stems, seeds)):
-        done = members.load_member(out, stem, seed)
-        if done is None:
-            done = _run_member(cfg, out, stem, seed, x_train, y_train, x_eval, num_classes, device, precision, progress, log,
-                               f"{what} {m + 1}/{len(seeds)}", model_names[m] if model_names else None)
-        else:
-            log(f"{what} {m + 1}/{len(seeds)} (seed {seed}): finished earlier, loaded from {out / stem}.npz")
-        results.append(done)
+@dataclasses.dataclass(frozen=True)
+class MemberPlan:
+    """One member to have: where it is saved, its seed, its job's own arguments, its evaluation labels."""
+
+    stem: str
+    seed: int
+    label: str  # for the log, e.g. "member 2/5"
+    args: dict  # the job function's own keyword arguments (the shared arrays go to every job)
+    labels: np.ndarray  # (N,) labels of the images it predicts, for its accuracy
+    train_images: int  # how many it trains on, for the log
+    model_name: str | None = None  # models/member-M.pt for run members
+
+
+def ensemble(cfg: Config, out: Path, plan: list[MemberPlan], fn, shared: dict, progress: bool, log: Log,
+             desc: str = "members") -> list[members.MemberResult]:
+    """One result per planned member: loaded when it finished earlier (--resume), else run on cfg.backend.
+
+    `fn(cfg=, seed=, **shared, **plan.args, state=, on_epoch=, progress=)` is the job
+    (jobs.member_job, jobs.fold_member_job); each result is saved as it arrives.
+    """
+    results = [members.load_member(out, p.stem, p.seed) for p in plan]
+    for p, done in zip(plan, results):
+        if done is not None:
+            log(f"{p.label} (seed {p.seed}): finished earlier, loaded from {out / p.stem}.npz")
+    todo = [i for i, done in enumerate(results) if done is None]
+
+    def arrived(j: int, result: members.MemberResult) -> str:
+        p = plan[todo[j]]
+        members.save_member(out, p.stem, result, p.model_name)
+        results[todo[j]] = result
+        accuracy = f"{(result.probs.argmax(1) == p.labels).mean():.2%}"
+        log(f"{p.label} (seed {p.seed}): accuracy {accuracy} on its {len(p.labels)} images, saved")
+        return accuracy
+
+    def started(j: int) -> None:
+        p, state = plan[todo[j]], member_jobs[j]["state"]
+        after = f", resuming after epoch {state['epoch']}" if state else ""
+        log(f"{p.label} (seed {p.seed}): training on {p.train_images} images{after}")
+
+    member_jobs = [_job(cfg, out, plan[i]) for i in todo]
+    backend.map_jobs(fn, member_jobs, shared, cfg, arrived, desc, progress, on_start=started)
     return results
 
 
-def _run_member(cfg, out, stem, seed, x_train, y_train, x_eval, num_classes, device, precision, progress, log,
-                label, model_name) -> members.MemberResult:
-    state = members.latest_state(out, stem)
-    after = f", resuming after epoch {state['epoch']}" if state else ""
-    log(f"{label} (seed {seed}): training on {len(x_train)} digits{after}")
-    result = members.train_member(cfg, seed, x_train, y_train, x_eval, num_classes, device, precision, progress,
-                                  state=state, on_epoch=partial(members.save_state, out, stem))
-    members.save_member(out, stem, result, model_name)
-    return result
+def _job(cfg: Config, out: Path, p: MemberPlan) -> dict:
+    """The job's own arguments: its seed, and the training state an interrupted member left behind.
+
+    Locally each epoch's state is saved as it ends (members.save_state); a Ray task runs
+    on another machine, so it resumes from a saved state but saves none of its own.
+    """
+    on_epoch = partial(members.save_state, out, p.stem) if cfg.backend == "local" else None
+    return {"cfg": cfg, "seed": p.seed, **p.args, "state": members.latest_state(out, p.stem), "on_epoch": on_epoch}
 
 
 def _save_probs(out: Path, probs: np.ndarray, labels: np.ndarray, seeds: list[int]) -> None:
@@ -183,12 +209,13 @@ def _save_probs(out: Path, probs: np.ndarray, labels: np.ndarray, seeds: list[in
     manifest.record(out, out / PROBS_FILE)
 
 
-def _setup(cfg: Config):
-    """Threads, device and precision, resolved once at the entry point."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    return device, resolve_precision(cfg.precision, device)
+def _where(cfg: Config, device, precision) -> str:
+    """Where the jobs run, for the log: this process's device and threads, or the Ray cluster."""
+    if cfg.backend == "ray":
+        return (f"as Ray tasks of {backend.task_cpus(cfg)} CPU(s) each on "
+                f"{cfg.ray_address or 'the default Ray cluster'}")
+    return (f"{device}, bf16 autocast {'on' if precision.autocast else 'off'}, "
+            f"{torch.get_num_threads()} threads")
 
 
 def check_run(cfg: Config, test_images: int | None = None) -> None:
@@ -216,12 +243,13 @@ def run(cfg: Config, log: Log = print, progress: bool = True, resume: bool = Fal
     if resume and manifest.listed(cfg.out, SUMMARY_FILE):
         log(f"{cfg.out} holds a finished run; nothing to resume")
         return json.loads(manifest.verified(cfg.out, SUMMARY_FILE).read_text())
+    backend.check_backend(cfg)
     if resume:
         check_data_dir(cfg.data_dir)
         _remove_temp_files(cfg.out)
     else:
         check_run(cfg)  # before the data are loaded: a bad flag costs nothing
-    device, precision = _setup(cfg)
+    device, precision = jobs.setup(cfg)  # here; each job resolves its own too
     timings: dict[str, float] = {}
     wall = time.perf_counter()
     with timed(timings, "data"):
@@ -229,13 +257,14 @@ def run(cfg: Config, log: Log = print, progress: bool = True, resume: bool = Fal
         x_train, y_train, x_test, y_test = _subset(ds, cfg)
     if not resume:
         start_run(cfg, len(y_test))  # a user data set's size is known only now
-    log(f"training {cfg.members} CNN(s) on {len(x_train)} {ds.name} images, {ds.num_classes} classes, {device}, bf16 autocast "
-        f"{'on' if precision.autocast else 'off'}, {torch.get_num_threads()} threads")
+    log(f"training {cfg.members} CNN(s) on {len(x_train)} {ds.name} images, {ds.num_classes} classes, "
+        f"{_where(cfg, device, precision)}")
     seeds = cfg.member_seeds()
+    plan = [MemberPlan(MEMBER_STEM.format(m=m), seed, f"member {m + 1}/{cfg.members}", {"num_classes": ds.num_classes},
+                       y_test, len(y_train), MODEL_FILE.format(m=m)) for m, seed in enumerate(seeds)]
     with timed(timings, "train"):
-        results = ensemble(cfg, cfg.out, [MEMBER_STEM.format(m=m) for m in range(cfg.members)], seeds,
-                           x_train, y_train, x_test, ds.num_classes, device, precision, progress, log,
-                           model_names=[MODEL_FILE.format(m=m) for m in range(cfg.members)])
+        results = ensemble(cfg, cfg.out, plan, jobs.member_job,
+                           {"x_train": x_train, "y_train": y_train, "x_eval": x_test}, progress, log)
     timings["predict"] = round(sum(r.predict_seconds for r in results), 3)  # inside each member's job
     member_probs = np.stack([r.probs for r in results])
     with timed(timings, "scores"):
@@ -272,6 +301,7 @@ def _run_summary(cfg: Config, ds: data.Dataset, results, table, tops, device, pr
                           for i in scores.top_indices(table["rank_ambiguity"], cfg.top)],  # whatever --rankings
         "data": ds.record(),
         "environment": environment(device, precision),
+        "backend": cfg.backend,
         "config": cfg.to_json(),
     }
 
@@ -318,21 +348,24 @@ def start_audit(cfg: Config, images: int | None = None) -> None:
     manifest.record(cfg.out, cfg.out / config_name)
 
 
-def cross_val_probs(cfg: Config, out: Path, extra, x, y, num_classes: int, device, precision, progress: bool, log: Log):
+def cross_val_probs(cfg: Config, out: Path, extra, x, y, num_classes: int, progress: bool, log: Log):
     """Out-of-sample probabilities (N, K) for every image of (x, y), and the (N,) fold of each.
 
-    Each fold's members are independent jobs (pipeline.ensemble), saved as they finish.
+    Every member of every fold is an independent job on cfg.backend (jobs.fold_member_job,
+    seeded by cfg.member_seeds(fold)), saved as it finishes; all folds' jobs run at once.
     """
     folds = audit.fold_ids(len(y), cfg.folds, cfg.seed)
+    plan = [MemberPlan(FOLD_STEM.format(split=cfg.split, f=f, m=m), seed,
+                       f"fold {f + 1}/{cfg.folds}, member {m + 1}/{cfg.members}",
+                       {"num_classes": num_classes, "fold": f}, y[folds == f], len(extra[1]) + int((folds != f).sum()))
+            for f in range(cfg.folds) for m, seed in enumerate(cfg.member_seeds(fold=f))]
+    shared = {"extra_x": extra[0], "extra_y": extra[1], "x": x, "y": y, "folds": folds}
+    results = ensemble(cfg, out, plan, jobs.fold_member_job, shared, progress, log, desc="fold members")
     probs = np.zeros((len(y), num_classes), dtype=np.float32)
     for f in range(cfg.folds):
-        x_tr, y_tr = audit.fold_training_set(*extra, x, y, folds, f)
         held = folds == f
-        stems = [FOLD_STEM.format(split=cfg.split, f=f, m=m) for m in range(cfg.members)]
-        results = ensemble(cfg, out, stems, cfg.member_seeds(fold=f), x_tr, y_tr, x[held], num_classes, device, precision,
-                           progress, log, what=f"fold {f + 1}/{cfg.folds}, member")
-        probs[held] = np.mean([r.probs for r in results], axis=0)
-        log(f"fold {f + 1}/{cfg.folds}: accuracy on its {held.sum()} held-out digits "
+        probs[held] = np.mean([r.probs for r in results[f * cfg.members : (f + 1) * cfg.members]], axis=0)
+        log(f"fold {f + 1}/{cfg.folds}: accuracy on its {held.sum()} held-out images "
             f"{(probs[held].argmax(1) == y[held]).mean():.2%}")
     return probs, folds
 
@@ -346,12 +379,13 @@ def run_audit(cfg: Config, log: Log = print, progress: bool = True, resume: bool
     if resume and manifest.listed(cfg.out, summary_name):
         log(f"{cfg.out} holds a finished {cfg.split}-set audit; nothing to resume")
         return json.loads(manifest.verified(cfg.out, summary_name).read_text())
+    backend.check_backend(cfg)
     if resume:
         check_data_dir(cfg.data_dir)
         _remove_temp_files(cfg.out)
     else:
         check_audit(cfg)  # before the data are loaded: a bad flag costs nothing
-    device, precision = _setup(cfg)
+    device, precision = jobs.setup(cfg)  # here; each job resolves its own too
     start = time.perf_counter()
     ds = data.load_dataset(cfg, log=log, progress=progress)
     x_train, y_train, x_test, y_test = _subset(ds, cfg)
@@ -361,7 +395,8 @@ def run_audit(cfg: Config, log: Log = print, progress: bool = True, resume: bool
         extra, x, y = (x_train[:0], y_train[:0]), x_train, y_train
     if not resume:
         start_audit(cfg, len(y))  # a user data set's size is known only now
-    probs, folds = cross_val_probs(cfg, cfg.out, extra, x, y, ds.num_classes, device, precision, progress, log)
+    log(f"{cfg.folds} folds of {cfg.members} CNN(s), {_where(cfg, device, precision)}")
+    probs, folds = cross_val_probs(cfg, cfg.out, extra, x, y, ds.num_classes, progress, log)
     with files.atomic_path(cfg.out / probs_name) as tmp, open(tmp, "wb") as f:
         np.savez(f, probs=probs, labels=y, folds=folds, index=np.arange(len(y)))
     manifest.record(cfg.out, cfg.out / probs_name)

@@ -1,0 +1,152 @@
+"""Where independent training jobs run: here, one after another, or as Ray tasks on a cluster.
+
+A job is a call `fn(**shared, **job)`. The shared arrays (the images) go to a
+Ray cluster once, through its object store; each job's own arguments (a seed, a
+fold number, a saved training state) are small. Results reach the
+caller through `on_result(i, result)` in the driver as each job finishes, so the
+caller can write them to disk before the next one arrives; it returns a short note
+(an accuracy) for the progress bar.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from . import __version__
+from .config import Config, ConfigError, split_address
+
+# Seconds to wait for a TCP connection to the cluster's address before giving up:
+# an unreachable or mistyped address fails in seconds instead of hanging.
+CONNECT_TIMEOUT_S = 5.0
+# How often Ray re-runs a task whose worker process or node died mid-task (Ray's
+# own retry; an exception raised by the job itself is a bug and is not retried).
+TASK_RETRIES = 3
+# A Ray head node's GCS speaks gRPC (HTTP/2): it answers the HTTP/2 connection preface
+# with a SETTINGS frame (9-byte header, type 0x4). An empty SETTINGS frame of our own
+# follows the preface, as the protocol asks (RFC 9113, section 3.4).
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+HTTP2_SETTINGS = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+# How Ray's RayTaskError begins its message when a worker could not import the task's function.
+WORKER_IMPORT_FAILED = "failed to import on the worker"
+
+Job = dict
+OnResult = Callable[[int, Any], str]
+
+
+def map_jobs(fn: Callable[..., Any], jobs: Sequence[Job], shared: dict, cfg: Config, on_result: OnResult,
+             desc: str, progress: bool = True, on_start: Callable[[int], None] = lambda i: None) -> list:
+    """Run `fn(**shared, **job)` for every job on cfg.backend; returns the results in job order.
+
+    `on_start(i)` is called as job i is started (locally) or handed to the cluster (Ray).
+    One progress bar over the jobs, advanced as each finishes, with on_result's note.
+    """
+    run = _run_local if cfg.backend == "local" else _run_ray
+    results: list = [None] * len(jobs)
+    with tqdm(total=len(jobs), desc=desc, unit="job", disable=not progress or not jobs) as bar:
+        def started(i: int) -> None:
+            with tqdm.external_write_mode():  # the caller's log lines do not tear the bar
+                on_start(i)
+
+        def arrived(i: int, result) -> None:
+            results[i] = result
+            with tqdm.external_write_mode():
+                note = on_result(i, result)
+            bar.set_postfix(last=f"{i + 1}: {note}")
+            bar.update(1)
+        if jobs:  # a resumed run may have none left: no cluster to join
+            run(fn, jobs, shared, cfg, started, arrived, progress)
+    assert all(r is not None for r in results)
+    return results
+
+
+def _run_local(fn, jobs, shared, cfg: Config, started, arrived: OnResult, progress: bool) -> None:
+    for i, job in enumerate(jobs):
+        started(i)
+        arrived(i, fn(**shared, **job, progress=progress))
+
+
+def task_cpus(cfg: Config) -> int:
+    """CPUs each Ray task reserves; it runs torch with as many threads (--threads, default 1)."""
+    return cfg.threads or 1
+
+
+def _run_ray(fn, jobs, shared, cfg: Config, started, arrived: OnResult, progress: bool) -> None:
+    ray = _import_ray()
+    _connect(ray, cfg.ray_address)
+    try:
+        refs = {name: ray.put(value) for name, value in shared.items()}  # once, not once per task
+        remote = ray.remote(num_cpus=task_cpus(cfg), max_retries=TASK_RETRIES)(fn)
+        pending = {}
+        for i, job in enumerate(jobs):
+            pending[remote.remote(**refs, **job, progress=False)] = i
+            started(i)
+        while pending:
+            (done,), _ = ray.wait(list(pending), num_returns=1)
+            arrived(pending.pop(done), _get(ray, done))
+    finally:
+        ray.shutdown()
+
+
+def _get(ray, ref) -> dict:
+    """The task's result; a worker without this package is a one-line error, other failures propagate."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if WORKER_IMPORT_FAILED not in str(e):
+            raise
+        missing = str(e).strip().splitlines()[-1]
+        raise ConfigError(f"--backend ray: a worker cannot import this package ({missing}); install "
+                          f"ambiguous-digits {__version__} on every node") from None
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError('--backend ray: Ray is not installed; install it with pip install ".[ray]"') from None
+    return ray
+
+
+def _connect(ray, address: str | None) -> None:
+    """Join the cluster at `address`; without one, Ray's own default ($RAY_ADDRESS, else a local Ray)."""
+    if address:
+        check_reachable(address)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    except (ConnectionError, RuntimeError) as e:
+        raise ConfigError(f"--ray-address: cannot join a Ray cluster at {address}: {_first_line(e)}") from None
+
+
+def check_backend(cfg: Config) -> None:
+    """Fail fast, before anything is written: Ray importable, its cluster's address answering."""
+    if cfg.backend == "ray":
+        _import_ray()
+        if cfg.ray_address:
+            check_reachable(cfg.ray_address)
+
+
+def check_reachable(address: str) -> None:
+    """Raise ConfigError unless HOST:PORT answers as a gRPC server (a Ray head's GCS) within the timeout.
+
+    ray.init itself waits minutes on a silent address, and exits the process when
+    something other than Ray listens there, so the address is probed first.
+    """
+    host, port = split_address(address)
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S) as conn:
+            conn.sendall(HTTP2_PREFACE + HTTP2_SETTINGS)
+            frame = conn.recv(9)
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else e.strerror or str(e)
+        raise ConfigError(f"--ray-address: cannot reach a Ray cluster at {address} ({reason})") from None
+    if len(frame) < 9 or frame[3] != HTTP2_SETTINGS[3]:
+        raise ConfigError(f"--ray-address: {address} answers, but not as a Ray head node (no gRPC there)")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]

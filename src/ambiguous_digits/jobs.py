@@ -1,0 +1,50 @@
+"""The independent training jobs: one per ensemble member of `run`, one per member of each `audit` fold.
+
+Each job is a plain function of the config, its seed and the images, so it gives
+the same result wherever it runs — in this process or as a Ray task on another
+machine (backend.map_jobs). It writes no files: the driver saves its result as it
+arrives (members.save_member). Locally `on_epoch` saves each epoch's training
+state; `state` continues a member an interrupted run left behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from . import audit, members
+from .config import Config
+from .train import Precision, resolve_device, resolve_precision
+
+
+def setup(cfg: Config) -> tuple[torch.device, Precision]:
+    """Threads, device and precision for this process (the driver or a worker)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    return device, resolve_precision(cfg.precision, device)
+
+
+def member_job(cfg: Config, seed: int, num_classes: int, x_train: np.ndarray, y_train: np.ndarray,
+               x_eval: np.ndarray, state: dict | None = None, on_epoch=None,
+               progress: bool = True) -> members.MemberResult:
+    """Train one CNN with `seed` on (x_train, y_train) and predict x_eval: probabilities (N, K), row i = image i.
+
+    The model comes back on the CPU, whatever device trained it.
+    """
+    device, precision = setup(cfg)
+    result = members.train_member(cfg, seed, x_train, y_train, x_eval, num_classes, device, precision, progress,
+                                  state=state, on_epoch=on_epoch)
+    return dataclasses.replace(result, model=result.model.cpu())
+
+
+def fold_member_job(cfg: Config, seed: int, num_classes: int, fold: int, extra_x: np.ndarray,
+                    extra_y: np.ndarray, x: np.ndarray, y: np.ndarray, folds: np.ndarray,
+                    state: dict | None = None, on_epoch=None, progress: bool = True) -> members.MemberResult:
+    """One member of audit fold `fold`: trained on everything but the fold (plus `extra`), predicting the
+    fold's images in index order (the rows of `folds == fold`). The fold's training set is cut here, on
+    the worker, from arrays every job shares."""
+    x_tr, y_tr = audit.fold_training_set(extra_x, extra_y, x, y, folds, fold)
+    return member_job(cfg, seed, num_classes, x_tr, y_tr, x[folds == fold], state, on_epoch, progress)

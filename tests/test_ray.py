@@ -1,0 +1,255 @@
+"""The Ray backend, for real: a two-node Ray cluster on loopback, started and torn down here.
+
+Each node is a `ray start --block` in its own process group with 1 CPU
+(bench.ray_scaling.loopback_cluster); the driver joins it with --ray-address.
+Results must be byte-identical to the local backend's.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ambiguous_digits import backend, cli, jobs, manifest
+from ambiguous_digits.cli import main
+from ambiguous_digits.config import Config, ConfigError
+from ambiguous_digits.pipeline import run, run_audit
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # bench/ is a script folder, not part of the installed package
+from bench.ray_scaling import free_port, loopback_cluster, ray_env  # noqa: E402
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="Ray is not installed: pip install '.[ray]' (requirements.txt installs it)")
+TINY = dict(train_limit=2000, test_limit=300, members=2, epochs=1, threads=1, precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """HOST:PORT of a live two-node Ray cluster on loopback, 1 CPU per node; torn down after the module."""
+    with loopback_cluster(nodes=2) as address:
+        yield address
+
+
+def _cfg(out: Path, mnist_dir: Path, **overrides) -> Config:
+    return Config(out=out, data_dir=mnist_dir, **{**TINY, **overrides})
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, mnist_dir) -> Path:
+    out = tmp_path_factory.mktemp("local-run")
+    run(_cfg(out, mnist_dir), log=lambda _: None, progress=False)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# the same results on either backend
+# ---------------------------------------------------------------------------
+@needs_ray
+def test_run_on_ray_matches_local_byte_for_byte(cluster, local_run, mnist_dir, tmp_path, monkeypatch):
+    import ray
+
+    puts = []
+    monkeypatch.setattr(ray, "put", lambda value, _put=ray.put, **kw: puts.append(value) or _put(value, **kw))
+    lines = []
+    summary = run(_cfg(tmp_path, mnist_dir, backend="ray", ray_address=cluster), log=lines.append, progress=False)
+    assert (tmp_path / "probs.npz").read_bytes() == (local_run / "probs.npz").read_bytes()
+    assert summary["backend"] == "ray" and summary["member_seeds"] == Config(**TINY).member_seeds()
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["member-0.pt", "member-1.pt"]
+    assert len(puts) == 3  # x_train, y_train, x_test: once each, not once per member
+    assert sum(", saved" in line for line in lines) == TINY["members"]  # one line as each arrives
+
+
+@needs_ray
+def test_audit_on_ray_matches_local_byte_for_byte(cluster, mnist_dir, tmp_path):
+    audit = dict(folds=3, members=1)
+    run_audit(_cfg(tmp_path / "local", mnist_dir, **audit), log=lambda _: None, progress=False)
+    lines = []
+    s = run_audit(_cfg(tmp_path / "ray", mnist_dir, backend="ray", ray_address=cluster, **audit),
+                  log=lines.append, progress=False)
+    name = "cv_probs_test.npz"
+    assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+    assert s["digits"] == TINY["test_limit"] and sum("held-out" in line for line in lines) == audit["folds"]
+
+
+# ---------------------------------------------------------------------------
+# faults
+# ---------------------------------------------------------------------------
+def _task_workers(task: str) -> list[int]:
+    """PIDs of Ray worker processes now running `task` (Ray titles them 'ray::<task>')."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes().startswith(f"ray::{task}".encode()):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+@needs_ray
+def test_a_worker_killed_mid_task_is_retried_and_every_member_arrives(cluster, local_run, mnist_dir, tmp_path):
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    cmd = [sys.executable, "-m", "ambiguous_digits.cli", "run", "--out", str(tmp_path), "--data-dir", str(mnist_dir),
+           "--quiet", "--backend", "ray", "--ray-address", cluster, *args]
+    driver = subprocess.Popen(cmd, env=ray_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed = None
+    while killed is None and driver.poll() is None:
+        workers = _task_workers("member_job")
+        if workers:
+            os.kill(workers[0], signal.SIGKILL)
+            killed = workers[0]
+        time.sleep(0.02)
+    out, _ = driver.communicate(timeout=300)
+    assert killed is not None, f"no worker was seen running a member; driver said:\n{out}"
+    assert driver.returncode == 0, out
+    with np.load(tmp_path / "probs.npz") as z:
+        assert z["probs"].shape == (TINY["members"], TINY["test_limit"], 10)
+    assert (tmp_path / "probs.npz").read_bytes() == (local_run / "probs.npz").read_bytes()
+
+
+def _listed_members(out: Path) -> list[str]:
+    listing = out / "manifest.json"
+    try:
+        names = json.loads(listing.read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return []
+    return sorted(n for n in names if n.startswith("members/") and n.endswith(".npz"))
+
+
+@needs_ray
+def test_resume_after_a_driver_crash_trains_only_the_missing_members(cluster, local_run, mnist_dir, tmp_path,
+                                                                   capsys):
+    """Kill the driver once a member's result is saved; --resume loads it and trains only the rest on Ray."""
+    members = 3  # two tasks at a time on the two nodes: the third is still to come when the first arrives
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in {**TINY, "members": members}.items()]
+    cmd = [sys.executable, "-m", "ambiguous_digits.cli", "run", "--out", str(tmp_path), "--data-dir", str(mnist_dir),
+           "--quiet", "--backend", "ray", "--ray-address", cluster, *args]
+    driver = subprocess.Popen(cmd, env=ray_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while driver.poll() is None and not _listed_members(tmp_path):
+        time.sleep(0.02)
+    driver.kill()
+    out, _ = driver.communicate(timeout=60)
+    done = _listed_members(tmp_path)
+    assert 1 <= len(done) < members, f"the driver was not killed mid-run; it said:\n{out}"
+    before = {name: (tmp_path / name).read_bytes() for name in done}
+
+    assert main(["run", "--resume", str(tmp_path), "--quiet"]) == 0  # on the saved backend and address
+    log = capsys.readouterr().out
+    assert log.count("finished earlier") == len(done) and log.count("training on") == members - len(done)
+    assert all((tmp_path / name).read_bytes() == data for name, data in before.items())  # not recomputed
+    with np.load(tmp_path / "probs.npz") as z, np.load(local_run / "probs.npz") as ref:
+        assert z["probs"].shape[0] == members
+        assert np.array_equal(z["probs"][:2], ref["probs"])  # members 0 and 1 have the same seeds there
+
+
+def test_resume_may_move_a_run_to_another_backend(tmp_path, capsys):
+    """--backend and --ray-address may go with --resume (the result does not depend on them); others may not."""
+    cfg = Config(out=tmp_path, backend="ray", ray_address="127.0.0.1:1")
+    (tmp_path / "config.json").write_text(cfg.dumps())
+    manifest.record(tmp_path, tmp_path / "config.json")
+    moved = cli.resume_config(cli.build_parser().parse_args(["run", "--resume", str(tmp_path), "--backend", "local"]),
+                              ["run", "--resume", str(tmp_path), "--backend", "local"])
+    assert (moved.backend, moved.ray_address) == ("local", None)
+    argv = ["run", "--resume", str(tmp_path), "--ray-address", "10.0.0.2:6379"]
+    assert cli.resume_config(cli.build_parser().parse_args(argv), argv).ray_address == "10.0.0.2:6379"
+    assert main(["run", "--resume", str(tmp_path), "--members", "3"]) == 2
+    assert "drop --members" in capsys.readouterr().err
+
+
+def _member_job_the_workers_cannot_import(**job):
+    raise AssertionError("this module is not on the workers' path, so this never runs there")
+
+
+@needs_ray
+def test_workers_without_the_package_are_one_clear_error(cluster, mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(jobs, "member_job", _member_job_the_workers_cannot_import)
+    with pytest.raises(ConfigError, match=r"--backend ray: a worker cannot import this package \(.*No module "
+                                          r"named .*\); install ambiguous-digits .* on every node"):
+        run(_cfg(tmp_path, mnist_dir, backend="ray", ray_address=cluster, members=1), progress=False,
+            log=lambda _: None)
+
+
+@pytest.mark.parametrize("address", [
+    "127.0.0.1:{free}",  # nothing listens there
+    "192.0.2.1:6379",  # TEST-NET-1 (RFC 5737): never routed, nothing answers
+])
+@needs_ray
+def test_an_unreachable_address_fails_fast_and_writes_nothing(address, tmp_path, monkeypatch):
+    monkeypatch.setattr(backend, "CONNECT_TIMEOUT_S", 1.0)
+    out, start = tmp_path / "out", time.monotonic()
+    with pytest.raises(ConfigError, match="--ray-address: cannot reach a Ray cluster"):
+        run(Config(out=out, backend="ray", ray_address=address.format(free=free_port())))
+    assert time.monotonic() - start < 5
+    assert not out.exists()
+
+
+@needs_ray
+def test_an_address_where_something_else_listens_is_refused(tmp_path):
+    """A web server on the wrong port answers HTTP/1.1, not gRPC: refused at once, not handed to ray.init."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        answer = threading.Thread(target=_answer_http1, args=(server,))
+        answer.start()
+        with pytest.raises(ConfigError, match="--ray-address: .* answers, but not as a Ray head node"):
+            run(Config(out=tmp_path / "out", backend="ray", ray_address=f"127.0.0.1:{server.getsockname()[1]}"))
+        answer.join(timeout=5)
+    assert not (tmp_path / "out").exists()
+
+
+def _answer_http1(server: socket.socket) -> None:
+    conn, _ = server.accept()
+    with conn:
+        conn.recv(64)
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+
+def test_ray_not_installed_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    with pytest.raises(ConfigError, match=r"--backend ray: Ray is not installed.*\.\[ray\]"):
+        run(Config(out=tmp_path / "out", backend="ray"))
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------
+# the flags
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides, message", [
+    ({"backend": "dask"}, "--backend: expected local or ray"),
+    ({"ray_address": "127.0.0.1:6379"}, "--ray-address: only meaningful with --backend ray"),
+    ({"backend": "ray", "ray_address": "head-node"}, "--ray-address: expected HOST:PORT"),
+    ({"backend": "ray", "ray_address": ":6379"}, "--ray-address: expected HOST:PORT"),
+    ({"backend": "ray", "ray_address": "head:0"}, "--ray-address: expected HOST:PORT"),
+    ({"backend": "ray", "ray_address": "head:70000"}, "--ray-address: expected HOST:PORT"),
+])
+def test_bad_backend_settings_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        Config(**overrides)
+
+
+@pytest.mark.parametrize("command", ["run", "audit"])
+def test_cli_reports_a_bad_address_on_one_line(command, tmp_path, capsys):
+    assert main([command, "--out", str(tmp_path / "out"), "--backend", "ray", "--ray-address", "nohost"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--ray-address: expected HOST:PORT" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_experiment_refuses_the_ray_backend(tmp_path, capsys):
+    """Its variants train in this process: --backend is refused, not silently ignored."""
+    assert main(["experiment", "--out", str(tmp_path), "--backend", "ray"]) == 2
+    assert "--backend: not used by experiment" in capsys.readouterr().err
+
+
+def test_backend_config_round_trips_through_json():
+    cfg = Config(backend="ray", ray_address="10.0.0.1:6379")
+    assert Config.from_json(cfg.to_json()) == cfg
+
