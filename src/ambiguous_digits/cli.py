@@ -205,7 +205,7 @@ def _add_predict(sub) -> None:
                      help="finished run whose ensemble scores the images")
     pre.add_argument("--out", type=Path, default=None,
                      help="where the preprocessed 28x28 images go (default: RUN_DIR/predictions)")
-    pre.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    pre.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
 
 
 def config_from_args(a: argparse.Namespace) -> Config:

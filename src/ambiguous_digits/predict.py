@@ -19,7 +19,7 @@ from .config import EVAL_BATCH, ConfigError
 from .model import from_checkpoint
 from .pipeline import MODEL_FILE, SUMMARY_FILE
 from .preprocess import ImageError, preprocess
-from .train import predict_probs
+from .train import predict_probs, resolve_device
 
 PREDICTIONS_DIR = "predictions"
 
@@ -81,7 +81,7 @@ def _out_dir(run_dir: Path, out: Path | None) -> Path:
 def predict_images(images: list[Path], run_dir: Path, out: Path | None = None, device: str = "cpu",
                    log=print, warn=lambda s: print(s, file=sys.stderr)) -> list[Path]:
     """Score each image; print its result (or its one-line error) and return the images that failed."""
-    dev = torch.device(device)
+    dev = resolve_device(device)
     models, names = load_ensemble(run_dir, dev)
     folder = _out_dir(run_dir, out)
     failed = []

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import PIXEL_MEAN, PIXEL_STD, Config
+from .config import PIXEL_MEAN, PIXEL_STD, Config, ConfigError
 from .model import Net, NetShape
 
 # Random affine augmentation, drawn per digit: translations up to 2 px, rotations
@@ -49,10 +49,17 @@ class Precision:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> the first CUDA GPU when present, else the CPU."""
+    """'auto' -> the first CUDA GPU when present, else the CPU; ConfigError for a device this machine lacks."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    number = name.partition(":")[2]
+    if name not in ("cpu", "cuda") and not (name.startswith("cuda:") and number.isdigit()):
+        raise ConfigError(f"--device: expected auto, cpu or cuda[:N], got {name!r}")
+    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device: {name} asked for, but this machine has {torch.cuda.device_count()} "
+                          f"CUDA device(s)")
+    return device
 
 
 def resolve_precision(name: str, device: torch.device) -> Precision:
