@@ -54,9 +54,11 @@ def check_out_dir(out: Path, force: bool, flag: str = "--out") -> None:
         raise ConfigError(f"{flag}: cannot write to {parent}: {e.strerror or e}") from None
 
 
-def check_data_dir(data_dir: Path | None) -> None:
-    """The MNIST cache must be (or become) a directory."""
-    path = Path(data_dir).expanduser() if data_dir else data.default_data_dir()
+def check_data_dir(cfg: Config) -> None:
+    """A published data set's cache must be (or become) a directory; user data sets have none."""
+    if cfg.dataset not in data.PUBLISHED:
+        return
+    path = Path(cfg.data_dir).expanduser() if cfg.data_dir else data.default_data_dir(cfg.dataset)
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
         raise ConfigError(f"--data-dir: {existing} is a file, not a directory")
@@ -221,7 +223,7 @@ def _where(cfg: Config, device, precision) -> str:
 def check_run(cfg: Config, test_images: int | None = None) -> None:
     """The flags against the data and the directories; writes nothing. `test_images`: once loaded."""
     cfg.check_top(test_images)
-    check_data_dir(cfg.data_dir)
+    check_data_dir(cfg)
     check_out_dir(cfg.out, cfg.force)
 
 
@@ -245,7 +247,7 @@ def run(cfg: Config, log: Log = print, progress: bool = True, resume: bool = Fal
         return json.loads(manifest.verified(cfg.out, SUMMARY_FILE).read_text())
     backend.check_backend(cfg)
     if resume:
-        check_data_dir(cfg.data_dir)
+        check_data_dir(cfg)
         _remove_temp_files(cfg.out)
     else:
         check_run(cfg)  # before the data are loaded: a bad flag costs nothing
@@ -322,7 +324,7 @@ FOLD_STEM = "folds/{split}-fold-{f}-member-{m}"
 def check_audit(cfg: Config, images: int | None = None) -> None:
     """The flags against the data and the directories; writes nothing. `images`: the split's, once loaded."""
     cfg.check_folds(images)
-    check_data_dir(cfg.data_dir)
+    check_data_dir(cfg)
     table = cfg.out / AUDIT_FILES[cfg.split][0]
     if table.exists() and not cfg.force:
         raise ConfigError(f"--out: {table} exists; pass --force to overwrite it")
@@ -381,7 +383,7 @@ def run_audit(cfg: Config, log: Log = print, progress: bool = True, resume: bool
         return json.loads(manifest.verified(cfg.out, summary_name).read_text())
     backend.check_backend(cfg)
     if resume:
-        check_data_dir(cfg.data_dir)
+        check_data_dir(cfg)
         _remove_temp_files(cfg.out)
     else:
         check_audit(cfg)  # before the data are loaded: a bad flag costs nothing
