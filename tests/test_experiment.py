@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ambiguous_digits import cli, experiment, manifest
+from ambiguous_digits import cli, experiment, files, manifest
 from ambiguous_digits.config import Config, ConfigError
 from ambiguous_digits.experiment import VARIANTS, LeakageError
 from ambiguous_digits.train import augment, resolve_precision, to_tensor, train
@@ -238,6 +238,7 @@ def test_oversampled_copies_are_augmented_differently():
     (["--members", "3"], "--members: not used by experiment"),
     (["--no-augment"], "--no-augment: not used by experiment"),
     (["--top", "5"], "--top: not used by experiment"),
+    (["--rankings", "margin"], "--rankings: not used by experiment"),
 ])
 def test_bad_experiment_flags_are_one_line_errors(flags, message, tmp_path, capsys):
     try:
@@ -247,6 +248,16 @@ def test_bad_experiment_flags_are_one_line_errors(flags, message, tmp_path, caps
     assert code == 2
     assert message in _one_line_error(capsys)
     assert not (tmp_path / "experiment.json").exists()
+
+
+def test_a_run_on_another_data_set_is_named_before_any_data_are_loaded(tmp_path, capsys):
+    files.write_json(tmp_path / "summary.json", {"data": {"dataset": "fashion-mnist"}})
+    (tmp_path / "scores.csv").write_text("index\n0\n")
+    manifest.record(tmp_path, tmp_path / "summary.json", tmp_path / "scores.csv")
+    assert cli.main(["experiment", "--out", str(tmp_path), "--data-dir", str(tmp_path / "no-cache")]) == 2
+    err = _one_line_error(capsys)
+    assert "is on fashion-mnist; pass --dataset fashion-mnist" in err
+    assert not (tmp_path / "no-cache").exists()
 
 
 def test_experiment_defaults_come_from_the_config():

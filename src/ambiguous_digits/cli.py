@@ -22,7 +22,8 @@ AUDIT_MEMBERS = 1
 EXPERIMENT_EPOCHS = 10
 # Run flags that `experiment` does not use: each variant trains one CNN per seed and
 # sets augmentation itself. Passing one is an error rather than silently ignored.
-NOT_FOR_EXPERIMENT = {"members": "--members", "augment": "--no-augment", "top": "--top"}
+NOT_FOR_EXPERIMENT = {"members": "--members", "augment": "--no-augment", "top": "--top",
+                      "rankings": "--rankings"}
 
 
 class _Parser(argparse.ArgumentParser):

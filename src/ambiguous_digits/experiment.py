@@ -228,12 +228,21 @@ def train_seed(cfg: Config, seeds: tuple[int, int], x, y, emphasised: np.ndarray
 # ---------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------
-def _load_run(run_dir: Path, y_test: np.ndarray) -> dict[str, np.ndarray]:
-    """The default run's scores.csv in run_dir, checked to cover exactly these test digits."""
-    missing = [n for n in ("summary.json", pipeline.SCORES_FILE) if not (run_dir / n).is_file()]
+def _check_run(cfg: Config) -> None:
+    """cfg.out holds a finished run on cfg.dataset (checked before any data are loaded)."""
+    run_dir = cfg.out
+    missing = [n for n in (pipeline.SUMMARY_FILE, pipeline.SCORES_FILE) if not (run_dir / n).is_file()]
     if missing:
         raise ConfigError(f"--out: {run_dir} has no {', '.join(missing)}; run `ambiguous-digits run --out {run_dir}` "
                           f"first (the experiment quantifies that run's impact)")
+    summary = json.loads(manifest.verified(run_dir, pipeline.SUMMARY_FILE).read_text())
+    dataset = summary.get("data", {}).get("dataset", "mnist")
+    if dataset != cfg.dataset:
+        raise ConfigError(f"--dataset: the run in {run_dir} is on {dataset}; pass --dataset {dataset}")
+
+
+def _load_run(run_dir: Path, y_test: np.ndarray) -> dict[str, np.ndarray]:
+    """The default run's scores.csv in run_dir (see _check_run), checked to cover exactly these test digits."""
     table = outputs.read_table(manifest.verified(run_dir, pipeline.SCORES_FILE))
     if not np.array_equal(table["label"], y_test):
         raise ConfigError(f"{run_dir / pipeline.SCORES_FILE}: scores {len(table['label'])} test digits, not this "
@@ -253,6 +262,7 @@ def run_experiment(cfg: Config, log=print, progress: bool = True) -> dict:
     """Train and compare every variant on cfg.seeds seeds in cfg.out; writes experiment.json and .md."""
     if (cfg.out / EXPERIMENT_FILE).exists() and not cfg.force:
         raise ConfigError(f"--out: {cfg.out / EXPERIMENT_FILE} exists; pass --force to overwrite it")
+    _check_run(cfg)
     device, precision = jobs.setup(cfg)
     start = time.perf_counter()
     ds = data.load_dataset(cfg, log=log, progress=progress)
