@@ -110,12 +110,20 @@ def _exit_code(argv):
     (["--weight-decay", "nan"], "--weight-decay: must be >= 0"),
     (["--widths", "8,8,8,8,8"], "--widths: at most 4 stages"),
     (["--members", "0"], "--members: must be positive"),
+    (["--device", "cuda:9"], "--device: cuda:9 asked for, but this machine has"),
 ])
 def test_bad_flags_fail_on_one_line_and_write_nothing(tmp_path, flags, message, capsys):
     out = tmp_path / "out"
     assert _exit_code(["run", "--out", str(out), *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_audit_refuses_rankings_it_would_ignore(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _exit_code(["audit", "--out", str(out), "--rankings", "margin"]) == 2
+    assert "--rankings: not used by audit" in capsys.readouterr().err
     assert not out.exists()
 
 

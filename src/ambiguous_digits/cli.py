@@ -17,6 +17,10 @@ DEFAULTS = Config()
 # CNNs per audit fold. One keeps the audit as fast as one `run` member per fold; on
 # the test split the run's own ensemble is pooled in as well (pipeline._pool_with_run).
 AUDIT_MEMBERS = 1
+# Suspected label errors per audit contact sheet (its --top): a page of them to look at.
+AUDIT_TOP = 30
+# Run flags that `audit` does not use: it ranks by cleanlab's label quality alone.
+NOT_FOR_AUDIT = {"rankings": "--rankings"}
 # Epochs of each experiment variant's first pass. The run's 4-epoch members reach 99.51%
 # ± 0.06%; one augmented model trained 10 epochs reached 99.54% (one seed, 162 s on 2 threads).
 EXPERIMENT_EPOCHS = 10
@@ -145,7 +149,7 @@ def build_parser(unset: object | None = None) -> argparse.ArgumentParser:
     aud = sub.add_parser("audit", help="suspected label errors: K-fold cross-validated probabilities ranked by cleanlab",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_run_flags(aud)
-    aud.set_defaults(members=AUDIT_MEMBERS)
+    aud.set_defaults(members=AUDIT_MEMBERS, top=AUDIT_TOP, **{key: None for key in NOT_FOR_AUDIT})
     aud.add_argument("--folds", type=_positive_int, default=DEFAULTS.folds, help="cross-validation folds K")
     aud.add_argument("--split", choices=("test", "train"), default=DEFAULTS.split,
                      help="audit the test digits (K-fold over the test set) or the training digits")
@@ -209,8 +213,19 @@ def _add_predict(sub) -> None:
     pre.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
 
 
+def _audit_args(a: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
+    """The namespace with the run flags audit does not use at their defaults (refused when given)."""
+    for key, flag in NOT_FOR_AUDIT.items():
+        if getattr(a, key) is not None:
+            raise ConfigError(f"{flag}: not used by audit (it ranks by cleanlab's label quality)")
+    a = argparse.Namespace(**{**vars(a), **{key: getattr(DEFAULTS, key) for key in NOT_FOR_AUDIT}})
+    return a, {"folds": a.folds, "split": a.split}
+
+
 def config_from_args(a: argparse.Namespace) -> Config:
-    extra = {"folds": a.folds, "split": a.split} if a.command == "audit" else {}
+    extra = {}
+    if a.command == "audit":
+        a, extra = _audit_args(a)
     if a.command == "experiment":
         a, extra = _experiment_args(a)
     return Config(**extra, out=a.out, dataset=a.dataset, class_names=a.class_names, data_dir=a.data_dir, seed=a.seed, epochs=a.epochs, batch_size=a.batch_size,

@@ -143,7 +143,7 @@ class Config:
             raise ConfigError(f"--folds: need at least 2 folds, got {self.folds}")
 
     def check_top(self, test_images: int | None = None) -> None:
-        """A `run`'s top-K lists must fit in the test images it scores (an audit ignores --top).
+        """A `run`'s top-K lists must fit in the test images it scores (an audit's sheet takes what there is).
 
         `test_images`: the loaded count, for user data (unknown before loading).
         """

@@ -311,7 +311,6 @@ def _run_summary(cfg: Config, ds: data.Dataset, results, table, tops, device, pr
 # ---------------------------------------------------------------------------
 # audit: suspected label errors by K-fold cross-validation + cleanlab
 # ---------------------------------------------------------------------------
-AUDIT_TOP = 30  # digits on the label-issue contact sheet
 AUDIT_FILES = {  # split -> (table, probabilities, contact sheet, image folder, summary, config)
     "test": ("label_issues.csv", "cv_probs_test.npz", "top_label_issues.png", "imgs", "audit_test.json",
              "audit_test_config.json"),
@@ -432,7 +431,7 @@ def _write_audit_results(cfg: Config, table: dict[str, np.ndarray], x: np.ndarra
     """The label-issue table, the top digits' images and their contact sheet; returns the top rows."""
     table_name, _, sheet_name, img_dir, _, _ = AUDIT_FILES[cfg.split]
     outputs.write_table(cfg.out / table_name, table)
-    top = scores.top_indices(table["rank"].astype(float), AUDIT_TOP)
+    top = scores.top_indices(table["rank"].astype(float), cfg.top)
     written = _write_images(cfg.out / img_dir, x, top)
     titles = [f"#{i}: {names[y[i]]} \u2192 {names[table['suggested_label'][i]]}\nq={table['label_quality'][i]:.2g}"
               for i in top]
