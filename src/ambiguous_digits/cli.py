@@ -135,7 +135,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--resume", type=_run_dir, default=None, metavar="RUN_DIR",
                    help="continue an interrupted run in RUN_DIR with its own saved settings "
-                        "(only --data-dir and --quiet may be given with it)")
+                        "(only --data-dir, --quiet, --split, --backend and --ray-address may be given with it)")
 
 
 def build_parser(unset: object | None = None) -> argparse.ArgumentParser:
