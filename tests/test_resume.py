@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from ambiguous_digits import cli, manifest, members, pipeline
+from ambiguous_digits import cli, manifest, members
 from ambiguous_digits.config import Config, ConfigError
 from ambiguous_digits.train import resolve_precision
 

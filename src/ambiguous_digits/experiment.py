@@ -26,10 +26,9 @@ from . import data, files, jobs, manifest, outputs, pipeline, report, scores, va
 from .config import EVAL_BATCH, Config, ConfigError
 from .train import predict_probs, train
 
-EXPERIMENT_FILE = "experiment.json"
-TABLE_FILE = "experiment.md"
-PROBS_FILE = "experiment_probs.npz"
-TRAIN_AUDIT_FILES = ("cv_probs_train.npz", "train_label_issues.csv", "audit_train.json")
+EXPERIMENT_FILE, TABLE_FILE, PROBS_FILE = pipeline.EXPERIMENT_FILES
+# The training-set audit's probabilities, table and summary (pipeline.AUDIT_FILES).
+TRAIN_AUDIT_FILES = tuple(pipeline.AUDIT_FILES["train"][i] for i in (1, 0, 4))
 LEAKAGE = ("Emphasis oversamples training digits only (ranked by `audit --split train`); training on the test "
            "digits every variant is evaluated on would be leakage, so the emphasis step refuses them.")
 # The second pass starts from a converged model: a full-height one-cycle peak would
@@ -235,8 +234,7 @@ def _check_run(cfg: Config) -> None:
     if missing:
         raise ConfigError(f"--out: {run_dir} has no {', '.join(missing)}; run `ambiguous-digits run --out {run_dir}` "
                           f"first (the experiment quantifies that run's impact)")
-    summary = json.loads(manifest.verified(run_dir, pipeline.SUMMARY_FILE).read_text())
-    dataset = summary.get("data", {}).get("dataset", "mnist")
+    dataset = pipeline.run_dataset(run_dir)  # read through the manifest
     if dataset != cfg.dataset:
         raise ConfigError(f"--dataset: the run in {run_dir} is on {dataset}; pass --dataset {dataset}")
 

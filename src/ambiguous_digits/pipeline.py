@@ -236,6 +236,21 @@ def start_run(cfg: Config, test_images: int | None = None) -> None:
     manifest.record(cfg.out, cfg.out / CONFIG_FILE)
 
 
+def _begin(cfg: Config, resume: bool, check: Callable[[Config], None]):
+    """Everything checked before the data are loaded (a bad flag costs nothing); this process's device, precision.
+
+    `check` (check_run, check_audit) checks a new run's flags and directories; a resumed
+    one had them checked when it started, and its interrupted writes' temporary files go.
+    """
+    backend.check_backend(cfg)
+    if resume:
+        check_data_dir(cfg)
+        _remove_temp_files(cfg.out)
+    else:
+        check(cfg)
+    return jobs.setup(cfg)  # here; each job resolves its own too
+
+
 def run(cfg: Config, log: Log = print, progress: bool = True, resume: bool = False) -> dict:
     """Run the whole pipeline into cfg.out; returns the summary also written as summary.json.
 
@@ -245,13 +260,7 @@ def run(cfg: Config, log: Log = print, progress: bool = True, resume: bool = Fal
     if resume and manifest.listed(cfg.out, SUMMARY_FILE):
         log(f"{cfg.out} holds a finished run; nothing to resume")
         return json.loads(manifest.verified(cfg.out, SUMMARY_FILE).read_text())
-    backend.check_backend(cfg)
-    if resume:
-        check_data_dir(cfg)
-        _remove_temp_files(cfg.out)
-    else:
-        check_run(cfg)  # before the data are loaded: a bad flag costs nothing
-    device, precision = jobs.setup(cfg)  # here; each job resolves its own too
+    device, precision = _begin(cfg, resume, check_run)
     timings: dict[str, float] = {}
     wall = time.perf_counter()
     with timed(timings, "data"):
@@ -380,13 +389,7 @@ def run_audit(cfg: Config, log: Log = print, progress: bool = True, resume: bool
     if resume and manifest.listed(cfg.out, summary_name):
         log(f"{cfg.out} holds a finished {cfg.split}-set audit; nothing to resume")
         return json.loads(manifest.verified(cfg.out, summary_name).read_text())
-    backend.check_backend(cfg)
-    if resume:
-        check_data_dir(cfg)
-        _remove_temp_files(cfg.out)
-    else:
-        check_audit(cfg)  # before the data are loaded: a bad flag costs nothing
-    device, precision = jobs.setup(cfg)  # here; each job resolves its own too
+    device, precision = _begin(cfg, resume, check_audit)
     start = time.perf_counter()
     ds = data.load_dataset(cfg, log=log, progress=progress)
     x_train, y_train, x_test, y_test = _subset(ds, cfg)
@@ -480,9 +483,9 @@ def _write_images(folder: Path, x: np.ndarray, rows) -> list[Path]:
 # ---------------------------------------------------------------------------
 def run_dataset(run_dir: Path) -> str:
     """The --dataset a run directory's results come from (runs older than --dataset: mnist)."""
-    for name in ("summary.json", AUDIT_FILES["test"][4]):
-        if (run_dir / name).is_file():
-            return json.loads((run_dir / name).read_text()).get("config", {}).get("dataset", "mnist")
+    for name in (SUMMARY_FILE, AUDIT_FILES["test"][4]):
+        if manifest.listed(run_dir, name):
+            return json.loads(manifest.verified(run_dir, name).read_text()).get("config", {}).get("dataset", "mnist")
     return "mnist"
 
 
