@@ -251,7 +251,7 @@ def test_bad_experiment_flags_are_one_line_errors(flags, message, tmp_path, caps
 
 
 def test_a_run_on_another_data_set_is_named_before_any_data_are_loaded(tmp_path, capsys):
-    files.write_json(tmp_path / "summary.json", {"data": {"dataset": "fashion-mnist"}})
+    files.write_json(tmp_path / "summary.json", {"config": {"dataset": "fashion-mnist"}})
     (tmp_path / "scores.csv").write_text("index\n0\n")
     manifest.record(tmp_path, tmp_path / "summary.json", tmp_path / "scores.csv")
     assert cli.main(["experiment", "--out", str(tmp_path), "--data-dir", str(tmp_path / "no-cache")]) == 2
