@@ -116,15 +116,15 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--widths", type=_widths, default=d.widths, help="channels of each conv stage, e.g. 32,64,128")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="train without random affine augmentation")
     p.add_argument("--top", type=_positive_int, default=d.top,
-                   help="digits per top-K list (at most the number of test digits scored)")
+                   help="images per top-K list (at most the number of test images scored; audit: on its contact sheet)")
     p.add_argument("--rankings", type=_rankings, default=",".join(d.rankings),
                    help="comma-separated rankings that get a top-K list and a gallery")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", default=d.precision, choices=("auto", "bf16", "fp32"),
                    help="bf16 autocast for training (auto: where the hardware has it)")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: all cores)")
-    p.add_argument("--train-limit", type=_positive_int, default=None, help="train on the first N digits only (smoke tests)")
-    p.add_argument("--test-limit", type=_positive_int, default=None, help="score the first N test digits only (smoke tests)")
+    p.add_argument("--train-limit", type=_positive_int, default=None, help="train on the first N images only (smoke tests)")
+    p.add_argument("--test-limit", type=_positive_int, default=None, help="score the first N test images only (smoke tests)")
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
     p.add_argument("--backend", choices=BACKENDS, default=d.backend,
                    help="where the ensemble members (audit: folds) train: one after another here, or as Ray "
@@ -140,10 +140,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser(unset: object | None = None) -> argparse.ArgumentParser:
     """The command line; with `unset`, every run/audit flag defaults to it (to see which were given)."""
-    parser = _Parser(prog=PROG, description="Find the most ambiguous handwritten digits in MNIST.",
+    parser = _Parser(prog=PROG, description="Find the most ambiguous (and mislabelled) images in MNIST or another 28x28 data set.",
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser("run", help="fetch MNIST, train, score every test digit, write the results",
+    run = sub.add_parser("run", help="fetch the data set (MNIST by default), train, score every test image, write the results",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_run_flags(run)
     aud = sub.add_parser("audit", help="suspected label errors: K-fold cross-validated probabilities ranked by cleanlab",
