@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from jinja2 import Environment, PackageLoader  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from . import data, files, manifest, outputs, scores  # noqa: E402
+from . import data, files, manifest, outputs, scores, validate  # noqa: E402
 from .config import ConfigError  # noqa: E402
 
 REPORT_FILE = "report.html"
@@ -120,6 +120,7 @@ def page_context(run: Run, ds: data.Dataset) -> dict:
         "rankings": {n: _ranking_title(n) for n in page_data["rankings"]},
         "train_issues": train_issue_cards(run, ds.x_train), "classes": run.class_names,
         "dataset": run.summary["data"].get("dataset", "mnist"),
+        "noun": "digit" if run.summary["data"].get("dataset", "mnist") == "mnist" else "image",
         "experiment": experiment_view(run.experiment),
         "page_data": page_data,
     }
@@ -381,8 +382,9 @@ def _uncertainty_sentence(f: dict) -> str:
 
 def _label_issue_sentence(f: dict) -> str:
     if f["label_issues_found"] is None:
+        validate_too = " (and 'validate')" if f["dataset"] in validate.REVIEWS else ""
         return ("Whether some of these digits carry a wrong label is not measured in this run: run "
-                "'ambiguous-digits audit' (and 'validate') into this directory and re-render the report.")
+                f"'ambiguous-digits audit'{validate_too} into this directory and re-render the report.")
     text = f"cleanlab flags {f['label_issues_found']} test digits as likely label errors."
     if f["validation"]:
         v0 = next(iter(f["validation"].values()))
