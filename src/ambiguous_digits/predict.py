@@ -24,8 +24,9 @@ from .train import predict_probs, resolve_device
 PREDICTIONS_DIR = "predictions"
 
 
-def load_ensemble(run_dir: Path, device: torch.device) -> tuple[list, list[str]]:
-    """The finished run's member CNNs (each checked against the manifest, loaded weights-only) and class names."""
+def load_ensemble(run_dir: Path, device: torch.device) -> tuple[list, list[str], str]:
+    """The finished run's member CNNs (each checked against the manifest, loaded weights-only), class names
+    and data set."""
     if not manifest.listed(run_dir, SUMMARY_FILE):
         raise ConfigError(f"--run: {run_dir} holds no finished run (no {SUMMARY_FILE}); finish it with --resume")
     summary = json.loads(manifest.verified(run_dir, SUMMARY_FILE).read_text())
@@ -34,7 +35,8 @@ def load_ensemble(run_dir: Path, device: torch.device) -> tuple[list, list[str]]
         path = manifest.verified(run_dir, MODEL_FILE.format(m=m))
         models.append(from_checkpoint(torch.load(path, weights_only=True, map_location="cpu")).to(device).eval())
     k = models[0].shape.num_classes
-    return models, summary.get("data", {}).get("class_names") or [str(c) for c in range(k)]
+    data = summary.get("data", {})
+    return models, data.get("class_names") or [str(c) for c in range(k)], data.get("dataset", "mnist")
 
 
 def measures(member_probs: np.ndarray) -> dict[str, np.ndarray]:
@@ -82,7 +84,10 @@ def predict_images(images: list[Path], run_dir: Path, out: Path | None = None, d
                    log=print, warn=lambda s: print(s, file=sys.stderr)) -> list[Path]:
     """Score each image; print its result (or its one-line error) and return the images that failed."""
     dev = resolve_device(device)
-    models, names = load_ensemble(run_dir, dev)
+    models, names, dataset = load_ensemble(run_dir, dev)
+    if dataset != "mnist":  # the preprocessing is how MNIST's digits were made, not how other images were
+        warn(f"predict: warning: {run_dir} was trained on {dataset}; images are prepared the way MNIST's digits "
+             f"were (inverted if dark on light, cropped, fitted in 20x20, centred by mass), which may not match")
     folder = _out_dir(run_dir, out)
     failed = []
     for path, name in zip(images, _out_names(images)):
