@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -21,6 +22,9 @@ from .config import ConfigError  # noqa: E402
 FLOAT_DIGITS = 7
 SHEET_COLUMNS = 5
 SHEET_CELL_INCHES = 2.2
+# Characters of a 10-pt title line that fit one 2.2-inch cell at 80 dpi (checked by eye); longer lines (class
+# names such as 'T-shirt/top') wrap instead of running into the next cell's title.
+SHEET_TITLE_CHARS = 22
 
 
 def _cell(value) -> str:
@@ -82,7 +86,7 @@ def contact_sheet(path: Path, images: np.ndarray, titles: list[str], heading: st
         ax.axis("off")
     for ax, image, title in zip(axes.flat, images, titles):
         ax.imshow(image, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
-        ax.set_title(title, fontsize=10)
+        ax.set_title("\n".join(textwrap.fill(line, SHEET_TITLE_CHARS) for line in title.split("\n")), fontsize=10)
     fig.suptitle(heading, fontsize=12)
     fig.tight_layout()
     buf = io.BytesIO()
