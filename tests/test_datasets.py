@@ -137,3 +137,20 @@ def test_fashion_mnist_report_names_the_classes(fashion_run):
 def test_fashion_mnist_has_no_human_review(fashion_run, capsys):
     assert cli.main(["validate", str(fashion_run)]) == 2
     assert "no human review of fashion-mnist's labels exists" in capsys.readouterr().err
+
+
+def test_user_npz_report_gallery_speaks_of_images_in_a_browser(three_classes):
+    """The gallery's own text (report.js) follows the data set too: images, not digits."""
+    from playwright.sync_api import sync_playwright
+
+    _, out, _ = three_classes
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto((out / "report.html").as_uri())
+        status = page.text_content("#gallery-status")
+        page.click("#gallery .digit")
+        title = page.text_content("#detail-title")
+        browser.close()
+    assert "ranked images that match" in status and "digit" not in status
+    assert title.startswith("Test image #")

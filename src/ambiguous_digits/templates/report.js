@@ -4,6 +4,8 @@
   const DATA = JSON.parse(document.getElementById("report-data").textContent);
   const DIGITS = new Map(DATA.digits.map(function (d) { return [d.i, d]; }));
   const $ = function (id) { return document.getElementById(id); };
+  // MNIST's items are digits; any other data set's are images (the header names the data set).
+  const NOUN = $("dataset") && $("dataset").textContent.trim() !== "mnist" ? "image" : "digit";
   const ui = { ranking: $("ranking"), truth: $("filter-true"), pred: $("filter-pred"), count: $("count"),
                gallery: $("gallery"), about: $("ranking-about"), status: $("gallery-status"), detail: $("detail") };
   const MEASURE_NAMES = {
@@ -70,7 +72,7 @@
     item.dataset.rank = d.ranks[ranking];
     const img = el("img", "pix");
     img.src = d.img;
-    img.alt = "test digit " + d.i;
+    img.alt = "test " + NOUN + " " + d.i;
     const cap = el("div", "cap");
     cap.append(el("span", "idx", "#" + d.i), el("span", "", "rank " + d.ranks[ranking]));
     item.append(img, cap, labelLine(d, ranking), ...bars(d));
@@ -84,9 +86,9 @@
     const t = ui.truth.value === "" ? 0 : Number(ui.truth.value) + 1;
     const p = ui.pred.value === "" ? 0 : Number(ui.pred.value) + 1;
     ui.about.textContent = "Ranked: " + r.about + ".";
-    ui.status.textContent = "Showing " + shown.length + " of " + r.counts[t][p] + " ranked digits that match.";
+    ui.status.textContent = "Showing " + shown.length + " of " + r.counts[t][p] + " ranked " + NOUN + "s that match.";
     ui.gallery.replaceChildren(...shown.map(function (d) { return card(d, name); }));
-    if (!shown.length) ui.gallery.appendChild(el("p", "empty", "No ranked digit matches these filters."));
+    if (!shown.length) ui.gallery.appendChild(el("p", "empty", "No ranked " + NOUN + " matches these filters."));
   }
 
   function probRows(d) {
@@ -139,8 +141,8 @@
     const box = ui.detail;
     box.dataset.index = d.i;
     $("detail-img").src = d.img;
-    $("detail-img").alt = "test digit " + d.i;
-    $("detail-title").textContent = "Test digit #" + d.i;
+    $("detail-img").alt = "test " + NOUN + " " + d.i;
+    $("detail-title").textContent = "Test " + NOUN + " #" + d.i;
     const labels = $("detail-labels");
     labels.replaceChildren("true ", el("b", "truthtxt", DATA.classes[d.y]), " · predicted ",
                            el("b", d.p === d.y ? "" : "wrongtxt", DATA.classes[d.p]));
