@@ -152,7 +152,7 @@ def top_ambiguous(probs: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
 
 def label_errors_within(review: list[dict], n: int) -> np.ndarray:
     """The human-confirmed label errors among the first n test digits."""
-    errors = validate.review_errors(review).astype(np.int64)  # an empty review: no errors
+    errors = validate.review_errors(review)
     return errors[errors < n]
 
 

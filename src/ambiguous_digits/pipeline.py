@@ -220,16 +220,17 @@ def _where(cfg: Config, device, precision) -> str:
             f"{torch.get_num_threads()} threads")
 
 
-def check_run(cfg: Config, test_images: int | None = None) -> None:
-    """The flags against the data and the directories; writes nothing. `test_images`: once loaded."""
-    cfg.check_top(test_images)
+def check_run(cfg: Config) -> None:
+    """The flags against the data and the directories, before the data are loaded; writes nothing."""
+    cfg.check_top()
     check_data_dir(cfg)
     check_out_dir(cfg.out, cfg.force)
 
 
-def start_run(cfg: Config, test_images: int | None = None) -> None:
-    """Check the flags against the data and directories, then clear (with --force) and claim cfg.out."""
-    check_run(cfg, test_images)
+def start_run(cfg: Config, test_images: int) -> None:
+    """Once the data are loaded (check_run ran before): --top against the test images scored, then
+    clear (with --force) and claim cfg.out (prepare_out_dir checks it again: the load may have taken minutes)."""
+    cfg.check_top(test_images)
     prepare_out_dir(cfg.out, cfg.force)
     _remove_earlier_run(cfg.out)
     files.write_text(cfg.out / CONFIG_FILE, cfg.dumps() + "\n")
@@ -329,24 +330,28 @@ AUDIT_FILES = {  # split -> (table, probabilities, contact sheet, image folder, 
 FOLD_STEM = "folds/{split}-fold-{f}-member-{m}"
 
 
-def check_audit(cfg: Config, images: int | None = None) -> None:
-    """The flags against the data and the directories; writes nothing. `images`: the split's, once loaded."""
-    cfg.check_folds(images)
+def check_audit(cfg: Config) -> None:
+    """The flags against the data and the directories, before the data are loaded; writes nothing."""
+    cfg.check_folds()
     check_data_dir(cfg)
-    table = cfg.out / AUDIT_FILES[cfg.split][0]
-    if table.exists() and not cfg.force:
-        raise ConfigError(f"--out: {table} exists; pass --force to overwrite it")
+    _check_no_audit(cfg)
     check_out_dir(cfg.out, force=True)
 
 
-def start_audit(cfg: Config, images: int | None = None) -> None:
-    """Check the flags against the directories, then claim cfg.out for this split's audit.
+def _check_no_audit(cfg: Config) -> None:
+    """The audit may join a finished run's directory, but never overwrites an audit without --force."""
+    table = cfg.out / AUDIT_FILES[cfg.split][0]
+    if table.exists() and not cfg.force:
+        raise ConfigError(f"--out: {table} exists; pass --force to overwrite it")
 
-    The audit may join a finished run's directory, but never overwrites an audit
-    without --force; an interrupted audit's folds are dropped (resume them with --resume).
-    """
+
+def start_audit(cfg: Config, images: int) -> None:
+    """Once the data are loaded (check_audit ran before): --folds against the split's images, then claim
+    cfg.out for this split's audit (checked again: the load may have taken minutes). An interrupted
+    audit's folds are dropped (resume them with --resume)."""
     config_name = AUDIT_FILES[cfg.split][5]
-    check_audit(cfg, images)
+    cfg.check_folds(images)
+    _check_no_audit(cfg)
     prepare_out_dir(cfg.out, force=True)
     prefix = f"folds/{cfg.split}-fold-"
     stale = {p.relative_to(cfg.out).as_posix() for p in cfg.out.glob(f"{prefix}*")}

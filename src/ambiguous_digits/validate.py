@@ -28,8 +28,8 @@ def load_review(dataset: str = "mnist") -> list[dict]:
 
 
 def review_errors(review: list[dict]) -> np.ndarray:
-    """Indices the reviewers judged label errors (any verdict but 'correct')."""
-    return np.array(sorted(r["index"] for r in review if r["verdict"] != "correct"))
+    """(E,) int64 indices the reviewers judged label errors (any verdict but 'correct'); empty without a review."""
+    return np.array(sorted(r["index"] for r in review if r["verdict"] != "correct"), dtype=np.int64)
 
 
 def validate_ranking(ranks: np.ndarray, review: list[dict]) -> dict:
