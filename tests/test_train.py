@@ -56,3 +56,34 @@ def test_net_returns_logits_and_round_trips_a_checkpoint():
     again = from_checkpoint(checkpoint(net)).eval()
     assert torch.equal(again(x), out)
     assert count_parameters(net) == sum(p.numel() for p in again.parameters())
+
+
+def _relu_then_pool(net: Net) -> Net:
+    """The same network with each stage's ReLU before its max-pool (the textbook order)."""
+    other = Net(net.shape)
+    other.load_state_dict(net.state_dict())  # the stages' parameter names do not depend on the order
+    layers = list(other.features)
+    for i in range(0, len(layers), 4):
+        assert isinstance(layers[i + 2], torch.nn.MaxPool2d) and isinstance(layers[i + 3], torch.nn.ReLU)
+        layers[i + 2], layers[i + 3] = layers[i + 3], layers[i + 2]
+    other.features = torch.nn.Sequential(*layers)
+    return other
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_pool_before_relu_trains_bit_for_bit_like_relu_before_pool(autocast):
+    torch.manual_seed(0)
+    ours = Net(NetShape(10, widths=(4, 8, 16)))
+    textbook = _relu_then_pool(ours)
+    x, y = _digits(32, seed=1), torch.arange(32) % 10
+    for net in (ours, textbook):
+        opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        for _ in range(5):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = torch.nn.functional.cross_entropy(net(x).float(), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    a, b = ours.state_dict(), textbook.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(ours.eval()(x), textbook.eval()(x))
