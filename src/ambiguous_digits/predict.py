@@ -17,7 +17,7 @@ import torch
 from . import manifest, outputs, scores
 from .config import EVAL_BATCH, ConfigError
 from .model import from_checkpoint
-from .pipeline import MODEL_FILE, SUMMARY_FILE
+from .pipeline import MODEL_FILE, SUMMARY_FILE, prepare_out_dir
 from .preprocess import ImageError, preprocess
 from .train import predict_probs, resolve_device
 
@@ -71,12 +71,7 @@ def _out_names(images: list[Path]) -> list[str]:
 
 def _out_dir(run_dir: Path, out: Path | None) -> Path:
     folder = out if out is not None else run_dir / PREDICTIONS_DIR
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"--out: {folder} is a file, not a directory")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--out: cannot create {folder}: {e.strerror or e}") from None
+    prepare_out_dir(folder, force=True)  # predictions accumulate: a non-empty folder is fine
     return folder
 
 
