@@ -1,10 +1,15 @@
 """`predict`: the user's own digit images, made MNIST-style and scored by a finished run's ensemble."""
 
+import errno
+import os
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from ambiguous_digits import cli, manifest, preprocess
+from ambiguous_digits import cli, files, manifest, preprocess
 
 DIGITS = range(8)  # the first test digits, rendered as a user might photograph them
 UPSCALE = 9
@@ -64,10 +69,12 @@ def test_predict_reads_user_digits_like_the_test_digits(trained, mnist, tmp_path
     predicted = [int(line.split("predicted ")[1].split()[0]) for line in out.splitlines() if "predicted" in line]
     assert predicted == [int(mnist.y_test[i]) for i in DIGITS]
     assert out.count("probabilities 0: ") == len(DIGITS) and "mutual information" in out
-    for i in DIGITS:  # what the model saw, beside the run's outputs and listed in its manifest
-        saw = trained / "predictions" / f"digit{i}.png"
-        assert np.asarray(Image.open(saw)).shape == (28, 28)
-        manifest.verified(trained, f"predictions/digit{i}.png")
+    saw = [Path(line.split("; saw ")[1]) for line in out.splitlines() if "; saw " in line]
+    assert [p.parent for p in saw] == [trained / "predictions"] * len(DIGITS)
+    for i, path in zip(DIGITS, saw):  # what the model saw, beside the run's outputs and listed in its manifest
+        assert path.stem.split("-")[0] == f"digit{i}"  # digit<i>.png, or digit<i>-2.png when taken
+        assert np.asarray(Image.open(path)).shape == (28, 28)
+        manifest.verified(trained, f"predictions/{path.name}")
 
 
 def _bad_images(tmp_path, mnist):
@@ -87,6 +94,10 @@ def _bad_images(tmp_path, mnist):
                             "unsupported image mode"),
         "truncated.png": (lambda p: _render(mnist.x_test[0], 0).save(p) or p.write_bytes(p.read_bytes()[:200]),
                           "cannot read the image"),
+        "noise.png": (lambda p: Image.fromarray(np.random.default_rng(0).integers(0, 256, (120, 90), np.uint8)).save(p),
+                      "does not look like a digit: scaled into MNIST's 20x20 box it has 0 pixels of solid ink"),
+        "block.png": (lambda p: Image.fromarray(np.pad(np.zeros((40, 40), np.uint8), 20, constant_values=255)).save(p),
+                      "does not look like a digit: scaled into MNIST's 20x20 box it is a filled block"),
     }, write
 
 
@@ -108,6 +119,15 @@ def test_every_bad_image_gets_its_own_line_and_the_others_are_still_scored(train
     assert sorted(p.name for p in (tmp_path / "saw").iterdir()) == ["good.png"]
 
 
+def test_every_mnist_digit_passes_the_solid_ink_gate(mnist):
+    """The gate's range is MNIST's own, with a margin: not one of the 70,000 real digits is refused."""
+    for x in (mnist.x_train, mnist.x_test):
+        solid = (x >= preprocess.SOLID).sum(axis=(1, 2))
+        assert preprocess.MIN_SOLID < solid.min() and solid.max() < preprocess.MAX_SOLID
+    for digit in mnist.x_test[:100]:
+        preprocess.check_solid_ink(digit, "digit")
+
+
 def test_preprocess_refuses_an_image_over_the_pixel_limit_before_decoding(tmp_path, monkeypatch):
     path = tmp_path / "wide.png"
     Image.new("L", (300, 200), 255).save(path)
@@ -117,7 +137,6 @@ def test_preprocess_refuses_an_image_over_the_pixel_limit_before_decoding(tmp_pa
 
 
 def test_predict_refuses_a_tampered_model(trained, tmp_path, mnist, capsys):
-    import shutil
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     model = run / "models" / "member-1.pt"
@@ -129,3 +148,46 @@ def test_predict_refuses_a_tampered_model(trained, tmp_path, mnist, capsys):
     err = capsys.readouterr().err.strip()
     assert f"{model}: sha256 differs from manifest.json" in err and len(err.splitlines()) == 1
     assert sorted(run.rglob("*")) == before  # no prediction written with a model that is not the run's
+
+
+def test_predict_never_overwrites_a_file(trained, mnist, tmp_path, capsys):
+    """Not the user's image (--out its own folder), not an earlier prediction, not a run's output."""
+    image = tmp_path / "mine.png"
+    _render(mnist.x_test[0], 0).save(image)
+    original = image.read_bytes()
+    (tmp_path / "mine-2.png").write_bytes(b"kept")
+    for _ in range(2):
+        assert cli.main(["predict", str(image), "--run", str(trained), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert image.read_bytes() == original and (tmp_path / "mine-2.png").read_bytes() == b"kept"
+    assert f"saw {tmp_path / 'mine-3.png'}" in out and f"saw {tmp_path / 'mine-4.png'}" in out
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    taken = sorted((run / "imgs").iterdir())[0]  # a run output, named like the image below
+    before = taken.read_bytes()
+    shutil.copy(image, tmp_path / taken.name)
+    assert cli.main(["predict", str(tmp_path / taken.name), "--run", str(run), "--out", str(run / "imgs")]) == 0
+    assert taken.read_bytes() == before and manifest.verified(run, f"imgs/{taken.name}")
+    manifest.verified(run, f"imgs/{taken.stem}-2.png")
+
+
+def test_a_digit_that_cannot_be_written_is_one_line_and_the_others_are_still_scored(trained, mnist, tmp_path,
+                                                                                      capsys, monkeypatch):
+    images = [tmp_path / "a.png", tmp_path / "b.png"]
+    for path in images:
+        _render(mnist.x_test[0], 0).save(path)
+    replace = os.replace
+
+    def disk_full_for_a(src, dst):
+        if Path(dst).name == "a.png":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", disk_full_for_a)
+    out = tmp_path / "saw"
+    assert cli.main(["predict", *map(str, images), "--run", str(trained), "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"predict: error: {out / 'a.png'}: cannot write it (No space left on device)"
+    assert f"{images[1]}: predicted" in captured.out and f"{images[0]}: predicted" not in captured.out
+    assert sorted(p.name for p in out.iterdir()) == ["b.png"]  # and no temporary file left behind

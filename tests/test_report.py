@@ -222,6 +222,50 @@ def test_a_summary_from_an_older_run_is_refused(tiny_run, tmp_path, mnist):
         report.write_report(old, dataset=mnist)
 
 
+def test_a_manifest_from_another_version_is_refused(tiny_run, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    body = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**body, "version": 99}))
+    assert cli.main(["report", str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("manifest.json: manifest version 99, but this ambiguous-digits reads version 1; use the "
+                        "version that wrote it, or start a new run") and len(err.splitlines()) == 1
+
+
+def test_a_report_that_cannot_be_written_is_one_line_and_changes_nothing(tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "report.html").unlink(missing_ok=True)
+    (run / "report.html").mkdir()  # in the way, as a read-only folder or a full disk would be
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert cli.main(["report", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"ambiguous-digits: error: {run / 'report.html'}: cannot write it (Is a directory)"
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_an_unlisted_audit_file_is_not_used_and_a_listed_missing_one_is_refused(audited_run, tmp_path, mnist):
+    """A command killed between writing a file and listing it leaves the file unlisted: not complete, not read."""
+    run = tmp_path / "run"
+    shutil.copytree(audited_run, run)
+    manifest.forget(run, "label_issues.csv")
+    assert report.load_run(run).label_issues is None
+    manifest.record(run, run / "label_issues.csv")
+    (run / "label_issues.csv").unlink()
+    with pytest.raises(ConfigError, match="label_issues.csv: listed in manifest.json but missing"):
+        report.load_run(run)
+
+
+def test_a_csv_cut_short_or_not_text_is_one_line_naming_the_line(tmp_path):
+    (tmp_path / "scores.csv").write_text("index,label,margin\n0,3,0.5\n1,2,0.25\n2,1")
+    with pytest.raises(ConfigError, match=r"scores.csv: line 4 has 2 fields, the header 3 \(cut short\?\)"):
+        outputs.read_table(tmp_path / "scores.csv")
+    (tmp_path / "scores.csv").write_bytes(b"index,label\n0,\xff\xfe\n")
+    with pytest.raises(ConfigError, match="scores.csv: cannot read it as a CSV table"):
+        outputs.read_table(tmp_path / "scores.csv")
+
+
 def test_scores_csv_out_of_order_is_refused(tmp_path):
     (tmp_path / "scores.csv").write_text("index,label\n1,3\n0,2\n")
     with pytest.raises(ConfigError, match="canonical"):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .config import BACKENDS, PUBLISHED_DATASETS, RANKING_NAMES, USER_FORMATS, Config, ConfigError
 from .data import DataError
+from .files import WriteError
 from .manifest import MANIFEST_FILE
 
 PROG = "ambiguous-digits"
@@ -330,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                 "predict": _cmd_predict}
     try:
         return commands[args.command](args, argv) or 0
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, WriteError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -435,8 +435,8 @@ def _write_cache(spec: Published, data_dir: Path, contents: dict[str, bytes]) ->
     try:
         for name in FILES:
             _write_atomic(spec, data_dir, name, contents[name])
-    except OSError as e:
-        raise DataError(f"{data_dir}: cannot write cache ({e})") from None
+    except files.WriteError as e:
+        raise DataError(f"cannot fill the cache: {e}") from None
 
 
 # ---------------------------------------------------------------- published data sets

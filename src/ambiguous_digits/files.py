@@ -21,22 +21,36 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()
 
 
+class WriteError(Exception):
+    """An output could not be written (read-only place, disk full, a folder in the way): one line naming it."""
+
+    def __init__(self, path: Path, error: OSError):
+        super().__init__(f"{path}: cannot write it ({error.strerror or error})")
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it to `path`, else delete it.
 
     A reader (or an interrupted run) sees the old file or the new one, never half of one.
+    An OSError while writing or renaming becomes a WriteError naming `path`; the old
+    file, if any, is left as it was.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, FILE_MODE)
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise WriteError(path, e) from None
+    os.close(fd)
+    try:
+        os.chmod(tmp, FILE_MODE)
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise WriteError(path, e) from None
         raise
 
 

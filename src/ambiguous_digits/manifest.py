@@ -36,11 +36,15 @@ def load(run_dir: Path) -> dict[str, dict]:
     if not path.is_file():
         return {}
     try:
-        entries = json.loads(path.read_text())["files"]
+        body = json.loads(path.read_text())
+        version, entries = body.get("version"), body["files"]
         if not all(isinstance(e, dict) and isinstance(e.get("sha256"), str) for e in entries.values()):
             raise TypeError("entry without a sha256")
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"{path}: unreadable manifest ({e})") from None
+    if version != MANIFEST_VERSION:  # another version's files may not mean what this one reads them as
+        raise ConfigError(f"{path}: manifest version {version!r}, but this ambiguous-digits reads version "
+                          f"{MANIFEST_VERSION}; use the version that wrote it, or start a new run")
     return entries
 
 

@@ -53,10 +53,17 @@ def write_table(path: Path, table: dict[str, np.ndarray]) -> None:
 
 def read_table(path: Path) -> dict[str, np.ndarray]:
     """A per-digit CSV as float columns (empty cell = NaN); rows must be in canonical index order."""
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ConfigError(f"{path}: cannot read it as a CSV table ({e})") from None
     if len(rows) < 2:
         raise ConfigError(f"{path}: no rows")
+    short = next((i for i, row in enumerate(rows[1:], start=2) if len(row) != len(rows[0])), None)
+    if short is not None:
+        raise ConfigError(f"{path}: line {short} has {len(rows[short - 1])} fields, the header {len(rows[0])} "
+                          f"(cut short?)")
     try:
         values = np.array([[float(v) if v else np.nan for v in row] for row in rows[1:]])
     except ValueError as e:

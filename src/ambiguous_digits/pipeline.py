@@ -499,7 +499,8 @@ def run_validate(run_dir: Path) -> dict:
     sources = {"label_issues": (run_dir / AUDIT_FILES["test"][0], "rank"),
                "ambiguity": (run_dir / SCORES_FILE, "rank_ambiguity")}
     manifest.require(run_dir)
-    available = {k: (manifest.verified(run_dir, v[0].name), v[1]) for k, v in sources.items() if v[0].exists()}
+    available = {k: (manifest.verified(run_dir, v[0].name), v[1]) for k, v in sources.items()
+                 if manifest.listed(run_dir, v[0].name)}  # written (and listed); unlisted ones are not complete
     if not available:
         raise ConfigError(f"RUN_DIR: {run_dir} has neither label_issues.csv (run `audit`) nor scores.csv (run `run`)")
     dataset = run_dataset(run_dir)

@@ -2,7 +2,8 @@
 
 Each image is made MNIST-style (preprocess.py), run through every member CNN,
 and reported with the same measures `run` computes (scores.py). The 28x28 digit
-the ensemble saw is written to OUT/<stem>.png (default RUN_DIR/predictions/).
+the ensemble saw is written to OUT/<stem>.png (default RUN_DIR/predictions/), or
+OUT/<stem>-2.png, -3, ... when that name is taken: no file is ever overwritten.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from . import manifest, outputs, scores
 from .config import EVAL_BATCH, ConfigError
+from .files import WriteError
 from .model import from_checkpoint
 from .pipeline import MODEL_FILE, SUMMARY_FILE, prepare_out_dir
 from .preprocess import ImageError, preprocess
@@ -59,13 +61,18 @@ def describe(path: Path, probs: np.ndarray, m: dict[str, float], saved: Path, na
             f"{m['mutual_information']:.3f}); saw {saved}\n  probabilities {ranked}")
 
 
-def _out_names(images: list[Path]) -> list[str]:
-    """<stem>.png per image; a stem seen before gets -2, -3, ... so no image overwrites another."""
-    seen: dict[str, int] = {}
+def _out_names(images: list[Path], folder: Path) -> list[str]:
+    """<stem>.png per image, or <stem>-2.png, -3, ... when that name is taken, in `folder` (an earlier
+    prediction, the image itself, a run's output) or by an earlier image: nothing is ever overwritten."""
+    taken: set[str] = set()
     names = []
     for path in images:
-        seen[path.stem] = seen.get(path.stem, 0) + 1
-        names.append(f"{path.stem}.png" if seen[path.stem] == 1 else f"{path.stem}-{seen[path.stem]}.png")
+        name, n = f"{path.stem}.png", 1
+        while name in taken or (folder / name).exists() or (folder / name).is_symlink():
+            n += 1
+            name = f"{path.stem}-{n}.png"
+        taken.add(name)
+        names.append(name)
     return names
 
 
@@ -85,16 +92,16 @@ def predict_images(images: list[Path], run_dir: Path, out: Path | None = None, d
              f"were (inverted if dark on light, cropped, fitted in 20x20, centred by mass), which may not match")
     folder = _out_dir(run_dir, out)
     failed = []
-    for path, name in zip(images, _out_names(images)):
+    for path, name in zip(images, _out_names(images, folder)):
         try:
             digit = preprocess(path)
-        except ImageError as e:
+            outputs.write_digit(folder / name, digit)
+            if folder.resolve().is_relative_to(run_dir.resolve()):
+                manifest.record(run_dir, folder / name)
+        except (ImageError, WriteError) as e:
             warn(f"predict: error: {e}")
             failed.append(path)
             continue
-        outputs.write_digit(folder / name, digit)
-        if folder.resolve().is_relative_to(run_dir.resolve()):
-            manifest.record(run_dir, folder / name)
         member_probs = np.stack([predict_probs(m, digit[None], dev, EVAL_BATCH) for m in models])
         m = {k: v[0] for k, v in measures(member_probs).items()}
         log(describe(path, member_probs.mean(axis=0)[0], m, folder / name, names))

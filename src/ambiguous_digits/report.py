@@ -160,7 +160,9 @@ def _class_names(summary: dict, member_probs: np.ndarray) -> tuple[str, ...]:
 
 
 def _optional_table(path: Path, rows: int | None) -> dict[str, np.ndarray] | None:
-    if not path.exists():
+    """An optional output (an audit's), or None when it was never written: not listed in the manifest (a
+    command killed before it listed the file leaves it unlisted). A listed one must be there, unchanged."""
+    if not manifest.listed(path.parent, path.name):
         return None
     table = outputs.read_table(manifest.verified(path.parent, path.name))
     if rows is not None and len(table["index"]) != rows:
@@ -169,7 +171,9 @@ def _optional_table(path: Path, rows: int | None) -> dict[str, np.ndarray] | Non
 
 
 def _optional_json(path: Path) -> dict | None:
-    return json.loads(manifest.verified(path.parent, path.name).read_text()) if path.exists() else None
+    if not manifest.listed(path.parent, path.name):  # as _optional_table
+        return None
+    return json.loads(manifest.verified(path.parent, path.name).read_text())
 
 
 def _check_pixels(run: Run, ds: data.Dataset) -> None:

@@ -1,0 +1,43 @@
+"""files.atomic_path: a write that fails is one line naming the file, and the old file is kept whole."""
+
+import errno
+
+import pytest
+
+from ambiguous_digits import files
+
+
+def test_a_folder_that_does_not_exist_is_a_write_error_naming_the_file(tmp_path):
+    target = tmp_path / "missing" / "out.json"
+    with pytest.raises(files.WriteError) as e:
+        files.write_json(target, {"a": 1})
+    assert str(e.value) == f"{target}: cannot write it (No such file or directory)"
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(files.WriteError, match=r"out.txt: cannot write it \(No space left on device\)"):
+        with files.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_a_folder_in_the_way_is_a_write_error_and_is_left_alone(tmp_path):
+    target = tmp_path / "report.html"
+    target.mkdir()
+    (target / "keep").write_text("mine")
+    with pytest.raises(files.WriteError, match="report.html: cannot write it"):
+        files.write_text(target, "<html>")
+    assert (target / "keep").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+
+
+def test_other_errors_pass_through_unchanged(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(KeyError):
+        with files.atomic_path(target):
+            raise KeyError("not a write error")
+    assert list(tmp_path.iterdir()) == []
