@@ -41,3 +41,19 @@ def test_other_errors_pass_through_unchanged(tmp_path):
         with files.atomic_path(target):
             raise KeyError("not a write error")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_write_new_takes_the_first_free_name_and_never_overwrites(tmp_path):
+    (tmp_path / "d.png").write_bytes(b"first")
+    (tmp_path / "d-2.png").mkdir()  # a folder in the way counts as taken too
+    assert files.write_new(tmp_path, "d", ".png", b"third") == tmp_path / "d-3.png"
+    assert files.write_new(tmp_path, "e", ".png", b"new") == tmp_path / "e.png"
+    assert (tmp_path / "d.png").read_bytes() == b"first" and (tmp_path / "d-3.png").read_bytes() == b"third"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d-2.png", "d-3.png", "d.png", "e.png"]  # no temp left
+
+
+def test_write_error_survives_pickling(tmp_path):
+    """It may cross a process boundary (a Ray task, a multiprocessing worker) and must arrive whole."""
+    import pickle
+    error = files.WriteError.of(tmp_path / "x", OSError(errno.EROFS, "Read-only file system"))
+    assert str(pickle.loads(pickle.dumps(error))) == f"{tmp_path / 'x'}: cannot write it (Read-only file system)"

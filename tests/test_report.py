@@ -229,8 +229,8 @@ def test_a_manifest_from_another_version_is_refused(tiny_run, tmp_path, capsys):
     (other / "manifest.json").write_text(json.dumps({**body, "version": 99}))
     assert cli.main(["report", str(other)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith("manifest.json: manifest version 99, but this ambiguous-digits reads version 1; use the "
-                        "version that wrote it, or start a new run") and len(err.splitlines()) == 1
+    assert err.endswith("manifest.json: manifest format version 99, but this ambiguous-digits reads version 1; "
+                        "start a new run (a new --out, or --force)") and len(err.splitlines()) == 1
 
 
 def test_a_report_that_cannot_be_written_is_one_line_and_changes_nothing(tiny_run, tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import tempfile
@@ -24,8 +25,18 @@ FILE_MODE = 0o666 & ~_umask()
 class WriteError(Exception):
     """An output could not be written (read-only place, disk full, a folder in the way): one line naming it."""
 
-    def __init__(self, path: Path, error: OSError):
-        super().__init__(f"{path}: cannot write it ({error.strerror or error})")
+    @classmethod
+    def of(cls, path: Path, error: OSError) -> "WriteError":
+        return cls(f"{path}: cannot write it ({error.strerror or error})")
+
+
+def make_dirs(folder: Path) -> Path:
+    """mkdir -p, or a WriteError naming the folder (a file in its place, a read-only parent)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError.of(folder, e) from None
+    return folder
 
 
 @contextlib.contextmanager
@@ -40,7 +51,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        raise WriteError(path, e) from None
+        raise WriteError.of(path, e) from None
     os.close(fd)
     try:
         os.chmod(tmp, FILE_MODE)
@@ -50,7 +61,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(e, OSError):
-            raise WriteError(path, e) from None
+            raise WriteError.of(path, e) from None
         raise
 
 
@@ -65,3 +76,31 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, obj: object) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_new(folder: Path, stem: str, suffix: str, data: bytes) -> Path:
+    """Write `data` whole to folder/<stem><suffix>, or <stem>-2<suffix>, -3, ...: the first name not taken.
+
+    The name is claimed with a hard link from a complete temporary file, so an
+    existing file (or one another process creates meanwhile) is never overwritten.
+    """
+    path = folder / f"{stem}{suffix}"
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stem}.", suffix=".tmp")
+    except OSError as e:
+        raise WriteError.of(path, e) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, FILE_MODE)
+        for n in itertools.count(2):
+            try:
+                os.link(tmp, path)
+                return path
+            except FileExistsError:
+                path = folder / f"{stem}-{n}{suffix}"
+    except OSError as e:
+        raise WriteError.of(path, e) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)

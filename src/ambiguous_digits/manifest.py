@@ -18,7 +18,7 @@ from . import files
 from .config import ConfigError
 
 MANIFEST_FILE = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 1  # the format of this file; bump it when the format or the meaning of listed files changes
 _CHUNK = 1 << 20  # hash large files (checkpoints, probabilities) a megabyte at a time
 
 
@@ -42,9 +42,9 @@ def load(run_dir: Path) -> dict[str, dict]:
             raise TypeError("entry without a sha256")
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"{path}: unreadable manifest ({e})") from None
-    if version != MANIFEST_VERSION:  # another version's files may not mean what this one reads them as
-        raise ConfigError(f"{path}: manifest version {version!r}, but this ambiguous-digits reads version "
-                          f"{MANIFEST_VERSION}; use the version that wrote it, or start a new run")
+    if version != MANIFEST_VERSION:  # a format this version does not know: its files may mean something else
+        raise ConfigError(f"{path}: manifest format version {version!r}, but this ambiguous-digits reads version "
+                          f"{MANIFEST_VERSION}; start a new run (a new --out, or --force)")
     return entries
 
 

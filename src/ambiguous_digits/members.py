@@ -15,6 +15,7 @@ Files, for a stem such as `members/member-3` (all listed in manifest.json):
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import time
@@ -61,7 +62,7 @@ def save_member(run_dir: Path, stem: str, result: MemberResult, model_name: str 
     if model_name is not None:
         paths.append(_save_torch(run_dir / model_name, checkpoint(result.model)))
     path = run_dir / f"{stem}.npz"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    files.make_dirs(path.parent)
     with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, probs=result.probs.astype(np.float32), seed=np.uint64(result.seed),
                  history=np.array(json.dumps(result.history)))
@@ -121,7 +122,9 @@ def drop_states(run_dir: Path, stem: str, keep: str | None = None) -> None:
 
 
 def _save_torch(path: Path, obj: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with files.atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # Serialised in memory (a checkpoint is ~1 MB), written by files: a full disk is then an
+    # OSError there, a one-line WriteError, not torch's RuntimeError from its zip writer.
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    files.write_bytes(files.make_dirs(path.parent) / path.name, buf.getvalue())
     return path

@@ -74,12 +74,16 @@ def read_table(path: Path) -> dict[str, np.ndarray]:
     return table
 
 
-def write_digit(path: Path, image: np.ndarray) -> None:
-    """Save a (28, 28) uint8 digit as a grayscale PNG of the original pixels."""
+def digit_png(image: np.ndarray) -> bytes:
+    """A (28, 28) uint8 digit as a grayscale PNG of the original pixels."""
     assert image.dtype == np.uint8 and image.ndim == 2
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
-    files.write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_digit(path: Path, image: np.ndarray) -> None:
+    files.write_bytes(path, digit_png(image))
 
 
 def contact_sheet(path: Path, images: np.ndarray, titles: list[str], heading: str) -> None:

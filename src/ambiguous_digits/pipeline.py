@@ -472,12 +472,12 @@ def _refresh_report(run_dir: Path, ds: data.Dataset | None = None, log: Log = pr
         return
     try:
         report.write_report(run_dir, dataset=ds)
-    except (ConfigError, data.DataError) as e:  # e.g. an audit over other images than the run's: keep the results
+    except (ConfigError, data.DataError, files.WriteError) as e:  # e.g. an audit over other images: keep the results
         log(f"report.html not refreshed: {e}")
 
 
 def _write_images(folder: Path, x: np.ndarray, rows) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
+    files.make_dirs(folder)
     for r in rows:
         outputs.write_digit(folder / f"{r}.png", x[r])
     return [folder / f"{r}.png" for r in rows]

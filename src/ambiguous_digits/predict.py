@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import manifest, outputs, scores
+from . import files, manifest, outputs, scores
 from .config import EVAL_BATCH, ConfigError
-from .files import WriteError
 from .model import from_checkpoint
 from .pipeline import MODEL_FILE, SUMMARY_FILE, prepare_out_dir
 from .preprocess import ImageError, preprocess
@@ -61,21 +60,6 @@ def describe(path: Path, probs: np.ndarray, m: dict[str, float], saved: Path, na
             f"{m['mutual_information']:.3f}); saw {saved}\n  probabilities {ranked}")
 
 
-def _out_names(images: list[Path], folder: Path) -> list[str]:
-    """<stem>.png per image, or <stem>-2.png, -3, ... when that name is taken, in `folder` (an earlier
-    prediction, the image itself, a run's output) or by an earlier image: nothing is ever overwritten."""
-    taken: set[str] = set()
-    names = []
-    for path in images:
-        name, n = f"{path.stem}.png", 1
-        while name in taken or (folder / name).exists() or (folder / name).is_symlink():
-            n += 1
-            name = f"{path.stem}-{n}.png"
-        taken.add(name)
-        names.append(name)
-    return names
-
-
 def _out_dir(run_dir: Path, out: Path | None) -> Path:
     folder = out if out is not None else run_dir / PREDICTIONS_DIR
     prepare_out_dir(folder, force=True)  # predictions accumulate: a non-empty folder is fine
@@ -92,18 +76,18 @@ def predict_images(images: list[Path], run_dir: Path, out: Path | None = None, d
              f"were (inverted if dark on light, cropped, fitted in 20x20, centred by mass), which may not match")
     folder = _out_dir(run_dir, out)
     failed = []
-    for path, name in zip(images, _out_names(images, folder)):
+    for path in images:
         try:
             digit = preprocess(path)
-            outputs.write_digit(folder / name, digit)
+            saved = files.write_new(folder, path.stem, ".png", outputs.digit_png(digit))
             if folder.resolve().is_relative_to(run_dir.resolve()):
-                manifest.record(run_dir, folder / name)
-        except (ImageError, WriteError) as e:
+                manifest.record(run_dir, saved)
+        except (ImageError, files.WriteError) as e:
             warn(f"predict: error: {e}")
             failed.append(path)
             continue
         member_probs = np.stack([predict_probs(m, digit[None], dev, EVAL_BATCH) for m in models])
         m = {k: v[0] for k, v in measures(member_probs).items()}
-        log(describe(path, member_probs.mean(axis=0)[0], m, folder / name, names))
+        log(describe(path, member_probs.mean(axis=0)[0], m, saved, names))
     return failed
 
