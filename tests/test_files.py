@@ -57,3 +57,14 @@ def test_write_error_survives_pickling(tmp_path):
     import pickle
     error = files.WriteError.of(tmp_path / "x", OSError(errno.EROFS, "Read-only file system"))
     assert str(pickle.loads(pickle.dumps(error))) == f"{tmp_path / 'x'}: cannot write it (Read-only file system)"
+
+
+def test_write_new_without_hard_links_still_never_overwrites(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(files.os, "link", no_links)
+    (tmp_path / "d.png").write_bytes(b"first")
+    assert files.write_new(tmp_path, "d", ".png", b"second") == tmp_path / "d-2.png"
+    assert (tmp_path / "d.png").read_bytes() == b"first" and (tmp_path / "d-2.png").read_bytes() == b"second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d-2.png", "d.png"]

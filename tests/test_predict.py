@@ -125,12 +125,17 @@ def test_every_mnist_digit_passes_the_stroke_gate(mnist):
 
 
 @pytest.mark.parametrize("pen", [1, 3, 8])
-def test_a_digit_drawn_with_a_thin_pen_comes_out_bright_not_faint(pen):
-    """A 7 drawn 1 to 8 pixels wide on a 1000-pixel page: scaled 50x down, its strokes stay at full brightness."""
+@pytest.mark.parametrize("paper_noise", [0.0, 0.05])
+def test_a_digit_drawn_with_a_thin_pen_comes_out_bright_not_faint(pen, paper_noise):
+    """A 7 drawn 1 to 8 pixels wide on a 1000-pixel page: scaled 50x down, its strokes stay at full brightness,
+    and the paper's texture (grey noise below the ink threshold) is not brightened with them."""
     page = Image.new("L", (1000, 1000), 255)
     ImageDraw.Draw(page).line([(250, 200), (750, 200), (400, 850)], fill=0, width=pen)
-    digit = preprocess.to_mnist(np.asarray(page) / 255, "seven")
+    gray = np.asarray(page) / 255
+    noise = np.random.default_rng(pen).normal(0, paper_noise, gray.shape)
+    digit = preprocess.to_mnist(np.clip(gray + noise, 0, 1), "seven")
     assert digit.max() == 255 and 10 <= (digit >= preprocess.SOLID).sum() <= 100
+    assert np.median(digit[4:24, 4:24]) == 0  # most of the box stays black between the strokes
 
 
 def test_preprocess_refuses_an_image_over_the_pixel_limit_before_decoding(tmp_path, monkeypatch):
@@ -182,14 +187,17 @@ def test_a_digit_that_cannot_be_written_is_one_line_and_the_others_are_still_sco
     images = [tmp_path / "a.png", tmp_path / "b.png"]
     for path in images:
         _render(mnist.x_test[0], 0).save(path)
-    link = os.link
+    link, replace = os.link, os.replace
 
-    def disk_full_for_a(src, dst):
-        if Path(dst).name == "a.png":
-            raise OSError(errno.ENOSPC, "No space left on device")
-        link(src, dst)
+    def disk_full_for_a(real):
+        def call(src, dst):
+            if Path(dst).name == "a.png":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real(src, dst)
+        return call
 
-    monkeypatch.setattr(files.os, "link", disk_full_for_a)
+    monkeypatch.setattr(files.os, "link", disk_full_for_a(link))
+    monkeypatch.setattr(files.os, "replace", disk_full_for_a(replace))
     out = tmp_path / "saw"
     assert cli.main(["predict", *map(str, images), "--run", str(trained), "--out", str(out)]) == 1
     captured = capsys.readouterr()

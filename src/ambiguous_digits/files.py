@@ -83,6 +83,8 @@ def write_new(folder: Path, stem: str, suffix: str, data: bytes) -> Path:
 
     The name is claimed with a hard link from a complete temporary file, so an
     existing file (or one another process creates meanwhile) is never overwritten.
+    Where hard links are not supported (FAT, some network shares) the name is
+    claimed by creating it exclusively, and the complete file renamed onto it.
     """
     path = folder / f"{stem}{suffix}"
     try:
@@ -94,13 +96,33 @@ def write_new(folder: Path, stem: str, suffix: str, data: bytes) -> Path:
             f.write(data)
         os.chmod(tmp, FILE_MODE)
         for n in itertools.count(2):
-            try:
-                os.link(tmp, path)
+            if _claim(tmp, path):
                 return path
-            except FileExistsError:
-                path = folder / f"{stem}-{n}{suffix}"
+            path = folder / f"{stem}-{n}{suffix}"
     except OSError as e:
         raise WriteError.of(path, e) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _claim(tmp: str, path: Path) -> bool:
+    """Put the complete file `tmp` at `path` unless `path` exists; False when it does."""
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links on this file system
+        pass
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE))
+    except FileExistsError:
+        return False
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # the empty file that claimed the name
+        raise
+    return True

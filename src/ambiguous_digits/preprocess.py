@@ -99,11 +99,12 @@ def ink(gray: np.ndarray, name: str) -> np.ndarray:
 
 
 def crop_to_ink(ink_: np.ndarray, name: str) -> np.ndarray:
-    """The smallest rectangle holding every pixel above INK_THRESHOLD."""
+    """The smallest rectangle holding every pixel above INK_THRESHOLD; fainter pixels (paper texture) set to 0."""
     rows, cols = np.flatnonzero((ink_ > INK_THRESHOLD).any(1)), np.flatnonzero((ink_ > INK_THRESHOLD).any(0))
     if not len(rows):
         raise ImageError(f"{name}: blank image; no digit found")
-    return ink_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    crop = ink_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    return np.where(crop > INK_THRESHOLD, crop, 0)
 
 
 def fit_box(digit: np.ndarray) -> np.ndarray:
