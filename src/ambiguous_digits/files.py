@@ -40,6 +40,20 @@ def make_dirs(folder: Path) -> Path:
 
 
 @contextlib.contextmanager
+def _temporary(beside: Path) -> Iterator[Path]:
+    """A new temporary file in `beside`'s folder, with the permissions of any new file; removed at
+    the end unless it was renamed away."""
+    fd, tmp = tempfile.mkstemp(dir=beside.parent, prefix=f".{beside.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.chmod(tmp, FILE_MODE)
+        yield Path(tmp)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it to `path`, else delete it.
 
@@ -49,20 +63,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with _temporary(path) as tmp:
+            yield tmp
+            os.replace(tmp, path)
     except OSError as e:
         raise WriteError.of(path, e) from None
-    os.close(fd)
-    try:
-        os.chmod(tmp, FILE_MODE)
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise WriteError.of(path, e) from None
-        raise
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -88,25 +93,17 @@ def write_new(folder: Path, stem: str, suffix: str, data: bytes) -> Path:
     """
     path = folder / f"{stem}{suffix}"
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stem}.", suffix=".tmp")
+        with _temporary(path) as tmp:
+            tmp.write_bytes(data)
+            for n in itertools.count(2):
+                if _claim(tmp, path):
+                    return path
+                path = folder / f"{stem}-{n}{suffix}"
     except OSError as e:
         raise WriteError.of(path, e) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, FILE_MODE)
-        for n in itertools.count(2):
-            if _claim(tmp, path):
-                return path
-            path = folder / f"{stem}-{n}{suffix}"
-    except OSError as e:
-        raise WriteError.of(path, e) from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
-def _claim(tmp: str, path: Path) -> bool:
+def _claim(tmp: Path, path: Path) -> bool:
     """Put the complete file `tmp` at `path` unless `path` exists; False when it does."""
     try:
         os.link(tmp, path)

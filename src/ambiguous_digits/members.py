@@ -126,5 +126,6 @@ def _save_torch(path: Path, obj: dict) -> Path:
     # OSError there, a one-line WriteError, not torch's RuntimeError from its zip writer.
     buf = io.BytesIO()
     torch.save(obj, buf)
-    files.write_bytes(files.make_dirs(path.parent) / path.name, buf.getvalue())
+    files.make_dirs(path.parent)
+    files.write_bytes(path, buf.getvalue())
     return path

@@ -75,12 +75,13 @@ def predict_images(images: list[Path], run_dir: Path, out: Path | None = None, d
         warn(f"predict: warning: {run_dir} was trained on {dataset}; images are prepared the way MNIST's digits "
              f"were (inverted if dark on light, cropped, fitted in 20x20, centred by mass), which may not match")
     folder = _out_dir(run_dir, out)
+    in_run = folder.resolve().is_relative_to(run_dir.resolve())  # then listed in the run's manifest
     failed = []
     for path in images:
         try:
             digit = preprocess(path)
             saved = files.write_new(folder, path.stem, ".png", outputs.digit_png(digit))
-            if folder.resolve().is_relative_to(run_dir.resolve()):
+            if in_run:
                 manifest.record(run_dir, saved)
         except (ImageError, files.WriteError) as e:
             warn(f"predict: error: {e}")
