@@ -108,6 +108,9 @@ def _exit_code(argv):
     (["--device", "tpu"], "--device: expected auto, cpu or cuda"),
     (["--lr", "-1"], "--lr: must be positive"),
     (["--weight-decay", "nan"], "--weight-decay: must be >= 0"),
+    (["--weight-decay", "inf"], "--weight-decay: must be >= 0 and finite"),
+    (["--lr", "inf"], "--lr: must be finite"),
+    (["--seed", "-1"], "--seed: must be >= 0"),
     (["--widths", "8,8,8,8,8"], "--widths: at most 4 stages"),
     (["--members", "0"], "--members: must be positive"),
     (["--device", "cuda:9"], "--device: cuda:9 asked for, but this machine has"),
@@ -253,3 +256,32 @@ def test_every_output_is_listed_in_the_manifest_with_its_sha256(tiny_run):
     on_disk = {p.relative_to(tiny_run).as_posix() for p in tiny_run.rglob("*") if p.is_file()} - {"manifest.json"}
     assert set(listed) == on_disk
     assert all(manifest.sha256(tiny_run / name) == entry["sha256"] for name, entry in listed.items())
+
+
+def test_a_diverging_learning_rate_is_one_line_and_saves_no_member(tmp_path, mnist_dir, capsys):
+    out = tmp_path / "out"
+    assert _run(out, mnist_dir, "--lr", "1e30", "--members", "1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--lr: training diverged" in err[0] and "try a lower --lr than 1e+30" in err[0]
+    assert not list(out.glob("members/*.npz")) and not (out / "summary.json").exists()
+
+
+def _help(command, capsys):
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+
+def test_help_shows_each_default_once_as_it_would_be_typed(capsys):
+    text = _help("run", capsys)
+    assert "(default: 32,64,128)" in text and "(default: 0)" in text
+    assert "(default: True)" not in text and "(default: None)" not in text and "(default: (" not in text
+    assert text.count("(default:") == text.count("default")  # no help that already names its default gets a second
+
+
+def test_help_leaves_out_the_flags_a_command_refuses(capsys):
+    assert "--rankings" not in _help("audit", capsys)
+    text = _help("experiment", capsys)
+    for flag in ("--members", "--top", "--rankings", "--no-augment", "--backend", "--resume"):
+        assert flag not in text, flag
+    assert "(default: 10)" in text  # its own epochs

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, PngImagePlugin
 
 from ambiguous_digits import cli, files, manifest, preprocess
 
@@ -96,7 +96,23 @@ def _bad_images(tmp_path, mnist):
                           "cannot read the image"),
         "block.png": (lambda p: Image.fromarray(np.pad(np.zeros((40, 40), np.uint8), 20, constant_values=255)).save(p),
                       "does not look like a digit: scaled into MNIST's 20x20 box, ink fills it (400 pixels"),
+        "specks.png": (_specks, "does not look like a digit: only 2 pixel(s) of ink"),
+        "text-bomb.png": (_text_bomb, "cannot read the image (Decompressed"),
     }, write
+
+
+def _specks(path):
+    """Two white specks of dust on a black page."""
+    page = np.zeros((1000, 1000), np.uint8)
+    page[100, 200] = page[800, 700] = 255
+    Image.fromarray(page).save(path)
+
+
+def _text_bomb(path):
+    """A valid picture with a compressed text chunk that inflates past Pillow's safety limit."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * 4_000_000, zip=True)
+    _render(np.zeros((28, 28), np.uint8), 0).save(path, pnginfo=info)
 
 
 def test_every_bad_image_gets_its_own_line_and_the_others_are_still_scored(trained, mnist, tmp_path, capsys):
@@ -204,3 +220,16 @@ def test_a_digit_that_cannot_be_written_is_one_line_and_the_others_are_still_sco
     assert captured.err.strip() == f"predict: error: {out / 'a.png'}: cannot write it (No space left on device)"
     assert f"{images[1]}: predicted" in captured.out and f"{images[0]}: predicted" not in captured.out
     assert sorted(p.name for p in out.iterdir()) == ["b.png"]  # and no temporary file left behind
+
+
+def test_a_photo_s_exif_rotation_is_applied(tmp_path):
+    """A phone stores a portrait photo sideways with an orientation tag; the digit is read upright."""
+    page = np.full((40, 60), 255, np.uint8)  # 40 rows x 60 columns as stored
+    page[5:10, 5:50] = 0  # a horizontal bar as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(page).save(tmp_path / "photo.png", exif=exif)
+    gray = preprocess.load_gray(tmp_path / "photo.png")
+    assert gray.shape == (60, 40)  # displayed upright: portrait
+    dark_cols = np.flatnonzero((gray < 0.5).any(0))
+    assert len(dark_cols) == 5  # the bar, now vertical

@@ -445,3 +445,10 @@ def test_screenshot(page, tmp_path):
     with Image.open(shot) as im:
         assert im.width == VIEWPORT["width"] and im.height > VIEWPORT["height"]
         assert len(np.unique(np.asarray(im.convert("L").resize((64, 64))))) > 10, "not a blank page"
+
+
+def test_a_contact_sheet_takes_dollar_signs_in_class_names_as_text(tmp_path):
+    """'$^$' would be a broken formula to matplotlib; a class may well be called '$5 bill'."""
+    images = np.zeros((2, 28, 28), np.uint8)
+    outputs.contact_sheet(tmp_path / "sheet.png", images, ["#0 $^$", "#1 $\\foo$ -> $5 bill"], "labels $^$")
+    assert Image.open(tmp_path / "sheet.png").size[0] > 0

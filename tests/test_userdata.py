@@ -193,3 +193,34 @@ def test_bad_dataset_flags_fail_on_one_line(tmp_path, flags, message, capsys):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_a_npy_file_given_as_npz_is_refused(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), np.uint8))
+    with pytest.raises(DataError, match=r"a single ndarray array, expected an npz archive with arrays x_train"):
+        data.load_dataset(f"npz:{tmp_path / 'x.npy'}", **QUIET)
+
+
+def test_a_stray_large_label_does_not_make_hundreds_of_classes(tmp_path):
+    y = np.arange(12, dtype=np.uint8) % 3
+    y[5] = 255  # one corrupt label
+    spec = save_npz(tmp_path / "d.npz", **_bad(y_train=y))
+    with pytest.raises(DataError, match=r"y_train: labels go up to 255 but 3, 4, 5, 6, 7 and 247 more never occur among the training labels; "
+                                        r"fix the labels, or pass --class-names to name all 256 classes"):
+        data.load_dataset(spec, **QUIET)
+
+
+def test_a_label_beyond_int64_is_refused_not_wrapped(tmp_path):
+    y = (np.arange(12) % 3).astype(np.uint64)
+    y[0] = 2**63
+    spec = save_npz(tmp_path / "d.npz", **_bad(y_train=y))
+    with pytest.raises(DataError, match=r"y_train: label 9223372036854775808 is too large"):
+        data.load_dataset(spec, **QUIET)
+
+
+def test_a_huge_stray_label_is_named_without_counting_to_it(tmp_path):
+    y = (np.arange(12) % 3).astype(np.int64)
+    y[0] = 10**12  # np.arange(10**12) would need 8 TB
+    spec = save_npz(tmp_path / "d.npz", **_bad(y_train=y))
+    with pytest.raises(DataError, match=r"labels go up to 1000000000000 but 3, 4, 5, 6, 7 and 999999999992 more"):
+        data.load_dataset(spec, **QUIET)

@@ -31,6 +31,28 @@ NOT_FOR_EXPERIMENT = {"members": "--members", "augment": "--no-augment", "top": 
                       "rankings": "--rankings"}
 
 
+class _Help(argparse.HelpFormatter):
+    """Each flag's default appended to its help, as the user would type it (32,64,128), and only where
+    it says something: not for on/off switches, nor where the help already names the default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        value = action.default
+        if (not action.option_strings or value in (None, argparse.SUPPRESS) or "default" in text
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))):
+            return text
+        if isinstance(value, (tuple, list)):
+            value = ",".join(map(str, value))
+        return f"{text} (default: {str(value).replace('%', '%%')})"
+
+
+def _hide(parser: argparse.ArgumentParser, dests) -> None:
+    """Keep flags a command refuses out of its --help (they still parse, to be refused by name)."""
+    for action in parser._actions:
+        if action.dest in dests:
+            action.help = argparse.SUPPRESS
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag on one line, without the usage block."""
 
@@ -106,7 +128,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="names of classes 0..K-1: a,b,c or a .json file with a list (default: the data set's own; "
                         "0..K-1 for your own data)")
     p.add_argument("--data-dir", type=Path, default=None,
-                   help="cache of a published data set (default: ~/.cache/ambiguous-digits/<dataset>; "
+                   help="cache of a published data set (default: ~/.cache/ambiguous-digits/<dataset>, or under "
+                        "$XDG_CACHE_HOME where set; "
                         "for mnist $AMBIGUOUS_DIGITS_DATA when set)")
     p.add_argument("--seed", type=int, default=d.seed, help="base random seed")
     p.add_argument("--members", type=_positive_int, default=d.members, help="CNNs in the ensemble, each with its own seed")
@@ -129,7 +152,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
     p.add_argument("--backend", choices=BACKENDS, default=d.backend,
                    help="where the ensemble members (audit: folds) train: one after another here, or as Ray "
-                        "tasks of --threads CPUs each (default 1; needs pip install '.[ray]')")
+                        "tasks of --threads CPUs each (1 unless given; needs pip install '.[ray]')")
     p.add_argument("--ray-address", default=None, metavar="HOST:PORT",
                    help="with --backend ray: the head node of an existing Ray cluster "
                         "(default: $RAY_ADDRESS, else a Ray started on this machine)")
@@ -142,15 +165,16 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 def build_parser(unset: object | None = None) -> argparse.ArgumentParser:
     """The command line; with `unset`, every run/audit flag defaults to it (to see which were given)."""
     parser = _Parser(prog=PROG, description="Find the most ambiguous (and mislabelled) images in MNIST or another 28x28 data set.",
-                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                     formatter_class=_Help)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="fetch the data set (MNIST by default), train, score every test image, write the results",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=_Help)
     _add_run_flags(run)
     aud = sub.add_parser("audit", help="suspected label errors: K-fold cross-validated probabilities ranked by cleanlab",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=_Help)
     _add_run_flags(aud)
     aud.set_defaults(members=AUDIT_MEMBERS, top=AUDIT_TOP, **{key: None for key in NOT_FOR_AUDIT})
+    _hide(aud, NOT_FOR_AUDIT)
     aud.add_argument("--folds", type=_positive_int, default=DEFAULTS.folds, help="cross-validation folds K")
     aud.add_argument("--split", choices=("test", "train"), default=DEFAULTS.split,
                      help="audit the test digits (K-fold over the test set) or the training digits")
@@ -170,9 +194,10 @@ def build_parser(unset: object | None = None) -> argparse.ArgumentParser:
 def _add_experiment_parser(sub) -> None:
     exp = sub.add_parser("experiment", help="measure augmentation and emphasis on ambiguous training digits "
                          "(needs a finished run and `audit --split train` in --out)",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=_Help)
     _add_run_flags(exp)
     exp.set_defaults(epochs=EXPERIMENT_EPOCHS, backend=None, **{key: None for key in NOT_FOR_EXPERIMENT})
+    _hide(exp, {*NOT_FOR_EXPERIMENT, "backend", "ray_address", "resume"})
     d = DEFAULTS
     exp.add_argument("--seeds", type=_positive_int, default=d.seeds, help="seeds (one CNN each) per variant")
     exp.add_argument("--emphasis-top", type=_positive_int, default=d.emphasis_top,
@@ -205,7 +230,7 @@ def _experiment_args(a: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
 
 def _add_predict(sub) -> None:
     pre = sub.add_parser("predict", help="score your own digit images with a finished run's ensemble",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=_Help)
     pre.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (PNG, JPEG, ...)")
     pre.add_argument("--run", type=_run_dir, default=str(DEFAULTS.out), metavar="RUN_DIR",
                      help="finished run whose ensemble scores the images")

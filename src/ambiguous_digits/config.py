@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,8 +90,10 @@ class Config:
         _check_positive("--batch-size", self.batch_size)
         _check_positive("--top", self.top)
         _check_positive("--lr", self.lr)
-        if not self.weight_decay >= 0:  # also refuses NaN
-            raise ConfigError(f"--weight-decay: must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.weight_decay < math.inf:  # also refuses NaN
+            raise ConfigError(f"--weight-decay: must be >= 0 and finite, got {self.weight_decay}")
+        if self.seed < 0:  # numpy's seed sequences take only non-negative integers
+            raise ConfigError(f"--seed: must be >= 0, got {self.seed}")
         if self.split not in ("test", "train"):
             raise ConfigError(f"--split: expected test or train, got {self.split!r}")
         _check_dataset(self.dataset)
@@ -195,8 +198,10 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 def _check_positive(flag: str, value: float) -> None:
-    if not value > 0:
+    if not value > 0:  # also refuses NaN
         raise ConfigError(f"{flag}: must be positive, got {value}")
+    if value == math.inf:  # an infinite step trains to NaN probabilities
+        raise ConfigError(f"{flag}: must be finite, got {value}")
 
 
 def _check_dataset(dataset: str) -> None:

@@ -50,6 +50,9 @@ def train_member(cfg: Config, seed: int, x_train: np.ndarray, y_train: np.ndarra
                            state=state, on_epoch=on_epoch)
     start = time.perf_counter()
     probs = predict_probs(model, x_eval, device, EVAL_BATCH)
+    if not np.isfinite(probs).all():  # refused before it is saved: a resume must not reuse it
+        raise ConfigError(f"--lr: training diverged (the CNN of seed {seed} gives NaN probabilities); "
+                          f"try a lower --lr than {cfg.lr}")
     return MemberResult(seed, probs, history, model, time.perf_counter() - start)
 
 

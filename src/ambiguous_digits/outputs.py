@@ -97,8 +97,10 @@ def contact_sheet(path: Path, images: np.ndarray, titles: list[str], heading: st
         ax.axis("off")
     for ax, image, title in zip(axes.flat, images, titles):
         ax.imshow(image, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
-        ax.set_title("\n".join(textwrap.fill(line, SHEET_TITLE_CHARS) for line in title.split("\n")), fontsize=10)
-    fig.suptitle(heading, fontsize=12)
+        # parse_math=False: a "$" in a class name is text, not the start of a formula
+        ax.set_title("\n".join(textwrap.fill(line, SHEET_TITLE_CHARS) for line in title.split("\n")), fontsize=10,
+                     parse_math=False)
+    fig.suptitle(heading, fontsize=12, parse_math=False)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import IMAGE_SIDE
 
@@ -38,6 +38,9 @@ MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA")
 INK_THRESHOLD = 0.2
 # An image whose grey levels span less than this (of 0..1) has no digit in it.
 MIN_CONTRAST = 0.1
+# Fewer ink pixels than this, at the image's own resolution, are specks, not a digit:
+# every MNIST digit has at least 15 pixels of solid ink at 28x28.
+MIN_INK_PIXELS = 10
 # Solid ink: pixels at half intensity or more. Every MNIST digit has 15 to 312 of
 # them (measured over all 70,000), never a filled 20x20 box; more than MAX_SOLID
 # means ink fills the box (a filled shape, or noise), not strokes.
@@ -53,13 +56,17 @@ def load_gray(path: Path) -> np.ndarray:
             with Image.open(path) as im:
                 _check_header(path, im)
                 im.load()
-                return _to_gray(im)
+                return _to_gray(ImageOps.exif_transpose(im))  # a phone photo's rotation, applied
+    except ImageError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"{path}: refused as a possible decompression bomb ({e})") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image Pillow can read") from None
     except OSError as e:  # a truncated or otherwise broken file, or one we cannot open
         raise ImageError(f"{path}: cannot read the image ({e.strerror or e})") from None
+    except (ValueError, SyntaxError) as e:  # Pillow's refusals of malformed chunks and headers
+        raise ImageError(f"{path}: cannot read the image ({e})") from None
 
 
 def _check_header(path: Path, im: Image.Image) -> None:
@@ -100,9 +107,13 @@ def ink(gray: np.ndarray, name: str) -> np.ndarray:
 
 def crop_to_ink(ink_: np.ndarray, name: str) -> np.ndarray:
     """The smallest rectangle holding every pixel above INK_THRESHOLD; fainter pixels (paper texture) set to 0."""
-    rows, cols = np.flatnonzero((ink_ > INK_THRESHOLD).any(1)), np.flatnonzero((ink_ > INK_THRESHOLD).any(0))
+    inked = ink_ > INK_THRESHOLD
+    rows, cols = np.flatnonzero(inked.any(1)), np.flatnonzero(inked.any(0))
     if not len(rows):
         raise ImageError(f"{name}: blank image; no digit found")
+    if inked.sum() < MIN_INK_PIXELS:
+        raise ImageError(f"{name}: does not look like a digit: only {inked.sum()} pixel(s) of ink "
+                         f"(specks, not strokes; need at least {MIN_INK_PIXELS})")
     crop = ink_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     return np.where(crop > INK_THRESHOLD, crop, 0)
 

@@ -9,6 +9,8 @@ and range, no NaN. Images may be uint8 (or any integer type) in 0..255, or float
 
 from __future__ import annotations
 
+import itertools
+
 import zipfile
 from pathlib import Path
 from typing import Callable, Sequence
@@ -57,7 +59,11 @@ def _read_npz(path: Path, spec: str) -> tuple[dict, dict, dict]:
     if not path.is_file():
         raise DataError(f"{spec}: {'not a file' if path.exists() else 'no such file'}")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):  # a .npy file: one bare array
+            raise DataError(f"{spec}: a single {type(npz).__name__} array, expected an npz archive "
+                            f"with arrays {', '.join(KEYS)}")
+        with npz:
             missing = [k for k in KEYS if k not in npz.files]
             if missing:
                 raise DataError(f"{spec}: no {', '.join(missing)} (expected arrays {', '.join(KEYS)})")
@@ -124,6 +130,8 @@ def labels(y: np.ndarray, what: str) -> np.ndarray:
         raise DataError(f"{what}: dtype {y.dtype}, expected integer class labels 0..K-1")
     if len(y) and int(y.min()) < 0:
         raise DataError(f"{what}: label {int(y.min())} is negative, expected 0..K-1")
+    if len(y) and int(y.max()) > np.iinfo(np.int64).max:  # would wrap round to a negative int64
+        raise DataError(f"{what}: label {int(y.max())} is too large, expected 0..K-1")
     return y.astype(np.int64)
 
 
@@ -134,6 +142,14 @@ def _num_classes(out: dict[str, np.ndarray], names: dict[str, str], class_names:
         k = max(top.values()) + 1
         if k < 2:
             raise DataError(f"{names['y_train']}: every label is 0; need at least 2 classes")
+        # K from the largest label: one corrupt label (255) would otherwise make hundreds of classes.
+        present = set(np.unique(out["y_train"]).tolist())
+        if len(present) < k:  # named without listing every absent class: k may be huge
+            first = [str(c) for c in itertools.islice((c for c in range(k) if c not in present), 5)]
+            more = k - len(present) - len(first)
+            raise DataError(f"{names['y_train']}: labels go up to {k - 1} but {', '.join(first)}"
+                            f"{f' and {more} more' if more else ''} never occur among the training labels; "
+                            f"fix the labels, or pass --class-names to name all {k} classes")
         return k
     k = len(class_names)
     for key, largest in top.items():
