@@ -36,11 +36,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ambiguous_digits import files
-from ambiguous_digits.config import EVAL_BATCH, Config
+from ambiguous_digits.config import Config
 from ambiguous_digits.data import MNIST, load_mnist
 from ambiguous_digits.model import Net, NetShape, count_parameters
 from ambiguous_digits.scores import expected_calibration_error, nll
-from ambiguous_digits.train import predict_probs, resolve_device, resolve_precision, to_tensor, train
+from ambiguous_digits.train import eval_batch, predict_probs, resolve_device, resolve_precision, to_tensor, train
 
 # ---------------------------------------------------------------------------
 # Constants
@@ -120,10 +120,11 @@ def train_reference(images: np.ndarray, labels: np.ndarray, epochs: int, seed: i
 
 @torch.no_grad()
 def reference_probs(model: nn.Module, images: np.ndarray) -> np.ndarray:
-    """(N, 28, 28) uint8 -> (N, 10) float32 probabilities, fp32, in chunks like predict_probs."""
+    """(N, 28, 28) uint8 -> (N, 10) float32 probabilities, fp32, in the same chunks as predict_probs."""
     model.eval()
-    chunks = [torch.softmax(model(_reference_tensor(images[i : i + EVAL_BATCH])), 1)
-              for i in range(0, len(images), EVAL_BATCH)]
+    batch = eval_batch(torch.device("cpu"))
+    chunks = [torch.softmax(model(_reference_tensor(images[i : i + batch])), 1)
+              for i in range(0, len(images), batch)]
     return torch.cat(chunks).numpy()
 
 
@@ -251,7 +252,7 @@ def _ours(args: argparse.Namespace, x: np.ndarray, y: np.ndarray) -> Trainer:
     fit = lambda hook: (train(x, y, cfg, SEED, device, precision, progress=False, hook=hook,
                               hooks_per_epoch=OURS_EVALS_PER_EPOCH,
                               num_classes=len(MNIST.class_names))[0], cfg.epochs)
-    predict = lambda model, images: predict_probs(model, images, device, EVAL_BATCH)
+    predict = lambda model, images: predict_probs(model, images, device)
     fresh = Net(NetShape(len(MNIST.class_names), cfg.widths)).to(memory_format=torch.channels_last)
     return Trainer(fit, predict, cfg.epochs, precision.autocast, cfg.batch_size, fresh)
 

@@ -6,7 +6,7 @@ import torch
 
 from ambiguous_digits.config import PIXEL_MEAN, PIXEL_STD
 from ambiguous_digits.model import Net, NetShape, checkpoint, count_parameters, from_checkpoint
-from ambiguous_digits.train import augment, one_cycle, to_tensor
+from ambiguous_digits.train import augment, eval_batch, one_cycle, predict_probs, to_tensor
 
 
 @pytest.mark.parametrize("total", [1, 2, 3, 4, 7, 235, 940])
@@ -87,3 +87,18 @@ def test_pool_before_relu_trains_bit_for_bit_like_relu_before_pool(autocast):
     a, b = ours.state_dict(), textbook.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert torch.equal(ours.eval()(x), textbook.eval()(x))
+
+
+def test_scoring_in_small_chunks_gives_the_same_probabilities_row_for_row():
+    """CPU scoring runs in chunks of 64 (cache-sized, ~2x faster here); the chunking must not change a row."""
+    torch.manual_seed(0)
+    model = Net(NetShape(10)).to(memory_format=torch.channels_last).eval()
+    images = np.random.default_rng(0).integers(0, 256, (300, 28, 28), dtype=np.uint8)
+    cpu = torch.device("cpu")
+    assert eval_batch(cpu) == 64 and eval_batch(torch.device("cuda")) == 1000
+    whole = predict_probs(model, images, cpu, batch=300)
+    for batch in (None, 7, 1):
+        chunked = predict_probs(model, images, cpu, batch)
+        assert chunked.shape == (300, 10) and chunked.dtype == np.float32
+        np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(predict_probs(model, images[::-1].copy(), cpu)[::-1], whole, rtol=1e-6, atol=1e-7)

@@ -24,8 +24,12 @@ PIXEL_MEAN = 0.1307
 PIXEL_STD = 0.3081
 # Each conv stage halves the image side (28 -> 14 -> 7 -> 3 -> 1): at most 4 stages.
 MAX_STAGES = 4
-# Test images are scored in chunks so peak memory stays small on a laptop.
-EVAL_BATCH = 1000
+# Images are scored in chunks. On a CPU small chunks are faster: a chunk's activations
+# stay in cache (the first stage's 32x28x28 maps are 6 MB for 64 digits, 100 MB for
+# 1000). Measured on the 2-core build machine: 10.3k images/s in chunks of 64 against
+# 4.9k in chunks of 1000, with bit-identical logits. A GPU wants large chunks.
+EVAL_BATCH_CPU = 64
+EVAL_BATCH_GPU = 1000
 # Where training jobs run: one after another in this process, or as tasks on a Ray cluster.
 BACKENDS = ("local", "ray")
 # Seeds of the `experiment` repeats are drawn from their own stream of the base seed,

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data, files, jobs, manifest, outputs, pipeline, report, scores, validate
-from .config import EVAL_BATCH, Config, ConfigError
+from .config import Config, ConfigError
 from .train import predict_probs, train
 
 EXPERIMENT_FILE, TABLE_FILE, PROBS_FILE = pipeline.EXPERIMENT_FILES
@@ -220,7 +220,7 @@ def train_seed(cfg: Config, seeds: tuple[int, int], x, y, emphasised: np.ndarray
             models[name], _ = train(xs, ys, c, seeds[1], device, precision, progress, num_classes=num_classes,
                                     init=models[_first_pass(v)])
         seconds[name] = time.perf_counter() - start
-        probs[name] = predict_probs(models[name], x_test, device, EVAL_BATCH)
+        probs[name] = predict_probs(models[name], x_test, device)
     return probs, seconds
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from . import files, manifest
-from .config import EVAL_BATCH, Config, ConfigError
+from .config import Config, ConfigError
 from .model import Net, checkpoint
 from .train import Precision, predict_probs, train
 
@@ -49,7 +49,7 @@ def train_member(cfg: Config, seed: int, x_train: np.ndarray, y_train: np.ndarra
     model, history = train(x_train, y_train, cfg, seed, device, precision, progress, num_classes=num_classes,
                            state=state, on_epoch=on_epoch)
     start = time.perf_counter()
-    probs = predict_probs(model, x_eval, device, EVAL_BATCH)
+    probs = predict_probs(model, x_eval, device)
     if not np.isfinite(probs).all():  # refused before it is saved: a resume must not reuse it
         raise ConfigError(f"--lr: training diverged (the CNN of seed {seed} gives NaN probabilities); "
                           f"try a lower --lr than {cfg.lr}")

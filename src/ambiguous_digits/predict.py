@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import files, manifest, outputs, scores
-from .config import EVAL_BATCH, ConfigError
+from .config import ConfigError
 from .model import from_checkpoint
 from .pipeline import MODEL_FILE, SUMMARY_FILE, prepare_out_dir
 from .preprocess import ImageError, preprocess
@@ -87,7 +87,7 @@ def predict_images(images: list[Path], run_dir: Path, out: Path | None = None, d
             warn(f"predict: error: {e}")
             failed.append(path)
             continue
-        member_probs = np.stack([predict_probs(m, digit[None], dev, EVAL_BATCH) for m in models])
+        member_probs = np.stack([predict_probs(m, digit[None], dev) for m in models])
         m = {k: v[0] for k, v in measures(member_probs).items()}
         log(describe(path, member_probs.mean(axis=0)[0], m, saved, names))
     return failed

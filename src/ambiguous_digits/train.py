@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import PIXEL_MEAN, PIXEL_STD, Config, ConfigError
+from .config import EVAL_BATCH_CPU, EVAL_BATCH_GPU, PIXEL_MEAN, PIXEL_STD, Config, ConfigError
 from .model import Net, NetShape
 
 # Random affine augmentation, drawn per digit: translations up to 2 px, rotations
@@ -200,14 +200,21 @@ def train(images: np.ndarray, labels: np.ndarray, cfg: Config, seed: int, device
     return model, history
 
 
+def eval_batch(device: torch.device) -> int:
+    """Images per chunk when scoring on `device` (see config.EVAL_BATCH_CPU)."""
+    return EVAL_BATCH_CPU if device.type == "cpu" else EVAL_BATCH_GPU
+
+
 @torch.no_grad()
-def predict_probs(model: Net, images: np.ndarray, device: torch.device, batch: int) -> np.ndarray:
+def predict_probs(model: Net, images: np.ndarray, device: torch.device, batch: int | None = None) -> np.ndarray:
     """(N, 28, 28) uint8 -> (N, K) float32 class probabilities, row i = image i.
 
     Runs in float32 (no autocast): the probabilities are the product, so they are
-    not rounded to bfloat16's 3 significant digits.
+    not rounded to bfloat16's 3 significant digits. `batch`: images per chunk
+    (default: eval_batch(device)).
     """
     model.eval()
+    batch = batch or eval_batch(device)
     out = []
     for start in range(0, len(images), batch):
         logits = model(to_tensor(images[start : start + batch], device))
