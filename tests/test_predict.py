@@ -96,7 +96,7 @@ def _bad_images(tmp_path, mnist):
                           "cannot read the image"),
         "block.png": (lambda p: Image.fromarray(np.pad(np.zeros((40, 40), np.uint8), 20, constant_values=255)).save(p),
                       "does not look like a digit: scaled into MNIST's 20x20 box, ink fills it (400 pixels"),
-        "specks.png": (_specks, "does not look like a digit: only 2 pixel(s) of ink"),
+        "specks.png": (_specks, "does not look like a digit: 2 pixel(s) of ink scattered over 701x501"),
         "text-bomb.png": (_text_bomb, "cannot read the image (Decompressed"),
     }, write
 
@@ -233,3 +233,15 @@ def test_a_photo_s_exif_rotation_is_applied(tmp_path):
     assert gray.shape == (60, 40)  # displayed upright: portrait
     dark_cols = np.flatnonzero((gray < 0.5).any(0))
     assert len(dark_cols) == 5  # the bar, now vertical
+
+
+def test_a_tiny_drawing_is_a_digit_not_specks():
+    """An 8x8 image with a one-pixel-wide 1 (6 pixels of ink) is scaled up and scored, not refused."""
+    page = np.full((8, 8), 1.0)
+    page[1:7, 4] = 0.0
+    digit = preprocess.to_mnist(page, "one")
+    assert digit.shape == (28, 28) and digit.max() == 255
+    with pytest.raises(preprocess.ImageError, match="3 pixel\\(s\\) of ink scattered over 7x7"):
+        speckled = np.full((8, 8), 1.0)
+        speckled[0, 0] = speckled[6, 6] = speckled[3, 5] = 0.0
+        preprocess.to_mnist(speckled, "dust")

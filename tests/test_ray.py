@@ -253,3 +253,13 @@ def test_backend_config_round_trips_through_json():
     cfg = Config(backend="ray", ray_address="10.0.0.1:6379")
     assert Config.from_json(cfg.to_json()) == cfg
 
+
+
+@needs_ray
+def test_a_diverging_member_on_a_worker_is_its_own_one_line_error(cluster, mnist_dir, tmp_path):
+    """The job's ConfigError, not the worker traceback Ray wraps round it."""
+    with pytest.raises(ConfigError) as info:
+        run(_cfg(tmp_path, mnist_dir, backend="ray", ray_address=cluster, members=1, lr=1e30), progress=False,
+            log=lambda _: None)
+    assert type(info.value) is ConfigError and str(info.value).startswith("--lr: training diverged (seed")
+    assert "\n" not in str(info.value)

@@ -205,8 +205,9 @@ def test_a_stray_large_label_does_not_make_hundreds_of_classes(tmp_path):
     y = np.arange(12, dtype=np.uint8) % 3
     y[5] = 255  # one corrupt label
     spec = save_npz(tmp_path / "d.npz", **_bad(y_train=y))
-    with pytest.raises(DataError, match=r"y_train: labels go up to 255 but 3, 4, 5, 6, 7 and 247 more never occur among the training labels; "
-                                        r"fix the labels, or pass --class-names to name all 256 classes"):
+    with pytest.raises(DataError, match=r"y_train: labels go up to 255, but class 3, 4, 5, 6, 7 and 247 more never "
+                                        r"occur among the training labels; fix the labels, or pass "
+                                        r"--class-names to name all 256 classes"):
         data.load_dataset(spec, **QUIET)
 
 
@@ -222,5 +223,13 @@ def test_a_huge_stray_label_is_named_without_counting_to_it(tmp_path):
     y = (np.arange(12) % 3).astype(np.int64)
     y[0] = 10**12  # np.arange(10**12) would need 8 TB
     spec = save_npz(tmp_path / "d.npz", **_bad(y_train=y))
-    with pytest.raises(DataError, match=r"labels go up to 1000000000000 but 3, 4, 5, 6, 7 and 999999999992 more"):
+    with pytest.raises(DataError, match=r"labels go up to 1000000000000, but class 3, 4, 5, 6, 7 and 999999999992 more"):
         data.load_dataset(spec, **QUIET)
+
+
+def test_a_test_label_never_seen_in_training_names_the_test_labels(tmp_path):
+    a = arrays(k=2)
+    a["y_test"][0] = 2
+    with pytest.raises(DataError, match=r"y_test: labels go up to 2, but class 2 never occurs among the training "
+                                        r"labels; "):
+        data.load_dataset(save_npz(tmp_path / "d.npz", **a), **QUIET)

@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import Config, ConfigError, split_address
+from .data import DataError
+from .files import WriteError
 
 # Seconds to wait for a TCP connection to the cluster's address before giving up:
 # an unreachable or mistyped address fails in seconds instead of hanging.
@@ -92,10 +94,13 @@ def _run_ray(fn, jobs, shared, cfg: Config, started, arrived: OnResult, progress
 
 
 def _get(ray, ref) -> dict:
-    """The task's result; a worker without this package is a one-line error, other failures propagate."""
+    """The task's result; a worker without this package, or a job's own one-line error (a diverged
+    member), is a one-line error; other failures propagate."""
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, (ConfigError, DataError, WriteError)):
+            raise e.cause from None  # its own message, not the worker's traceback Ray wraps round it
         if WORKER_IMPORT_FAILED not in str(e):
             raise
         missing = str(e).strip().splitlines()[-1]

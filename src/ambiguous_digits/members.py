@@ -50,7 +50,7 @@ def train_member(cfg: Config, seed: int, x_train: np.ndarray, y_train: np.ndarra
                            state=state, on_epoch=on_epoch)
     start = time.perf_counter()
     probs = predict_probs(model, x_eval, device)
-    if not np.isfinite(probs).all():  # refused before it is saved: a resume must not reuse it
+    if not np.isfinite(probs).all():  # a finite loss but overflowing weights; refused before it is saved
         raise ConfigError(f"--lr: training diverged (the CNN of seed {seed} gives NaN probabilities); "
                           f"try a lower --lr than {cfg.lr}")
     return MemberResult(seed, probs, history, model, time.perf_counter() - start)

@@ -38,9 +38,6 @@ MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA")
 INK_THRESHOLD = 0.2
 # An image whose grey levels span less than this (of 0..1) has no digit in it.
 MIN_CONTRAST = 0.1
-# Fewer ink pixels than this, at the image's own resolution, are specks, not a digit:
-# every MNIST digit has at least 15 pixels of solid ink at 28x28.
-MIN_INK_PIXELS = 10
 # Solid ink: pixels at half intensity or more. Every MNIST digit has 15 to 312 of
 # them (measured over all 70,000), never a filled 20x20 box; more than MAX_SOLID
 # means ink fills the box (a filled shape, or noise), not strokes.
@@ -111,10 +108,12 @@ def crop_to_ink(ink_: np.ndarray, name: str) -> np.ndarray:
     rows, cols = np.flatnonzero(inked.any(1)), np.flatnonzero(inked.any(0))
     if not len(rows):
         raise ImageError(f"{name}: blank image; no digit found")
-    if inked.sum() < MIN_INK_PIXELS:
-        raise ImageError(f"{name}: does not look like a digit: only {inked.sum()} pixel(s) of ink "
-                         f"(specks, not strokes; need at least {MIN_INK_PIXELS})")
     crop = ink_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    # A stroke is at least as many pixels as the longer side of the box it spans (a
+    # one-pixel line across it); fewer are specks scattered over a page, not a digit.
+    if inked.sum() < max(crop.shape):
+        raise ImageError(f"{name}: does not look like a digit: {inked.sum()} pixel(s) of ink scattered over "
+                         f"{crop.shape[0]}x{crop.shape[1]} (specks, not strokes)")
     return np.where(crop > INK_THRESHOLD, crop, 0)
 
 

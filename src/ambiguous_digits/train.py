@@ -191,6 +191,9 @@ def train(images: np.ndarray, labels: np.ndarray, cfg: Config, seed: int, device
         with tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False,
                   mininterval=PROGRESS_SECONDS) as bar:
             loss, acc = _epoch(model, opt, sched, x, y, cfg, gen, precision, bar, hook, hooks_per_epoch, epoch - 1)
+        if not math.isfinite(loss):  # before on_epoch: a diverged state is never saved to resume from
+            raise ConfigError(f"--lr: training diverged (seed {seed}: the loss of epoch {epoch} is {loss}); "
+                              f"try a lower --lr than {cfg.lr}")
         history.append({"epoch": epoch, "loss": loss, "train_acc": acc, "seconds": time.perf_counter() - start})
         if progress:
             tqdm.write(f"epoch {epoch}/{cfg.epochs}: loss {loss:.4f}, train accuracy {acc:.2%}")

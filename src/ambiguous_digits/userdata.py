@@ -147,9 +147,12 @@ def _num_classes(out: dict[str, np.ndarray], names: dict[str, str], class_names:
         if len(present) < k:  # named without listing every absent class: k may be huge
             first = [str(c) for c in itertools.islice((c for c in range(k) if c not in present), 5)]
             more = k - len(present) - len(first)
-            raise DataError(f"{names['y_train']}: labels go up to {k - 1} but {', '.join(first)}"
-                            f"{f' and {more} more' if more else ''} never occur among the training labels; "
-                            f"fix the labels, or pass --class-names to name all {k} classes")
+            holder = max(top, key=top.get)  # the array with the largest label
+            raise DataError(f"{names[holder]}: labels go up to {k - 1}, but class "
+                            f"{', '.join(first)}{f' and {more} more' if more else ''} "
+                            f"{'never occurs' if k - len(present) == 1 else 'never occur'} among the "
+                            f"training labels; fix the labels, or pass --class-names "
+                            f"to name all {k} classes")
         return k
     k = len(class_names)
     for key, largest in top.items():
