@@ -39,7 +39,7 @@ class _Help(argparse.HelpFormatter):
         text = action.help or ""
         value = action.default
         if (not action.option_strings or value in (None, argparse.SUPPRESS) or "default" in text
-                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))):
+                or action.nargs == 0):  # a switch (store_true/false) takes no value: its default says nothing
             return text
         if isinstance(value, (tuple, list)):
             value = ",".join(map(str, value))

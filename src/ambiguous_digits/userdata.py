@@ -10,7 +10,6 @@ and range, no NaN. Images may be uint8 (or any integer type) in 0..255, or float
 from __future__ import annotations
 
 import itertools
-
 import zipfile
 from pathlib import Path
 from typing import Callable, Sequence
