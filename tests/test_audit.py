@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from ambiguous_digits import audit, cli, manifest, validate
+from ambiguous_digits import audit, cli, data, manifest, validate
 
 
 @pytest.mark.parametrize("n, k", [(10, 2), (10000, 5), (101, 7)])
@@ -152,7 +152,10 @@ def test_audit_pools_a_finished_run_over_the_same_test_digits(tmp_path, mnist_di
     common = ["--out", str(out), "--data-dir", str(mnist_dir), "--train-limit", "300", "--test-limit", "60",
               "--epochs", "1", "--widths", "4,8,8", "--quiet"]
     assert cli.main(["run", "--members", "2", *common]) == 0
+    (out / "validation.json").write_text("{}")  # as if an earlier audit had been validated
+    manifest.record(out, out / "validation.json")
     assert cli.main(["audit", "--folds", "2", *common]) == 0
+    assert not manifest.listed(out, "validation.json")  # it scored the earlier ranking, not this one
     summary = json.loads((out / "audit_test.json").read_text())
     assert summary["run_members_pooled"] == 2 and summary["members_per_fold"] == 1
     with np.load(out / "cv_probs_test.npz") as cv, np.load(out / "probs.npz") as run:
@@ -178,3 +181,19 @@ def test_validate_names_an_unreadable_table_once(tmp_path, capsys):
     assert cli.main(["validate", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.count(str(tmp_path / "label_issues.csv")) == 1
+
+
+def test_audit_refuses_to_join_a_run_on_other_data(tmp_path, mnist_dir, capsys):
+    out = tmp_path / "run"
+    common = ["--out", str(out), "--train-limit", "300", "--test-limit", "60", "--epochs", "1",
+              "--widths", "4,8,8", "--quiet"]
+    assert cli.main(["run", "--members", "1", "--data-dir", str(mnist_dir), *common]) == 0
+    ds = data.load_mnist(mnist_dir, log=lambda _: None, progress=False)
+    other = tmp_path / "other.npz"  # the same shapes, other images: a run's rows would be the wrong images
+    np.savez(other, x_train=ds.x_train[:300], y_train=ds.y_train[:300], x_test=255 - ds.x_test[:60],
+             y_test=ds.y_test[:60])
+    before = manifest.load(out)
+    assert cli.main(["audit", "--dataset", f"npz:{other}", "--folds", "2", *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ambiguous-digits: error: --dataset:") and "holds a run on mnist" in err and len(err.splitlines()) == 1
+    assert manifest.load(out) == before and not (out / "label_issues.csv").exists()

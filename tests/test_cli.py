@@ -253,7 +253,7 @@ def test_ranking_names_in_the_config_are_the_scoring_ones():
 def test_every_output_is_listed_in_the_manifest_with_its_sha256(tiny_run):
     from ambiguous_digits import manifest
     listed = manifest.load(tiny_run)
-    on_disk = {p.relative_to(tiny_run).as_posix() for p in tiny_run.rglob("*") if p.is_file()} - {"manifest.json"}
+    on_disk = {p.relative_to(tiny_run).as_posix() for p in tiny_run.rglob("*") if p.is_file()} - {"manifest.json", manifest.LOCK_FILE}
     assert set(listed) == on_disk
     assert all(manifest.sha256(tiny_run / name) == entry["sha256"] for name, entry in listed.items())
 
@@ -286,3 +286,10 @@ def test_help_leaves_out_the_flags_a_command_refuses(capsys):
     for flag in ("--members", "--top", "--rankings", "--no-augment", "--backend", "--resume"):
         assert flag not in text, flag
     assert "(default: 10)" in text  # its own epochs
+
+
+def test_a_relative_data_dir_is_recorded_as_an_absolute_path(tmp_path, monkeypatch):
+    """So `report` and `validate`, run from another folder, still find the cache the run used."""
+    monkeypatch.chdir(tmp_path)
+    a = cli.build_parser().parse_args(["run", "--out", "r", "--data-dir", "cache/mnist"])
+    assert cli.config_from_args(a).data_dir == tmp_path / "cache" / "mnist"

@@ -243,11 +243,11 @@ def test_two_fetches_into_one_cache_at_once_download_once_and_agree(fake, monkey
     assert_clean(tmp_path, expect_files=True)
 
 
-def test_cache_file_with_wrong_md5_is_refetched_and_replaced(fake, monkeypatch, tmp_path):
+def test_cache_file_with_wrong_md5_is_refetched_and_kept_aside(fake, monkeypatch, tmp_path):
     for name, arr in fake.items():
         (tmp_path / name).write_bytes(idx_bytes(arr))
     bad = fake[FILES[3]].copy()
-    bad[0] = (bad[0] + 1) % 10  # same shape, wrong content: only the MD5 can tell
+    bad[0] = (bad[0] + 1) % 10  # same shape, wrong content (a user's own fix?): only the MD5 can tell
     (tmp_path / FILES[3]).write_bytes(idx_bytes(bad))
     serve(monkeypatch, gz_files(fake))
     logs = []
@@ -255,7 +255,11 @@ def test_cache_file_with_wrong_md5_is_refetched_and_replaced(fake, monkeypatch, 
     assert m.source == MIRROR
     assert f"{FILES[3]}: md5 {md5(idx_bytes(bad))} != expected" in logs[0]
     check_matches(m, fake)
-    assert_clean(tmp_path, expect_files=True)  # the bad file is gone, replaced
+    aside = tmp_path / f"{FILES[3]}.replaced-{md5(idx_bytes(bad))[:12]}"
+    assert aside.read_bytes() == idx_bytes(bad)  # never lost: kept beside the verified file
+    assert any(f"kept aside as {aside.name}" in line for line in logs)
+    aside.unlink()
+    assert_clean(tmp_path, expect_files=True)  # otherwise only the verified files
 
 
 def test_mirrors_tried_in_order_until_one_verifies(fake, monkeypatch, tmp_path):

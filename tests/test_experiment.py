@@ -192,6 +192,18 @@ def test_impact_known_answer():
     assert im["removed"] == 2 and im["accuracy_removed"] == pytest.approx(3 / 4)  # 1 and 4 dropped
 
 
+def test_without_a_human_review_the_notes_claim_no_label_errors(tiny_experiment):
+    from ambiguous_digits import report
+    exp = json.loads((tiny_experiment / "experiment.json").read_text())
+    assert any("human-confirmed" in line for line in report.experiment_notes(exp))  # MNIST: reviewed
+    labels, pred = np.array([0, 1, 2]), np.array([0, 2, 2])
+    exp = {**exp, "label_errors": [], "top_ambiguous_label_errors": [],
+           "impact": experiment.impact(pred, labels, np.array([3.0, 1.0, 2.0]), [])}
+    text = " ".join(report.experiment_notes(exp) + report.impact_lines(exp["impact"]))
+    assert "human-confirmed" not in text and "No human review" in text
+    assert len(report.impact_lines(exp["impact"])) == 1 and "1 errors" in text
+
+
 # ---------------------------------------------------------------------------
 # Training pieces the experiment adds: a fine-tune from a model, seeds, augmented copies
 # ---------------------------------------------------------------------------

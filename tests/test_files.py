@@ -68,3 +68,23 @@ def test_write_new_without_hard_links_still_never_overwrites(tmp_path, monkeypat
     assert files.write_new(tmp_path, "d", ".png", b"second") == tmp_path / "d-2.png"
     assert (tmp_path / "d.png").read_bytes() == b"first" and (tmp_path / "d-2.png").read_bytes() == b"second"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d-2.png", "d.png"]
+
+
+def test_commands_writing_one_run_directory_at_once_keep_every_manifest_entry(tmp_path):
+    """Two writers (say `predict --run R` during `audit --out R`) each list their own files."""
+    import threading
+
+    from ambiguous_digits import manifest
+
+    def writer(tag):
+        for i in range(40):
+            path = tmp_path / f"{tag}-{i}.txt"
+            path.write_text(tag)
+            manifest.record(tmp_path, path)
+
+    threads = [threading.Thread(target=writer, args=(tag,)) for tag in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(manifest.load(tmp_path)) == sorted(f"{t}-{i}.txt" for t in "ab" for i in range(40))

@@ -162,6 +162,18 @@ def test_preprocess_refuses_an_image_over_the_pixel_limit_before_decoding(tmp_pa
         preprocess.load_gray(path)
 
 
+def test_a_decoder_that_trips_on_a_malformed_file_is_one_image_error(tmp_path, monkeypatch):
+    path = tmp_path / "odd.png"
+    Image.new("L", (28, 28), 255).save(path)
+
+    def broken(image):  # what Pillow raised on a fuzzed TIFF's EXIF-style tags
+        raise TypeError("'IFDRational' object cannot be interpreted as an integer")
+
+    monkeypatch.setattr(preprocess.ImageOps, "exif_transpose", broken)
+    with pytest.raises(preprocess.ImageError, match=r"odd.png: cannot read the image \(TypeError: 'IFDRational'"):
+        preprocess.load_gray(path)
+
+
 def test_predict_refuses_a_tampered_model(trained, tmp_path, mnist, capsys):
     run = tmp_path / "run"
     shutil.copytree(trained, run)

@@ -452,3 +452,26 @@ def test_a_contact_sheet_takes_dollar_signs_in_class_names_as_text(tmp_path):
     images = np.zeros((2, 28, 28), np.uint8)
     outputs.contact_sheet(tmp_path / "sheet.png", images, ["#0 $^$", "#1 $\\foo$ -> $5 bill"], "labels $^$")
     assert Image.open(tmp_path / "sheet.png").size[0] > 0
+
+
+def test_the_page_keeps_every_digit_a_gallery_needs_even_past_its_cap(monkeypatch):
+    """Many classes need ~100 digits per filter (a class, a confusion): the cap drops only errors no gallery
+    shows, however many digits the galleries need. Here the cap is made smaller than that."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    n, k = 20000, 3
+    labels = rng.integers(0, k, n)
+    preds = np.where(rng.random(n) < 0.3, rng.integers(0, k, n), labels)  # ~20% errors, thousands per confusion
+    run = SimpleNamespace(table={"label": labels, "pred": preds}, class_names=("a", "b", "c"))
+    orders = {"a": rng.permutation(n), "b": rng.permutation(n)}
+    needed = set()
+    for o in orders.values():
+        needed |= set(report.needed_prefix(o, labels, preds, report.COUNTS[-1], k).tolist())
+    monkeypatch.setattr(report, "MAX_DIGITS", len(needed) // 2)
+    chosen = report.chosen_digits(run, orders)
+    assert set(chosen.tolist()) == needed and len(chosen) == len(needed)  # all of them, once, no extra errors
+    monkeypatch.setattr(report, "MAX_DIGITS", len(needed) + 10)
+    chosen = report.chosen_digits(run, orders)
+    extra = set(chosen.tolist()) - needed
+    assert len(chosen) == len(needed) + 10 and all(labels[i] != preds[i] for i in extra)

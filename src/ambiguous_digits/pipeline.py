@@ -30,6 +30,7 @@ SCORES_FILE = "scores.csv"
 # Written by `experiment` (experiment.py) into a run's directory, from that run's numbers.
 EXPERIMENT_FILES = ("experiment.json", "experiment.md", "experiment_probs.npz")
 SUMMARY_FILE = "summary.json"
+VALIDATION_FILE = "validation.json"
 MEMBER_STEM = "members/member-{m}"
 MODEL_FILE = "models/member-{m}.pt"
 # Folders of per-digit images and per-member files; a --force rerun starts them afresh.
@@ -76,7 +77,7 @@ def _remove_earlier_run(out: Path) -> None:
     """With --force: the earlier manifest first (so nothing of it is trusted), then every result
     written from it (members, audits, validation, report), so a new run never sits beside another's."""
     (out / manifest.MANIFEST_FILE).unlink(missing_ok=True)
-    names = [SUMMARY_FILE, "validation.json", report.REPORT_FILE, *EXPERIMENT_FILES]
+    names = [SUMMARY_FILE, VALIDATION_FILE, report.REPORT_FILE, *EXPERIMENT_FILES]
     names += [n for files_ in AUDIT_FILES.values() for n in files_ if n.endswith((".csv", ".npz", ".json", ".png"))]
     for name in names:
         (out / name).unlink(missing_ok=True)
@@ -345,22 +346,37 @@ def _check_no_audit(cfg: Config) -> None:
         raise ConfigError(f"--out: {table} exists; pass --force to overwrite it")
 
 
-def start_audit(cfg: Config, images: int) -> None:
-    """Once the data are loaded (check_audit ran before): --folds against the split's images, then claim
-    cfg.out for this split's audit (checked again: the load may have taken minutes). An interrupted
-    audit's folds are dropped (resume them with --resume)."""
+def start_audit(cfg: Config, ds: data.Dataset, images: int) -> None:
+    """Once the data are loaded (check_audit ran before): --folds against the split's images, the data
+    against a run already in cfg.out, then claim cfg.out for this split's audit (checked again: the load
+    may have taken minutes). An interrupted audit's folds are dropped (resume them with --resume), and
+    so is the validation of an earlier test-set audit (it scored that audit's ranking)."""
     config_name = AUDIT_FILES[cfg.split][5]
     cfg.check_folds(images)
     _check_no_audit(cfg)
+    _check_same_data(cfg.out, ds)
     prepare_out_dir(cfg.out, force=True)
     prefix = f"folds/{cfg.split}-fold-"
     stale = {p.relative_to(cfg.out).as_posix() for p in cfg.out.glob(f"{prefix}*")}
     stale |= {name for name in manifest.load(cfg.out) if name.startswith(prefix)}
+    if cfg.split == "test":
+        stale.add(VALIDATION_FILE)
     manifest.forget(cfg.out, *AUDIT_FILES[cfg.split][:3], AUDIT_FILES[cfg.split][4], *stale)
     for name in stale:
         (cfg.out / name).unlink(missing_ok=True)
     files.write_text(cfg.out / config_name, cfg.dumps() + "\n")
     manifest.record(cfg.out, cfg.out / config_name)
+
+
+def _check_same_data(out: Path, ds: data.Dataset) -> None:
+    """An audit joins a run's directory only when it audits the run's own data (same files, same MD5s)."""
+    if not manifest.listed(out, SUMMARY_FILE):
+        return
+    run_data = json.loads(manifest.verified(out, SUMMARY_FILE).read_text()).get("data", {})
+    if run_data.get("md5") != ds.checksums:
+        raise ConfigError(f"--dataset: {out} holds a run on {run_data.get('dataset', 'other data')}, and these "
+                          f"data ({ds.name}) are not its files (their MD5s differ); audit the run's data set "
+                          f"(its --dataset), or give another --out")
 
 
 def cross_val_probs(cfg: Config, out: Path, extra, x, y, num_classes: int, progress: bool, log: Log):
@@ -403,7 +419,7 @@ def run_audit(cfg: Config, log: Log = print, progress: bool = True, resume: bool
     else:
         extra, x, y = (x_train[:0], y_train[:0]), x_train, y_train
     if not resume:
-        start_audit(cfg, len(y))  # a user data set's size is known only now
+        start_audit(cfg, ds, len(y))  # a user data set's size is known only now
     log(f"{cfg.folds} folds of {cfg.members} CNN(s), {_where(cfg, device, precision)}")
     probs, folds = cross_val_probs(cfg, cfg.out, extra, x, y, ds.num_classes, progress, log)
     with files.atomic_path(cfg.out / probs_name) as tmp, open(tmp, "wb") as f:
@@ -474,6 +490,9 @@ def _refresh_report(run_dir: Path, ds: data.Dataset | None = None, log: Log = pr
         report.write_report(run_dir, dataset=ds)
     except (ConfigError, data.DataError, files.WriteError) as e:  # e.g. an audit over other images: keep the results
         log(f"report.html not refreshed: {e}")
+    except (KeyError, IndexError, TypeError, ValueError) as e:  # a result written by another version: still keep them
+        log(f"report.html not refreshed: {run_dir} holds a result this version cannot show "
+            f"({type(e).__name__}: {e}); `ambiguous-digits report {run_dir}` after a new run")
 
 
 def _write_images(folder: Path, x: np.ndarray, rows) -> list[Path]:
@@ -518,7 +537,7 @@ def run_validate(run_dir: Path) -> dict:
         except ValueError as e:
             raise ConfigError(f"{path}: {e}") from None
     out = {"rankings": result, "review": validate.REVIEWS[dataset]}
-    files.write_json(run_dir / "validation.json", out)
-    manifest.record(run_dir, run_dir / "validation.json")
+    files.write_json(run_dir / VALIDATION_FILE, out)
+    manifest.record(run_dir, run_dir / VALIDATION_FILE)
     _refresh_report(run_dir)
     return out

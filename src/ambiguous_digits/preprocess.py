@@ -64,6 +64,8 @@ def load_gray(path: Path) -> np.ndarray:
         raise ImageError(f"{path}: cannot read the image ({e.strerror or e})") from None
     except (ValueError, SyntaxError) as e:  # Pillow's refusals of malformed chunks and headers
         raise ImageError(f"{path}: cannot read the image ({e})") from None
+    except Exception as e:  # a malformed file trips a decoder in other ways too (a TIFF tag's TypeError)
+        raise ImageError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from None
 
 
 def _check_header(path: Path, im: Image.Image) -> None:

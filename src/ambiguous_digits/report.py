@@ -35,9 +35,9 @@ TEMPLATE = "report.html"
 # digits of every ranking under every filter, so each choice shows exactly that many.
 COUNTS = (10, 25, 50, 100)
 DEFAULT_COUNT = 25
-# A digit costs ~1.1 kB of page (PNG + numbers); this keeps the page under ~5 MB. The
-# galleries' digits come first, so the cap only drops errors no gallery needs, unless
-# a run has thousands of errors (a full-size run needs ~1,600 digits).
+# A digit costs ~1.1 kB of page (PNG + numbers); this keeps the page under ~5 MB. The cap
+# only drops errors no gallery needs: every digit a gallery needs is always on the page
+# (a full-size MNIST run needs ~1,600; a set of many classes needs ~100 per class and ranking).
 MAX_DIGITS = 4000
 # Keys of summary.json the report reads (written by `run` since the ensemble pipeline).
 SUMMARY_KEYS = ("test_accuracy", "test_errors", "train_digits", "member_accuracy", "member_accuracy_mean",
@@ -484,12 +484,19 @@ def filter_counts(order: np.ndarray, labels: np.ndarray, preds: np.ndarray, clas
 
 
 def chosen_digits(run: Run, orders: dict[str, np.ndarray]) -> np.ndarray:
-    """Test indices whose pixels the page holds: every ranking's needed prefix, then all errors; capped."""
+    """Test indices whose pixels the page holds: every ranking's needed prefix, then the other errors
+    while the page has room for them (MAX_DIGITS)."""
     labels, preds = _ints(run.table["label"]), _ints(run.table["pred"])
     parts = [needed_prefix(o, labels, preds, COUNTS[-1], len(run.class_names)) for o in orders.values()]
-    parts.append(np.flatnonzero(labels != preds))
-    _, first = np.unique(np.concatenate(parts), return_index=True)
-    return np.concatenate(parts)[np.sort(first)][:MAX_DIGITS]
+    needed = _unique_in_order(np.concatenate(parts))
+    errors = np.flatnonzero(labels != preds)
+    extra = errors[~np.isin(errors, needed)][: max(MAX_DIGITS - len(needed), 0)]
+    return np.concatenate([needed, extra])
+
+
+def _unique_in_order(indices: np.ndarray) -> np.ndarray:
+    _, first = np.unique(indices, return_index=True)
+    return indices[np.sort(first)]
 
 
 def _num(x: float, digits: int = 4) -> float | None:
@@ -576,14 +583,17 @@ def experiment_notes(exp: dict) -> list[str]:
     """How to read the table: seeds, the top-10 digits, the label errors, the emphasis, the leakage rule."""
     seeds, e = len(exp["seeds"]), exp["emphasis"]
     top, wrong = exp["baseline_top_ambiguous"], exp["top_ambiguous_label_errors"]
+    reviewed = bool(exp["label_errors"])  # only MNIST's test labels have a human review
     return [
         f"Mean ± std (population) over {seeds} seed(s) per variant; the ensemble averages the {seeds} "
         f"{exp['best_variant'].replace('_', ' ')} models (the best mean accuracy). Δ is against the baseline's mean.",
         f"The baseline's top {len(top)} most ambiguous test digits (highest 1 − p(label), seeds averaged): "
-        f"{', '.join(map(str, top))}; {len(wrong)} of them are human-confirmed label errors, where a 'correct' "
-        f"answer agrees with a wrong label.",
+        f"{', '.join(map(str, top))}"
+        + (f"; {len(wrong)} of them are human-confirmed label errors, where a 'correct' answer agrees with a "
+           f"wrong label." if reviewed else "."),
         f"Accuracy without the label errors leaves out the {len(exp['label_errors'])} test digits human reviewers "
-        f"judged mislabelled, so a model that reads them as what they show is not punished for it.",
+        f"judged mislabelled, so a model that reads them as what they show is not punished for it." if reviewed else
+        "No human review of this data set's test labels exists, so accuracy without label errors is the accuracy.",
         f"Emphasis: a second pass of {e['epochs']} epoch(s) (peak learning rate {e['lr']:g}) from the first-pass "
         f"model, in which the {e['digits']} most ambiguous training digits appear {e['factor']}× (cleanlab's "
         f"suspected label errors left out).",
@@ -595,9 +605,12 @@ def impact_lines(im: dict) -> list[str]:
     """The default run's numbers: errors among its most ambiguous digits, accuracy with label errors fixed."""
     tops = "; ".join(f"the {k} most ambiguous digits hold {t['errors']} of its {im['errors']} errors "
                      f"({_pct(t['share'])})" for k, t in im["errors_in_top"].items())
+    first = (f"Impact, from the default run in this directory ({_pct(im['accuracy'])}, {im['errors']} errors in "
+             f"{im['test_digits']:,} test digits): {tops}.")
+    if not im["removed"]:  # no human review of these labels: nothing to relabel or remove
+        return [first]
     return [
-        f"Impact, from the default run in this directory ({_pct(im['accuracy'])}, {im['errors']} errors in "
-        f"{im['test_digits']:,} test digits): {tops}.",
+        first,
         f"With the {im['relabelled']} reviewed label errors whose reviewers agreed on the guessed label relabelled "
         f"to it, its accuracy is {_pct(im['accuracy_relabelled'])} "
         f"({100 * (im['accuracy_relabelled'] - im['accuracy']):+.2f} points); with all {im['removed']} "

@@ -69,6 +69,10 @@ def _read_npz(path: Path, spec: str) -> tuple[dict, dict, dict]:
             arrays = {k: npz[k] for k in KEYS}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{spec}: unreadable npz ({e})") from None
+    except DataError:
+        raise
+    except Exception as e:  # a damaged member trips zlib or numpy's header parser in other ways
+        raise DataError(f"{spec}: unreadable npz ({type(e).__name__}: {e})") from None
     checksums = {k: md5(np.ascontiguousarray(a).tobytes()) for k, a in arrays.items()}
     return arrays, checksums, {k: k for k in KEYS}
 
