@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ambiguous_digits import cli, experiment, files, manifest
+from ambiguous_digits import cli, experiment, files, manifest, validate
 from ambiguous_digits.config import Config, ConfigError
 from ambiguous_digits.experiment import VARIANTS, LeakageError
 from ambiguous_digits.train import augment, resolve_precision, to_tensor, train
@@ -196,12 +196,17 @@ def test_without_a_human_review_the_notes_claim_no_label_errors(tiny_experiment)
     from ambiguous_digits import report
     exp = json.loads((tiny_experiment / "experiment.json").read_text())
     assert any("human-confirmed" in line for line in report.experiment_notes(exp))  # MNIST: reviewed
-    labels, pred = np.array([0, 1, 2]), np.array([0, 2, 2])
-    exp = {**exp, "label_errors": [], "top_ambiguous_label_errors": [],
-           "impact": experiment.impact(pred, labels, np.array([3.0, 1.0, 2.0]), [])}
-    text = " ".join(report.experiment_notes(exp) + report.impact_lines(exp["impact"]))
+    labels, pred, ranks = np.array([0, 1, 2]), np.array([0, 2, 2]), np.array([3.0, 1.0, 2.0])
+    # MNIST's review exists even when no reviewed error is among the digits scored (--test-limit 900)
+    mnist = validate.load_review("mnist")
+    sliced = {**exp, "label_errors": [], "top_ambiguous_label_errors": [],
+              "impact": experiment.impact(pred, labels, ranks, mnist)}
+    text = " ".join(report.experiment_notes(sliced) + report.impact_lines(sliced["impact"]))
+    assert "No human review" not in text and "human-confirmed" in text
+    other = {**sliced, "reviewed": False, "impact": experiment.impact(pred, labels, ranks, [])}
+    text = " ".join(report.experiment_notes(other) + report.impact_lines(other["impact"]))
     assert "human-confirmed" not in text and "No human review" in text
-    assert len(report.impact_lines(exp["impact"])) == 1 and "1 errors" in text
+    assert len(report.impact_lines(other["impact"])) == 1 and "1 errors" in text
 
 
 # ---------------------------------------------------------------------------

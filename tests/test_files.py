@@ -88,3 +88,19 @@ def test_commands_writing_one_run_directory_at_once_keep_every_manifest_entry(tm
     for t in threads:
         t.join()
     assert sorted(manifest.load(tmp_path)) == sorted(f"{t}-{i}.txt" for t in "ab" for i in range(40))
+
+
+def test_an_unreadable_manifest_is_one_config_error(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from ambiguous_digits import manifest
+    from ambiguous_digits.config import ConfigError
+
+    manifest.record(tmp_path)
+
+    def denied(self, *a, **k):  # what another user's 0600 manifest gives (the tests run as root)
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    with pytest.raises(ConfigError, match=r"manifest.json: unreadable manifest \(Permission denied\)"):
+        manifest.load(tmp_path)

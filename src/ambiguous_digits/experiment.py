@@ -170,7 +170,7 @@ def impact(pred: np.ndarray, labels: np.ndarray, rank_ambiguity: np.ndarray, rev
     relabelled[list(fixed)] = list(fixed.values())
     keep = np.ones(n, bool)
     keep[label_errors_within(review, n)] = False
-    return {"test_digits": n, "errors": errors, "accuracy": float(1 - wrong.mean()),
+    return {"test_digits": n, "errors": errors, "accuracy": float(1 - wrong.mean()), "reviewed": bool(review),
             "errors_in_top": {str(k): {"errors": e, "share": e / errors if errors else 0.0} for k, e in in_top.items()},
             "relabelled": len(fixed), "accuracy_relabelled": float((pred == relabelled).mean()),
             "removed": int((~keep).sum()), "accuracy_removed": float((pred[keep] == labels[keep]).mean())}
@@ -282,7 +282,7 @@ def run_experiment(cfg: Config, log=print, progress: bool = True) -> dict:
     review = validate.load_review(ds.name) if ds.name in validate.REVIEWS else []
     if not review:
         log(f"no human review of {ds.name}'s test labels exists: accuracy without label errors equals accuracy")
-    result = {"leakage": LEAKAGE, **compare(probs, y_test, review),
+    result = {"leakage": LEAKAGE, "reviewed": bool(review), **compare(probs, y_test, review),
               "impact": {"of": "the default run in this directory",
                          **impact(table["pred"].astype(int), y_test, table["rank_ambiguity"], review)},
               "emphasis": {"digits": len(emphasised), "factor": cfg.emphasis_factor, "epochs": cfg.emphasis_epochs,

@@ -41,13 +41,15 @@ def sha256(path: Path) -> str:
 def load(run_dir: Path) -> dict[str, dict]:
     """Relative path (posix) -> {"sha256", "bytes"}; empty when there is no manifest yet."""
     path = Path(run_dir) / MANIFEST_FILE
-    if not path.is_file():
-        return {}
     try:
+        if not path.is_file():
+            return {}
         body = json.loads(path.read_text())
         version, entries = body.get("version"), body["files"]
         if not all(isinstance(e, dict) and isinstance(e.get("sha256"), str) for e in entries.values()):
             raise TypeError("entry without a sha256")
+    except OSError as e:  # e.g. a run directory another user owns
+        raise ConfigError(f"{path}: unreadable manifest ({e.strerror or e})") from None
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"{path}: unreadable manifest ({e})") from None
     if version != MANIFEST_VERSION:  # a format this version does not know: its files may mean something else
@@ -68,7 +70,7 @@ def _name(run_dir: Path, path: Path) -> str:
 @contextmanager
 def _locked(run_dir: Path) -> Iterator[None]:
     try:
-        lock = FileLock(Path(run_dir) / LOCK_FILE)
+        lock = FileLock(Path(run_dir) / LOCK_FILE, mode=0o666)  # a shared run directory: anyone who may write there
         lock.acquire()
     except OSError as e:
         raise files.WriteError(f"{Path(run_dir) / LOCK_FILE}: cannot lock the manifest ({e.strerror or e})") from None

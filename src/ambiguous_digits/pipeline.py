@@ -350,7 +350,7 @@ def start_audit(cfg: Config, ds: data.Dataset, images: int) -> None:
     """Once the data are loaded (check_audit ran before): --folds against the split's images, the data
     against a run already in cfg.out, then claim cfg.out for this split's audit (checked again: the load
     may have taken minutes). An interrupted audit's folds are dropped (resume them with --resume), and
-    so is the validation of an earlier test-set audit (it scored that audit's ranking)."""
+    the validation of an earlier test-set audit is unlisted (it scored that audit's ranking)."""
     config_name = AUDIT_FILES[cfg.split][5]
     cfg.check_folds(images)
     _check_no_audit(cfg)
@@ -359,9 +359,8 @@ def start_audit(cfg: Config, ds: data.Dataset, images: int) -> None:
     prefix = f"folds/{cfg.split}-fold-"
     stale = {p.relative_to(cfg.out).as_posix() for p in cfg.out.glob(f"{prefix}*")}
     stale |= {name for name in manifest.load(cfg.out) if name.startswith(prefix)}
-    if cfg.split == "test":
-        stale.add(VALIDATION_FILE)
-    manifest.forget(cfg.out, *AUDIT_FILES[cfg.split][:3], AUDIT_FILES[cfg.split][4], *stale)
+    unlist = [VALIDATION_FILE] if cfg.split == "test" else []  # unlisted (so unused), the file left alone
+    manifest.forget(cfg.out, *AUDIT_FILES[cfg.split][:3], AUDIT_FILES[cfg.split][4], *unlist, *stale)
     for name in stale:
         (cfg.out / name).unlink(missing_ok=True)
     files.write_text(cfg.out / config_name, cfg.dumps() + "\n")
@@ -490,9 +489,6 @@ def _refresh_report(run_dir: Path, ds: data.Dataset | None = None, log: Log = pr
         report.write_report(run_dir, dataset=ds)
     except (ConfigError, data.DataError, files.WriteError) as e:  # e.g. an audit over other images: keep the results
         log(f"report.html not refreshed: {e}")
-    except (KeyError, IndexError, TypeError, ValueError) as e:  # a result written by another version: still keep them
-        log(f"report.html not refreshed: {run_dir} holds a result this version cannot show "
-            f"({type(e).__name__}: {e}); `ambiguous-digits report {run_dir}` after a new run")
 
 
 def _write_images(folder: Path, x: np.ndarray, rows) -> list[Path]:
