@@ -189,7 +189,10 @@ FLAG_CASES = [  # (argv with {out}, {file}, {full}, {plain} placeholders; what t
     (["run", "--out", "{out}", "--rankings", "margin,nope"], "--rankings: unknown ranking 'nope'; choose from"),
     (["audit", "--out", "{out}", "--folds", "1"], "--folds: need at least 2 folds"),
     (["audit", "--out", "{out}", "--folds", "5", "--test-limit", "4"], "--folds: need 2 <= K <= 4 images, got 5"),
-    (["run", "--out", "{full}"], "is not empty (it may hold an earlier run); pass --force"),
+    (["run", "--out", "{full}"], "--out: {full} is not empty and is not a run directory (no manifest.json)"),
+    (["run", "--out", "{full}", "--force"], "--out: {full} is not empty and is not a run directory"),  # never cleared
+    (["audit", "--out", "{full}"], "--out: {full} is not empty and is not a run directory"),
+    (["run", "--out", "{out}", "--data-dir", "{full}/notes.txt/x"], "--data-dir: {full}/notes.txt is a file"),
     (["run", "--out", "{file}"], "--out: {file} is a file, not a directory"),
     (["run", "--out", "{file}/sub/run"], "--out: cannot create {file}/sub/run: {file} is a file"),
     (["run", "--out", "{out}", "--data-dir", "{file}"], "--data-dir: {file} is a file, not a directory"),
@@ -293,3 +296,12 @@ def test_a_relative_data_dir_is_recorded_as_an_absolute_path(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     a = cli.build_parser().parse_args(["run", "--out", "r", "--data-dir", "cache/mnist"])
     assert cli.config_from_args(a).data_dir == tmp_path / "cache" / "mnist"
+
+
+def test_force_clears_every_output_of_the_earlier_run_and_nothing_else(tmp_path):
+    from ambiguous_digits import manifest, pipeline
+    manifest.record(tmp_path)  # a run directory
+    for name in ("scores.csv", "probs.npz", "top_entropy.png", "data.json", "summary.json", "notes.txt"):
+        (tmp_path / name).write_text("x")
+    pipeline._remove_earlier_run(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["notes.txt"]

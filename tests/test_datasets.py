@@ -154,3 +154,29 @@ def test_user_npz_report_gallery_speaks_of_images_in_a_browser(three_classes):
         browser.close()
     assert "ranked images that match" in status and "digit" not in status
     assert title.startswith("Test image #")
+
+
+def test_limits_beyond_a_user_data_set_are_one_line_errors(three_classes, tmp_path, capsys):
+    spec, _, _ = three_classes
+    out = tmp_path / "o"
+    assert cli.main(["run", "--out", str(out), "--dataset", spec, "--test-limit", "500", *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--test-limit: {spec} has 240 test images, got 500" in err and len(err.splitlines()) == 1
+    assert not out.exists()  # refused before the directory is claimed
+
+
+def test_resume_refuses_user_data_changed_since_the_run_started(three_classes, tmp_path, capsys):
+    spec, _, _ = three_classes
+    with np.load(spec[4:]) as z:
+        arrays = dict(z)
+    path, out = tmp_path / "mine.npz", tmp_path / "run"
+    np.savez(path, **arrays)
+    flags = ["--out", str(out), "--dataset", f"npz:{path}", "--members", "1", "--train-limit", "300", *TINY]
+    assert cli.main(["run", *flags]) == 0
+    manifest.forget(out, "summary.json")  # as if killed before it finished
+    arrays["y_test"][:3] = (arrays["y_test"][:3] + 1) % 3  # labels fixed by hand meanwhile
+    np.savez(path, **arrays)
+    capsys.readouterr()
+    assert cli.main(["run", "--resume", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--resume: " in err and "y_test changed since this run started" in err and len(err.splitlines()) == 1

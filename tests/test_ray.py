@@ -194,6 +194,17 @@ def test_an_unreachable_address_fails_fast_and_writes_nothing(address, tmp_path,
 
 
 @needs_ray
+def test_an_unreachable_ray_address_variable_fails_fast_and_writes_nothing(tmp_path, monkeypatch):
+    """Without --ray-address, ray.init would use $RAY_ADDRESS: it is probed first as well."""
+    monkeypatch.setattr(backend, "CONNECT_TIMEOUT_S", 1.0)
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=r"\$RAY_ADDRESS: cannot reach a Ray cluster at 127.0.0.1:"):
+        run(Config(out=out, backend="ray"))
+    assert not out.exists()
+
+
+@needs_ray
 def test_an_address_where_something_else_listens_is_refused(tmp_path):
     """A web server on the wrong port answers HTTP/1.1, not gRPC: refused at once, not handed to ray.init."""
     with socket.create_server(("127.0.0.1", 0)) as server:

@@ -186,3 +186,17 @@ def test_an_interrupted_audit_resumes_fold_by_fold_to_the_same_table(tmp_path, m
         assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
     summary = json.loads((tmp_path / "cut" / "audit_test.json").read_text())
     assert summary["folds"] == 3 and summary["members_per_fold"] == 2
+
+
+def test_a_finished_members_left_over_epoch_states_are_dropped_on_resume(uninterrupted, tmp_path, mnist_dir):
+    """A kill between listing a finished member and dropping its epoch states leaves them listed."""
+    import shutil
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)
+    manifest.forget(out, "summary.json")  # as if killed right after member 1 was saved
+    state = out / "members" / "member-0.epoch-2.pt"
+    state.write_bytes(b"left over")
+    manifest.record(out, state)
+    assert cli.main(["run", "--resume", str(out), "--data-dir", str(mnist_dir), "--quiet"]) == 0
+    assert not state.exists() and not manifest.listed(out, "members/member-0.epoch-2.pt")
+    assert (out / "probs.npz").read_bytes() == (uninterrupted / "probs.npz").read_bytes()

@@ -131,11 +131,14 @@ def check_backend(cfg: Config) -> None:
     """Fail fast, before anything is written: Ray importable, its cluster's address answering."""
     if cfg.backend == "ray":
         _import_ray()
+        env = os.environ.get("RAY_ADDRESS", "")
         if cfg.ray_address:
             check_reachable(cfg.ray_address)
+        elif "://" not in env and env.rpartition(":")[2].isdigit():  # HOST:PORT (not 'auto', not a ray:// client)
+            check_reachable(env, flag="$RAY_ADDRESS")
 
 
-def check_reachable(address: str) -> None:
+def check_reachable(address: str, flag: str = "--ray-address") -> None:
     """Raise ConfigError unless HOST:PORT answers as a gRPC server (a Ray head's GCS) within the timeout.
 
     ray.init itself waits minutes on a silent address, and exits the process when
@@ -148,9 +151,9 @@ def check_reachable(address: str) -> None:
             frame = conn.recv(9)
     except OSError as e:
         reason = "timed out" if isinstance(e, TimeoutError) else e.strerror or str(e)
-        raise ConfigError(f"--ray-address: cannot reach a Ray cluster at {address} ({reason})") from None
+        raise ConfigError(f"{flag}: cannot reach a Ray cluster at {address} ({reason})") from None
     if len(frame) < 9 or frame[3] != HTTP2_SETTINGS[3]:
-        raise ConfigError(f"--ray-address: {address} answers, but not as a Ray head node (no gRPC there)")
+        raise ConfigError(f"{flag}: {address} answers, but not as a Ray head node (no gRPC there)")
 
 
 def _first_line(e: BaseException) -> str:

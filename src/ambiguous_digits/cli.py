@@ -114,12 +114,15 @@ def _rankings(text: str) -> tuple[str, ...]:
 def _run_dir(text: str) -> Path:
     """A directory written by `run` or `audit` (it has a manifest.json)."""
     path = Path(text)
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"{text} does not exist")
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is not a directory")
-    if not (path / MANIFEST_FILE).is_file():
-        raise argparse.ArgumentTypeError(f"{text} is not a run directory (no {MANIFEST_FILE})")
+    try:
+        if not path.exists():
+            raise argparse.ArgumentTypeError(f"{text} does not exist")
+        if not path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is not a directory")
+        if not (path / MANIFEST_FILE).is_file():
+            raise argparse.ArgumentTypeError(f"{text} is not a run directory (no {MANIFEST_FILE})")
+    except OSError as e:  # a directory we may not look into
+        raise argparse.ArgumentTypeError(f"cannot read {text}: {e.strerror or e}") from None
     return path
 
 

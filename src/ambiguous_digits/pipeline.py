@@ -31,6 +31,10 @@ SCORES_FILE = "scores.csv"
 EXPERIMENT_FILES = ("experiment.json", "experiment.md", "experiment_probs.npz")
 SUMMARY_FILE = "summary.json"
 VALIDATION_FILE = "validation.json"
+# What a run (or an audit) was started on: the data set's record with the MD5 of every file
+# or array. --resume compares it with the data loaded then, so an edited npz:/idx: file
+# never mixes members trained on the old data with members trained on the new.
+DATA_FILE = "data.json"
 MEMBER_STEM = "members/member-{m}"
 MODEL_FILE = "models/member-{m}.pt"
 # Folders of per-digit images and per-member files; a --force rerun starts them afresh.
@@ -40,13 +44,22 @@ RUN_FOLDERS = ("members", "models", "folds", "imgs", "predictions")
 # ---------------------------------------------------------------------------
 # The run directory and the data directory, checked before anything is written
 # ---------------------------------------------------------------------------
-def check_out_dir(out: Path, force: bool, flag: str = "--out") -> None:
-    """Refuse a file, an unwritable place, or an existing run without --force; creates nothing."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{flag}: {out} is a file, not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ConfigError(f"{flag}: {out} is not empty (it may hold an earlier run); pass --force to overwrite")
-    parent = next(p for p in (out, *out.parents) if p.exists())
+def check_out_dir(out: Path, force: bool, flag: str = "--out", any_folder: bool = False) -> None:
+    """Refuse a file, an unwritable place, an existing run without --force, and any other non-empty
+    directory (--force overwrites only a run's directory: one with a manifest.json); creates nothing.
+    With `any_folder` (predict's images accumulate) any directory will do."""
+    try:
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"{flag}: {out} is a file, not a directory")
+        if not any_folder and out.is_dir() and any(out.iterdir()):
+            if not (out / manifest.MANIFEST_FILE).is_file():
+                raise ConfigError(f"{flag}: {out} is not empty and is not a run directory (no "
+                                  f"{manifest.MANIFEST_FILE}); give an empty or new directory")
+            if not force:
+                raise ConfigError(f"{flag}: {out} is not empty (it holds an earlier run); pass --force to overwrite")
+        parent = next(p for p in (out, *out.parents) if p.exists())
+    except OSError as e:  # a directory we may not look into
+        raise ConfigError(f"{flag}: cannot read {out}: {e.strerror or e}") from None
     if not parent.is_dir():
         raise ConfigError(f"{flag}: cannot create {out}: {parent} is a file")
     try:
@@ -60,13 +73,16 @@ def check_data_dir(cfg: Config) -> None:
     if cfg.dataset not in data.PUBLISHED:
         return
     path = Path(cfg.data_dir).expanduser() if cfg.data_dir else data.default_data_dir(cfg.dataset)
-    existing = next(p for p in (path, *path.parents) if p.exists())
+    try:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+    except OSError as e:
+        raise ConfigError(f"--data-dir: cannot read {path}: {e.strerror or e}") from None
     if not existing.is_dir():
         raise ConfigError(f"--data-dir: {existing} is a file, not a directory")
 
 
-def prepare_out_dir(out: Path, force: bool) -> None:
-    check_out_dir(out, force)
+def prepare_out_dir(out: Path, force: bool, any_folder: bool = False) -> None:
+    check_out_dir(out, force, any_folder=any_folder)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -77,7 +93,9 @@ def _remove_earlier_run(out: Path) -> None:
     """With --force: the earlier manifest first (so nothing of it is trusted), then every result
     written from it (members, audits, validation, report), so a new run never sits beside another's."""
     (out / manifest.MANIFEST_FILE).unlink(missing_ok=True)
-    names = [SUMMARY_FILE, VALIDATION_FILE, report.REPORT_FILE, *EXPERIMENT_FILES]
+    names = [SUMMARY_FILE, VALIDATION_FILE, report.REPORT_FILE, SCORES_FILE, PROBS_FILE, DATA_FILE, *EXPERIMENT_FILES]
+    names += [f"audit_{split}_{DATA_FILE}" for split in AUDIT_FILES]
+    names += [p.name for p in out.glob("top_*.png")]  # contact sheets, of whichever rankings the run had
     names += [n for files_ in AUDIT_FILES.values() for n in files_ if n.endswith((".csv", ".npz", ".json", ".png"))]
     for name in names:
         (out / name).unlink(missing_ok=True)
@@ -119,6 +137,30 @@ def environment(device: torch.device, precision) -> dict:
         "bf16_autocast": precision.autocast,
         "libraries": libs,
     }
+
+
+def _record_data(out: Path, name: str, ds: data.Dataset) -> None:
+    files.write_json(out / name, ds.record())
+    manifest.record(out, out / name)
+
+
+def _check_resume_data(out: Path, name: str, ds: data.Dataset) -> None:
+    """--resume only on the data the run started on (directories older than this record are not checked)."""
+    if not manifest.listed(out, name):
+        return
+    started = json.loads(manifest.verified(out, name).read_text())
+    if started.get("md5") != ds.checksums:
+        changed = sorted(k for k in ds.checksums if started.get("md5", {}).get(k) != ds.checksums[k])
+        raise ConfigError(f"--resume: {ds.name}'s {', '.join(changed) or 'files'} changed since this run started "
+                          f"(MD5s in {out / name}); start a new run (--force) on the new data")
+
+
+def check_limits(cfg: Config, ds: data.Dataset) -> None:
+    """--train-limit and --test-limit against the images loaded (a user data set's counts are known only now)."""
+    for flag, limit, have, where in (("--train-limit", cfg.train_limit, len(ds.y_train), "training"),
+                                     ("--test-limit", cfg.test_limit, len(ds.y_test), "test")):
+        if limit is not None and limit > have:
+            raise ConfigError(f"{flag}: {ds.name} has {have} {where} images, got {limit}")
 
 
 def _subset(ds: data.Dataset, cfg: Config) -> tuple[np.ndarray, ...]:
@@ -172,6 +214,7 @@ def ensemble(cfg: Config, out: Path, plan: list[MemberPlan], fn, shared: dict, p
     results = [members.load_member(out, p.stem, p.seed) for p in plan]
     for p, done in zip(plan, results):
         if done is not None:
+            members.drop_states(out, p.stem)  # a kill between listing it and dropping them leaves epoch states
             log(f"{p.label} (seed {p.seed}): finished earlier, loaded from {out / p.stem}.npz")
     todo = [i for i, done in enumerate(results) if done is None]
 
@@ -268,8 +311,12 @@ def run(cfg: Config, log: Log = print, progress: bool = True, resume: bool = Fal
     with timed(timings, "data"):
         ds = data.load_dataset(cfg, log=log, progress=progress)
         x_train, y_train, x_test, y_test = _subset(ds, cfg)
-    if not resume:
+    if resume:
+        _check_resume_data(cfg.out, DATA_FILE, ds)
+    else:
+        check_limits(cfg, ds)
         start_run(cfg, len(y_test))  # a user data set's size is known only now
+        _record_data(cfg.out, DATA_FILE, ds)
     log(f"training {cfg.members} CNN(s) on {len(x_train)} {ds.name} images, {ds.num_classes} classes, "
         f"{_where(cfg, device, precision)}")
     seeds = cfg.member_seeds()
@@ -417,8 +464,13 @@ def run_audit(cfg: Config, log: Log = print, progress: bool = True, resume: bool
         extra, x, y = (x_train, y_train), x_test, y_test
     else:
         extra, x, y = (x_train[:0], y_train[:0]), x_train, y_train
-    if not resume:
+    data_name = f"audit_{cfg.split}_{DATA_FILE}"
+    if resume:
+        _check_resume_data(cfg.out, data_name, ds)
+    else:
+        check_limits(cfg, ds)
         start_audit(cfg, ds, len(y))  # a user data set's size is known only now
+        _record_data(cfg.out, data_name, ds)
     log(f"{cfg.folds} folds of {cfg.members} CNN(s), {_where(cfg, device, precision)}")
     probs, folds = cross_val_probs(cfg, cfg.out, extra, x, y, ds.num_classes, progress, log)
     with files.atomic_path(cfg.out / probs_name) as tmp, open(tmp, "wb") as f:

@@ -62,7 +62,7 @@ def describe(path: Path, probs: np.ndarray, m: dict[str, float], saved: Path, na
 
 def _out_dir(run_dir: Path, out: Path | None) -> Path:
     folder = out if out is not None else run_dir / PREDICTIONS_DIR
-    prepare_out_dir(folder, force=True)  # predictions accumulate: a non-empty folder is fine
+    prepare_out_dir(folder, force=False, any_folder=True)  # predictions accumulate: a non-empty folder is fine
     return folder
 
 
