@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from ambiguous_digits import cli, scores
+from ambiguous_digits.config import ConfigError
 
 TINY = ["--train-limit", "600", "--test-limit", "300", "--epochs", "1", "--widths", "8,16,32", "--members", "2",
         "--top", "5", "--quiet"]
@@ -301,7 +302,28 @@ def test_a_relative_data_dir_is_recorded_as_an_absolute_path(tmp_path, monkeypat
 def test_force_clears_every_output_of_the_earlier_run_and_nothing_else(tmp_path):
     from ambiguous_digits import manifest, pipeline
     manifest.record(tmp_path)  # a run directory
-    for name in ("scores.csv", "probs.npz", "top_entropy.png", "data.json", "summary.json", "notes.txt"):
+    for name in ("scores.csv", "probs.npz", "top_entropy.png", "data.json", "summary.json", "notes.txt",
+                 "top_picks.png"):
         (tmp_path / name).write_text("x")
     pipeline._remove_earlier_run(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["notes.txt", "top_picks.png"]
+
+
+def test_force_recovers_a_run_directory_whose_manifest_a_killed_force_rerun_removed(tmp_path, mnist_dir):
+    from ambiguous_digits import manifest, pipeline
+    manifest.record(tmp_path)  # leaves .manifest.lock, as every manifest update does
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "7.png").write_bytes(b"half cleared")
+    (tmp_path / manifest.MANIFEST_FILE).unlink()  # killed while clearing the earlier run
+    pipeline.check_out_dir(tmp_path, force=True)  # still a run's directory: --force may clear it
+    with pytest.raises(ConfigError, match="pass --force"):
+        pipeline.check_out_dir(tmp_path, force=False)
+    (tmp_path / manifest.LOCK_FILE).unlink()
+    with pytest.raises(ConfigError, match="is not a run directory"):
+        pipeline.check_out_dir(tmp_path, force=True)
+
+
+def test_a_folder_holding_only_hidden_files_counts_as_empty(tmp_path):
+    from ambiguous_digits import pipeline
+    (tmp_path / ".DS_Store").write_bytes(b"")
+    pipeline.check_out_dir(tmp_path, force=False)

@@ -274,3 +274,11 @@ def test_a_diverging_member_on_a_worker_is_its_own_one_line_error(cluster, mnist
             log=lambda _: None)
     assert type(info.value) is ConfigError and str(info.value).startswith("--lr: training diverged (seed")
     assert "\n" not in str(info.value)
+
+
+def test_ray_addresses_split_with_the_flag_they_came_from():
+    from ambiguous_digits.config import split_address
+    assert split_address("[::1]:6379") == ("::1", 6379)  # IPv6, as Ray writes it
+    assert split_address("head.example:6379") == ("head.example", 6379)
+    with pytest.raises(ConfigError, match=r"^\$RAY_ADDRESS: expected HOST:PORT"):
+        split_address("head:0", "$RAY_ADDRESS")

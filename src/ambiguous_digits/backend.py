@@ -144,7 +144,7 @@ def check_reachable(address: str, flag: str = "--ray-address") -> None:
     ray.init itself waits minutes on a silent address, and exits the process when
     something other than Ray listens there, so the address is probed first.
     """
-    host, port = split_address(address)
+    host, port = split_address(address, flag)
     try:
         with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S) as conn:
             conn.sendall(HTTP2_PREFACE + HTTP2_SETTINGS)

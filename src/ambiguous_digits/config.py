@@ -193,11 +193,13 @@ class Config:
         return json.dumps(self.to_json(), indent=2)
 
 
-def split_address(address: str) -> tuple[str, int]:
-    """'HOST:PORT' (a Ray head node's address) -> (host, port); a ConfigError naming the flag otherwise."""
+def split_address(address: str, flag: str = "--ray-address") -> tuple[str, int]:
+    """'HOST:PORT' or '[IPv6]:PORT' (a Ray head node's address) -> (host, port); a ConfigError naming the flag otherwise."""
     host, sep, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
     if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
-        raise ConfigError(f"--ray-address: expected HOST:PORT (the Ray head node's address), got {address!r}")
+        raise ConfigError(f"{flag}: expected HOST:PORT (the Ray head node's address), got {address!r}")
     return host, int(port)
 
 

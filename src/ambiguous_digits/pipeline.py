@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import audit, backend, data, files, jobs, manifest, members, outputs, report, scores, validate
-from .config import Config, ConfigError
+from .config import RANKING_NAMES, Config, ConfigError
 from .model import Net, NetShape, describe
 
 Log = Callable[[str], None]
@@ -51,8 +51,10 @@ def check_out_dir(out: Path, force: bool, flag: str = "--out", any_folder: bool 
     try:
         if out.exists() and not out.is_dir():
             raise ConfigError(f"{flag}: {out} is a file, not a directory")
-        if not any_folder and out.is_dir() and any(out.iterdir()):
-            if not (out / manifest.MANIFEST_FILE).is_file():
+        if not any_folder and out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
+            # A run's directory: its manifest, or (a --force re-run killed while clearing the
+            # earlier run, after its manifest went) the lock file every manifest update leaves.
+            if not any((out / name).is_file() for name in (manifest.MANIFEST_FILE, manifest.LOCK_FILE)):
                 raise ConfigError(f"{flag}: {out} is not empty and is not a run directory (no "
                                   f"{manifest.MANIFEST_FILE}); give an empty or new directory")
             if not force:
@@ -95,7 +97,7 @@ def _remove_earlier_run(out: Path) -> None:
     (out / manifest.MANIFEST_FILE).unlink(missing_ok=True)
     names = [SUMMARY_FILE, VALIDATION_FILE, report.REPORT_FILE, SCORES_FILE, PROBS_FILE, DATA_FILE, *EXPERIMENT_FILES]
     names += [f"audit_{split}_{DATA_FILE}" for split in AUDIT_FILES]
-    names += [p.name for p in out.glob("top_*.png")]  # contact sheets, of whichever rankings the run had
+    names += [f"top_{name}.png" for name in RANKING_NAMES]  # contact sheets, of whichever rankings the run had
     names += [n for files_ in AUDIT_FILES.values() for n in files_ if n.endswith((".csv", ".npz", ".json", ".png"))]
     for name in names:
         (out / name).unlink(missing_ok=True)
@@ -406,7 +408,8 @@ def start_audit(cfg: Config, ds: data.Dataset, images: int) -> None:
     prefix = f"folds/{cfg.split}-fold-"
     stale = {p.relative_to(cfg.out).as_posix() for p in cfg.out.glob(f"{prefix}*")}
     stale |= {name for name in manifest.load(cfg.out) if name.startswith(prefix)}
-    unlist = [VALIDATION_FILE] if cfg.split == "test" else []  # unlisted (so unused), the file left alone
+    unlist = [f"audit_{cfg.split}_{DATA_FILE}"]  # the earlier audit's record: this one's is written next
+    unlist += [VALIDATION_FILE] if cfg.split == "test" else []  # unlisted (so unused), the file left alone
     manifest.forget(cfg.out, *AUDIT_FILES[cfg.split][:3], AUDIT_FILES[cfg.split][4], *unlist, *stale)
     for name in stale:
         (cfg.out / name).unlink(missing_ok=True)
@@ -416,9 +419,12 @@ def start_audit(cfg: Config, ds: data.Dataset, images: int) -> None:
 
 def _check_same_data(out: Path, ds: data.Dataset) -> None:
     """An audit joins a run's directory only when it audits the run's own data (same files, same MD5s)."""
-    if not manifest.listed(out, SUMMARY_FILE):
+    if manifest.listed(out, SUMMARY_FILE):
+        run_data = json.loads(manifest.verified(out, SUMMARY_FILE).read_text()).get("data", {})
+    elif manifest.listed(out, DATA_FILE):  # a run still in progress, or interrupted
+        run_data = json.loads(manifest.verified(out, DATA_FILE).read_text())
+    else:
         return
-    run_data = json.loads(manifest.verified(out, SUMMARY_FILE).read_text()).get("data", {})
     if run_data.get("md5") != ds.checksums:
         raise ConfigError(f"--dataset: {out} holds a run on {run_data.get('dataset', 'other data')}, and these "
                           f"data ({ds.name}) are not its files (their MD5s differ); audit the run's data set "
