@@ -116,7 +116,9 @@ def test_audit_smoke_on_a_tiny_slice(tmp_path, mnist_dir, capsys):
     summary = json.loads((out / "audit_test.json").read_text())
     assert len(summary["top"]) == 30 and (out / "top_label_issues.png").is_file()
     assert {int(p.stem) for p in (out / "imgs").glob("*.png")} == set(summary["top"])
+    before = {f: f.read_bytes() for f in sorted(out.rglob("*")) if f.is_file()}
     assert cli.main(argv) == 2 and "--force" in capsys.readouterr().err  # never overwritten silently
+    assert {f: f.read_bytes() for f in sorted(out.rglob("*")) if f.is_file()} == before
 
 
 def test_audit_of_the_training_split_writes_its_own_files(tmp_path, mnist_dir):

@@ -12,11 +12,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # bench/ is a script folder, not part of the installed package
 
 from bench.train_speed import (  # noqa: E402
-    Point, ReferenceNet, TrainClock, extrapolate, parse_args, time_ratio, time_to_target,
+    Point, ReferenceNet, TrainClock, extrapolate, parse_args, time_ratio, time_to_stay_at_target, time_to_target,
 )
 
-TRAINER_KEYS = {"epochs", "train_seconds", "time_to_target_s", "final_test_accuracy", "test_nll", "test_ece",
-                "inference_images_per_s", "curve", "flops_per_train_image", "parameters", "precision",
+TRAINER_KEYS = {"epochs", "train_seconds", "time_to_target_s", "time_to_stay_at_target_s", "final_test_accuracy",
+                "test_nll", "test_ece", "inference_images_per_s", "inference_images_per_s_median", "curve",
+                "flops_per_train_image", "parameters", "precision",
                 "train_images_per_s", "full_epochs", "full_is_extrapolated", "train_seconds_full",
                 "peak_rss_mib", "achieved_flops_per_s", "peak_fraction"}
 REPORT_KEYS = {"mode", "target_accuracy", "machine", "limits", "peak_flops_per_s", "time_to_target_ratio",
@@ -29,10 +30,9 @@ def test_reference_net_returns_logits_per_image():
 
 
 def test_reference_net_has_the_pytorch_examples_parameter_count():
-    conv1, conv2 = 1 * 32 * 9 + 32, 32 * 64 * 9 + 64
-    fc1, fc2 = 9216 * 128 + 128, 128 * 10 + 10
-    assert (conv1, conv2, fc1, fc2) == (320, 18_496, 1_179_776, 1_290)
-    assert sum(p.numel() for p in ReferenceNet().parameters()) == conv1 + conv2 + fc1 + fc2 == 1_199_882
+    # conv1 320, conv2 18,496, fc1 1,179,776, fc2 1,290 (weights + biases), as in PyTorch's example
+    assert [p.numel() for p in ReferenceNet().parameters()] == [288, 32, 18_432, 64, 1_179_648, 128, 1_280, 10]
+    assert sum(p.numel() for p in ReferenceNet().parameters()) == 1_199_882
 
 
 # ---------------------------------------------------------------- time-to-target bookkeeping
@@ -47,6 +47,16 @@ CURVE = [Point(1, 10.0, 0.980), Point(2, 20.0, 0.9925), Point(3, 30.0, 0.995)]
 ])
 def test_time_to_target_is_the_first_point_at_or_above_it(curve, expected):
     assert time_to_target(curve, 0.992) == expected
+
+
+@pytest.mark.parametrize("curve, expected", [
+    (CURVE, 20.0),  # reached and kept
+    ([Point(1, 10.0, 0.993), Point(2, 20.0, 0.990), Point(3, 30.0, 0.994), Point(4, 40.0, 0.995)], 30.0),  # a lucky look
+    ([Point(1, 10.0, 0.993), Point(2, 20.0, 0.990)], None),  # ends below
+    ([], None),
+])
+def test_time_to_stay_at_target_ignores_a_crossing_that_does_not_last(curve, expected):
+    assert time_to_stay_at_target(curve, 0.992) == expected
 
 
 class FakeTime:

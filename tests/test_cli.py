@@ -118,10 +118,10 @@ def _exit_code(argv):
 ])
 def test_bad_flags_fail_on_one_line_and_write_nothing(tmp_path, flags, message, capsys):
     out = tmp_path / "out"
-    assert _exit_code(["run", "--out", str(out), *flags]) == 2
+    assert _exit_code(["run", "--out", str(out), "--data-dir", str(tmp_path / "cache"), *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
-    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no run directory, no data cache: nothing at all
 
 
 def test_audit_refuses_rankings_it_would_ignore(tmp_path, capsys):

@@ -82,8 +82,10 @@ def test_markdown_table_and_report_section(tiny_experiment):
 
 
 def test_an_existing_experiment_is_not_overwritten_without_force(tiny_experiment, mnist_dir, capsys):
+    before = {p: p.read_bytes() for p in sorted(tiny_experiment.rglob("*")) if p.is_file()}
     assert cli.main(_argv("experiment", tiny_experiment, mnist_dir, *EXPERIMENT)) == 2
     assert "--force" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in sorted(tiny_experiment.rglob("*")) if p.is_file()} == before
 
 
 def test_report_without_experiment_has_no_experiment_section(prerequisites):
@@ -236,12 +238,14 @@ def test_experiment_seeds_are_derived_recorded_and_apart_from_the_members():
 
 
 def test_oversampled_copies_are_augmented_differently():
-    digit = np.zeros((1, 28, 28), np.uint8)
-    digit[0, 8:20, 12:16] = 255
-    x = to_tensor(np.repeat(digit, 4, axis=0), torch.device("cpu"))
-    out = augment(x, torch.Generator().manual_seed(0))
-    assert out.shape == x.shape
-    assert all(not torch.equal(out[0], out[i]) for i in range(1, 4))
+    assert VARIANTS["augmentation_emphasis"].augment  # its second pass trains with augmentation on
+    x, y = np.zeros((3, 28, 28), np.uint8), np.array([1, 2, 3])
+    x[0, 8:20, 12:16] = 255
+    xs, ys = experiment.oversample(x, y, np.array([0]), 4)
+    copies = np.flatnonzero(ys == 1)  # digit 0 and its three oversampled copies
+    assert len(copies) == 4 and all(np.array_equal(xs[i], x[0]) for i in copies)
+    out = augment(to_tensor(xs[copies], torch.device("cpu")), torch.Generator().manual_seed(0))
+    assert all(not torch.equal(out[0], out[i]) for i in range(1, 4))  # each copy its own transform
 
 
 # ---------------------------------------------------------------------------

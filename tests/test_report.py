@@ -163,21 +163,24 @@ def test_answers_name_the_most_confused_pair(report_path, tiny_run):
     assert f"true {t} read as {p} ({n}×)" in _section(report_path.read_text(), "answers")
 
 
-def test_header_holds_accuracy_ensemble_timings_and_checksums(report_path, tiny_run):
+def test_header_holds_accuracy_ensemble_and_time_and_the_page_the_checksums(report_path, tiny_run):
     summary = json.loads((tiny_run / "summary.json").read_text())
     html = report_path.read_text()
-    assert f"{summary['test_accuracy']:.2%}" in html
-    assert f"{summary['member_accuracy_mean']:.2%} ± {summary['member_accuracy_std']:.2%}" in html
-    for md5 in summary["data"]["md5"].values():
+    header = re.search(r'<header class="masthead">(.*?)</header>', html, re.S).group(1)
+    assert f"{summary['test_accuracy']:.2%}" in header
+    assert f"{summary['member_accuracy_mean']:.2%} ± {summary['member_accuracy_std']:.2%}" in header
+    assert f"{summary['seconds']['total']:.1f} s" in header
+    for md5 in summary["data"]["md5"].values():  # under Run details
         assert md5 in html
-    assert f"{summary['seconds']['total']:.2f} s" in html
+    assert f"{summary['seconds']['total']:.2f} s" in html  # the timings table
 
 
 def test_without_audit_files_there_is_no_label_issue_section(report_path):
     html = report_path.read_text()
     assert 'value="label_issues"' not in html
     assert 'id="label-audit"' not in html
-    assert "audit" in _section(html, "answers")  # says how to get it
+    from html import unescape
+    assert "run 'ambiguous-digits audit' (and 'validate') into this directory" in unescape(_section(html, "answers"))
 
 
 def test_with_label_issues_the_gallery_and_validation_appear(audited_run):
