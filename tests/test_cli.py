@@ -309,16 +309,26 @@ def test_force_clears_every_output_of_the_earlier_run_and_nothing_else(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["notes.txt", "top_picks.png"]
 
 
-def test_force_recovers_a_run_directory_whose_manifest_a_killed_force_rerun_removed(tmp_path, mnist_dir):
+def test_force_recovers_a_run_directory_whose_manifest_a_killed_force_rerun_removed(tmp_path):
     from ambiguous_digits import manifest, pipeline
-    manifest.record(tmp_path)  # leaves .manifest.lock, as every manifest update does
+    manifest.record(tmp_path)
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "7.png").write_bytes(b"half cleared")
-    (tmp_path / manifest.MANIFEST_FILE).unlink()  # killed while clearing the earlier run
+    (tmp_path / pipeline.CLEARING_FILE).write_text("")  # killed while clearing: the manifest gone, the marker not
+    (tmp_path / manifest.MANIFEST_FILE).unlink()
     pipeline.check_out_dir(tmp_path, force=True)  # still a run's directory: --force may clear it
     with pytest.raises(ConfigError, match="pass --force"):
         pipeline.check_out_dir(tmp_path, force=False)
-    (tmp_path / manifest.LOCK_FILE).unlink()
+    pipeline._remove_earlier_run(tmp_path)
+    assert not (tmp_path / "imgs").exists() and not (tmp_path / pipeline.CLEARING_FILE).exists()
+
+
+def test_a_folder_emptied_by_hand_is_not_a_run_directory_any_more(tmp_path):
+    """`rm -rf dir/*` leaves the hidden .manifest.lock: the folder is the user's again, never cleared."""
+    from ambiguous_digits import manifest, pipeline
+    manifest.record(tmp_path)
+    (tmp_path / manifest.MANIFEST_FILE).unlink()
+    (tmp_path / "models").mkdir()  # the user's own, later
     with pytest.raises(ConfigError, match="is not a run directory"):
         pipeline.check_out_dir(tmp_path, force=True)
 

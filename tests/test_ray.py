@@ -281,4 +281,4 @@ def test_ray_addresses_split_with_the_flag_they_came_from():
     assert split_address("[::1]:6379") == ("::1", 6379)  # IPv6, as Ray writes it
     assert split_address("head.example:6379") == ("head.example", 6379)
     with pytest.raises(ConfigError, match=r"^\$RAY_ADDRESS: expected HOST:PORT"):
-        split_address("head:0", "$RAY_ADDRESS")
+        backend.check_reachable("head:0", flag="$RAY_ADDRESS")  # the flag passed on to the parser

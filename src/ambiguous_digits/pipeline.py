@@ -37,6 +37,8 @@ VALIDATION_FILE = "validation.json"
 DATA_FILE = "data.json"
 MEMBER_STEM = "members/member-{m}"
 MODEL_FILE = "models/member-{m}.pt"
+# Present only while --force clears an earlier run (see _remove_earlier_run).
+CLEARING_FILE = ".clearing-earlier-run"
 # Folders of per-digit images and per-member files; a --force rerun starts them afresh.
 RUN_FOLDERS = ("members", "models", "folds", "imgs", "predictions")
 
@@ -52,9 +54,9 @@ def check_out_dir(out: Path, force: bool, flag: str = "--out", any_folder: bool 
         if out.exists() and not out.is_dir():
             raise ConfigError(f"{flag}: {out} is a file, not a directory")
         if not any_folder and out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
-            # A run's directory: its manifest, or (a --force re-run killed while clearing the
-            # earlier run, after its manifest went) the lock file every manifest update leaves.
-            if not any((out / name).is_file() for name in (manifest.MANIFEST_FILE, manifest.LOCK_FILE)):
+            # A run's directory: its manifest, or the marker of a --force re-run killed while
+            # clearing the earlier run (after the manifest went, before the marker did).
+            if not any((out / name).is_file() for name in (manifest.MANIFEST_FILE, CLEARING_FILE)):
                 raise ConfigError(f"{flag}: {out} is not empty and is not a run directory (no "
                                   f"{manifest.MANIFEST_FILE}); give an empty or new directory")
             if not force:
@@ -93,7 +95,10 @@ def prepare_out_dir(out: Path, force: bool, any_folder: bool = False) -> None:
 
 def _remove_earlier_run(out: Path) -> None:
     """With --force: the earlier manifest first (so nothing of it is trusted), then every result
-    written from it (members, audits, validation, report), so a new run never sits beside another's."""
+    written from it (members, audits, validation, report), so a new run never sits beside another's.
+    CLEARING_FILE marks the directory as a run's meanwhile: a kill midway leaves it, and --force
+    may clear the directory again."""
+    files.write_text(out / CLEARING_FILE, "a --force re-run is clearing the earlier run in this directory\n")
     (out / manifest.MANIFEST_FILE).unlink(missing_ok=True)
     names = [SUMMARY_FILE, VALIDATION_FILE, report.REPORT_FILE, SCORES_FILE, PROBS_FILE, DATA_FILE, *EXPERIMENT_FILES]
     names += [f"audit_{split}_{DATA_FILE}" for split in AUDIT_FILES]
@@ -103,6 +108,7 @@ def _remove_earlier_run(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
     for folder in RUN_FOLDERS:
         shutil.rmtree(out / folder, ignore_errors=True)
+    (out / CLEARING_FILE).unlink()
 
 
 def _remove_temp_files(out: Path) -> None:
