@@ -31,7 +31,7 @@ SCORES_FILE = "scores.csv"
 EXPERIMENT_FILES = ("experiment.json", "experiment.md", "experiment_probs.npz")
 SUMMARY_FILE = "summary.json"
 VALIDATION_FILE = "validation.json"
-# What a run (or an audit) was started on: the data set's record with the MD5 of every file
+# What a run was started on (an audit: its AUDIT_FILES data record): the data set's record with the MD5 of every file
 # or array. --resume compares it with the data loaded then, so an edited npz:/idx: file
 # never mixes members trained on the old data with members trained on the new.
 DATA_FILE = "data.json"
@@ -101,7 +101,6 @@ def _remove_earlier_run(out: Path) -> None:
     files.write_text(out / CLEARING_FILE, "a --force re-run is clearing the earlier run in this directory\n")
     (out / manifest.MANIFEST_FILE).unlink(missing_ok=True)
     names = [SUMMARY_FILE, VALIDATION_FILE, report.REPORT_FILE, SCORES_FILE, PROBS_FILE, DATA_FILE, *EXPERIMENT_FILES]
-    names += [f"audit_{split}_{DATA_FILE}" for split in AUDIT_FILES]
     names += [f"top_{name}.png" for name in RANKING_NAMES]  # contact sheets, of whichever rankings the run had
     names += [n for files_ in AUDIT_FILES.values() for n in files_ if n.endswith((".csv", ".npz", ".json", ".png"))]
     for name in names:
@@ -377,11 +376,11 @@ def _run_summary(cfg: Config, ds: data.Dataset, results, table, tops, device, pr
 # ---------------------------------------------------------------------------
 # audit: suspected label errors by K-fold cross-validation + cleanlab
 # ---------------------------------------------------------------------------
-AUDIT_FILES = {  # split -> (table, probabilities, contact sheet, image folder, summary, config)
+AUDIT_FILES = {  # split -> (table, probabilities, contact sheet, image folder, summary, config, data record)
     "test": ("label_issues.csv", "cv_probs_test.npz", "top_label_issues.png", "imgs", "audit_test.json",
-             "audit_test_config.json"),
+             "audit_test_config.json", "audit_test_data.json"),
     "train": ("train_label_issues.csv", "cv_probs_train.npz", "top_train_label_issues.png", "imgs/train",
-              "audit_train.json", "audit_train_config.json"),
+              "audit_train.json", "audit_train_config.json", "audit_train_data.json"),
 }
 FOLD_STEM = "folds/{split}-fold-{f}-member-{m}"
 
@@ -414,7 +413,7 @@ def start_audit(cfg: Config, ds: data.Dataset, images: int) -> None:
     prefix = f"folds/{cfg.split}-fold-"
     stale = {p.relative_to(cfg.out).as_posix() for p in cfg.out.glob(f"{prefix}*")}
     stale |= {name for name in manifest.load(cfg.out) if name.startswith(prefix)}
-    unlist = [f"audit_{cfg.split}_{DATA_FILE}"]  # the earlier audit's record: this one's is written next
+    unlist = [AUDIT_FILES[cfg.split][6]]  # the earlier audit's data record: this one's is written next
     unlist += [VALIDATION_FILE] if cfg.split == "test" else []  # unlisted (so unused), the file left alone
     manifest.forget(cfg.out, *AUDIT_FILES[cfg.split][:3], AUDIT_FILES[cfg.split][4], *unlist, *stale)
     for name in stale:
@@ -464,7 +463,7 @@ def run_audit(cfg: Config, log: Log = print, progress: bool = True, resume: bool
 
     With `resume`, cfg is the audit's own (load_config) and finished fold members are loaded.
     """
-    table_name, probs_name, sheet_name, img_dir, summary_name, _ = AUDIT_FILES[cfg.split]
+    table_name, probs_name, sheet_name, img_dir, summary_name, _, data_name = AUDIT_FILES[cfg.split]
     if resume and manifest.listed(cfg.out, summary_name):
         log(f"{cfg.out} holds a finished {cfg.split}-set audit; nothing to resume")
         return json.loads(manifest.verified(cfg.out, summary_name).read_text())
@@ -476,7 +475,6 @@ def run_audit(cfg: Config, log: Log = print, progress: bool = True, resume: bool
         extra, x, y = (x_train, y_train), x_test, y_test
     else:
         extra, x, y = (x_train[:0], y_train[:0]), x_train, y_train
-    data_name = f"audit_{cfg.split}_{DATA_FILE}"
     if resume:
         _check_resume_data(cfg.out, data_name, ds)
     else:
@@ -516,7 +514,7 @@ def run_audit(cfg: Config, log: Log = print, progress: bool = True, resume: bool
 def _write_audit_results(cfg: Config, table: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
                          names: tuple[str, ...]) -> np.ndarray:
     """The label-issue table, the top digits' images and their contact sheet; returns the top rows."""
-    table_name, _, sheet_name, img_dir, _, _ = AUDIT_FILES[cfg.split]
+    table_name, _, sheet_name, img_dir, _, _, _ = AUDIT_FILES[cfg.split]
     outputs.write_table(cfg.out / table_name, table)
     top = scores.top_indices(table["rank"].astype(float), cfg.top)
     written = _write_images(cfg.out / img_dir, x, top)
