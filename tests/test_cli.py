@@ -1,6 +1,7 @@
 """End-to-end: the command line on a tiny slice of the real MNIST."""
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 from PIL import Image
 
 from ambiguous_digits import cli, scores
-from ambiguous_digits.config import ConfigError
+from ambiguous_digits.config import Config, ConfigError
 
 TINY = ["--train-limit", "600", "--test-limit", "300", "--epochs", "1", "--widths", "8,16,32", "--members", "2",
         "--top", "5", "--quiet"]
@@ -319,8 +320,29 @@ def test_force_recovers_a_run_directory_whose_manifest_a_killed_force_rerun_remo
     pipeline.check_out_dir(tmp_path, force=True)  # still a run's directory: --force may clear it
     with pytest.raises(ConfigError, match="pass --force"):
         pipeline.check_out_dir(tmp_path, force=False)
-    pipeline._remove_earlier_run(tmp_path)
+    with pipeline._claiming(tmp_path):
+        pipeline._remove_earlier_run(tmp_path)
     assert not (tmp_path / "imgs").exists() and not (tmp_path / pipeline.CLEARING_FILE).exists()
+
+
+def test_a_first_run_killed_before_its_manifest_leaves_a_directory_force_may_clear(tmp_path, monkeypatch):
+    """Killed after writing config.json, before manifest.json listed it: still a run's directory."""
+    from ambiguous_digits import manifest, pipeline
+    cfg = Config(out=tmp_path / "r")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(manifest, "record", killed)
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.start_run(cfg, 10_000)
+    assert (cfg.out / pipeline.CONFIG_FILE).is_file() and not (cfg.out / manifest.MANIFEST_FILE).exists()
+    with pytest.raises(ConfigError, match="pass --force"):
+        pipeline.check_out_dir(cfg.out, force=False)
+    pipeline.start_run(dataclasses.replace(cfg, force=True), 10_000)
+    assert manifest.listed(cfg.out, pipeline.CONFIG_FILE)
+    assert not (cfg.out / pipeline.CLEARING_FILE).exists()
 
 
 def test_a_folder_emptied_by_hand_is_not_a_run_directory_any_more(tmp_path):

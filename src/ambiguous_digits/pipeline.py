@@ -37,7 +37,8 @@ VALIDATION_FILE = "validation.json"
 DATA_FILE = "data.json"
 MEMBER_STEM = "members/member-{m}"
 MODEL_FILE = "models/member-{m}.pt"
-# Present only while --force clears an earlier run (see _remove_earlier_run).
+# Present only while a run or an audit claims its directory (see _claiming): clearing an
+# earlier run with --force, then writing its config and listing it in manifest.json.
 CLEARING_FILE = ".clearing-earlier-run"
 # Folders of per-digit images and per-member files; a --force rerun starts them afresh.
 RUN_FOLDERS = ("members", "models", "folds", "imgs", "predictions")
@@ -54,8 +55,8 @@ def check_out_dir(out: Path, force: bool, flag: str = "--out", any_folder: bool 
         if out.exists() and not out.is_dir():
             raise ConfigError(f"{flag}: {out} is a file, not a directory")
         if not any_folder and out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
-            # A run's directory: its manifest, or the marker of a --force re-run killed while
-            # clearing the earlier run (after the manifest went, before the marker did).
+            # A run's directory: its manifest, or the marker of a run killed while claiming the
+            # directory (clearing an earlier run, or before its manifest listed its config).
             if not any((out / name).is_file() for name in (manifest.MANIFEST_FILE, CLEARING_FILE)):
                 raise ConfigError(f"{flag}: {out} is not empty and is not a run directory (no "
                                   f"{manifest.MANIFEST_FILE}); give an empty or new directory")
@@ -93,12 +94,21 @@ def prepare_out_dir(out: Path, force: bool, any_folder: bool = False) -> None:
         raise ConfigError(f"--out: cannot create {out}: {e.strerror or e}") from None
 
 
+@contextmanager
+def _claiming(out: Path) -> Iterator[None]:
+    """CLEARING_FILE marks `out` as a run's directory while a run or an audit claims it: from before
+    an earlier run is cleared until the new config is listed in manifest.json. A kill at any moment
+    between leaves a directory that --force (or an audit) may claim again. Not removed on an error:
+    the directory is then still half-claimed."""
+    files.write_text(out / CLEARING_FILE, "a run is claiming this directory (clearing any earlier run)\n")
+    yield
+    (out / CLEARING_FILE).unlink()
+
+
 def _remove_earlier_run(out: Path) -> None:
     """With --force: the earlier manifest first (so nothing of it is trusted), then every result
     written from it (members, audits, validation, report), so a new run never sits beside another's.
-    CLEARING_FILE marks the directory as a run's meanwhile: a kill midway leaves it, and --force
-    may clear the directory again."""
-    files.write_text(out / CLEARING_FILE, "a --force re-run is clearing the earlier run in this directory\n")
+    Called inside _claiming, so a kill midway leaves a directory --force may clear again."""
     (out / manifest.MANIFEST_FILE).unlink(missing_ok=True)
     names = [SUMMARY_FILE, VALIDATION_FILE, report.REPORT_FILE, SCORES_FILE, PROBS_FILE, DATA_FILE, *EXPERIMENT_FILES]
     names += [f"top_{name}.png" for name in RANKING_NAMES]  # contact sheets, of whichever rankings the run had
@@ -107,7 +117,6 @@ def _remove_earlier_run(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
     for folder in RUN_FOLDERS:
         shutil.rmtree(out / folder, ignore_errors=True)
-    (out / CLEARING_FILE).unlink()
 
 
 def _remove_temp_files(out: Path) -> None:
@@ -283,9 +292,10 @@ def start_run(cfg: Config, test_images: int) -> None:
     clear (with --force) and claim cfg.out (prepare_out_dir checks it again: the load may have taken minutes)."""
     cfg.check_top(test_images)
     prepare_out_dir(cfg.out, cfg.force)
-    _remove_earlier_run(cfg.out)
-    files.write_text(cfg.out / CONFIG_FILE, cfg.dumps() + "\n")
-    manifest.record(cfg.out, cfg.out / CONFIG_FILE)
+    with _claiming(cfg.out):
+        _remove_earlier_run(cfg.out)
+        files.write_text(cfg.out / CONFIG_FILE, cfg.dumps() + "\n")
+        manifest.record(cfg.out, cfg.out / CONFIG_FILE)
 
 
 def _begin(cfg: Config, resume: bool, check: Callable[[Config], None]):
@@ -410,16 +420,17 @@ def start_audit(cfg: Config, ds: data.Dataset, images: int) -> None:
     _check_no_audit(cfg)
     _check_same_data(cfg.out, ds)
     prepare_out_dir(cfg.out, force=True)
-    prefix = f"folds/{cfg.split}-fold-"
-    stale = {p.relative_to(cfg.out).as_posix() for p in cfg.out.glob(f"{prefix}*")}
-    stale |= {name for name in manifest.load(cfg.out) if name.startswith(prefix)}
-    unlist = [AUDIT_FILES[cfg.split][6]]  # the earlier audit's data record: this one's is written next
-    unlist += [VALIDATION_FILE] if cfg.split == "test" else []  # unlisted (so unused), the file left alone
-    manifest.forget(cfg.out, *AUDIT_FILES[cfg.split][:3], AUDIT_FILES[cfg.split][4], *unlist, *stale)
-    for name in stale:
-        (cfg.out / name).unlink(missing_ok=True)
-    files.write_text(cfg.out / config_name, cfg.dumps() + "\n")
-    manifest.record(cfg.out, cfg.out / config_name)
+    with _claiming(cfg.out):
+        prefix = f"folds/{cfg.split}-fold-"
+        stale = {p.relative_to(cfg.out).as_posix() for p in cfg.out.glob(f"{prefix}*")}
+        stale |= {name for name in manifest.load(cfg.out) if name.startswith(prefix)}
+        unlist = [AUDIT_FILES[cfg.split][6]]  # the earlier audit's data record: this one's is written next
+        unlist += [VALIDATION_FILE] if cfg.split == "test" else []  # unlisted (so unused), the file left alone
+        manifest.forget(cfg.out, *AUDIT_FILES[cfg.split][:3], AUDIT_FILES[cfg.split][4], *unlist, *stale)
+        for name in stale:
+            (cfg.out / name).unlink(missing_ok=True)
+        files.write_text(cfg.out / config_name, cfg.dumps() + "\n")
+        manifest.record(cfg.out, cfg.out / config_name)
 
 
 def _check_same_data(out: Path, ds: data.Dataset) -> None:
