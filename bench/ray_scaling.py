@@ -162,7 +162,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-limit", type=int, default=None, help="train on the first N digits only (smoke tests)")
     p.add_argument("--test-limit", type=int, default=None, help="score the first N test digits only (smoke tests)")
     p.add_argument("--json", type=Path, default=REPO / "bench" / "ray_scaling.json", help="where to write results")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    for flag, value in (("--members", a.members), ("--epochs", a.epochs), ("--threads", a.threads),
+                        ("--local-threads", a.local_threads), *(("--nodes", n) for n in a.nodes)):
+        if value < 1:
+            p.error(f"{flag}: expected a positive number, got {value}")
+    cores = os.cpu_count() or 1
+    if max(a.nodes) * a.threads > cores:  # the rows would no longer share the same cores
+        p.error(f"--nodes {max(a.nodes)}: that many nodes of --threads {a.threads} need "
+                f"{max(a.nodes) * a.threads} cores, and this machine has {cores}")
+    return a
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -175,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows["local"] = timed_run(run_args, ["--backend=local", f"--threads={a.local_threads}"])
         print(f"local backend, {a.local_threads} thread(s): {rows['local']['wall_s']} s", flush=True)
     for n in a.nodes:
-        cpus = max(a.threads, (os.cpu_count() or 1) // n)
+        cpus = (os.cpu_count() or 1) // n  # parse_args made sure a task's threads fit
         with loopback_cluster(n, cpus) as address:
             row = timed_run(run_args, ["--backend=ray", f"--ray-address={address}", f"--threads={a.threads}"])
         rows[f"ray_{n}_nodes"] = {**row, "cpus_per_node": cpus}

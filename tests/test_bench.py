@@ -1,6 +1,7 @@
 """The training-speed benchmark: the reference net, the time bookkeeping, and one tiny end-to-end run."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,19 @@ def test_time_ratio_is_reference_over_ours_or_a_lower_bound(ref, ours, expected)
 def test_bad_flags_are_refused(bad):
     with pytest.raises(SystemExit):
         parse_args(bad)
+
+
+@pytest.mark.parametrize("bad", [["--nodes", "0"], ["--members", "0"], ["--threads", "-1"],
+                                 ["--nodes", "1", str(os.cpu_count() + 1)],
+                                 ["--nodes", "1", "--threads", str(os.cpu_count() + 1)]])
+def test_ray_scaling_refuses_bad_flags_and_more_nodes_than_cores(bad, capsys):
+    """With more nodes (x threads) than cores, the rows would not share the same cores."""
+    from bench import ray_scaling
+
+    assert ray_scaling.parse_args(["--nodes", "1", str(os.cpu_count())]).nodes == [1, os.cpu_count()]
+    with pytest.raises(SystemExit):
+        ray_scaling.parse_args(bad)
+    assert bad[0] in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- end to end, on a tiny slice
