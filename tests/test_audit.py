@@ -199,3 +199,22 @@ def test_audit_refuses_to_join_a_run_on_other_data(tmp_path, mnist_dir, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("ambiguous-digits: error: --dataset:") and "holds a run on mnist" in err and len(err.splitlines()) == 1
     assert manifest.load(out) == before and not (out / "label_issues.csv").exists()
+
+
+def test_an_audit_refuses_to_join_the_other_splits_audit_on_other_data(tmp_path, mnist_dir, capsys):
+    """A folder holding only a test-set audit: a training-set audit of other data must not join it."""
+    out = tmp_path / "audits"
+    common = ["--out", str(out), "--train-limit", "300", "--test-limit", "60", "--epochs", "1",
+              "--widths", "4,8,8", "--folds", "2", "--quiet"]
+    assert cli.main(["audit", "--data-dir", str(mnist_dir), *common]) == 0
+    ds = data.load_mnist(mnist_dir, log=lambda _: None, progress=False)
+    other = tmp_path / "other.npz"
+    np.savez(other, x_train=255 - ds.x_train[:300], y_train=ds.y_train[:300], x_test=ds.x_test[:60],
+             y_test=ds.y_test[:60])
+    before = manifest.load(out)
+    assert cli.main(["audit", "--split", "train", "--dataset", f"npz:{other}", *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ambiguous-digits: error: --dataset:") and "holds a test-set audit on mnist" in err
+    assert len(err.splitlines()) == 1
+    assert manifest.load(out) == before and not (out / "train_label_issues.csv").exists()
+    assert cli.main(["audit", "--split", "train", "--data-dir", str(mnist_dir), *common]) == 0  # the same data joins

@@ -418,7 +418,7 @@ def start_audit(cfg: Config, ds: data.Dataset, images: int) -> None:
     config_name = AUDIT_FILES[cfg.split][5]
     cfg.check_folds(images)
     _check_no_audit(cfg)
-    _check_same_data(cfg.out, ds)
+    _check_same_data(cfg.out, ds, cfg.split)
     prepare_out_dir(cfg.out, force=True)
     with _claiming(cfg.out):
         prefix = f"folds/{cfg.split}-fold-"
@@ -433,18 +433,22 @@ def start_audit(cfg: Config, ds: data.Dataset, images: int) -> None:
         manifest.record(cfg.out, cfg.out / config_name)
 
 
-def _check_same_data(out: Path, ds: data.Dataset) -> None:
-    """An audit joins a run's directory only when it audits the run's own data (same files, same MD5s)."""
+def _check_same_data(out: Path, ds: data.Dataset, split: str) -> None:
+    """An audit joins a run's directory, or the other split's audit, only when it audits the same
+    data (same files, same MD5s)."""
+    held = []  # (what, its data record)
     if manifest.listed(out, SUMMARY_FILE):
-        run_data = json.loads(manifest.verified(out, SUMMARY_FILE).read_text()).get("data", {})
+        held.append(("a run", json.loads(manifest.verified(out, SUMMARY_FILE).read_text()).get("data", {})))
     elif manifest.listed(out, DATA_FILE):  # a run still in progress, or interrupted
-        run_data = json.loads(manifest.verified(out, DATA_FILE).read_text())
-    else:
-        return
-    if run_data.get("md5") != ds.checksums:
-        raise ConfigError(f"--dataset: {out} holds a run on {run_data.get('dataset', 'other data')}, and these "
-                          f"data ({ds.name}) are not its files (their MD5s differ); audit the run's data set "
-                          f"(its --dataset), or give another --out")
+        held.append(("a run", json.loads(manifest.verified(out, DATA_FILE).read_text())))
+    other = next(s for s in AUDIT_FILES if s != split)
+    if manifest.listed(out, AUDIT_FILES[other][6]):
+        held.append((f"a {other}-set audit", json.loads(manifest.verified(out, AUDIT_FILES[other][6]).read_text())))
+    for what, record in held:
+        if record.get("md5") != ds.checksums:
+            raise ConfigError(f"--dataset: {out} holds {what} on {record.get('dataset', 'other data')}, and these "
+                              f"data ({ds.name}) are not its files (their MD5s differ); audit that data set "
+                              f"(its --dataset), or give another --out")
 
 
 def cross_val_probs(cfg: Config, out: Path, extra, x, y, num_classes: int, progress: bool, log: Log):
