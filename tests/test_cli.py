@@ -345,6 +345,35 @@ def test_a_first_run_killed_before_its_manifest_leaves_a_directory_force_may_cle
     assert not (cfg.out / pipeline.CLEARING_FILE).exists()
 
 
+def test_a_claim_marker_beside_the_users_own_files_does_not_make_a_run_directory(tmp_path):
+    """A killed claim's hidden marker survives `rm -rf dir/*`; files a run never writes keep the folder the user's."""
+    from ambiguous_digits import pipeline
+    (tmp_path / pipeline.CLEARING_FILE).write_text("")
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "imgs").mkdir()
+    pipeline.check_out_dir(tmp_path, force=True)  # only a run's own names: still a half-claimed run directory
+    (tmp_path / "thesis.tex").write_text("mine")
+    with pytest.raises(ConfigError, match="is not a run directory"):
+        pipeline.check_out_dir(tmp_path, force=True)
+
+
+def test_an_audit_killed_before_its_manifest_leaves_a_directory_it_may_claim_again(tmp_path, monkeypatch, mnist_dir):
+    from ambiguous_digits import manifest, pipeline
+    out = tmp_path / "a"
+    argv = ["audit", "--out", str(out), "--data-dir", str(mnist_dir), "--train-limit", "300", "--test-limit", "60",
+            "--epochs", "1", "--widths", "4,8,8", "--folds", "2", "--quiet"]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(manifest, "record", killed)
+        assert cli.main(argv) == 130  # "interrupted"
+    assert (out / "audit_test_config.json").is_file() and not (out / manifest.MANIFEST_FILE).exists()
+    assert cli.main(argv) == 0
+    assert manifest.listed(out, "label_issues.csv") and not (out / pipeline.CLEARING_FILE).exists()
+
+
 def test_a_folder_emptied_by_hand_is_not_a_run_directory_any_more(tmp_path):
     """`rm -rf dir/*` leaves the hidden .manifest.lock: the folder is the user's again, never cleared."""
     from ambiguous_digits import manifest, pipeline

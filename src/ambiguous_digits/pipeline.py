@@ -54,10 +54,15 @@ def check_out_dir(out: Path, force: bool, flag: str = "--out", any_folder: bool 
     try:
         if out.exists() and not out.is_dir():
             raise ConfigError(f"{flag}: {out} is a file, not a directory")
-        if not any_folder and out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
+        entries = set()
+        if not any_folder and out.is_dir():
+            entries = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+        if entries:
             # A run's directory: its manifest, or the marker of a run killed while claiming the
-            # directory (clearing an earlier run, or before its manifest listed its config).
-            if not any((out / name).is_file() for name in (manifest.MANIFEST_FILE, CLEARING_FILE)):
+            # directory (clearing an earlier run, or before its manifest listed its config) beside
+            # nothing but a run's own files (the marker is hidden: `rm -rf dir/*` leaves it).
+            claimed = (out / CLEARING_FILE).is_file() and entries <= {CONFIG_FILE, *_earlier_run_names(), *RUN_FOLDERS}
+            if not ((out / manifest.MANIFEST_FILE).is_file() or claimed):
                 raise ConfigError(f"{flag}: {out} is not empty and is not a run directory (no "
                                   f"{manifest.MANIFEST_FILE}); give an empty or new directory")
             if not force:
@@ -105,15 +110,20 @@ def _claiming(out: Path) -> Iterator[None]:
     (out / CLEARING_FILE).unlink()
 
 
+def _earlier_run_names() -> list[str]:
+    """The files a run, its audits, validation, report and experiment write at the top of their directory."""
+    names = [SUMMARY_FILE, VALIDATION_FILE, report.REPORT_FILE, SCORES_FILE, PROBS_FILE, DATA_FILE, *EXPERIMENT_FILES]
+    names += [f"top_{name}.png" for name in RANKING_NAMES]  # contact sheets, of whichever rankings the run had
+    names += [n for files_ in AUDIT_FILES.values() for n in files_ if n.endswith((".csv", ".npz", ".json", ".png"))]
+    return names
+
+
 def _remove_earlier_run(out: Path) -> None:
     """With --force: the earlier manifest first (so nothing of it is trusted), then every result
     written from it (members, audits, validation, report), so a new run never sits beside another's.
     Called inside _claiming, so a kill midway leaves a directory --force may clear again."""
     (out / manifest.MANIFEST_FILE).unlink(missing_ok=True)
-    names = [SUMMARY_FILE, VALIDATION_FILE, report.REPORT_FILE, SCORES_FILE, PROBS_FILE, DATA_FILE, *EXPERIMENT_FILES]
-    names += [f"top_{name}.png" for name in RANKING_NAMES]  # contact sheets, of whichever rankings the run had
-    names += [n for files_ in AUDIT_FILES.values() for n in files_ if n.endswith((".csv", ".npz", ".json", ".png"))]
-    for name in names:
+    for name in _earlier_run_names():
         (out / name).unlink(missing_ok=True)
     for folder in RUN_FOLDERS:
         shutil.rmtree(out / folder, ignore_errors=True)
