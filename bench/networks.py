@@ -1,0 +1,154 @@
+"""Which network should the ensemble use? Shapes compared on the same seeds, on the same machine.
+
+For each seed, one member of every `--net WIDTHS:EPOCHS` is trained in turn (alternating,
+so a slow hour of a shared machine slows every shape alike), at the default config
+otherwise, and scores the test digits. Reported per shape: member accuracy and NLL
+(mean ± std over the seeds), training and scoring seconds, and what a
+`--members`-member ensemble of them gives: every `--members` of the seeds' members
+averaged (all combinations, at most MAX_ENSEMBLES of them), accuracy and NLL,
+mean, min and max. Writes a JSON report and each member's probabilities (float32
+(seeds, N, K) per shape), so other ensembles can be scored without retraining.
+
+    python bench/networks.py --net 32,64,128:4 --net 16,32,128:6 --seeds 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ambiguous_digits import files
+from ambiguous_digits.config import Config, ConfigError
+from ambiguous_digits.data import load_mnist
+from ambiguous_digits.scores import nll, predicted
+from ambiguous_digits.train import predict_probs, resolve_device, resolve_precision, train
+
+REPO = Path(__file__).resolve().parents[1]
+# Ensembles scored per shape at most (C(8, 5) = 56; C(20, 5) would be 15,504).
+MAX_ENSEMBLES = 1000
+
+
+def parse_net(text: str) -> tuple[tuple[int, ...], int]:
+    """'16,32,128:6' -> ((16, 32, 128), 6); argparse's error for anything else."""
+    widths, sep, epochs = text.partition(":")
+    try:
+        shape = tuple(int(w) for w in widths.split(","))
+        n = int(epochs)
+        replace(Config(), widths=shape, epochs=n)  # Config checks widths and epochs
+    except (ValueError, ConfigError) as e:
+        raise argparse.ArgumentTypeError(f"expected WIDTHS:EPOCHS such as 16,32,128:6, got {text!r} ({e})") from None
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected WIDTHS:EPOCHS such as 16,32,128:6, got {text!r}")
+    return shape, n
+
+
+def net_name(widths: tuple[int, ...], epochs: int) -> str:
+    return f"{'/'.join(map(str, widths))} x {epochs} epochs"
+
+
+def ensemble_stats(probs: np.ndarray, labels: np.ndarray, members: int, limit: int = MAX_ENSEMBLES,
+                   seed: int = 0) -> dict:
+    """Accuracy and NLL of ensembles of `members` of the (S, N, K) members (mean probabilities):
+    every combination, or `limit` of them drawn without repeats when there are more."""
+    combos = list(itertools.islice(itertools.combinations(range(len(probs)), members), limit + 1))
+    if len(combos) > limit:
+        rng = np.random.default_rng(seed)
+        drawn = {tuple(sorted(rng.choice(len(probs), members, replace=False))) for _ in range(20 * limit)}
+        combos = sorted(drawn)[:limit]
+    acc = np.array([(predicted(probs[list(c)].mean(0)) == labels).mean() for c in combos])
+    nlls = np.array([nll(probs[list(c)].mean(0), labels) for c in combos])
+    return {"ensembles": len(combos), "members": members, "accuracy_mean": float(acc.mean()),
+            "accuracy_min": float(acc.min()), "accuracy_max": float(acc.max()), "nll_mean": float(nlls.mean())}
+
+
+def summarize(rows: list[dict], probs: np.ndarray, labels: np.ndarray, members: int) -> dict:
+    """One shape's report from its per-seed rows and (S, N, K) probabilities."""
+    acc = np.array([r["accuracy"] for r in rows])
+    out = {"seeds": [r["seed"] for r in rows], "member_accuracy_mean": float(acc.mean()),
+           "member_accuracy_std": float(acc.std()), "member_nll_mean": float(np.mean([r["nll"] for r in rows])),
+           "train_seconds": [r["train_seconds"] for r in rows], "score_seconds": [r["score_seconds"] for r in rows],
+           "members": rows}
+    if len(rows) >= members:
+        out["ensembles"] = ensemble_stats(probs, labels, members)
+    return out
+
+
+def render(report: dict) -> str:
+    lines = [f"{'network':<24} {'member accuracy':>18} {'NLL':>7} {'ensembles of ' + str(report['members']):>30} "
+             f"{'train s':>13} {'score s':>11}"]
+    for name, r in report["networks"].items():
+        e = r.get("ensembles")
+        ens = (f"{e['accuracy_mean']:.3%} ({e['accuracy_min']:.2%}-{e['accuracy_max']:.2%})" if e else "-")
+        lines.append(f"{name:<24} {r['member_accuracy_mean']:>9.3%} ± {r['member_accuracy_std']:.3%} "
+                     f"{r['member_nll_mean']:>7.4f} {ens:>30} {min(r['train_seconds']):>6.1f}-{max(r['train_seconds']):<6.1f}"
+                     f" {min(r['score_seconds']):>5.2f}-{max(r['score_seconds']):<5.2f}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--net", type=parse_net, action="append", required=True,
+                   help="WIDTHS:EPOCHS of a shape to compare, e.g. 16,32,128:6 (give two or more)")
+    p.add_argument("--seeds", type=int, default=8, help="members per shape: seeds 1..N")
+    p.add_argument("--members", type=int, default=Config().members, help="ensemble size to score")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all CPUs)")
+    p.add_argument("--data-dir", type=Path, default=None, help="MNIST cache (as for `run`)")
+    p.add_argument("--train-limit", type=int, default=None, help="first N training digits (smoke tests)")
+    p.add_argument("--test-limit", type=int, default=None, help="first N test digits (smoke tests)")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "networks.json", help="JSON report")
+    a = p.parse_args(argv)
+    for flag in ("seeds", "members", "threads", "train_limit", "test_limit"):
+        value = getattr(a, flag)
+        if value is not None and value < 1:
+            p.error(f"--{flag.replace('_', '-')}: expected a positive number, got {value}")
+    if a.members > a.seeds:
+        p.error(f"--members {a.members}: more than the {a.seeds} members (--seeds) each shape trains")
+    return a
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    ds = load_mnist(a.data_dir.expanduser().resolve() if a.data_dir else None, log=print)
+    x, y = ds.x_train[: a.train_limit], ds.y_train[: a.train_limit]
+    x_test, y_test = ds.x_test[: a.test_limit], ds.y_test[: a.test_limit]
+    device = resolve_device("cpu")
+    precision = resolve_precision(Config().precision, device)
+    rows: dict[str, list[dict]] = {net_name(*n): [] for n in a.net}
+    probs: dict[str, list[np.ndarray]] = {name: [] for name in rows}
+    for seed in range(1, a.seeds + 1):
+        for widths, epochs in a.net:
+            name, cfg = net_name(widths, epochs), replace(Config(), widths=widths, epochs=epochs)
+            start = time.perf_counter()
+            model, _ = train(x, y, cfg, seed, device, precision, progress=False, num_classes=ds.num_classes)
+            trained = time.perf_counter()
+            p = predict_probs(model, x_test, device)
+            scored = time.perf_counter()
+            probs[name].append(p)
+            rows[name].append({"seed": seed, "accuracy": float((predicted(p) == y_test).mean()),
+                               "nll": nll(p, y_test), "train_seconds": round(trained - start, 2),
+                               "score_seconds": round(scored - trained, 3)})
+            print(f"seed {seed}, {name}: {rows[name][-1]}", flush=True)
+    report = {"members": a.members, "test_digits": len(y_test), "train_digits": len(y),
+              "torch_threads": torch.get_num_threads(), "bf16_autocast": precision.autocast,
+              "networks": {name: summarize(rows[name], np.stack(probs[name]), y_test, a.members) for name in rows}}
+    print(render(report))
+    files.write_json(a.out, report)
+    with files.atomic_path(a.out.with_suffix(".npz")) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, labels=y_test, **{name.replace(" ", "_").replace("/", "-"): np.stack(p)
+                                                 for name, p in probs.items()})
+    print(f"wrote {a.out} and {a.out.with_suffix('.npz')}")
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,56 @@
+"""bench/networks.py: the shape comparison's ensemble bookkeeping, its flags, and one tiny run."""
+
+import json
+import sys
+from math import comb
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # bench/ is a script folder, not part of the installed package
+
+from bench.networks import ensemble_stats, main, parse_args  # noqa: E402
+
+
+def test_ensembles_average_the_members_probabilities():
+    labels = np.array([0, 1])
+    right, wrong = np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([[0.4, 0.6], [0.6, 0.4]])
+    probs = np.stack([right, right, wrong])
+    two = ensemble_stats(probs, labels, members=2)
+    # {right, right}: both correct; {right, wrong} (twice): means 0.65/0.35 and 0.4/0.6, both correct
+    assert two["ensembles"] == 3 and two["accuracy_min"] == two["accuracy_max"] == 1.0
+    one = ensemble_stats(probs, labels, members=1)
+    assert one["ensembles"] == 3 and one["accuracy_mean"] == pytest.approx(2 / 3) and one["accuracy_min"] == 0.0
+    assert one["nll_mean"] == pytest.approx(np.mean([-np.log([0.9, 0.8]).mean()] * 2 + [-np.log([0.4, 0.4]).mean()]))
+
+
+def test_ensembles_are_capped_and_distinct():
+    probs = np.random.default_rng(0).dirichlet(np.ones(3), size=(10, 20)).astype(np.float32)
+    stats = ensemble_stats(probs, np.zeros(20, dtype=np.int64), members=5, limit=40)
+    assert comb(10, 5) > 40 and stats["ensembles"] == 40
+
+
+@pytest.mark.parametrize("bad", [[], ["--net", "16,32,128"], ["--net", "16,32,128:0"], ["--net", "a:6"],
+                                 ["--net", "8:1", "--seeds", "0"], ["--net", "8:1", "--seeds", "2", "--members", "3"]])
+def test_bad_flags_are_refused_in_one_line(bad, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(bad)
+    assert "error:" in capsys.readouterr().err
+
+
+def test_a_tiny_comparison_writes_its_report_and_probabilities(tmp_path, mnist_dir):
+    out = tmp_path / "networks.json"
+    report = main(["--net", "4,8,8:1", "--net", "8,8:1", "--seeds", "2", "--members", "2", "--threads", "2",
+                   "--data-dir", str(mnist_dir), "--train-limit", "512", "--test-limit", "100", "--out", str(out)])
+    assert json.loads(out.read_text()) == report
+    assert list(report["networks"]) == ["4/8/8 x 1 epochs", "8/8 x 1 epochs"]
+    saved = np.load(tmp_path / "networks.npz")
+    for name, r in report["networks"].items():
+        probs = saved[name.replace(" ", "_").replace("/", "-")]
+        assert probs.shape == (2, 100, 10) and [m["seed"] for m in r["members"]] == [1, 2]
+        accuracy = (probs.argmax(2) == saved["labels"]).mean(1)
+        np.testing.assert_allclose([m["accuracy"] for m in r["members"]], accuracy)
+        assert r["ensembles"]["ensembles"] == 1
+        assert r["ensembles"]["accuracy_mean"] == (probs.mean(0).argmax(1) == saved["labels"]).mean()
