@@ -8,7 +8,7 @@ after another with --local-threads torch threads (default: every core), as a
 plain `run` does. The same seeds and threads give the same probs.npz on every
 backend, so each row's sha256 of probs.npz is recorded: the Ray rows must agree.
 
-    python bench/ray_scaling.py --members 10 --epochs 4 --nodes 1 2
+    python bench/ray_scaling.py --members 10 --nodes 1 2
 """
 
 from __future__ import annotations
@@ -150,12 +150,15 @@ def timed_run(run_args: list[str], backend_args: list[str]) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from ambiguous_digits.config import Config
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--members", type=int, default=10, help="ensemble members (one Ray task each)")
-    p.add_argument("--epochs", type=int, default=4, help="training epochs per member")
+    p.add_argument("--epochs", type=int, default=Config().epochs, help="training epochs per member (run's default)")
     p.add_argument("--threads", type=int, default=1, help="CPUs (and torch threads) per Ray task")
-    p.add_argument("--local-threads", type=int, default=os.cpu_count(), help="torch threads of the local row")
+    p.add_argument("--local-threads", type=int, default=os.cpu_count() or 1,
+                   help="torch threads of the local row")
     p.add_argument("--nodes", type=int, nargs="+", default=[1, 2], help="cluster sizes to time, in order")
     p.add_argument("--no-local", dest="local", action="store_false", help="skip the local-backend baseline")
     p.add_argument("--data-dir", type=Path, default=None, help="MNIST cache (as for `run`)")

@@ -61,7 +61,7 @@ REF_GAMMA = 0.7
 OURS_EVALS_PER_EPOCH = 4
 # The accuracy checks during training score in chunks of 1000. Scoring in the default
 # CPU chunks of 64 between training segments slowed the training that followed: ours
-# took 55.7-74.6 s for its 4 epochs in four runs, against 49.2 and 50.6 s with the
+# (the earlier 32/64/128 network, 4 epochs) took 55.7-74.6 s in four runs, against 49.2 and 50.6 s with the
 # checks in chunks of 1000, alternated on the same machine. A `run`, which scores each
 # member once it has finished, is not affected (train 292 s before the change, 294 s
 # after). The final inference, timed, uses the default chunks.

@@ -280,7 +280,7 @@ def _help(command, capsys):
 
 def test_help_shows_each_default_once_as_it_would_be_typed(capsys):
     text = _help("run", capsys)
-    assert "(default: 32,64,128)" in text and "(default: 0)" in text
+    assert "(default: 16,32,128)" in text and "(default: 0)" in text
     assert "(default: True)" not in text and "(default: None)" not in text and "(default: (" not in text
     assert text.count("(default:") == text.count("default")  # no help that already names its default gets a second
 

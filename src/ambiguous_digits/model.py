@@ -13,7 +13,7 @@ class NetShape:
     """The network's shape; saved inside each checkpoint so any stage can rebuild it."""
 
     num_classes: int  # K, from the data set (10 for MNIST)
-    widths: tuple[int, ...] = (32, 64, 128)
+    widths: tuple[int, ...] = (16, 32, 128)
 
 
 def _stage(c_in: int, c_out: int) -> list[nn.Module]:
