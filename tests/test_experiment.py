@@ -288,6 +288,16 @@ def test_experiment_defaults_come_from_the_config():
     assert cfg.members == Config().members and cfg.augment and cfg.seeds == 3
 
 
+def test_experiment_trains_the_runs_network_unless_told_otherwise(tmp_path):
+    """A run made with other widths than the default: the variants train its network, not the default."""
+    files.write_text(tmp_path / "config.json", Config(out=tmp_path, widths=(4, 8, 8)).dumps() + "\n")
+    manifest.record(tmp_path, tmp_path / "config.json")
+    parse = cli.build_parser().parse_args
+    assert cli.config_from_args(parse(["experiment", "--out", str(tmp_path)])).widths == (4, 8, 8)
+    assert cli.config_from_args(parse(["experiment", "--out", str(tmp_path), "--widths", "8,8"])).widths == (8, 8)
+    assert cli.config_from_args(parse(["experiment", "--out", str(tmp_path / "none")])).widths == Config().widths
+
+
 def test_config_refuses_bad_experiment_settings():
     with pytest.raises(ConfigError, match="--emphasis-factor"):
         Config(emphasis_factor=1)

@@ -205,8 +205,10 @@ def _add_experiment_parser(sub) -> None:
                          "(needs a finished run and `audit --split train` in --out)",
                          formatter_class=_Help)
     _add_run_flags(exp)
-    exp.set_defaults(epochs=EXPERIMENT_EPOCHS, backend=None, **{key: None for key in NOT_FOR_EXPERIMENT})
+    exp.set_defaults(epochs=EXPERIMENT_EPOCHS, backend=None, widths=None, **{key: None for key in NOT_FOR_EXPERIMENT})
     _hide(exp, {*NOT_FOR_EXPERIMENT, "backend", "ray_address", "resume"})
+    next(x for x in exp._actions if x.dest == "widths").help = (
+        "channels of each conv stage (default: the run's in --out, so the variants train its network)")
     d = DEFAULTS
     exp.add_argument("--seeds", type=_positive_int, default=d.seeds, help="seeds (one CNN each) per variant")
     exp.add_argument("--emphasis-top", type=_positive_int, default=d.emphasis_top,
@@ -232,9 +234,20 @@ def _experiment_args(a: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
     if a.backend is not None:
         raise ConfigError("--backend: not used by experiment (its variants train in this process)")
     a = argparse.Namespace(**{**vars(a), **{key: getattr(DEFAULTS, key) for key in NOT_FOR_EXPERIMENT},
-                              "backend": DEFAULTS.backend})
+                              "backend": DEFAULTS.backend, "widths": a.widths or _run_widths(a.out)})
     return a, {"seeds": a.seeds, "emphasis_top": a.emphasis_top, "emphasis_factor": a.emphasis_factor,
                "emphasis_epochs": a.emphasis_epochs}
+
+
+def _run_widths(run_dir: Path) -> tuple[int, ...]:
+    """The network of the run in run_dir, which the experiment's variants train unless --widths says
+    otherwise; the default network where there is no readable run (the experiment then says why it stops)."""
+    from .pipeline import load_config
+
+    try:
+        return load_config(run_dir).widths
+    except (ConfigError, OSError):
+        return DEFAULTS.widths
 
 
 def _add_predict(sub) -> None:
