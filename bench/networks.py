@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+import tempfile
 import time
 from dataclasses import replace
+from math import comb
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,7 @@ import torch
 
 from ambiguous_digits import files
 from ambiguous_digits.config import Config, ConfigError
-from ambiguous_digits.data import load_mnist
+from ambiguous_digits.data import DataError, load_mnist
 from ambiguous_digits.scores import nll, predicted
 from ambiguous_digits.train import predict_probs, resolve_device, resolve_precision, train
 
@@ -38,14 +40,14 @@ MAX_ENSEMBLES = 1000
 def parse_net(text: str) -> tuple[tuple[int, ...], int]:
     """'16,32,128:6' -> ((16, 32, 128), 6); argparse's error for anything else."""
     widths, sep, epochs = text.partition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected WIDTHS:EPOCHS such as 16,32,128:6, got {text!r}")
     try:
         shape = tuple(int(w) for w in widths.split(","))
         n = int(epochs)
         replace(Config(), widths=shape, epochs=n)  # Config checks widths and epochs
     except (ValueError, ConfigError) as e:
         raise argparse.ArgumentTypeError(f"expected WIDTHS:EPOCHS such as 16,32,128:6, got {text!r} ({e})") from None
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected WIDTHS:EPOCHS such as 16,32,128:6, got {text!r}")
     return shape, n
 
 
@@ -53,35 +55,43 @@ def net_name(widths: tuple[int, ...], epochs: int) -> str:
     return f"{'/'.join(map(str, widths))} x {epochs} epochs"
 
 
+def npz_key(name: str) -> str:
+    """The key of a shape's (S, N, K) probabilities in the .npz written beside the report."""
+    return name.replace(" ", "_").replace("/", "-")
+
+
 def ensemble_stats(probs: np.ndarray, labels: np.ndarray, members: int, limit: int = MAX_ENSEMBLES,
                    seed: int = 0) -> dict:
     """Accuracy and NLL of ensembles of `members` of the (S, N, K) members (mean probabilities):
-    every combination, or `limit` of them drawn without repeats when there are more."""
-    combos = list(itertools.islice(itertools.combinations(range(len(probs)), members), limit + 1))
-    if len(combos) > limit:
-        rng = np.random.default_rng(seed)
-        drawn = {tuple(sorted(rng.choice(len(probs), members, replace=False))) for _ in range(20 * limit)}
-        combos = sorted(drawn)[:limit]
+    every combination, or `limit` distinct ones drawn uniformly at random when there are more."""
+    total = comb(len(probs), members)
+    if total <= limit:
+        combos = list(itertools.combinations(range(len(probs)), members))
+    else:
+        rng, drawn = np.random.default_rng(seed), {}
+        while len(drawn) < limit:  # total > limit, so this ends
+            drawn.setdefault(tuple(sorted(int(i) for i in rng.choice(len(probs), members, replace=False))), None)
+        combos = list(drawn)
     acc = np.array([(predicted(probs[list(c)].mean(0)) == labels).mean() for c in combos])
     nlls = np.array([nll(probs[list(c)].mean(0), labels) for c in combos])
-    return {"ensembles": len(combos), "members": members, "accuracy_mean": float(acc.mean()),
+    return {"ensembles": len(combos), "of": total, "size": members, "accuracy_mean": float(acc.mean()),
             "accuracy_min": float(acc.min()), "accuracy_max": float(acc.max()), "nll_mean": float(nlls.mean())}
 
 
-def summarize(rows: list[dict], probs: np.ndarray, labels: np.ndarray, members: int) -> dict:
+def summarize(name: str, rows: list[dict], probs: np.ndarray, labels: np.ndarray, members: int) -> dict:
     """One shape's report from its per-seed rows and (S, N, K) probabilities."""
     acc = np.array([r["accuracy"] for r in rows])
-    out = {"seeds": [r["seed"] for r in rows], "member_accuracy_mean": float(acc.mean()),
+    out = {"npz_key": npz_key(name), "seeds": [r["seed"] for r in rows], "member_accuracy_mean": float(acc.mean()),
            "member_accuracy_std": float(acc.std()), "member_nll_mean": float(np.mean([r["nll"] for r in rows])),
            "train_seconds": [r["train_seconds"] for r in rows], "score_seconds": [r["score_seconds"] for r in rows],
-           "members": rows}
+           "per_seed": rows}
     if len(rows) >= members:
         out["ensembles"] = ensemble_stats(probs, labels, members)
     return out
 
 
 def render(report: dict) -> str:
-    lines = [f"{'network':<24} {'member accuracy':>18} {'NLL':>7} {'ensembles of ' + str(report['members']):>30} "
+    lines = [f"{'network':<24} {'member accuracy':>18} {'NLL':>7} {'ensembles of ' + str(report['ensemble_size']):>30} "
              f"{'train s':>13} {'score s':>11}"]
     for name, r in report["networks"].items():
         e = r.get("ensembles")
@@ -93,7 +103,7 @@ def render(report: dict) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="networks.py", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--net", type=parse_net, action="append", required=True,
                    help="WIDTHS:EPOCHS of a shape to compare, e.g. 16,32,128:6 (give two or more)")
@@ -105,6 +115,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-limit", type=int, default=None, help="first N test digits (smoke tests)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "networks.json", help="JSON report")
     a = p.parse_args(argv)
+    if len(set(a.net)) < len(a.net):
+        p.error("--net: a shape is given twice")
+    if a.out.suffix == ".npz":
+        p.error(f"--out: {a.out} ends in .npz; the probabilities go beside the report, in its .npz")
+    parent = next(q for q in (a.out.parent.resolve(), *a.out.parent.resolve().parents) if q.exists())
+    try:
+        if a.out.is_dir():
+            raise OSError(f"{a.out} is a directory")
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as e:
+        p.error(f"--out: cannot write {a.out}: {e.strerror or e}")
     for flag in ("seeds", "members", "threads", "train_limit", "test_limit"):
         value = getattr(a, flag)
         if value is not None and value < 1:
@@ -118,7 +139,14 @@ def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    ds = load_mnist(a.data_dir.expanduser().resolve() if a.data_dir else None, log=print)
+    try:
+        ds = load_mnist(a.data_dir.expanduser().resolve() if a.data_dir else None, log=print)
+    except (DataError, ConfigError) as e:
+        sys.exit(f"networks.py: error: {e}")
+    for flag, limit, size in (("--train-limit", a.train_limit, len(ds.y_train)), ("--test-limit", a.test_limit,
+                                                                                  len(ds.y_test))):
+        if limit is not None and limit > size:
+            sys.exit(f"networks.py: error: {flag} {limit}: MNIST has only {size} such digits")
     x, y = ds.x_train[: a.train_limit], ds.y_train[: a.train_limit]
     x_test, y_test = ds.x_test[: a.test_limit], ds.y_test[: a.test_limit]
     device = resolve_device("cpu")
@@ -138,14 +166,17 @@ def main(argv: list[str] | None = None) -> dict:
                                "nll": nll(p, y_test), "train_seconds": round(trained - start, 2),
                                "score_seconds": round(scored - trained, 3)})
             print(f"seed {seed}, {name}: {rows[name][-1]}", flush=True)
-    report = {"members": a.members, "test_digits": len(y_test), "train_digits": len(y),
+    report = {"ensemble_size": a.members, "test_digits": len(y_test), "train_digits": len(y),
               "torch_threads": torch.get_num_threads(), "bf16_autocast": precision.autocast,
-              "networks": {name: summarize(rows[name], np.stack(probs[name]), y_test, a.members) for name in rows}}
+              "networks": {name: summarize(name, rows[name], np.stack(probs[name]), y_test, a.members)
+                           for name in rows}}
     print(render(report))
-    files.write_json(a.out, report)
-    with files.atomic_path(a.out.with_suffix(".npz")) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, labels=y_test, **{name.replace(" ", "_").replace("/", "-"): np.stack(p)
-                                                 for name, p in probs.items()})
+    try:  # the probabilities first: a report is never left beside another run's probabilities
+        with files.atomic_path(a.out.with_suffix(".npz")) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, labels=y_test, **{npz_key(name): np.stack(p) for name, p in probs.items()})
+        files.write_json(a.out, report)
+    except (OSError, files.WriteError) as e:
+        sys.exit(f"networks.py: error: --out: cannot write {a.out}: {e}")
     print(f"wrote {a.out} and {a.out.with_suffix('.npz')}")
     return report
 
