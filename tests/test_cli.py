@@ -346,13 +346,28 @@ def test_a_first_run_killed_before_its_manifest_leaves_a_directory_force_may_cle
 
 
 def test_a_claim_marker_beside_the_users_own_files_does_not_make_a_run_directory(tmp_path):
-    """A killed claim's hidden marker survives `rm -rf dir/*`; files a run never writes keep the folder the user's."""
+    """Files a run never writes beside a killed claim's marker keep the folder the user's."""
     from ambiguous_digits import pipeline
     (tmp_path / pipeline.CLEARING_FILE).write_text("")
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "imgs").mkdir()
     pipeline.check_out_dir(tmp_path, force=True)  # only a run's own names: still a half-claimed run directory
     (tmp_path / "thesis.tex").write_text("mine")
+    with pytest.raises(ConfigError, match="is not a run directory"):
+        pipeline.check_out_dir(tmp_path, force=True)
+
+
+def test_emptying_a_half_claimed_folder_by_hand_takes_the_claim_marker_too(tmp_path):
+    """`rm -rf dir/*` removes every name that does not start with a dot: the marker must be one of them,
+    or the user's own imgs/ put there later would be a run's to clear."""
+    from ambiguous_digits import pipeline
+    assert not pipeline.CLEARING_FILE.startswith(".")
+    (tmp_path / pipeline.CLEARING_FILE).write_text("")
+    with pytest.raises(ConfigError, match="pass --force"):  # a killed claim: a run's directory
+        pipeline.check_out_dir(tmp_path, force=False)
+    for p in tmp_path.glob("*"):  # rm -rf dir/*
+        p.unlink()
+    (tmp_path / "imgs").mkdir()
     with pytest.raises(ConfigError, match="is not a run directory"):
         pipeline.check_out_dir(tmp_path, force=True)
 

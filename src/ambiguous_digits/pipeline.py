@@ -38,8 +38,9 @@ DATA_FILE = "data.json"
 MEMBER_STEM = "members/member-{m}"
 MODEL_FILE = "models/member-{m}.pt"
 # Present only while a run or an audit claims its directory (see _claiming): clearing an
-# earlier run with --force, then writing its config and listing it in manifest.json.
-CLEARING_FILE = ".clearing-earlier-run"
+# earlier run with --force, then writing its config and listing it in manifest.json. Not a
+# hidden file, so emptying the folder by hand (rm -rf dir/*) takes it too.
+CLEARING_FILE = "claiming-run-directory.txt"
 # Folders of per-digit images and per-member files; a --force rerun starts them afresh.
 RUN_FOLDERS = ("members", "models", "folds", "imgs", "predictions")
 
@@ -60,8 +61,9 @@ def check_out_dir(out: Path, force: bool, flag: str = "--out", any_folder: bool 
         if entries:
             # A run's directory: its manifest, or the marker of a run killed while claiming the
             # directory (clearing an earlier run, or before its manifest listed its config) beside
-            # nothing but a run's own files (the marker is hidden: `rm -rf dir/*` leaves it).
-            claimed = (out / CLEARING_FILE).is_file() and entries <= {CONFIG_FILE, *_earlier_run_names(), *RUN_FOLDERS}
+            # nothing but a run's own files.
+            own = {CLEARING_FILE, CONFIG_FILE, *_earlier_run_names(), *RUN_FOLDERS}
+            claimed = (out / CLEARING_FILE).is_file() and entries <= own
             if not ((out / manifest.MANIFEST_FILE).is_file() or claimed):
                 raise ConfigError(f"{flag}: {out} is not empty and is not a run directory (no "
                                   f"{manifest.MANIFEST_FILE}); give an empty or new directory")
@@ -105,7 +107,9 @@ def _claiming(out: Path) -> Iterator[None]:
     an earlier run is cleared until the new config is listed in manifest.json. A kill at any moment
     between leaves a directory that --force (or an audit) may claim again. Not removed on an error:
     the directory is then still half-claimed."""
-    files.write_text(out / CLEARING_FILE, "a run is claiming this directory (clearing any earlier run)\n")
+    files.write_text(out / CLEARING_FILE, "A run or an audit is claiming this directory: clearing any earlier run, "
+                     "then listing its config in manifest.json. If none is running, it was killed meanwhile, and "
+                     "`--force` may clear this directory.\n")
     yield
     (out / CLEARING_FILE).unlink()
 
