@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 import tempfile
 import time
@@ -130,6 +131,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(a, flag)
         if value is not None and value < 1:
             p.error(f"--{flag.replace('_', '-')}: expected a positive number, got {value}")
+    if a.threads is not None and a.threads > (os.cpu_count() or 1):
+        p.error(f"--threads {a.threads}: this machine has {os.cpu_count() or 1} cores (more threads only slow "
+                f"the timings down)")
     if a.members > a.seeds:
         p.error(f"--members {a.members}: more than the {a.seeds} members (--seeds) each shape trains")
     return a

@@ -1,6 +1,7 @@
 """bench/networks.py: the shape comparison's ensemble bookkeeping, its flags, and one tiny run."""
 
 import json
+import os
 import sys
 from math import comb
 from pathlib import Path
@@ -43,7 +44,8 @@ def test_ensembles_beyond_the_cap_are_a_random_sample_not_the_first_in_order():
                                  ["--net", "8:1", "--seeds", "0"], ["--net", "8:1", "--seeds", "2", "--members", "3"],
                                  ["--net", "8:1", "--members", "0"], ["--net", "8:1", "--threads", "0"],
                                  ["--net", "8:1", "--test-limit", "0"], ["--net", "8:1", "--net", "8:1"],
-                                 ["--net", "8:1", "--out", "x.npz"], ["--net", "8:1", "--out", "/"]])
+                                 ["--net", "8:1", "--out", "x.npz"], ["--net", "8:1", "--out", "/"],
+                                 ["--net", "8:1", "--threads", str(os.cpu_count() + 1)]])
 def test_bad_flags_are_refused(bad, capsys):
     with pytest.raises(SystemExit):
         parse_args(bad)
