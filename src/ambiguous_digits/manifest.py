@@ -104,6 +104,13 @@ def listed(run_dir: Path, name: str) -> bool:
     return name in load(run_dir)
 
 
+def listed_json(run_dir: Path, name: str) -> dict | None:
+    """The JSON of run_dir/name when it is listed (checked unchanged, see verified); None when it is not."""
+    if not listed(run_dir, name):
+        return None
+    return json.loads(verified(run_dir, name).read_text())
+
+
 def require(run_dir: Path) -> None:
     """Refuse a directory that no command of ours wrote (it has no manifest)."""
     if not (Path(run_dir) / MANIFEST_FILE).is_file():

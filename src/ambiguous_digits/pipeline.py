@@ -176,9 +176,9 @@ def _record_data(out: Path, name: str, ds: data.Dataset) -> None:
 
 def _check_resume_data(out: Path, name: str, ds: data.Dataset) -> None:
     """--resume only on the data the run started on (directories older than this record are not checked)."""
-    if not manifest.listed(out, name):
+    started = manifest.listed_json(out, name)
+    if started is None:
         return
-    started = json.loads(manifest.verified(out, name).read_text())
     if started.get("md5") != ds.checksums:
         changed = sorted(k for k in ds.checksums if started.get("md5", {}).get(k) != ds.checksums[k])
         raise ConfigError(f"--resume: {ds.name}'s {', '.join(changed) or 'files'} changed since this run started "
@@ -450,16 +450,13 @@ def start_audit(cfg: Config, ds: data.Dataset, images: int) -> None:
 def _check_same_data(out: Path, ds: data.Dataset, split: str) -> None:
     """An audit joins a run's directory, or the other split's audit, only when it audits the same
     data (same files, same MD5s)."""
-    held = []  # (what, its data record)
-    if manifest.listed(out, SUMMARY_FILE):
-        held.append(("a run", json.loads(manifest.verified(out, SUMMARY_FILE).read_text()).get("data", {})))
-    elif manifest.listed(out, DATA_FILE):  # a run still in progress, or interrupted
-        held.append(("a run", json.loads(manifest.verified(out, DATA_FILE).read_text())))
+    summary = manifest.listed_json(out, SUMMARY_FILE)
+    # A finished run's data are in its summary; a run in progress (or killed) has only DATA_FILE.
+    run_data = summary.get("data", {}) if summary is not None else manifest.listed_json(out, DATA_FILE)
     other = next(s for s in AUDIT_FILES if s != split)
-    if manifest.listed(out, AUDIT_FILES[other][6]):
-        held.append((f"a {other}-set audit", json.loads(manifest.verified(out, AUDIT_FILES[other][6]).read_text())))
+    held = [("a run", run_data), (f"a {other}-set audit", manifest.listed_json(out, AUDIT_FILES[other][6]))]
     for what, record in held:
-        if record.get("md5") != ds.checksums:
+        if record is not None and record.get("md5") != ds.checksums:
             raise ConfigError(f"--dataset: {out} holds {what} on {record.get('dataset', 'other data')}, and these "
                               f"data ({ds.name}) are not its files (their MD5s differ); audit that data set "
                               f"(its --dataset), or give another --out")

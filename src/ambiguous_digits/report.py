@@ -150,8 +150,8 @@ def load_run(run_dir: Path) -> Run:
                           f"and {len(names)} classes")
     label_issues = _optional_table(run_dir / "label_issues.csv", n)
     return Run(run_dir, summary, table, member_probs, seeds, names,
-               label_issues, _optional_json(run_dir / "validation.json"),
-               _optional_table(run_dir / "train_label_issues.csv", None), _optional_json(run_dir / EXPERIMENT_FILE))
+               label_issues, manifest.listed_json(run_dir, "validation.json"),
+               _optional_table(run_dir / "train_label_issues.csv", None), manifest.listed_json(run_dir, EXPERIMENT_FILE))
 
 
 def _class_names(summary: dict, member_probs: np.ndarray) -> tuple[str, ...]:
@@ -169,12 +169,6 @@ def _optional_table(path: Path, rows: int | None) -> dict[str, np.ndarray] | Non
     if rows is not None and len(table["index"]) != rows:
         raise ConfigError(f"{path}: {len(table['index'])} rows, but the run scored {rows} test digits")
     return table
-
-
-def _optional_json(path: Path) -> dict | None:
-    if not manifest.listed(path.parent, path.name):  # as _optional_table
-        return None
-    return json.loads(manifest.verified(path.parent, path.name).read_text())
 
 
 def _check_pixels(run: Run, ds: data.Dataset) -> None:
