@@ -134,6 +134,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if a.threads is not None and a.threads > (os.cpu_count() or 1):
         p.error(f"--threads {a.threads}: this machine has {os.cpu_count() or 1} cores (more threads only slow "
                 f"the timings down)")
+    try:  # Config knows MNIST's sizes: a limit beyond them is refused before the data are loaded
+        replace(Config(), train_limit=a.train_limit, test_limit=a.test_limit)
+    except ConfigError as e:
+        p.error(str(e))
     if a.members > a.seeds:
         p.error(f"--members {a.members}: more than the {a.seeds} members (--seeds) each shape trains")
     return a
@@ -147,10 +151,6 @@ def main(argv: list[str] | None = None) -> dict:
         ds = load_mnist(a.data_dir.expanduser().resolve() if a.data_dir else None, log=print)
     except (DataError, ConfigError) as e:
         sys.exit(f"networks.py: error: {e}")
-    for flag, limit, size in (("--train-limit", a.train_limit, len(ds.y_train)), ("--test-limit", a.test_limit,
-                                                                                  len(ds.y_test))):
-        if limit is not None and limit > size:
-            sys.exit(f"networks.py: error: {flag} {limit}: MNIST has only {size} such digits")
     x, y = ds.x_train[: a.train_limit], ds.y_train[: a.train_limit]
     x_test, y_test = ds.x_test[: a.test_limit], ds.y_test[: a.test_limit]
     device = resolve_device("cpu")

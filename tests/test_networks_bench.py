@@ -69,8 +69,10 @@ def test_a_tiny_comparison_writes_its_report_and_probabilities(tmp_path, mnist_d
         assert r["ensembles"]["accuracy_mean"] == (probs.mean(0).argmax(1) == saved["labels"]).mean()
 
 
-def test_a_limit_beyond_the_data_is_refused_in_one_line(tmp_path, mnist_dir, capsys):
-    with pytest.raises(SystemExit, match="--test-limit 20000: MNIST has only 10000"):
-        main(["--net", "4:1", "--seeds", "1", "--members", "1", "--data-dir", str(mnist_dir),
-              "--test-limit", "20000", "--out", str(tmp_path / "n.json")])
+def test_a_limit_beyond_the_data_is_refused_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--net", "4:1", "--seeds", "1", "--members", "1", "--test-limit", "20000",
+                    "--out", str(tmp_path / "n.json")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == "networks.py: error: --test-limit: mnist has 10000 images there, got 20000"
     assert not (tmp_path / "n.json").exists()
