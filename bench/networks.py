@@ -1,6 +1,6 @@
 """Which network should the ensemble use? Shapes compared on the same seeds, on the same machine.
 
-For each seed, one member of every `--net WIDTHS:EPOCHS` is trained in turn (alternating,
+For each seed, one member of every `--net WIDTHS:EPOCHS[:ORDER]` is trained in turn (alternating,
 so a slow hour of a shared machine slows every shape alike), at the default config
 otherwise, and scores the test digits. Reported per shape: member accuracy and NLL
 (mean ± std over the seeds), training and scoring seconds, and what a
@@ -10,6 +10,10 @@ mean, min and max. Writes a JSON report and each member's probabilities (float32
 (seeds, N, K) per shape), so other ensembles can be scored without retraining.
 
     python bench/networks.py --net 32,64,128:4 --net 16,32,128:6 --seeds 8
+    python bench/networks.py --net 16,32,128:6:norm-pool --net 16,32,128:6 --seeds 8
+
+ORDER is each stage's order: pool-norm (max-pool, then batch norm; the default) or
+norm-pool (batch norm, then max-pool: the networks of runs before version 0.2).
 """
 
 from __future__ import annotations
@@ -38,22 +42,29 @@ REPO = Path(__file__).resolve().parents[1]
 MAX_ENSEMBLES = 1000
 
 
-def parse_net(text: str) -> tuple[tuple[int, ...], int]:
-    """'16,32,128:6' -> ((16, 32, 128), 6); argparse's error for anything else."""
-    widths, sep, epochs = text.partition(":")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected WIDTHS:EPOCHS such as 16,32,128:6, got {text!r}")
+# --net's ORDER -> Config.pool_first.
+ORDERS = {"pool-norm": True, "norm-pool": False}
+
+
+def parse_net(text: str) -> tuple[tuple[int, ...], int, bool]:
+    """'16,32,128:6' -> ((16, 32, 128), 6, True); '...:6:norm-pool' -> (..., False); argparse's error otherwise."""
+    widths, sep, rest = text.partition(":")
+    epochs, has_order, order = rest.partition(":")
+    expected = f"expected WIDTHS:EPOCHS[:{'|'.join(ORDERS)}] such as 16,32,128:6, got {text!r}"
+    if not sep or (has_order and order not in ORDERS):
+        raise argparse.ArgumentTypeError(expected)
     try:
         shape = tuple(int(w) for w in widths.split(","))
         n = int(epochs)
         replace(Config(), widths=shape, epochs=n)  # Config checks widths and epochs
     except (ValueError, ConfigError) as e:
-        raise argparse.ArgumentTypeError(f"expected WIDTHS:EPOCHS such as 16,32,128:6, got {text!r} ({e})") from None
-    return shape, n
+        raise argparse.ArgumentTypeError(f"{expected} ({e})") from None
+    return shape, n, ORDERS[order or "pool-norm"]
 
 
-def net_name(widths: tuple[int, ...], epochs: int) -> str:
-    return f"{'/'.join(map(str, widths))} x {epochs} epochs"
+def net_name(widths: tuple[int, ...], epochs: int, pool_first: bool = True) -> str:
+    order = "" if pool_first else ", norm-pool"
+    return f"{'/'.join(map(str, widths))} x {epochs} epochs{order}"
 
 
 def npz_key(name: str) -> str:
@@ -107,7 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="networks.py", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--net", type=parse_net, action="append", required=True,
-                   help="WIDTHS:EPOCHS of a shape to compare, e.g. 16,32,128:6 (give two or more)")
+                   help="WIDTHS:EPOCHS[:ORDER] of a shape to compare, e.g. 16,32,128:6 or 16,32,128:6:norm-pool "
+                        "(give two or more)")
     p.add_argument("--seeds", type=int, default=8, help="members per shape: seeds 1..N")
     p.add_argument("--members", type=int, default=Config().members, help="ensemble size to score")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all CPUs)")
@@ -158,8 +170,9 @@ def main(argv: list[str] | None = None) -> dict:
     rows: dict[str, list[dict]] = {net_name(*n): [] for n in a.net}
     probs: dict[str, list[np.ndarray]] = {name: [] for name in rows}
     for seed in range(1, a.seeds + 1):
-        for widths, epochs in a.net:
-            name, cfg = net_name(widths, epochs), replace(Config(), widths=widths, epochs=epochs)
+        for widths, epochs, pool_first in a.net:
+            name = net_name(widths, epochs, pool_first)
+            cfg = replace(Config(), widths=widths, epochs=epochs, pool_first=pool_first)
             start = time.perf_counter()
             model, _ = train(x, y, cfg, seed, device, precision, progress=False, num_classes=ds.num_classes)
             trained = time.perf_counter()

@@ -294,7 +294,7 @@ def _ours(args: argparse.Namespace, x: np.ndarray, y: np.ndarray) -> Trainer:
                               hooks_per_epoch=OURS_EVALS_PER_EPOCH,
                               num_classes=len(MNIST.class_names))[0], cfg.epochs)
     predict = lambda model, images, batch=None: predict_probs(model, images, device, batch)
-    fresh = Net(NetShape(len(MNIST.class_names), cfg.widths)).to(memory_format=torch.channels_last)
+    fresh = Net(NetShape(len(MNIST.class_names), cfg.widths, cfg.pool_first)).to(memory_format=torch.channels_last)
     return Trainer(fit, predict, cfg.epochs, precision.autocast, cfg.batch_size, fresh)
 
 

@@ -403,3 +403,17 @@ def test_a_folder_holding_only_hidden_files_counts_as_empty(tmp_path):
     from ambiguous_digits import pipeline
     (tmp_path / ".DS_Store").write_bytes(b"")
     pipeline.check_out_dir(tmp_path, force=False)
+
+
+def test_the_stage_order_is_a_flag_and_a_config_without_it_is_the_earlier_order():
+    parse = cli.build_parser().parse_args
+    assert cli.config_from_args(parse(["run"])).pool_first is True
+    assert cli.config_from_args(parse(["run", "--norm-before-pool"])).pool_first is False
+    assert cli.config_from_args(parse(["audit", "--norm-before-pool"])).pool_first is False
+    cfg = Config(pool_first=False)
+    assert Config.from_json(cfg.to_json()) == cfg and Config.from_json(Config().to_json()) == Config()
+    before = {k: v for k, v in Config().to_json().items() if k != "pool_first"}  # a config.json of version 0.1
+    assert Config.from_json(before).pool_first is False
+    for bad in (None, "false", 0):  # a hand-edited config.json: never read as one order or the other
+        with pytest.raises(ConfigError, match="pool_first: expected true or false"):
+            Config.from_json({**before, "pool_first": bad})

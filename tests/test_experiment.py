@@ -298,6 +298,24 @@ def test_experiment_trains_the_runs_network_unless_told_otherwise(tmp_path):
     assert cli.config_from_args(parse(["experiment", "--out", str(tmp_path / "none")])).widths == Config().widths
 
 
+@pytest.mark.parametrize("command", ["experiment", "audit"])
+@pytest.mark.parametrize("saved, order", [({"pool_first": False}, False), ({}, False), ({"pool_first": True}, True)])
+def test_audit_and_experiment_train_the_runs_network_unless_told_otherwise(tmp_path, command, saved, order):
+    """A run in the earlier stage order (flagged, or from before the field) or in the new one, of other widths:
+    an audit's fold CNNs and the experiment's variants train its network."""
+    cfg = {k: v for k, v in Config(out=tmp_path, widths=(4, 8, 8)).to_json().items() if k != "pool_first"}
+    files.write_text(tmp_path / "config.json", json.dumps({**cfg, **saved}) + "\n")
+    manifest.record(tmp_path, tmp_path / "config.json")
+    parse = cli.build_parser().parse_args
+    here = cli.config_from_args(parse([command, "--out", str(tmp_path)]))
+    assert (here.pool_first, here.widths) == (order, (4, 8, 8))
+    assert cli.config_from_args(parse([command, "--out", str(tmp_path), "--widths", "8,8"])).widths == (8, 8)
+    none = tmp_path / "none"
+    assert cli.config_from_args(parse([command, "--out", str(none)])).pool_first is True
+    assert cli.config_from_args(parse([command, "--out", str(none), "--norm-before-pool"])).pool_first is False
+    assert cli.config_from_args(parse([command, "--out", str(none)])).widths == Config().widths
+
+
 def test_config_refuses_bad_experiment_settings():
     with pytest.raises(ConfigError, match="--emphasis-factor"):
         Config(emphasis_factor=1)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ambiguous_digits.config import PIXEL_MEAN, PIXEL_STD
-from ambiguous_digits.model import Net, NetShape, checkpoint, count_parameters, from_checkpoint
+from ambiguous_digits.model import Net, NetShape, checkpoint, count_parameters, describe, from_checkpoint
 from ambiguous_digits.train import augment, eval_batch, one_cycle, predict_probs, to_tensor
 
 
@@ -49,19 +49,46 @@ def test_augment_keeps_shape_and_pixel_range_and_is_seeded():
     assert torch.allclose(a[:, :, 0, 0], torch.tensor(lo))
 
 
-def test_net_returns_logits_and_round_trips_a_checkpoint():
-    net = Net(NetShape(10, widths=(4, 8, 16))).eval()
+@pytest.mark.parametrize("pool_first", [True, False])
+def test_net_returns_logits_and_round_trips_a_checkpoint(pool_first):
+    net = Net(NetShape(10, widths=(4, 8, 16), pool_first=pool_first)).eval()
     x = _digits(3)
     out = net(x)
     assert out.shape == (3, 10)
     again = from_checkpoint(checkpoint(net)).eval()
-    assert torch.equal(again(x), out)
+    assert again.shape == net.shape and torch.equal(again(x), out)
     # by hand: 3 stages of conv (no bias) + BN (scale, shift): 36+8, 288+16, 1152+32; linear 16*3*3*10 + 10
     assert count_parameters(net) == count_parameters(again) == 44 + 304 + 1184 + 1450 == 2982
 
 
+def test_each_stage_pools_before_its_batch_norm_unless_told_otherwise():
+    kinds = [type(m).__name__ for m in Net(NetShape(10, widths=(4, 8))).features]
+    assert kinds == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"] * 2
+    kinds = [type(m).__name__ for m in Net(NetShape(10, widths=(4, 8), pool_first=False)).features]
+    assert kinds == ["Conv2d", "BatchNorm2d", "MaxPool2d", "ReLU"] * 2
+    assert "pool+BN" in describe(Net(NetShape(10))) and "BN+pool" in describe(Net(NetShape(10, pool_first=False)))
+
+
+def test_a_checkpoint_from_before_the_stage_order_field_rebuilds_the_earlier_order():
+    """Runs before version 0.2 saved no pool_first: their networks normalise before pooling."""
+    torch.manual_seed(0)
+    old = Net(NetShape(10, widths=(4, 8, 16), pool_first=False)).eval()
+    ckpt = checkpoint(old)
+    del ckpt["shape"]["pool_first"]
+    again = from_checkpoint(ckpt).eval()
+    assert again.shape.pool_first is False
+    x = _digits(3)
+    assert torch.equal(again(x), old(x))
+    # The parameter names of a version 0.1 checkpoint (written out, not derived from the code under test).
+    stage = ["weight"], ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    names = [f"features.{4 * i + j}.{p}" for i in range(3) for j in (0, 1) for p in stage[j]]
+    assert list(ckpt["state_dict"]) == names + ["head.weight", "head.bias"]
+    with pytest.raises(RuntimeError):  # the same keys would not even load into the new order's network
+        Net(NetShape(10, widths=(4, 8, 16))).load_state_dict(old.state_dict())
+
+
 def _relu_then_pool(net: Net) -> Net:
-    """The same network with each stage's ReLU before its max-pool (the textbook order)."""
+    """The same network (batch norm, then max-pool) with each stage's ReLU before its max-pool (the textbook order)."""
     other = Net(net.shape)
     other.load_state_dict(net.state_dict())  # the stages' parameter names do not depend on the order
     layers = list(other.features)
@@ -75,7 +102,7 @@ def _relu_then_pool(net: Net) -> Net:
 @pytest.mark.parametrize("autocast", [False, True])
 def test_pool_before_relu_trains_bit_for_bit_like_relu_before_pool(autocast):
     torch.manual_seed(0)
-    ours = Net(NetShape(10, widths=(4, 8, 16)))
+    ours = Net(NetShape(10, widths=(4, 8, 16), pool_first=False))
     textbook = _relu_then_pool(ours)
     x, y = _digits(32, seed=1), torch.arange(32) % 10
     for net in (ours, textbook):

@@ -147,6 +147,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD weight decay")
     p.add_argument("--widths", type=_widths, default=d.widths, help="channels of each conv stage, e.g. 16,32,128")
+    p.add_argument("--norm-before-pool", dest="pool_first", action="store_false",
+                   help="each stage's batch norm before its max-pool, the stage order of runs before version 0.2 "
+                        "(default: max-pool, then batch norm)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="train without random affine augmentation")
     p.add_argument("--top", type=_positive_int, default=d.top,
                    help="images per top-K list (at most the number of test images scored; audit: on its contact sheet)")
@@ -182,8 +185,10 @@ def build_parser(unset: object | None = None) -> argparse.ArgumentParser:
     aud = sub.add_parser("audit", help="suspected label errors: K-fold cross-validated probabilities ranked by cleanlab",
                          formatter_class=_Help)
     _add_run_flags(aud)
-    aud.set_defaults(members=AUDIT_MEMBERS, top=AUDIT_TOP, **{key: None for key in NOT_FOR_AUDIT})
+    aud.set_defaults(members=AUDIT_MEMBERS, top=AUDIT_TOP, widths=None, pool_first=None,
+                     **{key: None for key in NOT_FOR_AUDIT})
     _hide(aud, NOT_FOR_AUDIT)
+    _follow_the_run(aud, "the fold CNNs train the run's network")
     aud.add_argument("--folds", type=_positive_int, default=DEFAULTS.folds, help="cross-validation folds K")
     aud.add_argument("--split", choices=("test", "train"), default=DEFAULTS.split,
                      help="audit the test digits (K-fold over the test set) or the training digits")
@@ -205,10 +210,10 @@ def _add_experiment_parser(sub) -> None:
                          "(needs a finished run and `audit --split train` in --out)",
                          formatter_class=_Help)
     _add_run_flags(exp)
-    exp.set_defaults(epochs=EXPERIMENT_EPOCHS, backend=None, widths=None, **{key: None for key in NOT_FOR_EXPERIMENT})
+    exp.set_defaults(epochs=EXPERIMENT_EPOCHS, backend=None, widths=None, pool_first=None,
+                     **{key: None for key in NOT_FOR_EXPERIMENT})
     _hide(exp, {*NOT_FOR_EXPERIMENT, "backend", "ray_address", "resume"})
-    next(x for x in exp._actions if x.dest == "widths").help = (
-        "channels of each conv stage (default: the run's in --out, so the variants train its network)")
+    _follow_the_run(exp, "the variants train its network")
     d = DEFAULTS
     exp.add_argument("--seeds", type=_positive_int, default=d.seeds, help="seeds (one CNN each) per variant")
     exp.add_argument("--emphasis-top", type=_positive_int, default=d.emphasis_top,
@@ -217,6 +222,23 @@ def _add_experiment_parser(sub) -> None:
                      help="times each of them appears in the second pass (at least 2)")
     exp.add_argument("--emphasis-epochs", type=_positive_int, default=d.emphasis_epochs,
                      help="epochs of the second pass")
+
+
+def _follow_the_run(parser: argparse.ArgumentParser, why: str) -> None:
+    """--widths and --norm-before-pool of a command that defaults to the network of the run in --out."""
+    for action in parser._actions:
+        if action.dest == "widths":
+            action.help = f"channels of each conv stage (default: the run's in --out, so {why}; else " \
+                          f"{','.join(map(str, DEFAULTS.widths))})"
+        if action.dest == "pool_first":
+            action.help = "each stage's batch norm before its max-pool (default: the run's stage order in --out; " \
+                          "else max-pool, then batch norm)"
+
+
+def _with_the_runs_network(a: argparse.Namespace) -> dict:
+    """widths and pool_first: as given, else those of the run in --out (see _run_network)."""
+    run_widths, run_pool_first = _run_network(a.out)
+    return {"widths": a.widths or run_widths, "pool_first": run_pool_first if a.pool_first is None else a.pool_first}
 
 
 def _experiment_args(a: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
@@ -234,20 +256,22 @@ def _experiment_args(a: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
     if a.backend is not None:
         raise ConfigError("--backend: not used by experiment (its variants train in this process)")
     a = argparse.Namespace(**{**vars(a), **{key: getattr(DEFAULTS, key) for key in NOT_FOR_EXPERIMENT},
-                              "backend": DEFAULTS.backend, "widths": a.widths or _run_widths(a.out)})
+                              "backend": DEFAULTS.backend, **_with_the_runs_network(a)})
     return a, {"seeds": a.seeds, "emphasis_top": a.emphasis_top, "emphasis_factor": a.emphasis_factor,
                "emphasis_epochs": a.emphasis_epochs}
 
 
-def _run_widths(run_dir: Path) -> tuple[int, ...]:
-    """The network of the run in run_dir, which the experiment's variants train unless --widths says
-    otherwise; the default network where there is no readable run (the experiment then says why it stops)."""
+def _run_network(run_dir: Path) -> tuple[tuple[int, ...], bool]:
+    """(widths, pool_first) of the run in run_dir, which an audit's fold CNNs and the experiment's
+    variants train unless --widths or --norm-before-pool say otherwise; the default network where
+    there is no readable run (an audit then pools with nothing; the experiment says why it stops)."""
     from .pipeline import load_config
 
     try:
-        return load_config(run_dir).widths
+        cfg = load_config(run_dir)
     except (ConfigError, OSError):
-        return DEFAULTS.widths
+        cfg = DEFAULTS
+    return cfg.widths, cfg.pool_first
 
 
 def _add_predict(sub) -> None:
@@ -266,7 +290,8 @@ def _audit_args(a: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
     for key, flag in NOT_FOR_AUDIT.items():
         if getattr(a, key) is not None:
             raise ConfigError(f"{flag}: not used by audit (it ranks by cleanlab's label quality)")
-    a = argparse.Namespace(**{**vars(a), **{key: getattr(DEFAULTS, key) for key in NOT_FOR_AUDIT}})
+    a = argparse.Namespace(**{**vars(a), **{key: getattr(DEFAULTS, key) for key in NOT_FOR_AUDIT},
+                              **_with_the_runs_network(a)})
     return a, {"folds": a.folds, "split": a.split}
 
 
@@ -277,7 +302,7 @@ def config_from_args(a: argparse.Namespace) -> Config:
     if a.command == "experiment":
         a, extra = _experiment_args(a)
     return Config(**extra, out=a.out, dataset=a.dataset, class_names=a.class_names, data_dir=a.data_dir, seed=a.seed, epochs=a.epochs, batch_size=a.batch_size,
-                  members=a.members, lr=a.lr, weight_decay=a.weight_decay, widths=a.widths, augment=a.augment, top=a.top,
+                  members=a.members, lr=a.lr, weight_decay=a.weight_decay, widths=a.widths, pool_first=a.pool_first, augment=a.augment, top=a.top,
                   rankings=a.rankings, device=a.device, precision=a.precision, threads=a.threads,
                   train_limit=a.train_limit, test_limit=a.test_limit, force=a.force, backend=a.backend,
                   ray_address=a.ray_address)

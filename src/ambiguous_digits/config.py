@@ -65,6 +65,7 @@ class Config:
     lr: float = 0.2
     weight_decay: float = 5e-4
     widths: tuple[int, ...] = (16, 32, 128)
+    pool_first: bool = True  # model.NetShape.pool_first; False: the stage order of runs before version 0.2
     augment: bool = True
     top: int = 10
     rankings: tuple[str, ...] = RANKING_NAMES
@@ -118,6 +119,8 @@ class Config:
             raise ConfigError(f"--device: expected auto, cpu or cuda[:N], got {self.device!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"--precision: expected auto, bf16 or fp32, got {self.precision!r}")
+        if not isinstance(self.pool_first, bool):  # None or 'false' from a hand-edited config.json
+            raise ConfigError(f"pool_first: expected true or false, got {self.pool_first!r}")
         if not self.widths or any(w <= 0 for w in self.widths):
             raise ConfigError(f"--widths: expected positive channel counts, got {self.widths}")
         if IMAGE_SIDE >> len(self.widths) < 1:  # each stage halves the side: 28, 14, 7, 3, 1
@@ -185,6 +188,7 @@ class Config:
         d["out"] = Path(d["out"])
         d["data_dir"] = Path(d["data_dir"]) if d.get("data_dir") else None
         d["widths"] = tuple(d["widths"])
+        d.setdefault("pool_first", False)  # a config from before version 0.2 trained the earlier stage order
         if d.get("class_names") is not None:
             d["class_names"] = tuple(d["class_names"])
         d["rankings"] = tuple(d.get("rankings", RANKING_NAMES))

@@ -385,7 +385,7 @@ def _run_summary(cfg: Config, ds: data.Dataset, results, table, tops, device, pr
         "member_accuracy_std": float(np.std(member_acc)),
         "members": cfg.members,
         "member_seeds": [r.seed for r in results],
-        "model": describe(Net(NetShape(ds.num_classes, cfg.widths))),
+        "model": describe(Net(NetShape(ds.num_classes, cfg.widths, cfg.pool_first))),
         "history": [r.history for r in results],
         "top": tops,
         "top_ambiguous": [{"index": int(i), "label": ds.class_names[table["label"][i]], "pred": ds.class_names[table["pred"][i]]}

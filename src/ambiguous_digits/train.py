@@ -176,7 +176,7 @@ def train(images: np.ndarray, labels: np.ndarray, cfg: Config, seed: int, device
     torch.manual_seed(seed)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     x, y = to_tensor(images, device), torch.from_numpy(labels.astype(np.int64)).to(device)
-    model = Net(NetShape(num_classes, cfg.widths))
+    model = Net(NetShape(num_classes, cfg.widths, cfg.pool_first))
     if init is not None:
         model.load_state_dict(init.state_dict())  # copies the weights and batch-norm statistics
     model = model.to(device).to(memory_format=torch.channels_last)
