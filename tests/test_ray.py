@@ -8,6 +8,7 @@ Results must be byte-identical to the local backend's.
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -177,6 +178,19 @@ def test_workers_without_the_package_are_one_clear_error(cluster, mnist_dir, tmp
                                           r"named .*\); install ambiguous-digits .* on every node"):
         run(_cfg(tmp_path, mnist_dir, backend="ray", ray_address=cluster, members=1), progress=False,
             log=lambda _: None)
+
+
+@needs_ray
+def test_a_node_on_another_version_is_one_clear_error_before_any_training(cluster, mnist_dir, tmp_path, monkeypatch):
+    """A node with another version would train another network (0.1's stage order) under this one's name."""
+    import ambiguous_digits
+    monkeypatch.setattr(backend, "__version__", "0.0.0")  # this machine's, as the driver sees it
+    with pytest.raises(ConfigError) as info:
+        run(_cfg(tmp_path, mnist_dir, backend="ray", ray_address=cluster, members=1), progress=False,
+            log=lambda _: None)
+    assert re.fullmatch(rf"--backend ray: the node at \S+ runs ambiguous-digits {re.escape(ambiguous_digits.__version__)}, "
+                        r"this machine 0\.0\.0; install the same version on every node", str(info.value))
+    assert not list(tmp_path.rglob("member-*"))
 
 
 @pytest.mark.parametrize("address", [

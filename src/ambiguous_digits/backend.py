@@ -80,6 +80,7 @@ def _run_ray(fn, jobs, shared, cfg: Config, started, arrived: OnResult, progress
     ray = _import_ray()
     _connect(ray, cfg.ray_address)
     try:
+        _check_versions(ray)
         refs = {name: ray.put(value) for name, value in shared.items()}  # once, not once per task
         remote = ray.remote(num_cpus=task_cpus(cfg), max_retries=TASK_RETRIES)(fn)
         pending = {}
@@ -91,6 +92,30 @@ def _run_ray(fn, jobs, shared, cfg: Config, started, arrived: OnResult, progress
             arrived(pending.pop(done), _get(ray, done))
     finally:
         ray.shutdown()
+
+
+def package_version() -> str:
+    """This package's version where this runs (a Ray task on each node, see _check_versions)."""
+    import ambiguous_digits
+
+    return ambiguous_digits.__version__
+
+
+def _check_versions(ray) -> None:
+    """Every node must run this package's version: another would train another network (version 0.1's
+    stage order, say) and send back results saved as this one's. One zero-CPU task pinned to each node."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0)(package_version)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+            for n in nodes]
+    for node, ref in zip(nodes, refs):
+        theirs = _get(ray, ref)
+        if theirs != __version__:
+            raise ConfigError(f"--backend ray: the node at {node.get('NodeManagerAddress', '?')} runs "
+                              f"ambiguous-digits {theirs}, this machine {__version__}; install the same "
+                              f"version on every node")
 
 
 def _get(ray, ref) -> dict:
