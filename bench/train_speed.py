@@ -40,9 +40,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from ambiguous_digits import files
 from ambiguous_digits.config import Config
 from ambiguous_digits.data import MNIST, load_mnist
-from ambiguous_digits.model import Net, NetShape, count_parameters
+from ambiguous_digits.model import count_parameters
 from ambiguous_digits.scores import expected_calibration_error, nll
-from ambiguous_digits.train import eval_batch, predict_probs, resolve_device, resolve_precision, to_tensor, train
+from ambiguous_digits.train import (eval_batch, new_net, predict_probs, resolve_device, resolve_precision, to_tensor,
+                                    train)
 
 # ---------------------------------------------------------------------------
 # Constants
@@ -294,7 +295,7 @@ def _ours(args: argparse.Namespace, x: np.ndarray, y: np.ndarray) -> Trainer:
                               hooks_per_epoch=OURS_EVALS_PER_EPOCH,
                               num_classes=len(MNIST.class_names))[0], cfg.epochs)
     predict = lambda model, images, batch=None: predict_probs(model, images, device, batch)
-    fresh = Net(NetShape(len(MNIST.class_names), cfg.widths, cfg.pool_first)).to(memory_format=torch.channels_last)
+    fresh = new_net(cfg, len(MNIST.class_names)).to(memory_format=torch.channels_last)
     return Trainer(fit, predict, cfg.epochs, precision.autocast, cfg.batch_size, fresh)
 
 

@@ -21,7 +21,8 @@ import torch
 
 from . import audit, backend, data, files, jobs, manifest, members, outputs, report, scores, validate
 from .config import RANKING_NAMES, Config, ConfigError
-from .model import Net, NetShape, describe
+from .model import describe
+from .train import new_net
 
 Log = Callable[[str], None]
 CONFIG_FILE = "config.json"
@@ -385,7 +386,7 @@ def _run_summary(cfg: Config, ds: data.Dataset, results, table, tops, device, pr
         "member_accuracy_std": float(np.std(member_acc)),
         "members": cfg.members,
         "member_seeds": [r.seed for r in results],
-        "model": describe(Net(NetShape(ds.num_classes, cfg.widths, cfg.pool_first))),
+        "model": describe(new_net(cfg, ds.num_classes)),
         "history": [r.history for r in results],
         "top": tops,
         "top_ambiguous": [{"index": int(i), "label": ds.class_names[table["label"][i]], "pred": ds.class_names[table["pred"][i]]}

@@ -159,6 +159,11 @@ def _restore(state: dict, model, opt, sched, gen: torch.Generator) -> list[dict]
     return list(state["history"])
 
 
+def new_net(cfg: Config, num_classes: int) -> Net:
+    """An untrained network of cfg's shape (widths and stage order) with num_classes outputs."""
+    return Net(NetShape(num_classes, cfg.widths, cfg.pool_first))
+
+
 def train(images: np.ndarray, labels: np.ndarray, cfg: Config, seed: int, device: torch.device,
           precision: Precision, progress: bool = True, hook: Hook | None = None,
           hooks_per_epoch: int = 1, *, num_classes: int, init: Net | None = None, state: dict | None = None,
@@ -176,7 +181,7 @@ def train(images: np.ndarray, labels: np.ndarray, cfg: Config, seed: int, device
     torch.manual_seed(seed)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     x, y = to_tensor(images, device), torch.from_numpy(labels.astype(np.int64)).to(device)
-    model = Net(NetShape(num_classes, cfg.widths, cfg.pool_first))
+    model = new_net(cfg, num_classes)
     if init is not None:
         model.load_state_dict(init.state_dict())  # copies the weights and batch-norm statistics
     model = model.to(device).to(memory_format=torch.channels_last)
