@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ambiguous_digits import files
+from ambiguous_digits import allocator, files
 from ambiguous_digits.config import Config, ConfigError
 from ambiguous_digits.data import DataError, load_mnist
 from ambiguous_digits.scores import nll, predicted
@@ -157,6 +157,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
+    allocator.keep_freed_memory()  # as every run and audit does (jobs.setup)
     if a.threads:
         torch.set_num_threads(a.threads)
     try:

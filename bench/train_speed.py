@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ambiguous_digits import files
+from ambiguous_digits import allocator, files
 from ambiguous_digits.config import Config
 from ambiguous_digits.data import MNIST, load_mnist
 from ambiguous_digits.model import count_parameters
@@ -304,6 +304,7 @@ TRAINERS = {"reference": _reference, "ours": _ours}
 
 def run_worker(which: str, args: argparse.Namespace) -> dict:
     """Train one trainer in this process; returns its numbers (JSON-ready)."""
+    allocator.keep_freed_memory()  # for both trainers alike, as every run does (jobs.setup)
     torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
     mnist = load_mnist(args.data_dir, progress=False)

@@ -22,7 +22,7 @@ AUDIT_MEMBERS = 1
 AUDIT_TOP = 30
 # Run flags that `audit` does not use: it ranks by cleanlab's label quality alone.
 NOT_FOR_AUDIT = {"rankings": "--rankings"}
-# Epochs of each experiment variant's first pass, against the run's 6: augmentation needs room.
+# Epochs of each experiment variant's first pass, against the run's 8: augmentation needs room.
 # (With the earlier 32/64/128 network: 4-epoch members reached 99.51% ± 0.06%, one augmented
 # model trained 10 epochs 99.54%, one seed, 162 s on 2 threads.)
 EXPERIMENT_EPOCHS = 10

@@ -60,7 +60,9 @@ class Config:
     data_dir: Path | None = None
     seed: int = 0
     members: int = 5
-    epochs: int = 6
+    # 8, not 6, since version 0.3: on seeds 1-8, ensembles of 5 gained 0.03 points (99.643% vs 99.616%)
+    # and NLL fell 0.0133 -> 0.0123, for time the allocator fix (allocator.py) had freed (README, *Results*).
+    epochs: int = 8
     batch_size: int = 256
     lr: float = 0.2
     weight_decay: float = 5e-4

@@ -14,13 +14,14 @@ import dataclasses
 import numpy as np
 import torch
 
-from . import audit, members
+from . import allocator, audit, members
 from .config import Config
 from .train import Precision, resolve_device, resolve_precision
 
 
 def setup(cfg: Config) -> tuple[torch.device, Precision]:
-    """Threads, device and precision for this process (the driver or a worker)."""
+    """Threads, device, precision and the allocator for this process (the driver or a worker)."""
+    allocator.keep_freed_memory()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
