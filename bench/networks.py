@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ambiguous_digits import allocator, files
+from ambiguous_digits import files
 from ambiguous_digits.config import Config, ConfigError
 from ambiguous_digits.data import DataError, load_mnist
 from ambiguous_digits.scores import nll, predicted
-from ambiguous_digits.train import predict_probs, resolve_device, resolve_precision, train
+from ambiguous_digits.train import predict_probs, setup, train
 
 REPO = Path(__file__).resolve().parents[1]
 # Ensembles scored per shape at most (C(8, 5) = 56; C(20, 5) would be 15,504).
@@ -157,17 +157,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
-    allocator.keep_freed_memory()  # as every run and audit does (jobs.setup)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    # The process set-up of every run and audit: allocator, threads, device, precision.
+    device, precision = setup(replace(Config(), device="cpu", threads=a.threads))
     try:
         ds = load_mnist(a.data_dir.expanduser().resolve() if a.data_dir else None, log=print)
     except (DataError, ConfigError) as e:
         sys.exit(f"networks.py: error: {e}")
     x, y = ds.x_train[: a.train_limit], ds.y_train[: a.train_limit]
     x_test, y_test = ds.x_test[: a.test_limit], ds.y_test[: a.test_limit]
-    device = resolve_device("cpu")
-    precision = resolve_precision(Config().precision, device)
     rows: dict[str, list[dict]] = {net_name(*n): [] for n in a.net}
     probs: dict[str, list[np.ndarray]] = {name: [] for name in rows}
     for seed in range(1, a.seeds + 1):

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
@@ -37,13 +38,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ambiguous_digits import allocator, files
+from ambiguous_digits import files
 from ambiguous_digits.config import Config
 from ambiguous_digits.data import MNIST, load_mnist
 from ambiguous_digits.model import count_parameters
 from ambiguous_digits.scores import expected_calibration_error, nll
-from ambiguous_digits.train import (eval_batch, new_net, predict_probs, resolve_device, resolve_precision, to_tensor,
-                                    train)
+from ambiguous_digits.train import (eval_batch, new_net, predict_probs, resolve_device, resolve_precision, setup,
+                                    to_tensor, train)
 
 # ---------------------------------------------------------------------------
 # Constants
@@ -304,8 +305,7 @@ TRAINERS = {"reference": _reference, "ours": _ours}
 
 def run_worker(which: str, args: argparse.Namespace) -> dict:
     """Train one trainer in this process; returns its numbers (JSON-ready)."""
-    allocator.keep_freed_memory()  # for both trainers alike, as every run does (jobs.setup)
-    torch.set_num_threads(args.threads)
+    setup(replace(Config(), device="cpu", threads=args.threads))  # both trainers: a run's allocator and threads
     torch.manual_seed(SEED)
     mnist = load_mnist(args.data_dir, progress=False)
     x, y = mnist.x_train[: args.train_limit], mnist.y_train[: args.train_limit]

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, files, jobs, manifest, outputs, pipeline, report, scores, validate
+from . import data, files, manifest, outputs, pipeline, report, scores, validate
 from .config import Config, ConfigError
-from .train import predict_probs, train
+from .train import predict_probs, setup, train
 
 EXPERIMENT_FILE, TABLE_FILE, PROBS_FILE = pipeline.EXPERIMENT_FILES
 # The training-set audit's probabilities, table and summary (pipeline.AUDIT_FILES).
@@ -261,7 +261,7 @@ def run_experiment(cfg: Config, log=print, progress: bool = True) -> dict:
     if (cfg.out / EXPERIMENT_FILE).exists() and not cfg.force:
         raise ConfigError(f"--out: {cfg.out / EXPERIMENT_FILE} exists; pass --force to overwrite it")
     _check_run(cfg)
-    device, precision = jobs.setup(cfg)
+    device, precision = setup(cfg)
     start = time.perf_counter()
     ds = data.load_dataset(cfg, log=log, progress=progress)
     x_train, y_train, x_test, y_test = pipeline._subset(ds, cfg)

@@ -12,20 +12,10 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import torch
 
-from . import allocator, audit, members
+from . import audit, members
 from .config import Config
-from .train import Precision, resolve_device, resolve_precision
-
-
-def setup(cfg: Config) -> tuple[torch.device, Precision]:
-    """Threads, device, precision and the allocator for this process (the driver or a worker)."""
-    allocator.keep_freed_memory()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    return device, resolve_precision(cfg.precision, device)
+from .train import setup
 
 
 def member_job(cfg: Config, seed: int, num_classes: int, x_train: np.ndarray, y_train: np.ndarray,

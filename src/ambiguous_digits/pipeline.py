@@ -22,7 +22,7 @@ import torch
 from . import audit, backend, data, files, jobs, manifest, members, outputs, report, scores, validate
 from .config import RANKING_NAMES, Config, ConfigError
 from .model import describe
-from .train import new_net
+from .train import new_net, setup
 
 Log = Callable[[str], None]
 CONFIG_FILE = "config.json"
@@ -325,7 +325,7 @@ def _begin(cfg: Config, resume: bool, check: Callable[[Config], None]):
         _remove_temp_files(cfg.out)
     else:
         check(cfg)
-    return jobs.setup(cfg)  # here; each job resolves its own too
+    return setup(cfg)  # here; each job resolves its own too
 
 
 def run(cfg: Config, log: Log = print, progress: bool = True, resume: bool = False) -> dict:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import allocator
 from .config import EVAL_BATCH_CPU, EVAL_BATCH_GPU, PIXEL_MEAN, PIXEL_STD, Config, ConfigError
 from .model import Net, NetShape
 
@@ -69,6 +70,16 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
             return Precision(torch.cuda.is_bf16_supported())
         return Precision(bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
     return Precision(name == "bf16")
+
+
+def setup(cfg: Config) -> tuple[torch.device, Precision]:
+    """Allocator, threads, device and precision for this process: a run's driver or worker, an
+    experiment, a benchmark (so its timings are of the same process set-up as a run's)."""
+    allocator.keep_freed_memory()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    return device, resolve_precision(cfg.precision, device)
 
 
 def one_cycle(step: int, total: int) -> float:
