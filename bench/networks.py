@@ -1,6 +1,6 @@
 """Which network should the ensemble use? Shapes compared on the same seeds, on the same machine.
 
-For each seed, one member of every `--net WIDTHS:EPOCHS[:ORDER]` is trained in turn (alternating,
+For each seed, one member of every `--net WIDTHS:EPOCHS[:OPTION...]` is trained in turn (alternating,
 so a slow hour of a shared machine slows every shape alike), at the default config
 otherwise, and scores the test digits. Reported per shape: member accuracy and NLL
 (mean ± std over the seeds), training and scoring seconds, and what a
@@ -11,9 +11,12 @@ mean, min and max. Writes a JSON report and each member's probabilities (float32
 
     python bench/networks.py --net 32,64,128:4 --net 16,32,128:6 --seeds 8
     python bench/networks.py --net 16,32,128:6:norm-pool --net 16,32,128:6 --seeds 8
+    python bench/networks.py --net 16,32,128:8 --net 16,32,128:8:fc128 --seeds 8
 
-ORDER is each stage's order: pool-norm (max-pool, then batch norm; the default) or
-norm-pool (batch norm, then max-pool: the networks of runs before version 0.2).
+OPTIONs: each stage's order, pool-norm (max-pool, then batch norm; the default) or
+norm-pool (batch norm, then max-pool: the networks of runs before version 0.2); and
+fcN, N units in a linear-BN-ReLU layer before the output layer (default: the
+config's, none: fc0).
 """
 
 from __future__ import annotations
@@ -46,25 +49,30 @@ MAX_ENSEMBLES = 1000
 ORDERS = {"pool-norm": True, "norm-pool": False}
 
 
-def parse_net(text: str) -> tuple[tuple[int, ...], int, bool]:
-    """'16,32,128:6' -> ((16, 32, 128), 6, True); '...:6:norm-pool' -> (..., False); argparse's error otherwise."""
+def parse_net(text: str) -> tuple[tuple[int, ...], int, bool, int]:
+    """'16,32,128:6' -> ((16, 32, 128), 6, True, 0); '...:6:norm-pool:fc128' -> (..., False, 128);
+    argparse's error otherwise."""
     widths, sep, rest = text.partition(":")
-    epochs, has_order, order = rest.partition(":")
-    expected = f"expected WIDTHS:EPOCHS[:{'|'.join(ORDERS)}] such as 16,32,128:6, got {text!r}"
-    if not sep or (has_order and order not in ORDERS):
+    epochs, *options = rest.split(":")
+    expected = f"expected WIDTHS:EPOCHS[:{'|'.join(ORDERS)}][:fcN] such as 16,32,128:6 or 16,32,128:8:fc128, got {text!r}"
+    orders = [o for o in options if o in ORDERS]
+    units = [o[2:] for o in options if o.startswith("fc")]
+    if not sep or len(orders) + len(units) < len(options) or len(orders) > 1 or len(units) > 1:
         raise argparse.ArgumentTypeError(expected)
     try:
         shape = tuple(int(w) for w in widths.split(","))
         n = int(epochs)
-        replace(Config(), widths=shape, epochs=n)  # Config checks widths and epochs
+        hidden = int(units[0]) if units else Config().hidden
+        replace(Config(), widths=shape, epochs=n, hidden=hidden)  # Config checks widths, epochs and units
     except (ValueError, ConfigError) as e:
         raise argparse.ArgumentTypeError(f"{expected} ({e})") from None
-    return shape, n, ORDERS[order or "pool-norm"]
+    return shape, n, ORDERS[orders[0] if orders else "pool-norm"], hidden
 
 
-def net_name(widths: tuple[int, ...], epochs: int, pool_first: bool = True) -> str:
+def net_name(widths: tuple[int, ...], epochs: int, pool_first: bool = True, hidden: int = Config().hidden) -> str:
     order = "" if pool_first else ", norm-pool"
-    return f"{'/'.join(map(str, widths))} x {epochs} epochs{order}"
+    fc = f"+fc{hidden}" if hidden else ""
+    return f"{'/'.join(map(str, widths))}{fc} x {epochs} epochs{order}"
 
 
 def npz_key(name: str) -> str:
@@ -118,7 +126,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="networks.py", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--net", type=parse_net, action="append", required=True,
-                   help="WIDTHS:EPOCHS[:ORDER] of a shape to compare, e.g. 16,32,128:6 or 16,32,128:6:norm-pool "
+                   help="WIDTHS:EPOCHS[:ORDER][:fcN] of a shape to compare, e.g. 16,32,128:8, 16,32,128:6:norm-pool or "
+                        "16,32,128:8:fc128 "
                         "(give two or more)")
     p.add_argument("--seeds", type=int, default=8, help="members per shape: seeds 1..N")
     p.add_argument("--members", type=int, default=Config().members, help="ensemble size to score")
@@ -168,9 +177,9 @@ def main(argv: list[str] | None = None) -> dict:
     rows: dict[str, list[dict]] = {net_name(*n): [] for n in a.net}
     probs: dict[str, list[np.ndarray]] = {name: [] for name in rows}
     for seed in range(1, a.seeds + 1):
-        for widths, epochs, pool_first in a.net:
-            name = net_name(widths, epochs, pool_first)
-            cfg = replace(Config(), widths=widths, epochs=epochs, pool_first=pool_first)
+        for widths, epochs, pool_first, hidden in a.net:
+            name = net_name(widths, epochs, pool_first, hidden)
+            cfg = replace(Config(), widths=widths, epochs=epochs, pool_first=pool_first, hidden=hidden)
             start = time.perf_counter()
             model, _ = train(x, y, cfg, seed, device, precision, progress=False, num_classes=ds.num_classes)
             trained = time.perf_counter()

@@ -115,6 +115,8 @@ def _exit_code(argv):
     (["--seed", "-1"], "--seed: must be >= 0"),
     (["--widths", "8,8,8,8,8"], "--widths: at most 4 stages"),
     (["--members", "0"], "--members: must be positive"),
+    (["--hidden", "-1"], "--hidden: must be 0 or positive, got -1"),
+    (["--hidden", "1.5"], "--hidden: expected 0 or a positive integer, got '1.5'"),
     (["--device", "cuda:9"], "--device: cuda:9 asked for, but this machine has"),
 ])
 def test_bad_flags_fail_on_one_line_and_write_nothing(tmp_path, flags, message, capsys):
@@ -403,6 +405,18 @@ def test_a_folder_holding_only_hidden_files_counts_as_empty(tmp_path):
     from ambiguous_digits import pipeline
     (tmp_path / ".DS_Store").write_bytes(b"")
     pipeline.check_out_dir(tmp_path, force=False)
+
+
+def test_a_hidden_layer_is_a_flag_and_a_config_without_it_has_none():
+    parse = cli.build_parser().parse_args
+    assert cli.config_from_args(parse(["run"])).hidden == Config().hidden == 0
+    assert cli.config_from_args(parse(["run", "--hidden", "64"])).hidden == 64
+    assert cli.config_from_args(parse(["audit", "--hidden", "64"])).hidden == 64
+    before = {k: v for k, v in Config().to_json().items() if k != "hidden"}  # a config.json of version 0.3
+    assert Config.from_json(before).hidden == 0
+    assert Config.from_json(Config(hidden=64).to_json()).hidden == 64
+    with pytest.raises(ConfigError, match="--hidden: expected 0"):
+        Config.from_json({**before, "hidden": "128"})  # a hand-edited config.json
 
 
 def test_the_stage_order_is_a_flag_and_a_config_without_it_is_the_earlier_order():

@@ -95,7 +95,7 @@ def test_resume_of_a_finished_run_changes_nothing(uninterrupted, capsys):
 
 
 @pytest.mark.parametrize("flags", [["--epochs", "5"], ["--seed", "0"], ["--out", "elsewhere"], ["--force"],
-                                   ["--no-augment"], ["--norm-before-pool"]])
+                                   ["--no-augment"], ["--norm-before-pool"], ["--hidden", "16"]])
 def test_resume_refuses_flags_that_would_change_the_result(uninterrupted, flags, capsys):
     assert cli.main(["run", "--resume", str(uninterrupted), *flags]) == 2
     err = capsys.readouterr().err.strip()
@@ -103,20 +103,23 @@ def test_resume_refuses_flags_that_would_change_the_result(uninterrupted, flags,
 
 
 def test_a_run_of_version_0_1_resumes_in_its_own_stage_order(tmp_path, mnist_dir):
-    """Its config.json has no pool_first: the member still to train normalises before pooling, like the others."""
+    """Its config.json has no pool_first and no hidden: the member still to train normalises before pooling and
+    has no hidden layer, like the others."""
     out = tmp_path / "old"
-    assert cli.main(["run", "--out", str(out), "--data-dir", str(mnist_dir), *SMALL, "--norm-before-pool"]) == 0
+    assert cli.main(["run", "--out", str(out), "--data-dir", str(mnist_dir), *SMALL, "--norm-before-pool",
+                     "--hidden", "0"]) == 0
     with np.load(out / "probs.npz") as saved:
         whole = saved["probs"]
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg.pop("pool_first") is False
+    assert cfg.pop("pool_first") is False and cfg.pop("hidden") == 0
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     manifest.record(out, out / "config.json")
     manifest.forget(out, "summary.json", "members/member-1.npz", "models/member-1.pt")
     assert cli.main(["run", "--resume", str(out), "--quiet"]) == 0
     with np.load(out / "probs.npz") as resumed:
         np.testing.assert_array_equal(resumed["probs"], whole)
-    assert "BN+pool" in json.loads((out / "summary.json").read_text())["model"]
+    model = json.loads((out / "summary.json").read_text())["model"]
+    assert "BN+pool" in model and model.count("linear(") == 1
 
 
 def _copy_run(src: Path, dst: Path) -> Path:

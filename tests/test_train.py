@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from ambiguous_digits.config import PIXEL_MEAN, PIXEL_STD
+from ambiguous_digits.config import PIXEL_MEAN, PIXEL_STD, Config, ConfigError
 from ambiguous_digits.model import Net, NetShape, checkpoint, count_parameters, describe, from_checkpoint
-from ambiguous_digits.train import augment, eval_batch, one_cycle, predict_probs, to_tensor
+from ambiguous_digits.train import (Precision, augment, eval_batch, one_cycle, predict_probs, steps_per_epoch,
+                                    to_tensor, train)
 
 
 @pytest.mark.parametrize("total", [1, 2, 3, 4, 7, 235, 940])
@@ -49,16 +50,61 @@ def test_augment_keeps_shape_and_pixel_range_and_is_seeded():
     assert torch.allclose(a[:, :, 0, 0], torch.tensor(lo))
 
 
+# By hand: 3 stages of conv (no bias) + BN (scale, shift): 36+8, 288+16, 1152+32; then either the output
+# layer on the last stage, 16*3*3*10 + 10, or a hidden layer of 128 (no bias) + BN, 144*128 + 256, and the
+# output layer on it, 128*10 + 10.
+STAGES = 44 + 304 + 1184
+
+
 @pytest.mark.parametrize("pool_first", [True, False])
-def test_net_returns_logits_and_round_trips_a_checkpoint(pool_first):
-    net = Net(NetShape(10, widths=(4, 8, 16), pool_first=pool_first)).eval()
+@pytest.mark.parametrize("hidden, parameters", [(0, STAGES + 1450), (128, STAGES + 18432 + 256 + 1290)])
+def test_net_returns_logits_and_round_trips_a_checkpoint(pool_first, hidden, parameters):
+    net = Net(NetShape(10, widths=(4, 8, 16), pool_first=pool_first, hidden=hidden)).eval()
     x = _digits(3)
     out = net(x)
     assert out.shape == (3, 10)
     again = from_checkpoint(checkpoint(net)).eval()
     assert again.shape == net.shape and torch.equal(again(x), out)
-    # by hand: 3 stages of conv (no bias) + BN (scale, shift): 36+8, 288+16, 1152+32; linear 16*3*3*10 + 10
-    assert count_parameters(net) == count_parameters(again) == 44 + 304 + 1184 + 1450 == 2982
+    assert count_parameters(net) == count_parameters(again) == parameters
+
+
+def test_a_hidden_layer_is_linear_bn_relu_before_the_output_layer_and_off_by_default():
+    assert NetShape(10).hidden == Config().hidden == 0
+    kinds = [type(m).__name__ for m in Net(NetShape(10, widths=(4, 8), hidden=16)).head]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert isinstance(Net(NetShape(10, widths=(4, 8))).head, torch.nn.Linear)
+    assert "linear(128)+BN+ReLU -> linear(10)" in describe(Net(NetShape(10, hidden=128)))
+    assert describe(Net(NetShape(10))).count("linear(") == 1
+    for bad in (-1, 1.5, True, None):
+        with pytest.raises(ConfigError, match="--hidden: expected 0"):
+            Config(hidden=bad)
+
+
+def test_a_checkpoint_from_before_the_hidden_layer_rebuilds_a_network_without_it():
+    """Runs before version 0.4 saved no hidden: the output layer reads the last stage."""
+    torch.manual_seed(0)
+    old = Net(NetShape(10, widths=(4, 8, 16))).eval()
+    ckpt = checkpoint(old)
+    del ckpt["shape"]["hidden"]
+    again = from_checkpoint(ckpt).eval()
+    assert again.shape.hidden == 0
+    x = _digits(3)
+    assert torch.equal(again(x), old(x))
+
+
+@pytest.mark.parametrize("n, batch, steps", [(512, 256, 2), (513, 256, 2), (514, 256, 3), (2, 256, 1), (257, 1, 257)])
+def test_an_epoch_leaves_out_a_last_batch_of_one_digit(n, batch, steps):
+    assert steps_per_epoch(n, batch) == steps
+    with pytest.raises(ConfigError, match="training set: 1 digit"):
+        steps_per_epoch(1, batch)
+
+
+def test_training_on_a_set_whose_last_batch_would_be_one_digit_works(mnist):
+    """Batch norm cannot train on one value per channel (the hidden layer's, or a last stage of 1 x 1)."""
+    x, y = mnist.x_train[:65], mnist.y_train[:65]
+    cfg = Config(epochs=1, batch_size=32, widths=(4, 4, 4, 4), hidden=8)
+    model, history = train(x, y, cfg, 0, torch.device("cpu"), Precision(False), progress=False, num_classes=10)
+    assert history[0]["train_acc"] * 64 == round(history[0]["train_acc"] * 64)  # the 64 digits seen, not 65
 
 
 def test_each_stage_pools_before_its_batch_norm_unless_told_otherwise():
@@ -72,9 +118,9 @@ def test_each_stage_pools_before_its_batch_norm_unless_told_otherwise():
 def test_a_checkpoint_from_before_the_stage_order_field_rebuilds_the_earlier_order():
     """Runs before version 0.2 saved no pool_first: their networks normalise before pooling."""
     torch.manual_seed(0)
-    old = Net(NetShape(10, widths=(4, 8, 16), pool_first=False)).eval()
+    old = Net(NetShape(10, widths=(4, 8, 16), pool_first=False, hidden=0)).eval()
     ckpt = checkpoint(old)
-    del ckpt["shape"]["pool_first"]
+    del ckpt["shape"]["pool_first"], ckpt["shape"]["hidden"]
     again = from_checkpoint(ckpt).eval()
     assert again.shape.pool_first is False
     x = _digits(3)

@@ -76,6 +76,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or positive, got {value}")
+    return value
+
+
 def _widths(text: str) -> tuple[int, ...]:
     return tuple(_positive_int(part) for part in text.split(","))
 
@@ -150,6 +160,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--norm-before-pool", dest="pool_first", action="store_false",
                    help="each stage's batch norm before its max-pool, the stage order of runs before version 0.2 "
                         "(default: max-pool, then batch norm)")
+    p.add_argument("--hidden", type=_non_negative_int, default=d.hidden, metavar="UNITS",
+                   help="units of a linear-BN-ReLU layer before the output layer (0: none)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="train without random affine augmentation")
     p.add_argument("--top", type=_positive_int, default=d.top,
                    help="images per top-K list (at most the number of test images scored; audit: on its contact sheet)")
@@ -185,7 +197,7 @@ def build_parser(unset: object | None = None) -> argparse.ArgumentParser:
     aud = sub.add_parser("audit", help="suspected label errors: K-fold cross-validated probabilities ranked by cleanlab",
                          formatter_class=_Help)
     _add_run_flags(aud)
-    aud.set_defaults(members=AUDIT_MEMBERS, top=AUDIT_TOP, widths=None, pool_first=None,
+    aud.set_defaults(members=AUDIT_MEMBERS, top=AUDIT_TOP, widths=None, pool_first=None, hidden=None,
                      **{key: None for key in NOT_FOR_AUDIT})
     _hide(aud, NOT_FOR_AUDIT)
     _follow_the_run(aud, "the fold CNNs train the run's network")
@@ -210,7 +222,7 @@ def _add_experiment_parser(sub) -> None:
                          "(needs a finished run and `audit --split train` in --out)",
                          formatter_class=_Help)
     _add_run_flags(exp)
-    exp.set_defaults(epochs=EXPERIMENT_EPOCHS, backend=None, widths=None, pool_first=None,
+    exp.set_defaults(epochs=EXPERIMENT_EPOCHS, backend=None, widths=None, pool_first=None, hidden=None,
                      **{key: None for key in NOT_FOR_EXPERIMENT})
     _hide(exp, {*NOT_FOR_EXPERIMENT, "backend", "ray_address", "resume"})
     _follow_the_run(exp, "the variants train its network")
@@ -225,7 +237,7 @@ def _add_experiment_parser(sub) -> None:
 
 
 def _follow_the_run(parser: argparse.ArgumentParser, why: str) -> None:
-    """--widths and --norm-before-pool of a command that defaults to the network of the run in --out."""
+    """--widths, --norm-before-pool and --hidden of a command that defaults to the network of the run in --out."""
     for action in parser._actions:
         if action.dest == "widths":
             action.help = f"channels of each conv stage (default: the run's in --out, so {why}; else " \
@@ -233,12 +245,16 @@ def _follow_the_run(parser: argparse.ArgumentParser, why: str) -> None:
         if action.dest == "pool_first":
             action.help = "each stage's batch norm before its max-pool (default: the run's stage order in --out; " \
                           "else max-pool, then batch norm)"
+        if action.dest == "hidden":
+            action.help = f"units of a linear-BN-ReLU layer before the output layer, 0 for none (default: the " \
+                          f"run's in --out; else {DEFAULTS.hidden})"
 
 
 def _with_the_runs_network(a: argparse.Namespace) -> dict:
-    """widths and pool_first: as given, else those of the run in --out (see _run_network)."""
-    run_widths, run_pool_first = _run_network(a.out)
-    return {"widths": a.widths or run_widths, "pool_first": run_pool_first if a.pool_first is None else a.pool_first}
+    """widths, pool_first and hidden: as given, else those of the run in --out (see _run_network)."""
+    run_widths, run_pool_first, run_hidden = _run_network(a.out)
+    return {"widths": a.widths or run_widths, "pool_first": run_pool_first if a.pool_first is None else a.pool_first,
+            "hidden": run_hidden if a.hidden is None else a.hidden}
 
 
 def _experiment_args(a: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
@@ -261,9 +277,9 @@ def _experiment_args(a: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
                "emphasis_epochs": a.emphasis_epochs}
 
 
-def _run_network(run_dir: Path) -> tuple[tuple[int, ...], bool]:
-    """(widths, pool_first) of the run in run_dir, which an audit's fold CNNs and the experiment's
-    variants train unless --widths or --norm-before-pool say otherwise; the default network where
+def _run_network(run_dir: Path) -> tuple[tuple[int, ...], bool, int]:
+    """(widths, pool_first, hidden) of the run in run_dir, which an audit's fold CNNs and the experiment's
+    variants train unless --widths, --norm-before-pool or --hidden say otherwise; the default network where
     there is no readable run (an audit then pools with nothing; the experiment says why it stops)."""
     from .pipeline import load_config
 
@@ -271,7 +287,7 @@ def _run_network(run_dir: Path) -> tuple[tuple[int, ...], bool]:
         cfg = load_config(run_dir)
     except (ConfigError, OSError):
         cfg = DEFAULTS
-    return cfg.widths, cfg.pool_first
+    return cfg.widths, cfg.pool_first, cfg.hidden
 
 
 def _add_predict(sub) -> None:
@@ -302,7 +318,7 @@ def config_from_args(a: argparse.Namespace) -> Config:
     if a.command == "experiment":
         a, extra = _experiment_args(a)
     return Config(**extra, out=a.out, dataset=a.dataset, class_names=a.class_names, data_dir=a.data_dir, seed=a.seed, epochs=a.epochs, batch_size=a.batch_size,
-                  members=a.members, lr=a.lr, weight_decay=a.weight_decay, widths=a.widths, pool_first=a.pool_first, augment=a.augment, top=a.top,
+                  members=a.members, lr=a.lr, weight_decay=a.weight_decay, widths=a.widths, pool_first=a.pool_first, hidden=a.hidden, augment=a.augment, top=a.top,
                   rankings=a.rankings, device=a.device, precision=a.precision, threads=a.threads,
                   train_limit=a.train_limit, test_limit=a.test_limit, force=a.force, backend=a.backend,
                   ray_address=a.ray_address)

@@ -112,6 +112,15 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out.contiguous(memory_format=torch.channels_last)
 
 
+def steps_per_epoch(n: int, batch: int) -> int:
+    """Batches in an epoch of n digits. A last batch of a single digit is left out (that digit, a
+    different one each epoch, sits the epoch out): batch norm cannot train on one value per
+    channel, as in the hidden layer or after a last stage of 1 x 1."""
+    if n < 2:
+        raise ConfigError(f"training set: {n} digit(s); batch norm trains on at least 2")
+    return n // batch if n % batch == 1 else math.ceil(n / batch)
+
+
 # A function called during training with the model and the epochs done so far
 # (a float); the benchmark uses it to evaluate at finer intervals than an epoch.
 Hook = Callable[[Net, float], None]
@@ -121,9 +130,9 @@ def _epoch(model, opt, sched, x, y, cfg: Config, gen, precision: Precision, bar,
            hook: Hook | None = None, hooks: int = 0, epoch: int = 0) -> tuple[float, float]:
     """One pass over the shuffled training set; returns (mean loss, accuracy)."""
     perm = torch.randperm(len(x), generator=gen, device=gen.device).to(x.device)
-    steps = math.ceil(len(x) / cfg.batch_size)
+    steps = steps_per_epoch(len(x), cfg.batch_size)
     hook_at = {round(steps * (j + 1) / hooks) for j in range(hooks)} if hook else set()
-    loss_sum = correct = 0.0
+    loss_sum = correct = seen = 0.0
     for i in range(steps):
         idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
         xb, yb = x[idx], y[idx]
@@ -139,12 +148,13 @@ def _epoch(model, opt, sched, x, y, cfg: Config, gen, precision: Precision, bar,
         sched.step()
         loss_sum += loss.item() * len(idx)
         correct += (logits.argmax(1) == yb).sum().item()
+        seen += len(idx)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         if i + 1 in hook_at:
             hook(model, epoch + (i + 1) / steps)
             model.train()
-    return loss_sum / len(x), correct / len(x)
+    return loss_sum / seen, correct / seen
 
 
 # Called after every epoch but the last with the whole training state (see
@@ -171,8 +181,8 @@ def _restore(state: dict, model, opt, sched, gen: torch.Generator) -> list[dict]
 
 
 def new_net(cfg: Config, num_classes: int) -> Net:
-    """An untrained network of cfg's shape (widths and stage order) with num_classes outputs."""
-    return Net(NetShape(num_classes, cfg.widths, cfg.pool_first))
+    """An untrained network of cfg's shape (widths, stage order, hidden layer) with num_classes outputs."""
+    return Net(NetShape(num_classes, cfg.widths, cfg.pool_first, cfg.hidden))
 
 
 def train(images: np.ndarray, labels: np.ndarray, cfg: Config, seed: int, device: torch.device,
@@ -198,7 +208,7 @@ def train(images: np.ndarray, labels: np.ndarray, cfg: Config, seed: int, device
     model = model.to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=MOMENTUM, nesterov=True,
                           weight_decay=cfg.weight_decay)
-    steps = math.ceil(len(x) / cfg.batch_size)
+    steps = steps_per_epoch(len(x), cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(one_cycle, total=cfg.epochs * steps))
     history = [] if state is None else _restore(state, model, opt, sched, gen)
     model.train()
