@@ -56,7 +56,7 @@ def parse_net(text: str) -> tuple[tuple[int, ...], int, bool, int]:
     epochs, *options = rest.split(":")
     expected = f"expected WIDTHS:EPOCHS[:{'|'.join(ORDERS)}][:fcN] such as 16,32,128:6 or 16,32,128:8:fc128, got {text!r}"
     orders = [o for o in options if o in ORDERS]
-    units = [o[2:] for o in options if o.startswith("fc")]
+    units = [o[2:] for o in options if o.startswith("fc") and o[2:].isdigit()]
     if not sep or len(orders) + len(units) < len(options) or len(orders) > 1 or len(units) > 1:
         raise argparse.ArgumentTypeError(expected)
     try:

@@ -320,11 +320,12 @@ def test_audit_and_experiment_train_the_runs_network_unless_told_otherwise(tmp_p
 @pytest.mark.parametrize("saved, hidden", [({"hidden": 0}, 0), ({}, 0), ({"hidden": 32}, 32)])
 def test_audit_and_experiment_train_the_runs_hidden_layer_unless_told_otherwise(tmp_path, command, saved, hidden):
     """A run without a hidden layer (saved as 0, or from before the field) or with one."""
-    cfg = {k: v for k, v in Config(out=tmp_path).to_json().items() if k != "hidden"}
+    cfg = {k: v for k, v in Config(out=tmp_path, widths=(4, 8, 8)).to_json().items() if k != "hidden"}
     files.write_text(tmp_path / "config.json", json.dumps({**cfg, **saved}) + "\n")
     manifest.record(tmp_path, tmp_path / "config.json")
     parse = cli.build_parser().parse_args
-    assert cli.config_from_args(parse([command, "--out", str(tmp_path)])).hidden == hidden
+    here = cli.config_from_args(parse([command, "--out", str(tmp_path)]))
+    assert (here.hidden, here.widths) == (hidden, (4, 8, 8))  # the run's config was read
     assert cli.config_from_args(parse([command, "--out", str(tmp_path), "--hidden", "16"])).hidden == 16
     assert cli.config_from_args(parse([command, "--out", str(tmp_path / "none")])).hidden == Config().hidden
 

@@ -1,5 +1,7 @@
 """Training pieces: the schedule, the tensors, the augmentation, the network."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -92,19 +94,39 @@ def test_a_checkpoint_from_before_the_hidden_layer_rebuilds_a_network_without_it
     assert torch.equal(again(x), old(x))
 
 
-@pytest.mark.parametrize("n, batch, steps", [(512, 256, 2), (513, 256, 2), (514, 256, 3), (2, 256, 1), (257, 1, 257)])
-def test_an_epoch_leaves_out_a_last_batch_of_one_digit(n, batch, steps):
-    assert steps_per_epoch(n, batch) == steps
-    with pytest.raises(ConfigError, match="training set: 1 digit"):
-        steps_per_epoch(1, batch)
+NEEDS_TWO = [Config(hidden=8), Config(widths=(4, 4, 4, 4))]  # a hidden layer; a last stage of 1 x 1
+
+
+@pytest.mark.parametrize("cfg", NEEDS_TWO)
+@pytest.mark.parametrize("n, steps", [(512, 2), (513, 2), (514, 3), (2, 1), (257, 1)])
+def test_an_epoch_leaves_out_a_last_batch_of_one_digit_where_batch_norm_needs_two(cfg, n, steps):
+    assert cfg.norm_needs_two and steps_per_epoch(n, replace(cfg, batch_size=256)) == steps
+    with pytest.raises(ConfigError, match="--train-limit: a network with --hidden or four --widths stages trains on at "
+                                          "least 2 digits, got 1"):
+        steps_per_epoch(1, cfg)
+
+
+@pytest.mark.parametrize("n, steps", [(512, 2), (513, 3), (1, 1), (257, 2)])
+def test_other_networks_train_on_every_batch_as_before(n, steps):
+    assert not Config().norm_needs_two and steps_per_epoch(n, replace(Config(), batch_size=256)) == steps
+
+
+@pytest.mark.parametrize("cfg", NEEDS_TWO)
+def test_a_batch_of_one_digit_is_refused_where_batch_norm_needs_two(cfg):
+    with pytest.raises(ConfigError, match="--batch-size: must be at least 2 with --hidden or 4 --widths stages"):
+        replace(cfg, batch_size=1)
+    replace(Config(), batch_size=1)  # the default network's stages end at 3 x 3: it trains on one digit
 
 
 def test_training_on_a_set_whose_last_batch_would_be_one_digit_works(mnist):
-    """Batch norm cannot train on one value per channel (the hidden layer's, or a last stage of 1 x 1)."""
+    """Batch norm cannot train on one value per channel (a hidden layer's, or a last stage of 1 x 1):
+    before the last batch of one digit was left out, this raised ValueError in the second step."""
     x, y = mnist.x_train[:65], mnist.y_train[:65]
     cfg = Config(epochs=1, batch_size=32, widths=(4, 4, 4, 4), hidden=8)
-    model, history = train(x, y, cfg, 0, torch.device("cpu"), Precision(False), progress=False, num_classes=10)
-    assert history[0]["train_acc"] * 64 == round(history[0]["train_acc"] * 64)  # the 64 digits seen, not 65
+    steps = []
+    model, history = train(x, y, cfg, 0, torch.device("cpu"), Precision(False), progress=False, num_classes=10,
+                           hook=lambda model, done: steps.append(done), hooks_per_epoch=2)
+    assert steps == [0.5, 1.0] and len(history) == 1  # 2 steps of 32 digits; the 65th sat the epoch out
 
 
 def test_each_stage_pools_before_its_batch_norm_unless_told_otherwise():

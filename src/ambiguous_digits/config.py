@@ -134,6 +134,9 @@ class Config:
         if IMAGE_SIDE >> len(self.widths) < 1:  # each stage halves the side: 28, 14, 7, 3, 1
             raise ConfigError(f"--widths: at most {MAX_STAGES} stages fit a {IMAGE_SIDE}-pixel digit, "
                               f"got {len(self.widths)}")
+        if self.batch_size < 2 and self.norm_needs_two:
+            raise ConfigError(f"--batch-size: must be at least 2 with --hidden or {MAX_STAGES} --widths stages (their "
+                              f"batch norm cannot train on one digit), got {self.batch_size}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"--backend: expected {' or '.join(BACKENDS)}, got {self.backend!r}")
         if self.ray_address is not None:
@@ -149,6 +152,12 @@ class Config:
     @property
     def train_digits(self) -> int | None:
         return self.train_limit or (PUBLISHED_TRAIN_IMAGES if self.dataset in PUBLISHED_DATASETS else None)
+
+    @property
+    def norm_needs_two(self) -> bool:
+        """Whether a batch norm of the network sees one value per channel per digit (a hidden layer's, or
+        that of a last stage of 1 x 1), so cannot train on a batch of one digit."""
+        return bool(self.hidden) or IMAGE_SIDE >> len(self.widths) == 1
 
     def _check_limits(self) -> None:
         published = self.dataset in PUBLISHED_DATASETS

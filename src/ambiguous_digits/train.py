@@ -112,13 +112,16 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out.contiguous(memory_format=torch.channels_last)
 
 
-def steps_per_epoch(n: int, batch: int) -> int:
-    """Batches in an epoch of n digits. A last batch of a single digit is left out (that digit, a
-    different one each epoch, sits the epoch out): batch norm cannot train on one value per
-    channel, as in the hidden layer or after a last stage of 1 x 1."""
-    if n < 2:
-        raise ConfigError(f"training set: {n} digit(s); batch norm trains on at least 2")
-    return n // batch if n % batch == 1 else math.ceil(n / batch)
+def steps_per_epoch(n: int, cfg: Config) -> int:
+    """Batches in an epoch of n digits. Where the network's batch norm cannot train on one digit
+    (Config.norm_needs_two), a last batch of a single digit is left out (that digit, a different
+    one each epoch, sits the epoch out); a training set of one digit is refused."""
+    if cfg.norm_needs_two and n % cfg.batch_size == 1:
+        if n == 1:
+            raise ConfigError("--train-limit: a network with --hidden or four --widths stages trains on at least "
+                              "2 digits, got 1")
+        return n // cfg.batch_size
+    return math.ceil(n / cfg.batch_size)
 
 
 # A function called during training with the model and the epochs done so far
@@ -130,7 +133,7 @@ def _epoch(model, opt, sched, x, y, cfg: Config, gen, precision: Precision, bar,
            hook: Hook | None = None, hooks: int = 0, epoch: int = 0) -> tuple[float, float]:
     """One pass over the shuffled training set; returns (mean loss, accuracy)."""
     perm = torch.randperm(len(x), generator=gen, device=gen.device).to(x.device)
-    steps = steps_per_epoch(len(x), cfg.batch_size)
+    steps = steps_per_epoch(len(x), cfg)
     hook_at = {round(steps * (j + 1) / hooks) for j in range(hooks)} if hook else set()
     loss_sum = correct = seen = 0.0
     for i in range(steps):
@@ -208,7 +211,7 @@ def train(images: np.ndarray, labels: np.ndarray, cfg: Config, seed: int, device
     model = model.to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=MOMENTUM, nesterov=True,
                           weight_decay=cfg.weight_decay)
-    steps = steps_per_epoch(len(x), cfg.batch_size)
+    steps = steps_per_epoch(len(x), cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(one_cycle, total=cfg.epochs * steps))
     history = [] if state is None else _restore(state, model, opt, sched, gen)
     model.train()
