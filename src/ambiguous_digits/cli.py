@@ -66,24 +66,24 @@ def _absolute_path(text: str) -> Path:
     return Path(text).expanduser().absolute()
 
 
-def _positive_int(text: str) -> int:
+def _int_flag(text: str, zero_ok: bool) -> int:
+    """A positive integer (or 0 as well, where zero_ok); argparse's one-line error otherwise."""
+    kind, bound = ("0 or a positive integer", "0 or positive") if zero_ok else ("a positive integer", "positive")
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+    if value < (0 if zero_ok else 1):
+        raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_flag(text, zero_ok=False)
 
 
 def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or positive, got {value}")
-    return value
+    return _int_flag(text, zero_ok=True)
 
 
 def _widths(text: str) -> tuple[int, ...]:

@@ -129,13 +129,12 @@ def steps_per_epoch(n: int, cfg: Config) -> int:
 Hook = Callable[[Net, float], None]
 
 
-def _epoch(model, opt, sched, x, y, cfg: Config, gen, precision: Precision, bar,
+def _epoch(model, opt, sched, x, y, cfg: Config, gen, precision: Precision, bar, steps: int,
            hook: Hook | None = None, hooks: int = 0, epoch: int = 0) -> tuple[float, float]:
-    """One pass over the shuffled training set; returns (mean loss, accuracy)."""
+    """One pass of `steps` batches over the shuffled training set; returns (mean loss, accuracy)."""
     perm = torch.randperm(len(x), generator=gen, device=gen.device).to(x.device)
-    steps = steps_per_epoch(len(x), cfg)
     hook_at = {round(steps * (j + 1) / hooks) for j in range(hooks)} if hook else set()
-    loss_sum = correct = seen = 0.0
+    loss_sum = correct = 0.0
     for i in range(steps):
         idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
         xb, yb = x[idx], y[idx]
@@ -151,12 +150,12 @@ def _epoch(model, opt, sched, x, y, cfg: Config, gen, precision: Precision, bar,
         sched.step()
         loss_sum += loss.item() * len(idx)
         correct += (logits.argmax(1) == yb).sum().item()
-        seen += len(idx)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         if i + 1 in hook_at:
             hook(model, epoch + (i + 1) / steps)
             model.train()
+    seen = min(len(x), steps * cfg.batch_size)  # all but a left-out last digit (steps_per_epoch)
     return loss_sum / seen, correct / seen
 
 
@@ -219,7 +218,8 @@ def train(images: np.ndarray, labels: np.ndarray, cfg: Config, seed: int, device
         start = time.perf_counter()
         with tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False,
                   mininterval=PROGRESS_SECONDS) as bar:
-            loss, acc = _epoch(model, opt, sched, x, y, cfg, gen, precision, bar, hook, hooks_per_epoch, epoch - 1)
+            loss, acc = _epoch(model, opt, sched, x, y, cfg, gen, precision, bar, steps, hook, hooks_per_epoch,
+                               epoch - 1)
         if not math.isfinite(loss):  # before on_epoch: a diverged state is never saved to resume from
             raise ConfigError(f"--lr: training diverged (seed {seed}: the loss of epoch {epoch} is {loss}); "
                               f"try a lower --lr than {cfg.lr}")
