@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ambiguous_digits.config import PIXEL_MEAN, PIXEL_STD, Config, ConfigError
-from ambiguous_digits.model import Net, NetShape, checkpoint, count_parameters, describe, from_checkpoint
+from ambiguous_digits.model import MaxPool, Net, NetShape, checkpoint, count_parameters, describe, from_checkpoint
 from ambiguous_digits.train import (Precision, augment, eval_batch, one_cycle, predict_probs, steps_per_epoch,
                                     to_tensor, train)
 
@@ -131,10 +131,44 @@ def test_training_on_a_set_whose_last_batch_would_be_one_digit_works(mnist):
 
 def test_each_stage_pools_before_its_batch_norm_unless_told_otherwise():
     kinds = [type(m).__name__ for m in Net(NetShape(10, widths=(4, 8))).features]
-    assert kinds == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"] * 2
+    assert kinds == ["Conv2d", "MaxPool", "BatchNorm2d", "ReLU"] * 2
     kinds = [type(m).__name__ for m in Net(NetShape(10, widths=(4, 8), pool_first=False)).features]
-    assert kinds == ["Conv2d", "BatchNorm2d", "MaxPool2d", "ReLU"] * 2
+    assert kinds == ["Conv2d", "BatchNorm2d", "MaxPool", "ReLU"] * 2
     assert "pool+BN" in describe(Net(NetShape(10))) and "BN+pool" in describe(Net(NetShape(10, pool_first=False)))
+
+
+@pytest.mark.parametrize("side", [28, 7, 6, 2])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_the_max_pool_s_scoring_path_gives_max_pool2d_s_values_layout_and_gradient(side, layout):
+    """Without autograd MaxPool takes the maximum of four interleaved views; it must give MaxPool2d's
+    values in MaxPool2d's memory layout, ties (blank background) and odd sides included. With autograd
+    it is MaxPool2d, whose gradient goes to one of tied maxima."""
+    gen = torch.Generator().manual_seed(side)
+    x = torch.randint(-2, 3, (3, 5, side, side), generator=gen).float()  # 5 values: ties in nearly every window
+    x[0, 0, 0, 0] = float("nan")
+    x = x.contiguous(memory_format=layout)
+    with torch.no_grad():
+        got, want = MaxPool()(x), torch.nn.MaxPool2d(2)(x)
+    assert got.stride() == want.stride() and torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(got.nan_to_num(), want.nan_to_num())
+    grads = []
+    for pool in (MaxPool(), torch.nn.MaxPool2d(2)):
+        leaf = x.nan_to_num().requires_grad_()
+        pool(leaf).sum().backward()
+        grads.append(leaf.grad)
+    assert torch.equal(grads[0], grads[1]) and grads[0].unique().tolist() == [0.0, 1.0]  # none split among ties
+
+
+def test_a_trained_network_scores_to_the_same_bytes_with_either_max_pool(mnist):
+    x, y = mnist.x_train[:600], mnist.y_train[:600]
+    model, _ = train(x, y, Config(epochs=1, batch_size=64), 0, torch.device("cpu"), Precision(False),
+                     progress=False, num_classes=10)
+    got = predict_probs(model, mnist.x_test[:300], torch.device("cpu"))
+    for i, layer in enumerate(model.features):
+        if isinstance(layer, MaxPool):
+            model.features[i] = torch.nn.MaxPool2d(2)
+    want = predict_probs(model, mnist.x_test[:300], torch.device("cpu"))
+    assert got.tobytes() == want.tobytes()
 
 
 def test_a_checkpoint_from_before_the_stage_order_field_rebuilds_the_earlier_order():
