@@ -137,14 +137,15 @@ def test_each_stage_pools_before_its_batch_norm_unless_told_otherwise():
     assert "pool+BN" in describe(Net(NetShape(10))) and "BN+pool" in describe(Net(NetShape(10, pool_first=False)))
 
 
+@pytest.mark.parametrize("batch", [1, 3])  # one digit: what `predict` scores
 @pytest.mark.parametrize("side", [28, 7, 6, 2])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_the_max_pool_s_scoring_path_gives_max_pool2d_s_values_layout_and_gradient(side, layout):
+def test_the_max_pool_s_scoring_path_gives_max_pool2d_s_values_layout_and_gradient(batch, side, layout):
     """Without autograd MaxPool takes the maximum of four interleaved views; it must give MaxPool2d's
     values in MaxPool2d's memory layout, ties (blank background) and odd sides included. With autograd
     it is MaxPool2d, whose gradient goes to one of tied maxima."""
     gen = torch.Generator().manual_seed(side)
-    x = torch.randint(-2, 3, (3, 5, side, side), generator=gen).float()  # 5 values: ties in nearly every window
+    x = torch.randint(-2, 3, (batch, 5, side, side), generator=gen).float()  # 5 values: ties in nearly every window
     x[0, 0, 0, 0] = float("nan")
     x = x.contiguous(memory_format=layout)
     with torch.no_grad():
@@ -157,6 +158,11 @@ def test_the_max_pool_s_scoring_path_gives_max_pool2d_s_values_layout_and_gradie
         pool(leaf).sum().backward()
         grads.append(leaf.grad)
     assert torch.equal(grads[0], grads[1]) and grads[0].unique().tolist() == [0.0, 1.0]  # none split among ties
+
+
+def test_the_max_pool_refuses_a_map_too_small_to_pool_as_max_pool2d_does():
+    with torch.no_grad(), pytest.raises(RuntimeError, match="Output size is too small"):
+        MaxPool()(torch.zeros(2, 3, 1, 1))
 
 
 def test_a_trained_network_scores_to_the_same_bytes_with_either_max_pool(mnist):

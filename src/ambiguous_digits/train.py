@@ -243,12 +243,11 @@ def predict_probs(model: Net, images: np.ndarray, device: torch.device, batch: i
 
     Runs in float32 (no autocast): the probabilities are the product, so they are
     not rounded to bfloat16's 3 significant digits. `batch`: images per chunk
-    (default: eval_batch(device)).
+    (default: eval_batch(device)). Puts `model` in eval mode and channels-last, in place.
     """
-    # Channels-last, as training leaves a model: one loaded from a checkpoint comes back in the default
-    # layout, whose max-pools run ~10x slower on a CPU (the 16/32/128 network scored ~6k digits/s
-    # against ~25k on the 2-core build machine) and whose probabilities differ in the 7th digit from
-    # those its run saved.
+    # Channels-last, as training leaves a model. One loaded from a checkpoint comes back in the default
+    # layout, in which its probabilities differ in the 7th digit from those its run saved, and which
+    # scored slower on a CPU (before model.MaxPool, ~6k digits/s against ~25k on the 2-core build machine).
     model.eval().to(memory_format=torch.channels_last)
     batch = batch or eval_batch(device)
     out = []
