@@ -27,34 +27,30 @@ class NetShape:
 class MaxPool(nn.MaxPool2d):
     """nn.MaxPool2d(2): a 2x2 max-pool, stride 2, its values and its gradient. Scoring a CPU tensor
     without autograd, it takes the elementwise maximum of the four interleaved quarter-maps instead,
-    into an output in MaxPool2d's memory layout: equal values (a maximum tied between -0.0 and +0.0
+    laid out as MaxPool2d's output: equal values (a maximum tied between -0.0 and +0.0
     may keep the other zero's sign), without writing each maximum's index. On the 2-core build
     machine that pooled the first stage's channels-last maps 3x faster (69 against 218 us for 64
     digits), and the seed-0 run's five members scored 6.6% more digits a second (median of 100 paired
     alternations), their probabilities byte-identical to the run's (tests/test_train.py checks the
     same on a small trained network). With autograd it is MaxPool2d's own, whose gradient goes to one
     of tied maxima (torch.maximum's would split it, and blank background gives many ties); so it is on
-    a GPU (not measured there), and for an input MaxPool2d would refuse."""
+    a GPU (not measured there), and for the small or odd inputs forward() names."""
 
     def __init__(self):
         super().__init__(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or x.device.type != "cpu" or x.dim() not in (3, 4) or min(x.shape[-2:]) < 2:
+        if torch.is_grad_enabled() or x.device.type != "cpu" or x.dim() not in (3, 4):
             return super().forward(x)
         h, w = x.shape[-2] // 2, x.shape[-1] // 2  # an odd side loses its last row or column, as in MaxPool2d
+        # MaxPool2d's own also where a dimension is 0 or 1 (a map too small, which it refuses; one digit, as
+        # `predict` scores; a 1x1 map): with a dimension of 1 the elementwise ops may lay out their result
+        # with other strides than MaxPool2d's.
+        if min(*x.shape[:-2], h, w) < 2:
+            return super().forward(x)
         quads = x[..., : 2 * h, : 2 * w].unflatten(-1, (w, 2)).unflatten(-3, (h, 2))  # (..., h, 2, w, 2), a view
         rows = torch.maximum(quads[..., 0, :, :], quads[..., 1, :, :])
-        shape = (*x.shape[:-2], h, w)
-        if 1 not in shape:  # then the elementwise result comes out laid out as MaxPool2d's
-            return torch.maximum(rows[..., 0], rows[..., 1])
-        # With a dimension of 1 (one digit, as `predict` scores; a 1x1 map) the elementwise op may choose
-        # other strides than MaxPool2d's. Writing into an output laid out as MaxPool2d's cost ~3% of the
-        # scoring rate on 64-digit chunks (paired alternations), so it is done only here.
-        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        out = torch.empty(shape, dtype=x.dtype, device=x.device,
-                          memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        return torch.maximum(rows[..., 0], rows[..., 1], out=out)
+        return torch.maximum(rows[..., 0], rows[..., 1])
 
 
 def _stage(c_in: int, c_out: int, pool_first: bool) -> list[nn.Module]:
