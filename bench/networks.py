@@ -12,11 +12,14 @@ mean, min and max. Writes a JSON report and each member's probabilities (float32
     python bench/networks.py --net 32,64,128:4 --net 16,32,128:6 --seeds 8
     python bench/networks.py --net 16,32,128:6:norm-pool --net 16,32,128:6 --seeds 8
     python bench/networks.py --net 16,32,128:8 --net 16,32,128:8:fc128 --seeds 8
+    python bench/networks.py --net 16,32,128:8:running --net 16,32,128:8 --seeds 8
 
 OPTIONs: each stage's order, pool-norm (max-pool, then batch norm; the default) or
-norm-pool (batch norm, then max-pool: the networks of runs before version 0.2); and
+norm-pool (batch norm, then max-pool: the networks of runs before version 0.2);
 fcN, N units in a linear-BN-ReLU layer before the output layer (default: the
-config's, none: fc0).
+config's, none: fc0); and the batch norms' statistics after training, clean (the
+default: recomputed over the clean training digits, Config.norm_stats) or running
+(the averages kept during training: runs before version 0.5).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import numpy as np
 import torch
 
 from ambiguous_digits import files
-from ambiguous_digits.config import Config, ConfigError
+from ambiguous_digits.config import NORM_STATS, Config, ConfigError
 from ambiguous_digits.data import DataError, load_mnist
 from ambiguous_digits.scores import nll, predicted
 from ambiguous_digits.train import predict_probs, setup, train
@@ -49,15 +52,18 @@ MAX_ENSEMBLES = 1000
 ORDERS = {"pool-norm": True, "norm-pool": False}
 
 
-def parse_net(text: str) -> tuple[tuple[int, ...], int, bool, int]:
-    """'16,32,128:6' -> ((16, 32, 128), 6, True, 0); '...:6:norm-pool:fc128' -> (..., False, 128);
-    argparse's error otherwise."""
+def parse_net(text: str) -> tuple[tuple[int, ...], int, bool, int, str]:
+    """'16,32,128:6' -> ((16, 32, 128), 6, True, 0, 'clean'); '...:6:norm-pool:fc128:running' ->
+    (..., False, 128, 'running'); argparse's error otherwise."""
     widths, sep, rest = text.partition(":")
     epochs, *options = rest.split(":")
-    expected = f"expected WIDTHS:EPOCHS[:{'|'.join(ORDERS)}][:fcN] such as 16,32,128:6 or 16,32,128:8:fc128, got {text!r}"
+    expected = (f"expected WIDTHS:EPOCHS[:{'|'.join(ORDERS)}][:fcN][:{'|'.join(NORM_STATS)}] such as 16,32,128:6 or "
+                f"16,32,128:8:fc128, got {text!r}")
     orders = [o for o in options if o in ORDERS]
     units = [o[2:] for o in options if o.startswith("fc") and o[2:].isdigit()]
-    if not sep or len(orders) + len(units) < len(options) or len(orders) > 1 or len(units) > 1:
+    stats = [o for o in options if o in NORM_STATS]
+    if (not sep or len(orders) + len(units) + len(stats) < len(options) or len(orders) > 1 or len(units) > 1
+            or len(stats) > 1):
         raise argparse.ArgumentTypeError(expected)
     try:
         shape = tuple(int(w) for w in widths.split(","))
@@ -66,13 +72,15 @@ def parse_net(text: str) -> tuple[tuple[int, ...], int, bool, int]:
         replace(Config(), widths=shape, epochs=n, hidden=hidden)  # Config checks widths, epochs and units
     except (ValueError, ConfigError) as e:
         raise argparse.ArgumentTypeError(f"{expected} ({e})") from None
-    return shape, n, ORDERS[orders[0] if orders else "pool-norm"], hidden
+    return shape, n, ORDERS[orders[0] if orders else "pool-norm"], hidden, stats[0] if stats else Config().norm_stats
 
 
-def net_name(widths: tuple[int, ...], epochs: int, pool_first: bool = True, hidden: int = Config().hidden) -> str:
+def net_name(widths: tuple[int, ...], epochs: int, pool_first: bool = True, hidden: int = Config().hidden,
+             norm_stats: str = Config().norm_stats) -> str:
     order = "" if pool_first else ", norm-pool"
     fc = f"+fc{hidden}" if hidden else ""
-    return f"{'/'.join(map(str, widths))}{fc} x {epochs} epochs{order}"
+    stats = "" if norm_stats == Config().norm_stats else f", {norm_stats} norm stats"
+    return f"{'/'.join(map(str, widths))}{fc} x {epochs} epochs{order}{stats}"
 
 
 def npz_key(name: str) -> str:
@@ -126,8 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="networks.py", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--net", type=parse_net, action="append", required=True,
-                   help="WIDTHS:EPOCHS[:ORDER][:fcN] of a shape to compare, e.g. 16,32,128:8, 16,32,128:6:norm-pool or "
-                        "16,32,128:8:fc128 "
+                   help="WIDTHS:EPOCHS[:ORDER][:fcN][:NORM_STATS] of a shape to compare, e.g. 16,32,128:8, "
+                        "16,32,128:6:norm-pool, 16,32,128:8:fc128 or 16,32,128:8:running "
                         "(give two or more)")
     p.add_argument("--seeds", type=int, default=8, help="members per shape: seeds 1..N")
     p.add_argument("--members", type=int, default=Config().members, help="ensemble size to score")
@@ -177,9 +185,10 @@ def main(argv: list[str] | None = None) -> dict:
     rows: dict[str, list[dict]] = {net_name(*n): [] for n in a.net}
     probs: dict[str, list[np.ndarray]] = {name: [] for name in rows}
     for seed in range(1, a.seeds + 1):
-        for widths, epochs, pool_first, hidden in a.net:
-            name = net_name(widths, epochs, pool_first, hidden)
-            cfg = replace(Config(), widths=widths, epochs=epochs, pool_first=pool_first, hidden=hidden)
+        for widths, epochs, pool_first, hidden, norm_stats in a.net:
+            name = net_name(widths, epochs, pool_first, hidden, norm_stats)
+            cfg = replace(Config(), widths=widths, epochs=epochs, pool_first=pool_first, hidden=hidden,
+                          norm_stats=norm_stats)
             start = time.perf_counter()
             model, _ = train(x, y, cfg, seed, device, precision, progress=False, num_classes=ds.num_classes)
             trained = time.perf_counter()

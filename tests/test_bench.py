@@ -138,6 +138,8 @@ def test_smoke_run_writes_a_complete_report(tmp_path, mnist_dir):
         assert 0 <= r["final_test_accuracy"] <= 1 and r["peak_rss_mib"] > 0
         assert r["curve"] and all(set(p) == {"epochs_done", "train_seconds", "test_accuracy"} for p in r["curve"])
         assert [p["train_seconds"] for p in r["curve"]] == sorted(p["train_seconds"] for p in r["curve"])
+        assert r["curve"][-1]["test_accuracy"] == r["final_test_accuracy"]  # the returned model ends the curve
+        assert r["curve"][-1]["train_seconds"] == r["train_seconds"]
     assert report["reference"]["epochs"] == 1 and report["reference"]["full_is_extrapolated"]
     assert report["reference"]["parameters"] == 1_199_882
     assert "extrapolated to 14 epochs" in printed and "not reached in" in printed

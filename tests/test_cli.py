@@ -117,6 +117,7 @@ def _exit_code(argv):
     (["--members", "0"], "--members: must be positive"),
     (["--hidden", "-1"], "--hidden: must be 0 or positive, got -1"),
     (["--hidden", "1.5"], "--hidden: expected 0 or a positive integer, got '1.5'"),
+    (["--norm-stats", "fresh"], "--norm-stats: invalid choice: 'fresh'"),
     (["--device", "cuda:9"], "--device: cuda:9 asked for, but this machine has"),
 ])
 def test_bad_flags_fail_on_one_line_and_write_nothing(tmp_path, flags, message, capsys):
@@ -417,6 +418,17 @@ def test_a_hidden_layer_is_a_flag_and_a_config_without_it_has_none():
     assert Config.from_json(Config(hidden=64).to_json()).hidden == 64
     with pytest.raises(ConfigError, match="--hidden: expected 0"):
         Config.from_json({**before, "hidden": "128"})  # a hand-edited config.json
+
+
+def test_norm_stats_is_a_flag_of_every_training_command_and_a_config_without_it_kept_the_averages():
+    parse = cli.build_parser().parse_args
+    assert cli.config_from_args(parse(["run"])).norm_stats == Config().norm_stats == "clean"
+    for command in ("run", "audit", "experiment"):
+        assert cli.config_from_args(parse([command, "--norm-stats", "running"])).norm_stats == "running"
+    before = {k: v for k, v in Config().to_json().items() if k != "norm_stats"}  # a config.json of version 0.4
+    assert Config.from_json(before).norm_stats == "running"
+    with pytest.raises(ConfigError, match="--norm-stats: expected clean or running, got 'yes'"):
+        Config.from_json({**before, "norm_stats": "yes"})  # a hand-edited config.json
 
 
 def test_the_stage_order_is_a_flag_and_a_config_without_it_is_the_earlier_order():

@@ -316,18 +316,24 @@ def test_audit_and_experiment_train_the_runs_network_unless_told_otherwise(tmp_p
     assert cli.config_from_args(parse([command, "--out", str(none)])).widths == Config().widths
 
 
+def _config_in_run_dir(tmp_path, field: str, saved: dict):
+    """Write a run's config.json (widths 4,8,8) with `field` as in `saved` (absent: a run from before the
+    field) into tmp_path; returns a function from a command line to the Config it builds."""
+    cfg = {k: v for k, v in Config(out=tmp_path, widths=(4, 8, 8)).to_json().items() if k != field}
+    files.write_text(tmp_path / "config.json", json.dumps({**cfg, **saved}) + "\n")
+    manifest.record(tmp_path, tmp_path / "config.json")
+    return lambda *argv: cli.config_from_args(cli.build_parser().parse_args(list(argv)))
+
+
 @pytest.mark.parametrize("command", ["experiment", "audit"])
 @pytest.mark.parametrize("saved, hidden", [({"hidden": 0}, 0), ({}, 0), ({"hidden": 32}, 32)])
 def test_audit_and_experiment_train_the_runs_hidden_layer_unless_told_otherwise(tmp_path, command, saved, hidden):
     """A run without a hidden layer (saved as 0, or from before the field) or with one."""
-    cfg = {k: v for k, v in Config(out=tmp_path, widths=(4, 8, 8)).to_json().items() if k != "hidden"}
-    files.write_text(tmp_path / "config.json", json.dumps({**cfg, **saved}) + "\n")
-    manifest.record(tmp_path, tmp_path / "config.json")
-    parse = cli.build_parser().parse_args
-    here = cli.config_from_args(parse([command, "--out", str(tmp_path)]))
+    config = _config_in_run_dir(tmp_path, "hidden", saved)
+    here = config(command, "--out", str(tmp_path))
     assert (here.hidden, here.widths) == (hidden, (4, 8, 8))  # the run's config was read
-    assert cli.config_from_args(parse([command, "--out", str(tmp_path), "--hidden", "16"])).hidden == 16
-    assert cli.config_from_args(parse([command, "--out", str(tmp_path / "none")])).hidden == Config().hidden
+    assert config(command, "--out", str(tmp_path), "--hidden", "16").hidden == 16
+    assert config(command, "--out", str(tmp_path / "none")).hidden == Config().hidden
 
 
 def test_config_refuses_bad_experiment_settings():
@@ -343,3 +349,17 @@ def test_an_unreadable_training_audit_is_named(prerequisites, tmp_path, mnist_di
     (out / "cv_probs_train.npz").write_bytes(b"not an npz")
     assert cli.main(_argv("experiment", out, mnist_dir, *EXPERIMENT)) == 2
     assert str(out / "cv_probs_train.npz") in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("command", ["experiment", "audit"])
+@pytest.mark.parametrize("saved, norm_stats", [({"norm_stats": "clean"}, "clean"), ({}, "running"),
+                                               ({"norm_stats": "running"}, "running")])
+def test_audit_and_experiment_follow_the_runs_norm_stats_unless_told_otherwise(tmp_path, command, saved, norm_stats):
+    """A run of version 0.5 (clean), of a version before (no field: the averages of training), or made with
+    --norm-stats running: an audit's fold CNNs, pooled with the run's members, are trained the same way."""
+    config = _config_in_run_dir(tmp_path, "norm_stats", saved)
+    here = config(command, "--out", str(tmp_path))
+    assert (here.norm_stats, here.widths) == (norm_stats, (4, 8, 8))  # the run's config was read
+    other = {"clean": "running", "running": "clean"}[norm_stats]
+    assert config(command, "--out", str(tmp_path), "--norm-stats", other).norm_stats == other
+    assert config(command, "--out", str(tmp_path / "none")).norm_stats == "clean"

@@ -50,7 +50,8 @@ def test_ensembles_beyond_the_cap_are_a_random_sample_not_the_first_in_order():
                                  ["--net", "8:1:fc"], ["--net", "8:1:fcx"], ["--net", "8:1:fc-1"],
                                  ["--net", "8:1:fc0:fc8"], ["--net", "8:1:norm-pool:pool-norm"], ["--net", "8:1:fc+8"],
                                  ["--net", "8:1:fc 8"],
-                                 ["--net", "8:1", "--net", "8:1:fc0"]])
+                                 ["--net", "8:1", "--net", "8:1:fc0"], ["--net", "8:1:clean:running"],
+                                 ["--net", "8:1:stale"], ["--net", "8:1", "--net", "8:1:clean"]])
 def test_bad_flags_are_refused(bad, capsys):
     with pytest.raises(SystemExit):
         parse_args(bad)
@@ -59,11 +60,11 @@ def test_bad_flags_are_refused(bad, capsys):
 
 def test_a_tiny_comparison_writes_its_report_and_probabilities(tmp_path, mnist_dir):
     out = tmp_path / "networks.json"
-    report = main(["--net", "4,8,8:1", "--net", "8,8:1", "--net", "8,8:1:fc16", "--net", "8,8:1:norm-pool:fc0", "--seeds", "2", "--members", "2", "--threads", "2",
+    report = main(["--net", "4,8,8:1", "--net", "8,8:1", "--net", "8,8:1:fc16", "--net", "8,8:1:norm-pool:fc0", "--net", "8,8:1:running", "--seeds", "2", "--members", "2", "--threads", "2",
                    "--data-dir", str(mnist_dir), "--train-limit", "512", "--test-limit", "100", "--out", str(out)])
     assert json.loads(out.read_text()) == report
     assert list(report["networks"]) == ["4/8/8 x 1 epochs", "8/8 x 1 epochs", "8/8+fc16 x 1 epochs",
-                                        "8/8 x 1 epochs, norm-pool"]
+                                        "8/8 x 1 epochs, norm-pool", "8/8 x 1 epochs, running norm stats"]
     saved = np.load(tmp_path / "networks.npz")
     for name, r in report["networks"].items():
         probs = saved[r["npz_key"]]
@@ -73,6 +74,8 @@ def test_a_tiny_comparison_writes_its_report_and_probabilities(tmp_path, mnist_d
         np.testing.assert_allclose([m["accuracy"] for m in r["per_seed"]], accuracy)
         assert r["ensembles"]["ensembles"] == 1
         assert r["ensembles"]["accuracy_mean"] == (probs.mean(0).argmax(1) == saved["labels"]).mean()
+    # the same network and seeds, the running averages kept: other probabilities
+    assert not np.array_equal(saved[npz_key("8/8 x 1 epochs")], saved[npz_key("8/8 x 1 epochs, running norm stats")])
     # The same widths with a hidden layer, or in the other stage order, are other networks: other
     # probabilities, same seeds.
     plain, hidden, norm_pool = (saved[report["networks"][n]["npz_key"]]

@@ -154,6 +154,7 @@ def test_answers_quote_this_runs_numbers(report_path, tiny_run):
     assert f"{summary['member_accuracy_mean']:.2%}" in text
     assert f"{summary['test_errors']} errors" in text
     assert "8,834 parameters" in text  # widths 8,16,32, from summary["model"]
+    assert "every batch norm but the first recomputed its statistics over the un-augmented" in text
 
 
 def test_answers_name_the_most_confused_pair(report_path, tiny_run):
@@ -478,3 +479,12 @@ def test_the_page_keeps_every_digit_a_gallery_needs_even_past_its_cap(monkeypatc
     chosen = report.chosen_digits(run, orders)
     extra = set(chosen.tolist()) - needed
     assert len(chosen) == len(needed) + 10 and all(labels[i] != preds[i] for i in extra)
+
+
+def test_the_method_says_where_the_norms_statistics_came_from():
+    clause = report._norm_stats_clause
+    assert "every batch norm but the first recomputed its statistics over the un-augmented training digits" in clause(
+        {"augment": True, "norm_stats": "clean"})
+    assert clause({"augment": True, "norm_stats": "running"}) == ""
+    assert clause({"augment": True}) == ""  # a run before version 0.5 kept the averages of training
+    assert clause({"augment": False, "norm_stats": "clean"}) == ""  # nothing to recompute without augmentation

@@ -1,5 +1,6 @@
 """Training pieces: the schedule, the tensors, the augmentation, the network."""
 
+import copy
 from dataclasses import replace
 
 import numpy as np
@@ -8,8 +9,8 @@ import torch
 
 from ambiguous_digits.config import PIXEL_MEAN, PIXEL_STD, Config, ConfigError
 from ambiguous_digits.model import MaxPool, Net, NetShape, checkpoint, count_parameters, describe, from_checkpoint
-from ambiguous_digits.train import (Precision, augment, eval_batch, one_cycle, predict_probs, steps_per_epoch,
-                                    to_tensor, train)
+from ambiguous_digits.train import (Precision, augment, eval_batch, one_cycle, predict_probs, recompute_norm_stats,
+                                    steps_per_epoch, to_tensor, train)
 
 
 @pytest.mark.parametrize("total", [1, 2, 3, 4, 7, 235, 940])
@@ -239,3 +240,105 @@ def test_scoring_in_small_chunks_gives_the_same_probabilities_row_for_row():
         assert chunked.shape == (300, 10) and chunked.dtype == np.float32
         np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(predict_probs(model, images[::-1].copy(), cpu)[::-1], whole, rtol=1e-6, atol=1e-7)
+
+
+def _norms(model: Net) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@pytest.mark.parametrize("batch", [500, 7, 2])
+def test_recomputed_norm_stats_are_those_of_the_clean_digits_in_training_mode_but_the_first_norm_s(batch):
+    """Every norm but the first: the mean over the batches of its input's batch mean and unbiased batch
+    variance, with every norm normalising by its batch, as in training. The first keeps its averages."""
+    torch.manual_seed(0)
+    model = Net(NetShape(10, widths=(4, 8, 8), hidden=6)).to(memory_format=torch.channels_last)
+    norms = _norms(model)
+    assert len(norms) == 4
+    for m in norms:  # averages that are plainly not the clean digits'
+        m.running_mean.fill_(3.0), m.running_var.fill_(5.0)
+    first = {k: v.clone() for k, v in norms[0].state_dict().items()}
+    x = _digits(20, seed=2)
+    seen = {i: [] for i in range(len(norms))}
+    hooks = [m.register_forward_pre_hook(lambda m, a, i=i: seen[i].append(a[0].detach().clone()))
+             for i, m in enumerate(norms)]
+    recompute_norm_stats(model, x, batch=batch)
+    for h in hooks:
+        h.remove()
+    assert all(len(v) == len(seen[0]) for v in seen.values())
+    assert len(seen[0]) == (1 if batch == 500 else 3 if batch == 7 else 10)
+    for i, m in enumerate(norms[1:], 1):
+        dims = [0, 2, 3] if seen[i][0].dim() == 4 else [0]
+        mean = torch.stack([b.mean(dims) for b in seen[i]]).mean(0)
+        var = torch.stack([b.var(dims, unbiased=True) for b in seen[i]]).mean(0)
+        torch.testing.assert_close(m.running_mean, mean)
+        torch.testing.assert_close(m.running_var, var)
+        assert m.momentum == 0.1 and m.track_running_stats
+    # the first norm kept its averages, and normalised by its batch (with its averages, of mean 3 and
+    # variance 5, the next norm's input would be another)
+    assert all(torch.equal(v, norms[0].state_dict()[k]) for k, v in first.items())
+    assert norms[0].track_running_stats and norms[0].momentum == 0.1 and model.training  # as it was
+    by_batch = torch.nn.functional.batch_norm(seen[0][0], None, None, norms[0].weight, norms[0].bias, training=True)
+    relu_then_conv = torch.nn.Sequential(*list(model.features)[3:5])  # ReLU, then the second stage's conv
+    assert isinstance(relu_then_conv[1], torch.nn.Conv2d)
+    torch.testing.assert_close(seen[1][0], model.features[5](relu_then_conv(by_batch)))  # that conv's max-pool
+
+
+def test_recomputing_norm_stats_never_hands_a_hidden_layer_s_norm_one_digit():
+    """A hidden layer's norm sees one value per channel per digit: 501 digits in batches of 500 would
+    leave it a batch of one, which batch norm refuses in training mode; the last digit joins the batch before."""
+    torch.manual_seed(0)
+    model = Net(NetShape(10, widths=(4, 4), hidden=6)).eval()
+    sizes = []
+    model.head[1].register_forward_pre_hook(lambda m, a: sizes.append(len(a[0])))
+    recompute_norm_stats(model, _digits(501, seed=3), batch=500)
+    assert sizes == [501] and torch.isfinite(_norms(model)[-1].running_var).all() and not model.training
+
+
+def test_a_failed_recomputation_leaves_every_norm_as_it_was():
+    """A batch of one digit for a hidden layer's norm (one digit in all): batch norm refuses it; the norms
+    keep their statistics, momentum and tracking, and the network its mode."""
+    torch.manual_seed(0)
+    model = Net(NetShape(10, widths=(4, 4), hidden=6)).eval()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        recompute_norm_stats(model, _digits(1, seed=4))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(m.momentum == 0.1 and m.track_running_stats for m in _norms(model)) and not model.training
+
+
+def test_a_network_with_one_norm_has_none_to_recompute():
+    torch.manual_seed(0)
+    model = Net(NetShape(10, widths=(4,))).eval()
+    before = copy.deepcopy(model.state_dict())
+    calls = []
+    model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    recompute_norm_stats(model, _digits(8, seed=5))
+    assert calls == [] and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("hidden", [0, 6])
+def test_clean_norm_stats_are_the_running_ones_recomputed_after_augmented_training(mnist, hidden):
+    """train with norm_stats='clean' = train with 'running', then recompute_norm_stats over the clean
+    training digits, byte for byte; training without augmentation leaves the averages as they are."""
+    x, y = mnist.x_train[:700], mnist.y_train[:700]
+    cpu, fp32 = torch.device("cpu"), Precision(False)
+    cfg = Config(epochs=1, batch_size=64, widths=(4, 8, 8), hidden=hidden)
+    assert cfg.norm_stats == "clean"
+    clean, _ = train(x, y, cfg, 0, cpu, fp32, progress=False, num_classes=10)
+    running, _ = train(x, y, replace(cfg, norm_stats="running"), 0, cpu, fp32, progress=False, num_classes=10)
+    test = mnist.x_test[:200]
+    assert predict_probs(clean, test, cpu).tobytes() != predict_probs(running, test, cpu).tobytes()
+    recompute_norm_stats(running, to_tensor(x, cpu))
+    assert predict_probs(clean, test, cpu).tobytes() == predict_probs(running, test, cpu).tobytes()
+    plain = [train(x, y, replace(cfg, augment=False, norm_stats=s), 0, cpu, fp32, progress=False, num_classes=10)[0]
+             for s in ("clean", "running")]
+    assert predict_probs(plain[0], test, cpu).tobytes() == predict_probs(plain[1], test, cpu).tobytes()
+
+
+def test_norm_stats_is_checked_and_a_config_from_before_it_kept_the_running_averages():
+    with pytest.raises(ConfigError, match="--norm-stats: expected clean or running, got 'fresh'"):
+        Config(norm_stats="fresh")
+    old = Config().to_json()
+    del old["norm_stats"]
+    assert Config.from_json(old).norm_stats == "running" and Config.from_json(Config().to_json()) == Config()

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import BACKENDS, PUBLISHED_DATASETS, RANKING_NAMES, USER_FORMATS, Config, ConfigError
+from .config import BACKENDS, NORM_STATS, PUBLISHED_DATASETS, RANKING_NAMES, USER_FORMATS, Config, ConfigError
 from .data import DataError
 from .files import WriteError
 from .manifest import MANIFEST_FILE
@@ -163,6 +163,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=_non_negative_int, default=d.hidden, metavar="UNITS",
                    help="units of a linear-BN-ReLU layer before the output layer (0: none)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="train without random affine augmentation")
+    p.add_argument("--norm-stats", choices=NORM_STATS, default=d.norm_stats,
+                   help="after augmented training, the batch norms' statistics: clean (every norm but the first "
+                        "recomputes them over the un-augmented training images) or running (the averages kept "
+                        "during training, as before version 0.5)")
     p.add_argument("--top", type=_positive_int, default=d.top,
                    help="images per top-K list (at most the number of test images scored; audit: on its contact sheet)")
     p.add_argument("--rankings", type=_rankings, default=",".join(d.rankings),
@@ -197,7 +201,7 @@ def build_parser(unset: object | None = None) -> argparse.ArgumentParser:
     aud = sub.add_parser("audit", help="suspected label errors: K-fold cross-validated probabilities ranked by cleanlab",
                          formatter_class=_Help)
     _add_run_flags(aud)
-    aud.set_defaults(members=AUDIT_MEMBERS, top=AUDIT_TOP, widths=None, pool_first=None, hidden=None,
+    aud.set_defaults(members=AUDIT_MEMBERS, top=AUDIT_TOP, widths=None, pool_first=None, hidden=None, norm_stats=None,
                      **{key: None for key in NOT_FOR_AUDIT})
     _hide(aud, NOT_FOR_AUDIT)
     _follow_the_run(aud, "the fold CNNs train the run's network")
@@ -222,7 +226,7 @@ def _add_experiment_parser(sub) -> None:
                          "(needs a finished run and `audit --split train` in --out)",
                          formatter_class=_Help)
     _add_run_flags(exp)
-    exp.set_defaults(epochs=EXPERIMENT_EPOCHS, backend=None, widths=None, pool_first=None, hidden=None,
+    exp.set_defaults(epochs=EXPERIMENT_EPOCHS, backend=None, widths=None, pool_first=None, hidden=None, norm_stats=None,
                      **{key: None for key in NOT_FOR_EXPERIMENT})
     _hide(exp, {*NOT_FOR_EXPERIMENT, "backend", "ray_address", "resume"})
     _follow_the_run(exp, "the variants train its network")
@@ -237,7 +241,8 @@ def _add_experiment_parser(sub) -> None:
 
 
 def _follow_the_run(parser: argparse.ArgumentParser, why: str) -> None:
-    """--widths, --norm-before-pool and --hidden of a command that defaults to the network of the run in --out."""
+    """--widths, --norm-before-pool, --hidden and --norm-stats of a command that defaults to the network of the
+    run in --out."""
     for action in parser._actions:
         if action.dest == "widths":
             action.help = f"channels of each conv stage (default: the run's in --out, so {why}; else " \
@@ -248,13 +253,17 @@ def _follow_the_run(parser: argparse.ArgumentParser, why: str) -> None:
         if action.dest == "hidden":
             action.help = f"units of a linear-BN-ReLU layer before the output layer, 0 for none (default: the " \
                           f"run's in --out; else {DEFAULTS.hidden})"
+        if action.dest == "norm_stats":
+            action.help = f"after augmented training, the batch norms' statistics: clean or running (default: the " \
+                          f"run's in --out; else {DEFAULTS.norm_stats})"
 
 
 def _with_the_runs_network(a: argparse.Namespace) -> dict:
-    """widths, pool_first and hidden: as given, else those of the run in --out (see _run_network)."""
-    run_widths, run_pool_first, run_hidden = _run_network(a.out)
+    """widths, pool_first, hidden and norm_stats: as given, else those of the run in --out (see _run_network)."""
+    run_widths, run_pool_first, run_hidden, run_norm_stats = _run_network(a.out)
     return {"widths": a.widths or run_widths, "pool_first": run_pool_first if a.pool_first is None else a.pool_first,
-            "hidden": run_hidden if a.hidden is None else a.hidden}
+            "hidden": run_hidden if a.hidden is None else a.hidden,
+            "norm_stats": a.norm_stats or run_norm_stats}
 
 
 def _experiment_args(a: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
@@ -277,17 +286,18 @@ def _experiment_args(a: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
                "emphasis_epochs": a.emphasis_epochs}
 
 
-def _run_network(run_dir: Path) -> tuple[tuple[int, ...], bool, int]:
-    """(widths, pool_first, hidden) of the run in run_dir, which an audit's fold CNNs and the experiment's
-    variants train unless --widths, --norm-before-pool or --hidden say otherwise; the default network where
-    there is no readable run (an audit then pools with nothing; the experiment says why it stops)."""
+def _run_network(run_dir: Path) -> tuple[tuple[int, ...], bool, int, str]:
+    """(widths, pool_first, hidden, norm_stats) of the run in run_dir, which an audit's fold CNNs and the
+    experiment's variants train unless --widths, --norm-before-pool, --hidden or --norm-stats say otherwise
+    (an audit pools its CNNs with the run's members); the defaults where there is no readable run (an audit
+    then pools with nothing; the experiment says why it stops)."""
     from .pipeline import load_config
 
     try:
         cfg = load_config(run_dir)
     except (ConfigError, OSError):
         cfg = DEFAULTS
-    return cfg.widths, cfg.pool_first, cfg.hidden
+    return cfg.widths, cfg.pool_first, cfg.hidden, cfg.norm_stats
 
 
 def _add_predict(sub) -> None:
@@ -318,7 +328,7 @@ def config_from_args(a: argparse.Namespace) -> Config:
     if a.command == "experiment":
         a, extra = _experiment_args(a)
     return Config(**extra, out=a.out, dataset=a.dataset, class_names=a.class_names, data_dir=a.data_dir, seed=a.seed, epochs=a.epochs, batch_size=a.batch_size,
-                  members=a.members, lr=a.lr, weight_decay=a.weight_decay, widths=a.widths, pool_first=a.pool_first, hidden=a.hidden, augment=a.augment, top=a.top,
+                  members=a.members, lr=a.lr, weight_decay=a.weight_decay, widths=a.widths, pool_first=a.pool_first, hidden=a.hidden, augment=a.augment, norm_stats=a.norm_stats, top=a.top,
                   rankings=a.rankings, device=a.device, precision=a.precision, threads=a.threads,
                   train_limit=a.train_limit, test_limit=a.test_limit, force=a.force, backend=a.backend,
                   ray_address=a.ray_address)

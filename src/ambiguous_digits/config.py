@@ -31,6 +31,9 @@ MAX_STAGES = 4
 # logits. A GPU wants large chunks.
 EVAL_BATCH_CPU = 64
 EVAL_BATCH_GPU = 1000
+# Config.norm_stats: the batch norms' statistics recomputed over the clean training digits, or the
+# running averages over the augmented ones that training leaves.
+NORM_STATS = ("clean", "running")
 # Where training jobs run: one after another in this process, or as tasks on a Ray cluster.
 BACKENDS = ("local", "ray")
 # Seeds of the `experiment` repeats are drawn from their own stream of the base seed,
@@ -73,6 +76,10 @@ class Config:
     # audits ranked the reviewed label errors worse (README, *Results*).
     hidden: int = 0
     augment: bool = True
+    # After training with augmentation, where the batch norms' running statistics come from:
+    # 'clean' (since version 0.5): every norm but the first recomputes them over the clean training digits
+    # (train.recompute_norm_stats); 'running': the averages kept during training, over augmented digits.
+    norm_stats: str = "clean"
     top: int = 10
     rankings: tuple[str, ...] = RANKING_NAMES
     folds: int = 5
@@ -125,6 +132,8 @@ class Config:
             raise ConfigError(f"--device: expected auto, cpu or cuda[:N], got {self.device!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"--precision: expected auto, bf16 or fp32, got {self.precision!r}")
+        if self.norm_stats not in NORM_STATS:
+            raise ConfigError(f"--norm-stats: expected {' or '.join(NORM_STATS)}, got {self.norm_stats!r}")
         if not isinstance(self.pool_first, bool):  # None or 'false' from a hand-edited config.json
             raise ConfigError(f"pool_first: expected true or false, got {self.pool_first!r}")
         if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 0:
@@ -207,6 +216,7 @@ class Config:
         d["widths"] = tuple(d["widths"])
         d.setdefault("pool_first", False)  # a config from before version 0.2 trained the earlier stage order
         d.setdefault("hidden", 0)  # one from before version 0.4 (which added the field) trained no hidden layer
+        d.setdefault("norm_stats", "running")  # one from before version 0.5 kept the running averages
         if d.get("class_names") is not None:
             d["class_names"] = tuple(d["class_names"])
         d["rankings"] = tuple(d.get("rankings", RANKING_NAMES))

@@ -304,10 +304,18 @@ def describe_model(f: dict) -> list[str]:
         f"Training: {_plural(c['epochs'], 'epoch')} over {s['train_digits']:,} training digits{limited}, SGD "
         f"with Nesterov momentum and a one-cycle learning rate peaking at {c['lr']}, weight decay "
         f"{c['weight_decay']}, batches of {c['batch_size']}, {'with' if c['augment'] else 'without'} random "
-        f"affine augmentation, and no label "
+        f"affine augmentation{_norm_stats_clause(c)}, and no label "
         f"smoothing, so the probabilities keep their confidence signal. Training took "
         f"{s['seconds']['train']:.1f} s on {s['environment']['device']}.",
     ]
+
+
+def _norm_stats_clause(c: dict) -> str:
+    """How the batch norms' statistics were set after augmented training (runs before 0.5: kept)."""
+    if c["augment"] and c.get("norm_stats", "running") == "clean":
+        return (" (after training, every batch norm but the first recomputed its statistics over the "
+                "un-augmented training digits)")
+    return ""
 
 
 def analyse_results(f: dict) -> list[str]:

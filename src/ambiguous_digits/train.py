@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from . import allocator
@@ -36,6 +37,8 @@ MOMENTUM = 0.9
 CLIP_NORM = 2.0
 # Progress bars redraw at most this often: a log file stays readable.
 PROGRESS_SECONDS = 1.0
+# Digits per batch of the pass that recomputes the batch norms' statistics (recompute_norm_stats).
+NORM_STATS_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -228,8 +231,49 @@ def train(images: np.ndarray, labels: np.ndarray, cfg: Config, seed: int, device
             tqdm.write(f"epoch {epoch}/{cfg.epochs}: loss {loss:.4f}, train accuracy {acc:.2%}")
         if on_epoch is not None and epoch < cfg.epochs:
             on_epoch(training_state(epoch, model, opt, sched, gen, history))
+    if cfg.augment and cfg.norm_stats == "clean":
+        recompute_norm_stats(model, x)
     model.eval()
     return model, history
+
+
+@torch.no_grad()
+def recompute_norm_stats(model: Net, x: torch.Tensor, batch: int = NORM_STATS_BATCH) -> None:
+    """Recompute the running mean and variance of every batch norm but the first over the clean
+    (un-augmented) normalised digits x, in one pass in training mode (every norm normalising by its
+    batch's statistics, as in training). The first norm keeps the averages of training.
+
+    Training on augmented digits leaves statistics of augmented digits; the test digits are clean.
+    Which norms to recompute was measured (README, *Results*): all but the first gave ensembles of
+    five about 0.01 point more accurate on average over 24 seeds (0.00-0.03 on three sets of eight),
+    at about the same calibration; recomputing the first one too gave sharper members but no better
+    ensembles, and a higher NLL and ECE. If the pass fails, every norm is left as it was.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if len(norms) < 2:
+        return  # nothing to recompute
+    first, rest = norms[0], norms[1:]
+    saved = [(m.momentum, m.track_running_stats, copy.deepcopy(m.state_dict())) for m in norms]
+    was_training = model.training
+    try:
+        for m in rest:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average: every batch counts the same
+        first.track_running_stats = False  # normalises by the batch, leaves its averages as they are
+        model.train()
+        starts = list(range(0, len(x), batch))
+        if len(starts) > 1 and len(x) - starts[-1] == 1:
+            starts.pop()  # a norm of one value per channel (a hidden layer's) cannot take a batch of one digit
+        for start, end in zip(starts, starts[1:] + [len(x)]):
+            model(x[start:end])
+    except BaseException:
+        for m, (_, _, state) in zip(norms, saved):
+            m.load_state_dict(state)
+        raise
+    finally:
+        for m, (momentum, track, _) in zip(norms, saved):
+            m.momentum, m.track_running_stats = momentum, track
+        model.train(was_training)
 
 
 def eval_batch(device: torch.device) -> int:
