@@ -13,6 +13,7 @@ mean, min and max. Writes a JSON report and each member's probabilities (float32
     python bench/networks.py --net 16,32,128:6:norm-pool --net 16,32,128:6 --seeds 8
     python bench/networks.py --net 16,32,128:8 --net 16,32,128:8:fc128 --seeds 8
     python bench/networks.py --net 16,32,128:8:running --net 16,32,128:8 --seeds 8
+    python bench/networks.py --net 16,32,128:8 --net 16,32,96,192:8 --seeds 8
 
 OPTIONs: each stage's order, pool-norm (max-pool, then batch norm; the default) or
 norm-pool (batch norm, then max-pool: the networks of runs before version 0.2);
