@@ -259,11 +259,11 @@ def _follow_the_run(parser: argparse.ArgumentParser, why: str) -> None:
 
 
 def _with_the_runs_network(a: argparse.Namespace) -> dict:
-    """widths, pool_first, hidden and norm_stats: as given, else those of the run in --out (see _run_network)."""
-    run_widths, run_pool_first, run_hidden, run_norm_stats = _run_network(a.out)
-    return {"widths": a.widths or run_widths, "pool_first": run_pool_first if a.pool_first is None else a.pool_first,
-            "hidden": run_hidden if a.hidden is None else a.hidden,
-            "norm_stats": a.norm_stats or run_norm_stats}
+    """widths, pool_first, hidden and norm_stats: as given, else those of the run in --out (see _run_config)."""
+    run = _run_config(a.out)
+    return {"widths": a.widths or run.widths, "pool_first": run.pool_first if a.pool_first is None else a.pool_first,
+            "hidden": run.hidden if a.hidden is None else a.hidden,
+            "norm_stats": a.norm_stats or run.norm_stats}
 
 
 def _experiment_args(a: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
@@ -286,18 +286,17 @@ def _experiment_args(a: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
                "emphasis_epochs": a.emphasis_epochs}
 
 
-def _run_network(run_dir: Path) -> tuple[tuple[int, ...], bool, int, str]:
-    """(widths, pool_first, hidden, norm_stats) of the run in run_dir, which an audit's fold CNNs and the
-    experiment's variants train unless --widths, --norm-before-pool, --hidden or --norm-stats say otherwise
-    (an audit pools its CNNs with the run's members); the defaults where there is no readable run (an audit
-    then pools with nothing; the experiment says why it stops)."""
+def _run_config(run_dir: Path) -> Config:
+    """The config of the run in run_dir, whose network (widths, pool_first, hidden, norm_stats) an audit's fold
+    CNNs and the experiment's variants train unless --widths, --norm-before-pool, --hidden or --norm-stats say
+    otherwise (an audit pools its CNNs with the run's members); the defaults where there is no readable run (an
+    audit then pools with nothing; the experiment says why it stops)."""
     from .pipeline import load_config
 
     try:
-        cfg = load_config(run_dir)
+        return load_config(run_dir)
     except (ConfigError, OSError):
-        cfg = DEFAULTS
-    return cfg.widths, cfg.pool_first, cfg.hidden, cfg.norm_stats
+        return DEFAULTS
 
 
 def _add_predict(sub) -> None:
