@@ -34,6 +34,8 @@ EVAL_BATCH_GPU = 1000
 # Config.norm_stats: the batch norms' statistics recomputed over the clean training digits, or the
 # running averages over the augmented ones that training leaves.
 NORM_STATS = ("clean", "running")
+# Config.norm_stats of a config from before version 0.5 (which added the field): the averages of training.
+NORM_STATS_BEFORE_0_5 = "running"
 # Where training jobs run: one after another in this process, or as tasks on a Ray cluster.
 BACKENDS = ("local", "ray")
 # Seeds of the `experiment` repeats are drawn from their own stream of the base seed,
@@ -51,6 +53,13 @@ RANKING_NAMES = ("confident_wrong", "least_confident", "margin", "entropy", "amb
 
 class ConfigError(ValueError):
     """A bad setting; the message names the flag and what is wrong."""
+
+
+def norm_stats_from_clean_digits(augment: bool, norm_stats: str) -> bool:
+    """Whether training ends by recomputing the batch norms' statistics over the clean training digits
+    (train.recompute_norm_stats): with norm_stats 'clean', after augmented training only (without
+    augmentation the averages of training are already those of clean digits)."""
+    return augment and norm_stats == "clean"
 
 
 @dataclass(frozen=True)
@@ -216,7 +225,7 @@ class Config:
         d["widths"] = tuple(d["widths"])
         d.setdefault("pool_first", False)  # a config from before version 0.2 trained the earlier stage order
         d.setdefault("hidden", 0)  # one from before version 0.4 (which added the field) trained no hidden layer
-        d.setdefault("norm_stats", "running")  # one from before version 0.5 kept the running averages
+        d.setdefault("norm_stats", NORM_STATS_BEFORE_0_5)
         if d.get("class_names") is not None:
             d["class_names"] = tuple(d["class_names"])
         d["rankings"] = tuple(d.get("rankings", RANKING_NAMES))

@@ -26,7 +26,7 @@ from jinja2 import Environment, PackageLoader  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from . import data, files, manifest, outputs, scores, validate  # noqa: E402
-from .config import ConfigError  # noqa: E402
+from .config import NORM_STATS_BEFORE_0_5, ConfigError, norm_stats_from_clean_digits  # noqa: E402
 
 REPORT_FILE = "report.html"
 EXPERIMENT_FILE = "experiment.json"
@@ -312,7 +312,7 @@ def describe_model(f: dict) -> list[str]:
 
 def _norm_stats_clause(c: dict) -> str:
     """How the batch norms' statistics were set after augmented training (runs before 0.5: kept)."""
-    if c["augment"] and c.get("norm_stats", "running") == "clean":
+    if norm_stats_from_clean_digits(c["augment"], c.get("norm_stats", NORM_STATS_BEFORE_0_5)):
         return (" (after training, every batch norm but the first recomputed its statistics over the "
                 "un-augmented training digits)")
     return ""

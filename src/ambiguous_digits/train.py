@@ -16,7 +16,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import allocator
-from .config import EVAL_BATCH_CPU, EVAL_BATCH_GPU, PIXEL_MEAN, PIXEL_STD, Config, ConfigError
+from .config import (EVAL_BATCH_CPU, EVAL_BATCH_GPU, PIXEL_MEAN, PIXEL_STD, Config, ConfigError,
+                     norm_stats_from_clean_digits)
 from .model import Net, NetShape
 
 # Random affine augmentation, drawn per digit: translations up to 2 px, rotations
@@ -231,7 +232,7 @@ def train(images: np.ndarray, labels: np.ndarray, cfg: Config, seed: int, device
             tqdm.write(f"epoch {epoch}/{cfg.epochs}: loss {loss:.4f}, train accuracy {acc:.2%}")
         if on_epoch is not None and epoch < cfg.epochs:
             on_epoch(training_state(epoch, model, opt, sched, gen, history))
-    if cfg.augment and cfg.norm_stats == "clean":
+    if norm_stats_from_clean_digits(cfg.augment, cfg.norm_stats):
         recompute_norm_stats(model, x)
     model.eval()
     return model, history
