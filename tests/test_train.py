@@ -33,6 +33,16 @@ def test_to_tensor_normalises_and_keeps_order():
     assert x[1].flatten()[0].item() == pytest.approx((1 - PIXEL_MEAN) / PIXEL_STD)
 
 
+def test_more_members_keep_the_first_members_seeds():
+    # A run with one more member trains the same members plus one (README, *Why six members*); the
+    # audit's folds draw from streams of their own.
+    five, six = Config(seed=3, members=5).member_seeds(), Config(seed=3, members=6).member_seeds()
+    assert six[:5] == five and six[5] not in five and len(set(six)) == 6
+    assert Config(seed=4, members=5).member_seeds() != five
+    fold = Config(seed=3, members=6).member_seeds(fold=0)
+    assert not set(fold) & set(six) and Config(seed=3, members=5).member_seeds(fold=0) == fold[:5]
+
+
 def _digits(n=16, seed=0):
     rng = np.random.default_rng(seed)
     images = np.zeros((n, 28, 28), np.uint8)
