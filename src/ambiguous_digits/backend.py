@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 from tqdm.auto import tqdm
 
 from . import __version__
-from .config import Config, ConfigError, split_address
+from .config import ConfigError, Invocation, split_address
 from .data import DataError
 from .files import WriteError
 
@@ -39,14 +39,14 @@ Job = dict
 OnResult = Callable[[int, Any], str]
 
 
-def map_jobs(fn: Callable[..., Any], jobs: Sequence[Job], shared: dict, cfg: Config, on_result: OnResult,
+def map_jobs(fn: Callable[..., Any], jobs: Sequence[Job], shared: dict, inv: Invocation, on_result: OnResult,
              desc: str, progress: bool = True, on_start: Callable[[int], None] = lambda i: None) -> list:
-    """Run `fn(**shared, **job)` for every job on cfg.backend; returns the results in job order.
+    """Run `fn(**shared, **job)` for every job on inv.backend; returns the results in job order.
 
     `on_start(i)` is called as job i is started (locally) or handed to the cluster (Ray).
     One progress bar over the jobs, advanced as each finishes, with on_result's note.
     """
-    run = _run_local if cfg.backend == "local" else _run_ray
+    run = _run_local if inv.backend == "local" else _run_ray
     results: list = [None] * len(jobs)
     with tqdm(total=len(jobs), desc=desc, unit="job", disable=not progress or not jobs) as bar:
         def started(i: int) -> None:
@@ -60,29 +60,29 @@ def map_jobs(fn: Callable[..., Any], jobs: Sequence[Job], shared: dict, cfg: Con
             bar.set_postfix(last=f"{i + 1}: {note}")
             bar.update(1)
         if jobs:  # a resumed run may have none left: no cluster to join
-            run(fn, jobs, shared, cfg, started, arrived, progress)
+            run(fn, jobs, shared, inv, started, arrived, progress)
     assert all(r is not None for r in results)
     return results
 
 
-def _run_local(fn, jobs, shared, cfg: Config, started, arrived: OnResult, progress: bool) -> None:
+def _run_local(fn, jobs, shared, inv: Invocation, started, arrived: OnResult, progress: bool) -> None:
     for i, job in enumerate(jobs):
         started(i)
         arrived(i, fn(**shared, **job, progress=progress))
 
 
-def task_cpus(cfg: Config) -> int:
+def task_cpus(inv: Invocation) -> int:
     """CPUs each Ray task reserves; it runs torch with as many threads (--threads, default 1)."""
-    return cfg.threads or 1
+    return inv.threads or 1
 
 
-def _run_ray(fn, jobs, shared, cfg: Config, started, arrived: OnResult, progress: bool) -> None:
+def _run_ray(fn, jobs, shared, inv: Invocation, started, arrived: OnResult, progress: bool) -> None:
     ray = _import_ray()
-    _connect(ray, cfg.ray_address)
+    _connect(ray, inv.ray_address)
     try:
         _check_versions(ray)
         refs = {name: ray.put(value) for name, value in shared.items()}  # once, not once per task
-        remote = ray.remote(num_cpus=task_cpus(cfg), max_retries=TASK_RETRIES)(fn)
+        remote = ray.remote(num_cpus=task_cpus(inv), max_retries=TASK_RETRIES)(fn)
         pending = {}
         for i, job in enumerate(jobs):
             pending[remote.remote(**refs, **job, progress=False)] = i
@@ -102,8 +102,8 @@ def package_version() -> str:
 
 
 def _check_versions(ray) -> None:
-    """Every node must run this package's version: another would train another network (version 0.1's
-    stage order, say) and send back results saved as this one's. One zero-CPU task pinned to each node."""
+    """Every node must run this package's version: another could train another network and send back
+    results saved as this one's. One zero-CPU task pinned to each node."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     task = ray.remote(num_cpus=0)(package_version)
@@ -152,13 +152,13 @@ def _connect(ray, address: str | None) -> None:
         raise ConfigError(f"--ray-address: cannot join a Ray cluster at {address}: {_first_line(e)}") from None
 
 
-def check_backend(cfg: Config) -> None:
+def check_backend(inv: Invocation) -> None:
     """Fail fast, before anything is written: Ray importable, its cluster's address answering."""
-    if cfg.backend == "ray":
+    if inv.backend == "ray":
         _import_ray()
         env = os.environ.get("RAY_ADDRESS", "")
-        if cfg.ray_address:
-            check_reachable(cfg.ray_address)
+        if inv.ray_address:
+            check_reachable(inv.ray_address)
         elif "://" not in env and env.rpartition(":")[2].isdigit():  # HOST:PORT (not 'auto', not a ray:// client)
             check_reachable(env, flag="$RAY_ADDRESS")
 

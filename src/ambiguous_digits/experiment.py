@@ -22,13 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, files, manifest, outputs, pipeline, report, scores, validate
-from .config import Config, ConfigError
-from .train import predict_probs, setup, train
+from . import files, manifest, outputs, report, rundir, scores, validate
+from .commands.common import environment, load, refresh_report, subset
+from .config import ConfigError, ExperimentPlan, Invocation, Recipe
+from .train import Runtime, predict_probs, setup, train
 
-EXPERIMENT_FILE, TABLE_FILE, PROBS_FILE = pipeline.EXPERIMENT_FILES
-# The training-set audit's probabilities, table and summary (pipeline.AUDIT_FILES).
-TRAIN_AUDIT_FILES = tuple(pipeline.AUDIT_FILES["train"][i] for i in (1, 0, 4))
+TRAIN_AUDIT = rundir.AUDIT["train"]
 LEAKAGE = ("Emphasis oversamples training digits only (ranked by `audit --split train`); training on the test "
            "digits every variant is evaluated on would be leakage, so the emphasis step refuses them.")
 # The second pass starts from a converged model: a full-height one-cycle peak would
@@ -107,22 +106,23 @@ def oversample(x: np.ndarray, y: np.ndarray, emphasised: np.ndarray, factor: int
 
 def load_train_audit(run_dir: Path) -> dict:
     """The training-set audit in run_dir: split, cross-validated probs, labels, cleanlab's flags."""
-    missing = [name for name in TRAIN_AUDIT_FILES if not (run_dir / name).is_file()]
+    missing = [name for name in (TRAIN_AUDIT.probs, TRAIN_AUDIT.table, TRAIN_AUDIT.summary)
+               if not (run_dir / name).is_file()]
     if missing:
         raise ConfigError(f"--out: {run_dir} has no {', '.join(missing)}; run `ambiguous-digits audit --split "
                           f"train --out {run_dir}` first (emphasis needs the training-set audit)")
-    path = manifest.verified(run_dir, TRAIN_AUDIT_FILES[0])  # changed since the audit: refused
+    path = manifest.verified(run_dir, TRAIN_AUDIT.probs)  # changed since the audit: refused
     try:
         with np.load(path) as z:
             probs, labels = z["probs"], z["labels"]
         scores.validate(probs, labels)
     except (OSError, KeyError, ValueError) as e:
         raise ConfigError(f"{path}: not the audit's probabilities ({e})") from None
-    table = outputs.read_table(manifest.verified(run_dir, TRAIN_AUDIT_FILES[1]))
+    table = outputs.read_table(manifest.verified(run_dir, TRAIN_AUDIT.table))
     if len(table["index"]) != len(labels):
-        raise ConfigError(f"{run_dir / TRAIN_AUDIT_FILES[1]}: {len(table['index'])} rows, but "
-                          f"{TRAIN_AUDIT_FILES[0]} holds {len(labels)} digits")
-    split = json.loads(manifest.verified(run_dir, TRAIN_AUDIT_FILES[2]).read_text()).get("split")
+        raise ConfigError(f"{run_dir / TRAIN_AUDIT.table}: {len(table['index'])} rows, but "
+                          f"{TRAIN_AUDIT.probs} holds {len(labels)} digits")
+    split = json.loads(manifest.verified(run_dir, TRAIN_AUDIT.summary).read_text()).get("split")
     return {"split": split, "cv_probs": probs, "audit_labels": labels, "flagged": table["is_label_issue"] == 1}
 
 
@@ -202,100 +202,101 @@ def _first_pass(v: Variant) -> str:
     return "augmentation" if v.augment else "baseline"
 
 
-def train_seed(cfg: Config, seeds: tuple[int, int], x, y, emphasised: np.ndarray, x_test, num_classes: int,
-               device, precision, progress: bool, log) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def train_seed(recipe: Recipe, plan: ExperimentPlan, seeds: tuple[int, int], x, y, emphasised: np.ndarray, x_test,
+               num_classes: int, rt: Runtime, log) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Every variant on one (first pass, second pass) seed pair: test probs (N, K) and training seconds."""
     models, probs, seconds = {}, {}, {}
     for name, v in VARIANTS.items():
-        c = dataclasses.replace(cfg, augment=v.augment)
+        r = dataclasses.replace(recipe, augment=v.augment)
         start = time.perf_counter()
         if v.second_pass is None:
-            log(f"  {name}: {cfg.epochs} epoch(s) on {len(x)} digits (seed {seeds[0]})")
-            models[name], _ = train(x, y, c, seeds[0], device, precision, progress, num_classes=num_classes)
+            log(f"  {name}: {recipe.epochs} epoch(s) on {len(x)} digits (seed {seeds[0]})")
+            models[name], _ = train(x, y, r, seeds[0], rt, num_classes=num_classes)
         else:
             chosen = emphasised if v.second_pass == "emphasis" else emphasised[:0]
-            xs, ys = oversample(x, y, chosen, cfg.emphasis_factor)
-            c = dataclasses.replace(c, epochs=cfg.emphasis_epochs, lr=cfg.lr * FINETUNE_LR_SCALE)
-            log(f"  {name}: {c.epochs} more epoch(s) from {_first_pass(v)} on {len(xs)} digits (seed {seeds[1]})")
-            models[name], _ = train(xs, ys, c, seeds[1], device, precision, progress, num_classes=num_classes,
-                                    init=models[_first_pass(v)])
+            xs, ys = oversample(x, y, chosen, plan.emphasis_factor)
+            r = dataclasses.replace(r, epochs=plan.emphasis_epochs, lr=recipe.lr * FINETUNE_LR_SCALE)
+            log(f"  {name}: {r.epochs} more epoch(s) from {_first_pass(v)} on {len(xs)} digits (seed {seeds[1]})")
+            models[name], _ = train(xs, ys, r, seeds[1], rt, num_classes=num_classes, init=models[_first_pass(v)])
         seconds[name] = time.perf_counter() - start
-        probs[name] = predict_probs(models[name], x_test, device)
+        probs[name] = predict_probs(models[name], x_test, rt.device)
     return probs, seconds
 
 
 # ---------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------
-def _check_run(cfg: Config) -> None:
-    """cfg.out holds a finished run on cfg.dataset (checked before any data are loaded)."""
-    run_dir = cfg.out
-    missing = [n for n in (pipeline.SUMMARY_FILE, pipeline.SCORES_FILE) if not (run_dir / n).is_file()]
+def _check_run(recipe: Recipe, run_dir: Path) -> None:
+    """run_dir holds a finished run on the recipe's data set (checked before any data are loaded)."""
+    missing = [n for n in (rundir.SUMMARY_FILE, rundir.SCORES_FILE) if not (run_dir / n).is_file()]
     if missing:
         raise ConfigError(f"--out: {run_dir} has no {', '.join(missing)}; run `ambiguous-digits run --out {run_dir}` "
                           f"first (the experiment quantifies that run's impact)")
-    dataset = pipeline.run_dataset(run_dir)  # read through the manifest
-    if dataset != cfg.dataset:
+    dataset = rundir.run_dataset(run_dir)  # read through the manifest
+    if dataset != recipe.dataset:
         raise ConfigError(f"--dataset: the run in {run_dir} is on {dataset}; pass --dataset {dataset}")
 
 
 def _load_run(run_dir: Path, y_test: np.ndarray) -> dict[str, np.ndarray]:
     """The default run's scores.csv in run_dir (see _check_run), checked to cover exactly these test digits."""
-    table = outputs.read_table(manifest.verified(run_dir, pipeline.SCORES_FILE))
+    table = outputs.read_table(manifest.verified(run_dir, rundir.SCORES_FILE))
     if not np.array_equal(table["label"], y_test):
-        raise ConfigError(f"{run_dir / pipeline.SCORES_FILE}: scores {len(table['label'])} test digits, not this "
+        raise ConfigError(f"{run_dir / rundir.SCORES_FILE}: scores {len(table['label'])} test digits, not this "
                           f"experiment's {len(y_test)} (use the run's --test-limit)")
     return table
 
 
-def _save_probs(path: Path, probs: dict[str, np.ndarray], labels: np.ndarray, seeds) -> None:
-    """experiment_probs.npz: per variant (S, N, K) float32 test probabilities, labels (N,), seeds (S, 2)."""
-    with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, labels=labels, seeds=np.array(seeds, dtype=np.uint64),
-                 **{name: p.astype(np.float32) for name, p in probs.items()})
-    manifest.record(path.parent, path)
+def run_experiment(recipe: Recipe, plan: ExperimentPlan = ExperimentPlan(), inv: Invocation = Invocation(),
+                   log=print) -> dict:
+    """Train and compare every variant on plan.seeds seeds in inv.out; writes experiment.json and .md."""
+    out = inv.out
+    if (out / rundir.EXPERIMENT_FILE).exists() and not inv.force:
+        raise ConfigError(f"--out: {out / rundir.EXPERIMENT_FILE} exists; pass --force to overwrite it")
+    _check_run(recipe, out)
+    with rundir.locked(out):
+        return _experiment(recipe, plan, inv, log)
 
 
-def run_experiment(cfg: Config, log=print, progress: bool = True) -> dict:
-    """Train and compare every variant on cfg.seeds seeds in cfg.out; writes experiment.json and .md."""
-    if (cfg.out / EXPERIMENT_FILE).exists() and not cfg.force:
-        raise ConfigError(f"--out: {cfg.out / EXPERIMENT_FILE} exists; pass --force to overwrite it")
-    _check_run(cfg)
-    device, precision = setup(cfg)
+def _experiment(recipe: Recipe, plan: ExperimentPlan, inv: Invocation, log) -> dict:
+    out = inv.out
+    device, precision = setup(inv.device, inv.threads, recipe.precision)
     start = time.perf_counter()
-    ds = data.load_dataset(cfg, log=log, progress=progress)
-    x_train, y_train, x_test, y_test = pipeline._subset(ds, cfg)
-    table = _load_run(cfg.out, y_test)
-    emphasised = emphasis_indices(**load_train_audit(cfg.out), train_labels=y_train, top=cfg.emphasis_top)
+    ds = load(recipe, inv, log)
+    x_train, y_train, x_test, y_test = subset(ds, recipe)
+    table = _load_run(out, y_test)
+    emphasised = emphasis_indices(**load_train_audit(out), train_labels=y_train, top=plan.emphasis_top)
     log(f"emphasis: the {len(emphasised)} most ambiguous training digits appear "
-        f"{cfg.emphasis_factor}x in the second pass ({cfg.emphasis_epochs} epoch(s)); test digits are never trained on")
-    seeds, runs = cfg.experiment_seeds(), []
+        f"{plan.emphasis_factor}x in the second pass ({plan.emphasis_epochs} epoch(s)); test digits are never "
+        f"trained on")
+    seeds, runs = plan.pairs(recipe.seed), []
+    rt = Runtime(device, precision, inv.progress)
     for s, pair in enumerate(seeds):
         log(f"seed {s + 1}/{len(seeds)}: {len(VARIANTS)} variants")
-        runs.append(train_seed(cfg, pair, x_train, y_train, emphasised, x_test, ds.num_classes, device, precision,
-                               progress, log))
+        runs.append(train_seed(recipe, plan, pair, x_train, y_train, emphasised, x_test, ds.num_classes, rt, log))
     probs = {name: np.stack([r[0][name] for r in runs]) for name in VARIANTS}
     # An earlier experiment's files are unlisted before any is replaced: a kill midway leaves them
     # unlisted (the report shows no experiment), never listed with the sha256 of files now gone.
-    manifest.forget(cfg.out, EXPERIMENT_FILE, TABLE_FILE, PROBS_FILE)
-    _save_probs(cfg.out / PROBS_FILE, probs, y_test, seeds)
+    manifest.forget(out, rundir.EXPERIMENT_FILE, rundir.EXPERIMENT_TABLE_FILE, rundir.EXPERIMENT_PROBS_FILE)
+    rundir.save_npz(out, rundir.EXPERIMENT_PROBS_FILE, labels=y_test, seeds=np.array(seeds, dtype=np.uint64),
+                    **{name: p.astype(np.float32) for name, p in probs.items()})
     review = validate.load_review(ds.name) if ds.name in validate.REVIEWS else []
     if not review:
         log(f"no human review of {ds.name}'s test labels exists: accuracy without label errors equals accuracy")
     result = {"leakage": LEAKAGE, "reviewed": bool(review), **compare(probs, y_test, review),
               "impact": {"of": "the default run in this directory",
                          **impact(table["pred"].astype(int), y_test, table["rank_ambiguity"], review)},
-              "emphasis": {"digits": len(emphasised), "factor": cfg.emphasis_factor, "epochs": cfg.emphasis_epochs,
-                           "lr": cfg.lr * FINETUNE_LR_SCALE, "most_ambiguous": emphasised[:TOP_AMBIGUOUS].tolist()},
+              "emphasis": {"digits": len(emphasised), "factor": plan.emphasis_factor, "epochs": plan.emphasis_epochs,
+                           "lr": recipe.lr * FINETUNE_LR_SCALE, "most_ambiguous": emphasised[:TOP_AMBIGUOUS].tolist()},
               "train_seconds": {n: float(np.mean([r[1][n] for r in runs])) for n in VARIANTS},
               "seeds": [{"first_pass": a, "second_pass": b} for a, b in seeds],
               "seconds": round(time.perf_counter() - start, 3), "train_digits": len(y_train),
-              "environment": pipeline.environment(device, precision), "config": cfg.to_json()}
+              "environment": environment(device, precision), "recipe": recipe.to_json(),
+              "plan": dataclasses.asdict(plan)}
     table_text = markdown(result)
-    files.write_json(cfg.out / EXPERIMENT_FILE, result)
-    files.write_text(cfg.out / TABLE_FILE, table_text)
-    manifest.record(cfg.out, cfg.out / EXPERIMENT_FILE, cfg.out / TABLE_FILE)
-    pipeline._refresh_report(cfg.out, ds, log)
+    files.write_json(out / rundir.EXPERIMENT_FILE, result)
+    files.write_text(out / rundir.EXPERIMENT_TABLE_FILE, table_text)
+    manifest.record(out, out / rundir.EXPERIMENT_FILE, out / rundir.EXPERIMENT_TABLE_FILE)
+    refresh_report(out, ds, log)
     return result
 
 

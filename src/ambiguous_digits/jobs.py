@@ -1,6 +1,6 @@
 """The independent training jobs: one per ensemble member of `run`, one per member of each `audit` fold.
 
-Each job is a plain function of the config, its seed and the images, so it gives
+Each job is a plain function of the recipe, its seed and the images, so it gives
 the same result wherever it runs — in this process or as a Ray task on another
 machine (backend.map_jobs). It writes no files: the driver saves its result as it
 arrives (members.save_member). Locally `on_epoch` saves each epoch's training
@@ -14,28 +14,29 @@ import dataclasses
 import numpy as np
 
 from . import audit, members
-from .config import Config
-from .train import setup
+from .config import Recipe
+from .train import Runtime, setup
 
 
-def member_job(cfg: Config, seed: int, num_classes: int, x_train: np.ndarray, y_train: np.ndarray,
-               x_eval: np.ndarray, state: dict | None = None, on_epoch=None,
+def member_job(recipe: Recipe, device: str, threads: int | None, seed: int, num_classes: int, x_train: np.ndarray,
+               y_train: np.ndarray, x_eval: np.ndarray, state: dict | None = None, on_epoch=None,
                progress: bool = True) -> members.MemberResult:
     """Train one CNN with `seed` on (x_train, y_train) and predict x_eval: probabilities (N, K), row i = image i.
 
     The model comes back on the CPU, whatever device trained it.
     """
-    device, precision = setup(cfg)
-    result = members.train_member(cfg, seed, x_train, y_train, x_eval, num_classes, device, precision, progress,
-                                  state=state, on_epoch=on_epoch)
+    resolved, precision = setup(device, threads, recipe.precision)
+    rt = Runtime(resolved, precision, progress, on_epoch)
+    result = members.train_member(recipe, seed, x_train, y_train, x_eval, num_classes, rt, state=state)
     return dataclasses.replace(result, model=result.model.cpu())
 
 
-def fold_member_job(cfg: Config, seed: int, num_classes: int, fold: int, extra_x: np.ndarray,
-                    extra_y: np.ndarray, x: np.ndarray, y: np.ndarray, folds: np.ndarray,
+def fold_member_job(recipe: Recipe, device: str, threads: int | None, seed: int, num_classes: int, fold: int,
+                    extra_x: np.ndarray, extra_y: np.ndarray, x: np.ndarray, y: np.ndarray, folds: np.ndarray,
                     state: dict | None = None, on_epoch=None, progress: bool = True) -> members.MemberResult:
     """One member of audit fold `fold`: trained on everything but the fold (plus `extra`), predicting the
     fold's images in index order (the rows of `folds == fold`). The fold's training set is cut here, on
     the worker, from arrays every job shares."""
     x_tr, y_tr = audit.fold_training_set(extra_x, extra_y, x, y, folds, fold)
-    return member_job(cfg, seed, num_classes, x_tr, y_tr, x[folds == fold], state, on_epoch, progress)
+    return member_job(recipe, device, threads, seed, num_classes, x_tr, y_tr, x[folds == fold], state, on_epoch,
+                      progress)

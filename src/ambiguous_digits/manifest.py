@@ -18,7 +18,7 @@ from typing import Iterator
 
 from filelock import FileLock
 
-from . import files
+from . import __version__, files
 from .config import ConfigError
 
 MANIFEST_FILE = "manifest.json"
@@ -26,7 +26,10 @@ MANIFEST_FILE = "manifest.json"
 # run directory at once (say `predict --run R` during `audit --out R`) never drop each
 # other's entries. A hidden file; it never holds results.
 LOCK_FILE = ".manifest.lock"
-MANIFEST_VERSION = 1  # the format of this file; bump it when the format or the meaning of listed files changes
+# The format of this file and of the files it lists; bumped whenever either changes, so an older run is refused.
+MANIFEST_VERSION = 2
+# The package version that wrote manifests of each earlier format, for the refusal's message.
+WRITTEN_BY = {1: "0.6 or earlier"}
 _CHUNK = 1 << 20  # hash large files (checkpoints, probabilities) a megabyte at a time
 
 
@@ -53,13 +56,14 @@ def load(run_dir: Path) -> dict[str, dict]:
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"{path}: unreadable manifest ({e})") from None
     if version != MANIFEST_VERSION:  # a format this version does not know: its files may mean something else
-        raise ConfigError(f"{path}: manifest format version {version!r}, but this ambiguous-digits reads version "
-                          f"{MANIFEST_VERSION}; start a new run (a new --out, or --force)")
+        writer = body.get("written_by") or WRITTEN_BY.get(version, "another version")
+        raise ConfigError(f"{path}: written by ambiguous-digits {writer} (manifest format {version!r}); this is "
+                          f"{__version__}, which reads format {MANIFEST_VERSION}: run again (a new --out, or --force)")
     return entries
 
 
 def _save(run_dir: Path, entries: dict[str, dict]) -> None:
-    body = {"version": MANIFEST_VERSION, "files": dict(sorted(entries.items()))}
+    body = {"version": MANIFEST_VERSION, "written_by": __version__, "files": dict(sorted(entries.items()))}
     files.write_json(Path(run_dir) / MANIFEST_FILE, body)
 
 

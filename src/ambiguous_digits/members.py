@@ -2,7 +2,7 @@
 
 The job (train_member) is a function of the config, its seed and the data only:
 it trains one CNN and predicts the evaluation digits; it reads and writes no
-files, so it can run anywhere (issue 8 runs these jobs as Ray tasks). The
+files, so it can run anywhere (as Ray tasks, for one). The
 driver saves each finished job under its stem at once (save_member), and the
 training state after every epoch (save_state), so an interrupted run loses at
 most the epoch in progress and `--resume` gives the same result as no interruption.
@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from . import files, manifest
-from .config import Config, ConfigError
+from .config import ConfigError, Recipe
 from .model import Net, checkpoint
-from .train import Precision, predict_probs, train
+from .train import Runtime, predict_probs, train
 
 
 @dataclass
@@ -42,17 +42,15 @@ class MemberResult:
     predict_seconds: float = 0.0
 
 
-def train_member(cfg: Config, seed: int, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray,
-                 num_classes: int, device: torch.device, precision: Precision, progress: bool = False,
-                 state: dict | None = None, on_epoch=None) -> MemberResult:
+def train_member(recipe: Recipe, seed: int, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray,
+                 num_classes: int, rt: Runtime, state: dict | None = None) -> MemberResult:
     """Train one CNN with `seed` (continuing from `state` when given) and predict x_eval (N, 28, 28) -> (N, K)."""
-    model, history = train(x_train, y_train, cfg, seed, device, precision, progress, num_classes=num_classes,
-                           state=state, on_epoch=on_epoch)
+    model, history = train(x_train, y_train, recipe, seed, rt, num_classes=num_classes, state=state)
     start = time.perf_counter()
-    probs = predict_probs(model, x_eval, device)
+    probs = predict_probs(model, x_eval, rt.device)
     if not np.isfinite(probs).all():  # a finite loss but overflowing weights; refused before it is saved
         raise ConfigError(f"--lr: training diverged (the CNN of seed {seed} gives NaN probabilities); "
-                          f"try a lower --lr than {cfg.lr}")
+                          f"try a lower --lr than {recipe.lr}")
     return MemberResult(seed, probs, history, model, time.perf_counter() - start)
 
 

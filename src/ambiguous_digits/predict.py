@@ -8,6 +8,7 @@ OUT/<stem>-2.png, -3, ... when that name is taken: no file is ever overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -15,25 +16,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import files, manifest, outputs, scores
+from . import files, manifest, outputs, rundir, scores
 from .config import ConfigError
 from .model import from_checkpoint
-from .pipeline import MODEL_FILE, SUMMARY_FILE, prepare_out_dir
 from .preprocess import ImageError, preprocess
 from .train import predict_probs, resolve_device
-
-PREDICTIONS_DIR = "predictions"
 
 
 def load_ensemble(run_dir: Path, device: torch.device) -> tuple[list, list[str], str]:
     """The finished run's member CNNs (each checked against the manifest, loaded weights-only), class names
     and data set."""
-    if not manifest.listed(run_dir, SUMMARY_FILE):
-        raise ConfigError(f"--run: {run_dir} holds no finished run (no {SUMMARY_FILE}); finish it with --resume")
-    summary = json.loads(manifest.verified(run_dir, SUMMARY_FILE).read_text())
+    if not manifest.listed(run_dir, rundir.SUMMARY_FILE):
+        raise ConfigError(f"--run: {run_dir} holds no finished run (no {rundir.SUMMARY_FILE}); finish it with --resume")
+    summary = json.loads(manifest.verified(run_dir, rundir.SUMMARY_FILE).read_text())
     models = []
     for m in range(summary["members"]):
-        path = manifest.verified(run_dir, MODEL_FILE.format(m=m))
+        path = manifest.verified(run_dir, rundir.MODEL_FILE.format(m=m))
         models.append(from_checkpoint(torch.load(path, weights_only=True, map_location="cpu")).to(device).eval())
     k = models[0].shape.num_classes
     data = summary.get("data", {})
@@ -61,8 +59,8 @@ def describe(path: Path, probs: np.ndarray, m: dict[str, float], saved: Path, na
 
 
 def _out_dir(run_dir: Path, out: Path | None) -> Path:
-    folder = out if out is not None else run_dir / PREDICTIONS_DIR
-    prepare_out_dir(folder, force=False, any_folder=True)  # predictions accumulate: a non-empty folder is fine
+    folder = out if out is not None else run_dir / rundir.PREDICTIONS_DIR
+    rundir.prepare_out_dir(folder, force=False, any_folder=True)  # predictions accumulate: a non-empty folder is fine
     return folder
 
 
@@ -76,12 +74,19 @@ def predict_images(images: list[Path], run_dir: Path, out: Path | None = None, d
              f"were (inverted if dark on light, cropped, fitted in 20x20, centred by mass), which may not match")
     folder = _out_dir(run_dir, out)
     in_run = folder.resolve().is_relative_to(run_dir.resolve())  # then listed in the run's manifest
+    with rundir.locked(run_dir, flag="--run") if in_run else contextlib.nullcontext():
+        return _score(images, models, names, dev, folder, run_dir if in_run else None, log, warn)
+
+
+def _score(images: list[Path], models: list, names: list[str], dev, folder: Path, run_dir: Path | None,
+           log, warn) -> list[Path]:
+    """Each image's result (or its one-line error); the digits saved in folder, listed in run_dir's manifest."""
     failed = []
     for path in images:
         try:
             digit = preprocess(path)
             saved = files.write_new(folder, path.stem, ".png", outputs.digit_png(digit))
-            if in_run:
+            if run_dir is not None:
                 manifest.record(run_dir, saved)
         except (ImageError, files.WriteError) as e:
             warn(f"predict: error: {e}")

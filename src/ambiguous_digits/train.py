@@ -16,8 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import allocator
-from .config import (EVAL_BATCH_CPU, EVAL_BATCH_GPU, PIXEL_MEAN, PIXEL_STD, Config, ConfigError,
-                     norm_stats_from_clean_digits)
+from .config import EVAL_BATCH_CPU, EVAL_BATCH_GPU, PIXEL_MEAN, PIXEL_STD, ConfigError, Recipe
 from .model import Net, NetShape
 
 # Random affine augmentation, drawn per digit: translations up to 2 px, rotations
@@ -76,14 +75,14 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     return Precision(name == "bf16")
 
 
-def setup(cfg: Config) -> tuple[torch.device, Precision]:
+def setup(device: str, threads: int | None, precision: str) -> tuple[torch.device, Precision]:
     """Allocator, threads, device and precision for this process: a run's driver or worker, an
     experiment, a benchmark (so its timings are of the same process set-up as a run's)."""
     allocator.keep_freed_memory()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    return device, resolve_precision(cfg.precision, device)
+    if threads:
+        torch.set_num_threads(threads)
+    resolved = resolve_device(device)
+    return resolved, resolve_precision(precision, resolved)
 
 
 def one_cycle(step: int, total: int) -> float:
@@ -116,126 +115,148 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out.contiguous(memory_format=torch.channels_last)
 
 
-def steps_per_epoch(n: int, cfg: Config) -> int:
+def steps_per_epoch(n: int, recipe: Recipe) -> int:
     """Batches in an epoch of n digits. Where the network's batch norm cannot train on one digit
-    (Config.norm_needs_two), a last batch of a single digit is left out (that digit, a different
+    (Recipe.norm_needs_two), a last batch of a single digit is left out (that digit, a different
     one each epoch, sits the epoch out); a training set of one digit is refused."""
-    if cfg.norm_needs_two and n % cfg.batch_size == 1:
+    if recipe.norm_needs_two and n % recipe.batch_size == 1:
         if n == 1:
             raise ConfigError("--train-limit: a network with --hidden or four --widths stages trains on at least "
                               "2 digits, got 1")
-        return n // cfg.batch_size
-    return math.ceil(n / cfg.batch_size)
+        return n // recipe.batch_size
+    return math.ceil(n / recipe.batch_size)
 
 
 # A function called during training with the model and the epochs done so far
 # (a float); the benchmark uses it to evaluate at finer intervals than an epoch.
 Hook = Callable[[Net, float], None]
+# Called after every epoch but the last with the whole training state (see
+# training_state): the driver saves it so an interrupted member resumes exactly.
+EpochHook = Callable[[dict], None]
 
 
-def _epoch(model, opt, sched, x, y, cfg: Config, gen, precision: Precision, bar, steps: int,
-           hook: Hook | None = None, hooks: int = 0, epoch: int = 0) -> tuple[float, float]:
-    """One pass of `steps` batches over the shuffled training set; returns (mean loss, accuracy)."""
-    perm = torch.randperm(len(x), generator=gen, device=gen.device).to(x.device)
-    hook_at = {round(steps * (j + 1) / hooks) for j in range(hooks)} if hook else set()
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how one training runs; changes no number."""
+
+    device: torch.device
+    precision: Precision
+    progress: bool = False
+    on_epoch: EpochHook | None = None
+    hook: Hook | None = None  # called hooks_per_epoch times an epoch
+    hooks_per_epoch: int = 1
+
+
+@dataclass
+class _Loop:
+    """One training's moving parts, shared by its epochs."""
+
+    model: Net
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    gen: torch.Generator
+    recipe: Recipe
+    rt: Runtime
+    steps: int
+
+
+def _epoch(loop: _Loop, x: torch.Tensor, y: torch.Tensor, bar, epoch: int) -> tuple[float, float]:
+    """One pass of loop.steps batches over the shuffled training set; returns (mean loss, accuracy)."""
+    model, rt, batch, steps = loop.model, loop.rt, loop.recipe.batch_size, loop.steps
+    perm = torch.randperm(len(x), generator=loop.gen, device=loop.gen.device).to(x.device)
+    hook_at = {round(steps * (j + 1) / rt.hooks_per_epoch) for j in range(rt.hooks_per_epoch)} if rt.hook else set()
     loss_sum = correct = 0.0
     for i in range(steps):
-        idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+        idx = perm[i * batch : (i + 1) * batch]
         xb, yb = x[idx], y[idx]
-        if cfg.augment:
-            xb = augment(xb, gen)
-        with torch.autocast(x.device.type, dtype=precision.dtype, enabled=precision.autocast):
+        if loop.recipe.augment:
+            xb = augment(xb, loop.gen)
+        with torch.autocast(x.device.type, dtype=rt.precision.dtype, enabled=rt.precision.autocast):
             logits = model(xb)
             loss = F.cross_entropy(logits.float(), yb)
-        opt.zero_grad(set_to_none=True)
+        loop.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
-        opt.step()
-        sched.step()
+        loop.opt.step()
+        loop.sched.step()
         loss_sum += loss.item() * len(idx)
         correct += (logits.argmax(1) == yb).sum().item()
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         if i + 1 in hook_at:
-            hook(model, epoch + (i + 1) / steps)
+            rt.hook(model, epoch + (i + 1) / steps)
             model.train()
-    seen = min(len(x), steps * cfg.batch_size)  # all but a left-out last digit (steps_per_epoch)
+    seen = min(len(x), steps * batch)  # all but a left-out last digit (steps_per_epoch)
     return loss_sum / seen, correct / seen
 
 
-# Called after every epoch but the last with the whole training state (see
-# training_state): the pipeline saves it so an interrupted member resumes exactly.
-EpochHook = Callable[[dict], None]
-
-
-def training_state(epoch: int, model, opt, sched, gen: torch.Generator, history: list[dict]) -> dict:
+def training_state(epoch: int, loop: _Loop, history: list[dict]) -> dict:
     """A snapshot of everything the rest of training depends on, as tensors and plain values
     (torch.load(..., weights_only=True) reads it back); copied, so training on does not change it."""
-    return copy.deepcopy({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict(), "generator": gen.get_state(),
+    return copy.deepcopy({"epoch": epoch, "model": loop.model.state_dict(), "optimizer": loop.opt.state_dict(),
+                          "scheduler": loop.sched.state_dict(), "generator": loop.gen.get_state(),
                           "torch_rng": torch.get_rng_state(), "history": history})
 
 
-def _restore(state: dict, model, opt, sched, gen: torch.Generator) -> list[dict]:
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    gen.set_state(state["generator"])
+def _restore(state: dict, loop: _Loop) -> list[dict]:
+    loop.model.load_state_dict(state["model"])
+    loop.opt.load_state_dict(state["optimizer"])
+    loop.sched.load_state_dict(state["scheduler"])
+    loop.gen.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
     assert len(state["history"]) == state["epoch"]
     return list(state["history"])
 
 
-def new_net(cfg: Config, num_classes: int) -> Net:
-    """An untrained network of cfg's shape (widths, stage order, hidden layer) with num_classes outputs."""
-    return Net(NetShape(num_classes, cfg.widths, cfg.pool_first, cfg.hidden))
+def new_net(recipe: Recipe, num_classes: int) -> Net:
+    """An untrained network of the recipe's shape with num_classes outputs."""
+    return Net(NetShape(num_classes, recipe.widths, recipe.hidden))
 
 
-def train(images: np.ndarray, labels: np.ndarray, cfg: Config, seed: int, device: torch.device,
-          precision: Precision, progress: bool = True, hook: Hook | None = None,
-          hooks_per_epoch: int = 1, *, num_classes: int, init: Net | None = None, state: dict | None = None,
-          on_epoch: EpochHook | None = None) -> tuple[Net, list[dict]]:
-    """Train one CNN on (N, 28, 28) uint8 images and (N,) labels in 0..num_classes-1.
-
-    Returns the network (num_classes logits) and its per-epoch history.
-
-    `hook(model, epochs_done)`, when given, is called `hooks_per_epoch` times per epoch.
-    `init`, when given, is a trained model of the same shape to start from (a fine-tune);
-    it is copied, never changed. `state` (from training_state) continues an interrupted
-    training: the result is the same as without the interruption. `on_epoch(state)` is
-    called after each epoch but the last.
-    """
+def _start(images: np.ndarray, recipe: Recipe, seed: int, rt: Runtime, num_classes: int, init: Net | None) -> _Loop:
+    """The seeded network, optimiser and schedule of a training on len(images) digits."""
     torch.manual_seed(seed)
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    x, y = to_tensor(images, device), torch.from_numpy(labels.astype(np.int64)).to(device)
-    model = new_net(cfg, num_classes)
+    model = new_net(recipe, num_classes)
     if init is not None:
         model.load_state_dict(init.state_dict())  # copies the weights and batch-norm statistics
-    model = model.to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=MOMENTUM, nesterov=True,
-                          weight_decay=cfg.weight_decay)
-    steps = steps_per_epoch(len(x), cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(one_cycle, total=cfg.epochs * steps))
-    history = [] if state is None else _restore(state, model, opt, sched, gen)
-    model.train()
-    for epoch in range(len(history) + 1, cfg.epochs + 1):
+    model = model.to(rt.device).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=MOMENTUM, nesterov=True,
+                          weight_decay=recipe.weight_decay)
+    steps = steps_per_epoch(len(images), recipe)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(one_cycle, total=recipe.epochs * steps))
+    return _Loop(model, opt, sched, gen, recipe, rt, steps)
+
+
+def train(images: np.ndarray, labels: np.ndarray, recipe: Recipe, seed: int, rt: Runtime, *, num_classes: int,
+          init: Net | None = None, state: dict | None = None) -> tuple[Net, list[dict]]:
+    """Train one CNN on (N, 28, 28) uint8 images and (N,) labels in 0..num_classes-1.
+
+    Returns the network (num_classes logits) and its per-epoch history. `init`, when given, is a
+    trained model of the same shape to start from (a fine-tune; copied, never changed). `state`
+    (from training_state) continues an interrupted training to the same result.
+    """
+    loop = _start(images, recipe, seed, rt, num_classes, init)
+    x, y = to_tensor(images, rt.device), torch.from_numpy(labels.astype(np.int64)).to(rt.device)
+    history = [] if state is None else _restore(state, loop)
+    loop.model.train()
+    for epoch in range(len(history) + 1, recipe.epochs + 1):
         start = time.perf_counter()
-        with tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False,
+        with tqdm(total=loop.steps, desc=f"epoch {epoch}/{recipe.epochs}", disable=not rt.progress, leave=False,
                   mininterval=PROGRESS_SECONDS) as bar:
-            loss, acc = _epoch(model, opt, sched, x, y, cfg, gen, precision, bar, steps, hook, hooks_per_epoch,
-                               epoch - 1)
+            loss, acc = _epoch(loop, x, y, bar, epoch - 1)
         if not math.isfinite(loss):  # before on_epoch: a diverged state is never saved to resume from
             raise ConfigError(f"--lr: training diverged (seed {seed}: the loss of epoch {epoch} is {loss}); "
-                              f"try a lower --lr than {cfg.lr}")
+                              f"try a lower --lr than {recipe.lr}")
         history.append({"epoch": epoch, "loss": loss, "train_acc": acc, "seconds": time.perf_counter() - start})
-        if progress:
-            tqdm.write(f"epoch {epoch}/{cfg.epochs}: loss {loss:.4f}, train accuracy {acc:.2%}")
-        if on_epoch is not None and epoch < cfg.epochs:
-            on_epoch(training_state(epoch, model, opt, sched, gen, history))
-    if norm_stats_from_clean_digits(cfg.augment, cfg.norm_stats):
-        recompute_norm_stats(model, x)
-    model.eval()
-    return model, history
+        if rt.progress:
+            tqdm.write(f"epoch {epoch}/{recipe.epochs}: loss {loss:.4f}, train accuracy {acc:.2%}")
+        if rt.on_epoch is not None and epoch < recipe.epochs:
+            rt.on_epoch(training_state(epoch, loop, history))
+    if recipe.augment:  # the test digits are clean: so should the norms' statistics be
+        recompute_norm_stats(loop.model, x)
+    loop.model.eval()
+    return loop.model, history
 
 
 @torch.no_grad()
@@ -245,10 +266,7 @@ def recompute_norm_stats(model: Net, x: torch.Tensor, batch: int = NORM_STATS_BA
     batch's statistics, as in training). The first norm keeps the averages of training.
 
     Training on augmented digits leaves statistics of augmented digits; the test digits are clean.
-    Which norms to recompute was measured (README, *Results*): all but the first gave ensembles of
-    five about 0.01 point more accurate on average over 24 seeds (0.00-0.03 on three sets of eight),
-    at about the same calibration; recomputing the first one too gave sharper members but no better
-    ensembles, and a higher NLL and ECE. If the pass fails, every norm is left as it was.
+    All but the first, as measured best (docs/lab-notebook.md). If the pass fails, every norm is left as it was.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if len(norms) < 2:
@@ -290,9 +308,8 @@ def predict_probs(model: Net, images: np.ndarray, device: torch.device, batch: i
     not rounded to bfloat16's 3 significant digits. `batch`: images per chunk
     (default: eval_batch(device)). Puts `model` in eval mode and channels-last, in place.
     """
-    # Channels-last, as training leaves a model. One loaded from a checkpoint comes back in the default
-    # layout, in which its probabilities differ in the 7th digit from those its run saved, and which
-    # scored slower on a CPU (before model.MaxPool, ~6k digits/s against ~25k on the 2-core build machine).
+    # Channels-last, as training leaves a model: a checkpoint loads in the default layout, whose
+    # probabilities differ in the 7th digit from those the run saved.
     model.eval().to(memory_format=torch.channels_last)
     batch = batch or eval_batch(device)
     out = []

@@ -1,0 +1,157 @@
+"""`audit`: check -> load -> K-fold cross-validated probabilities, pooled with the run's members -> cleanlab -> write."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from .. import audit, data, jobs, manifest, outputs, rundir, scores
+from ..config import AuditPlan, ConfigError, Invocation, Recipe
+from ..ensemble import MemberPlan, train_members, where
+from .common import Log, begin, check_limits, environment, load, refresh_report, subset, write_images
+
+
+def check(recipe: Recipe, plan: AuditPlan, inv: Invocation) -> None:
+    """The flags against the directories, before the data are loaded; writes nothing."""
+    plan.check_folds(plan.images(recipe))
+    _check_no_audit(plan, inv)
+    rundir.check_out_dir(inv.out, force=True)
+
+
+def _check_no_audit(plan: AuditPlan, inv: Invocation) -> None:
+    """The audit may join a finished run's directory, but never overwrites an audit without --force."""
+    table = inv.out / rundir.AUDIT[plan.split].table
+    if table.exists() and not inv.force:
+        raise ConfigError(f"--out: {table} exists; pass --force to overwrite it")
+
+
+def claim(recipe: Recipe, plan: AuditPlan, inv: Invocation, ds: data.Dataset, images: int) -> None:
+    """Once the data are loaded and the directory locked: --folds against the split's images, the data against
+    a run already in inv.out, then claim inv.out for this split's audit (checked again: the load may have taken
+    minutes). An interrupted audit's folds are dropped (resume them with --resume)."""
+    plan.check_folds(images)
+    _check_no_audit(plan, inv)
+    rundir.check_same_data(inv.out, ds, plan.split)
+    with rundir.claiming(inv.out):
+        rundir.clear_audit(inv.out, plan.split)
+        rundir.save_audit_config(inv.out, recipe, plan)
+    rundir.save_data_record(inv.out, rundir.AUDIT[plan.split].data, ds.record())
+
+
+def cross_val_probs(recipe: Recipe, plan: AuditPlan, inv: Invocation, extra, x, y, num_classes: int, log: Log):
+    """Out-of-sample probabilities (N, K) for every image of (x, y), and the (N,) fold of each.
+
+    Every member of every fold is an independent job on inv.backend (jobs.fold_member_job, seeded by
+    recipe.member_seeds(fold)), saved as it finishes; all folds' jobs run at once.
+    """
+    folds = audit.fold_ids(len(y), plan.folds, recipe.seed)
+    members = [MemberPlan(rundir.FOLD_STEM.format(split=plan.split, f=f, m=m), seed,
+                          f"fold {f + 1}/{plan.folds}, member {m + 1}/{recipe.members}",
+                          {"num_classes": num_classes, "fold": f}, y[folds == f],
+                          len(extra[1]) + int((folds != f).sum()))
+               for f in range(plan.folds) for m, seed in enumerate(recipe.member_seeds(fold=f))]
+    shared = {"extra_x": extra[0], "extra_y": extra[1], "x": x, "y": y, "folds": folds}
+    results = train_members(recipe, inv, members, jobs.fold_member_job, shared, log, desc="fold members")
+    probs = np.zeros((len(y), num_classes), dtype=np.float32)
+    for f in range(plan.folds):
+        held = folds == f
+        probs[held] = np.mean([r.probs for r in results[f * recipe.members : (f + 1) * recipe.members]], axis=0)
+        log(f"fold {f + 1}/{plan.folds}: accuracy on its {held.sum()} held-out images "
+            f"{(probs[held].argmax(1) == y[held]).mean():.2%}")
+    return probs, folds
+
+
+def run_audit(recipe: Recipe, plan: AuditPlan = AuditPlan(), inv: Invocation = Invocation(), log: Log = print,
+              resume: bool = False) -> dict:
+    """Rank every digit of plan.split by how likely its label is wrong; writes the table and images.
+
+    With `resume`, recipe and plan are the audit's own (rundir.load_audit_config) and finished fold
+    members are loaded.
+    """
+    files_ = rundir.AUDIT[plan.split]
+    if resume and manifest.listed(inv.out, files_.summary):
+        log(f"{inv.out} holds a finished {plan.split}-set audit; nothing to resume")
+        return json.loads(rundir.verified(inv.out, files_.summary).read_text())
+    device, precision = begin(recipe, inv, resume, lambda: check(recipe, plan, inv))
+    start = time.perf_counter()
+    ds = load(recipe, inv, log)
+    x_train, y_train, x_test, y_test = subset(ds, recipe)
+    if plan.split == "test":
+        extra, x, y = (x_train, y_train), x_test, y_test
+    else:
+        extra, x, y = (x_train[:0], y_train[:0]), x_train, y_train
+    if not resume:
+        check_limits(recipe, ds)
+        rundir.prepare_out_dir(inv.out, force=True)
+    with rundir.locked(inv.out):
+        if resume:
+            rundir.check_resume_data(inv.out, files_.data, ds)
+        else:
+            claim(recipe, plan, inv, ds, len(y))  # a user data set's size is known only now
+        log(f"{plan.folds} folds of {recipe.members} CNN(s), {where(inv, device, precision)}")
+        probs, folds = cross_val_probs(recipe, plan, inv, extra, x, y, ds.num_classes, log)
+        rundir.save_npz(inv.out, files_.probs, probs=probs, labels=y, folds=folds, index=np.arange(len(y)))
+        pooled, run_members = _pool_with_run(recipe, plan, inv, probs, y)
+        if run_members:
+            log(f"pooling the {recipe.members} cross-validated CNN(s) per digit with the run's {run_members} "
+                f"members (trained on the training set only, so also out-of-sample for every test digit)")
+        table = audit.label_issue_table(y, pooled)
+        names = ds.class_names
+        top = _write_results(plan, inv, table, x, y, names)
+        summary = {
+            "split": plan.split, "digits": len(y), "folds": plan.folds, "members_per_fold": recipe.members,
+            "run_members_pooled": run_members,
+            "cv_accuracy": float((probs.argmax(1) == y).mean()),
+            "label_issues_found": int(table["is_label_issue"].sum()),
+            "top": [int(i) for i in top],
+            "top_labels": [[names[y[i]], names[table["suggested_label"][i]]] for i in top],
+            "quality_method": audit.QUALITY_METHOD,
+            "fold_seeds": [recipe.member_seeds(fold=f) for f in range(plan.folds)],
+            "seconds": round(time.perf_counter() - start, 3),
+            "data": ds.record(),
+            "environment": environment(device, precision), "recipe": recipe.to_json(),
+            "audit": {"folds": plan.folds, "split": plan.split, "top": plan.top}, "invocation": inv.to_json(),
+        }
+        rundir.save_json(inv.out, files_.summary, summary)
+        refresh_report(inv.out, ds, log)
+    return summary
+
+
+def _write_results(plan: AuditPlan, inv: Invocation, table: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
+                   names: tuple[str, ...]) -> np.ndarray:
+    """The label-issue table, the top digits' images and their contact sheet; returns the top rows."""
+    f, out = rundir.AUDIT[plan.split], inv.out
+    outputs.write_table(out / f.table, table)
+    top = scores.top_indices(table["rank"].astype(float), plan.top)
+    written = write_images(out, f.images, x, top)
+    titles = [f"#{i}: {names[y[i]]} \u2192 {names[table['suggested_label'][i]]}\nq={table['label_quality'][i]:.2g}"
+              for i in top]
+    outputs.contact_sheet(out / f.sheet, x[top], titles,
+                          f"Top {len(top)} suspected label errors ({plan.split} set; given \u2192 suggested)")
+    manifest.record(out, out / f.table, out / f.sheet, *written)
+    return top
+
+
+def _pool_with_run(recipe: Recipe, plan: AuditPlan, inv: Invocation, cv_probs: np.ndarray,
+                   labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """(N, K) mean over every out-of-sample CNN of each digit, and how many run members joined.
+
+    A finished run in the same directory holds M members trained on the training digits only: they
+    never saw a test digit, so pooling them steadies the test ranking. The training split has none.
+    """
+    if plan.split != "test" or not manifest.listed(inv.out, rundir.PROBS_FILE):
+        return cv_probs, 0
+    with np.load(rundir.verified(inv.out, rundir.PROBS_FILE), allow_pickle=False) as z:
+        run_probs, run_labels = z["probs"], z["labels"]
+    if run_probs.shape[1:] != cv_probs.shape or not np.array_equal(run_labels, labels):
+        return cv_probs, 0
+    m = len(run_probs)
+    return (cv_probs * recipe.members + run_probs.sum(axis=0)) / (recipe.members + m), m
+
+
+def resume(split: str, inv: Invocation, log: Log = print) -> dict:
+    """Continue the interrupted audit of `split` in inv.out with its own saved recipe and plan."""
+    recipe, plan = rundir.load_audit_config(inv.out, split)
+    return run_audit(recipe, plan, inv, log, resume=True)

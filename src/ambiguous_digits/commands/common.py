@@ -1,0 +1,101 @@
+"""What the commands that train share: checks before loading, the process set-up, the data, small writers."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from contextlib import contextmanager
+from importlib.metadata import version
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from .. import backend, data, files, manifest, outputs, report, rundir
+from ..config import ConfigError, Invocation, Recipe
+from ..train import setup
+
+Log = Callable[[str], None]
+
+
+def check_data_dir(recipe: Recipe, inv: Invocation) -> None:
+    """A published data set's cache must be (or become) a directory; user data sets have none."""
+    inv.check_data_dir(recipe)
+    if recipe.dataset not in data.PUBLISHED:
+        return
+    path = Path(inv.data_dir).expanduser() if inv.data_dir else data.default_data_dir(recipe.dataset)
+    try:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+    except OSError as e:
+        raise ConfigError(f"--data-dir: cannot read {path}: {e.strerror or e}") from None
+    if not existing.is_dir():
+        raise ConfigError(f"--data-dir: {existing} is a file, not a directory")
+
+
+def begin(recipe: Recipe, inv: Invocation, resume: bool, check: Callable[[], None]):
+    """Everything checked before the data are loaded (a bad flag costs nothing); this process's device, precision.
+
+    `check` checks a new command's flags and directories; a resumed one had them checked when it started,
+    and its interrupted writes' temporary files go.
+    """
+    backend.check_backend(inv)
+    check_data_dir(recipe, inv)
+    if resume:
+        rundir.remove_temp_files(inv.out)
+    else:
+        check()
+    return setup(inv.device, inv.threads, recipe.precision)  # here; each job resolves its own too
+
+
+def load(recipe: Recipe, inv: Invocation, log: Log) -> data.Dataset:
+    return data.load_dataset(recipe.dataset, inv.data_dir, class_names=recipe.class_names, log=log,
+                             progress=inv.progress)
+
+
+def check_limits(recipe: Recipe, ds: data.Dataset) -> None:
+    """--train-limit and --test-limit against the images loaded (a user data set's counts are known only now)."""
+    for flag, limit, have, where in (("--train-limit", recipe.train_limit, len(ds.y_train), "training"),
+                                     ("--test-limit", recipe.test_limit, len(ds.y_test), "test")):
+        if limit is not None and limit > have:
+            raise ConfigError(f"{flag}: {ds.name} has {have} {where} images, got {limit}")
+
+
+def subset(ds: data.Dataset, recipe: Recipe) -> tuple[np.ndarray, ...]:
+    """The first train_limit / test_limit images (all by default): indices stay canonical."""
+    tr, te = slice(recipe.train_limit), slice(recipe.test_limit)
+    return ds.x_train[tr], ds.y_train[tr], ds.x_test[te], ds.y_test[te]
+
+
+@contextmanager
+def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[stage] = round(time.perf_counter() - start, 3)
+
+
+def environment(device: torch.device, precision) -> dict:
+    libs = {name: version(name) for name in ("torch", "numpy", "matplotlib", "pillow", "tqdm")}
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "device": str(device), "bf16_autocast": precision.autocast,
+            "libraries": libs}
+
+
+def write_images(run_dir: Path, folder: str, x: np.ndarray, rows) -> list[Path]:
+    """imgs/<index>.png (or another folder of the run directory) for each row; returns the paths, unlisted."""
+    files.make_dirs(run_dir / folder)
+    for r in rows:
+        outputs.write_digit(run_dir / folder / f"{r}.png", x[r])
+    return [run_dir / folder / f"{r}.png" for r in rows]
+
+
+def refresh_report(run_dir: Path, ds: data.Dataset | None = None, log: Log = print) -> None:
+    """Re-render report.html when run_dir holds a finished run, so new results show up in it."""
+    if not manifest.listed(run_dir, rundir.SUMMARY_FILE):
+        return
+    try:
+        report.write_report(run_dir, dataset=ds)
+    except (ConfigError, data.DataError, files.WriteError) as e:  # e.g. an audit over other images: keep the results
+        log(f"report.html not refreshed: {e}")

@@ -1,0 +1,134 @@
+"""`run`: check the flags -> load the data -> train the ensemble and score every test image -> write the results."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from .. import data, files, jobs, manifest, outputs, report, rundir, scores
+from ..config import Invocation, Recipe, RunOutputs
+from ..ensemble import MemberPlan, train_members, where
+from ..model import describe
+from ..train import new_net
+from .common import Log, begin, check_limits, environment, load, subset, timed, write_images
+
+
+def check(recipe: Recipe, outputs_: RunOutputs, inv: Invocation) -> None:
+    """The flags against the directories, before the data are loaded; writes nothing."""
+    outputs_.check_top(recipe.test_digits)
+    rundir.check_out_dir(inv.out, inv.force)
+
+
+def claim(recipe: Recipe, outputs_: RunOutputs, inv: Invocation, ds: data.Dataset, test_images: int) -> None:
+    """Once the data are loaded and the directory locked: --top against the images scored, then clear (with
+    --force) and claim inv.out, checked again (the load may have taken minutes)."""
+    outputs_.check_top(test_images)
+    rundir.check_out_dir(inv.out, inv.force)
+    with rundir.claiming(inv.out):
+        rundir.clear_earlier_run(inv.out)
+        rundir.save_run_config(inv.out, recipe, outputs_)
+    rundir.save_data_record(inv.out, rundir.DATA_FILE, ds.record())
+
+
+def run(recipe: Recipe, outputs_: RunOutputs = RunOutputs(), inv: Invocation = Invocation(), log: Log = print,
+        resume: bool = False) -> dict:
+    """Run the whole pipeline into inv.out; returns the summary also written as summary.json.
+
+    With `resume`, the recipe is the run directory's own (rundir.load_run_config): finished members
+    are loaded, an interrupted one continues from its last epoch, and the rest is redone.
+    """
+    if resume and manifest.listed(inv.out, rundir.SUMMARY_FILE):
+        log(f"{inv.out} holds a finished run; nothing to resume")
+        return json.loads(rundir.verified(inv.out, rundir.SUMMARY_FILE).read_text())
+    device, precision = begin(recipe, inv, resume, lambda: check(recipe, outputs_, inv))
+    timings: dict[str, float] = {}
+    wall = time.perf_counter()
+    with timed(timings, "data"):
+        ds = load(recipe, inv, log)
+        x_train, y_train, x_test, y_test = subset(ds, recipe)
+    if not resume:
+        check_limits(recipe, ds)
+        rundir.prepare_out_dir(inv.out, inv.force)
+    with rundir.locked(inv.out):
+        if resume:
+            rundir.check_resume_data(inv.out, rundir.DATA_FILE, ds)
+        else:
+            claim(recipe, outputs_, inv, ds, len(y_test))
+        log(f"training {recipe.members} CNN(s) on {len(x_train)} {ds.name} images, {ds.num_classes} classes, "
+            f"{where(inv, device, precision)}")
+        plan = [MemberPlan(rundir.MEMBER_STEM.format(m=m), seed, f"member {m + 1}/{recipe.members}",
+                           {"num_classes": ds.num_classes}, y_test, len(y_train), rundir.MODEL_FILE.format(m=m))
+                for m, seed in enumerate(recipe.member_seeds())]
+        with timed(timings, "train"):
+            results = train_members(recipe, inv, plan, jobs.member_job,
+                                    {"x_train": x_train, "y_train": y_train, "x_eval": x_test}, log)
+        timings["predict"] = round(sum(r.predict_seconds for r in results), 3)  # inside each member's job
+        member_probs = np.stack([r.probs for r in results])
+        with timed(timings, "scores"):
+            table = scores.score_table(member_probs, y_test)
+        with timed(timings, "write"):
+            rundir.save_npz(inv.out, rundir.PROBS_FILE, probs=member_probs.astype(np.float32), labels=y_test,
+                            index=np.arange(len(y_test)), seeds=np.array([r.seed for r in results], dtype=np.uint64))
+            tops = write_results(inv.out, outputs_, x_test, table, ds.class_names)
+        summary = _summary(recipe, outputs_, inv, ds, results, table, tops, device, precision)
+        summary["seconds"] = {**timings, "total": round(time.perf_counter() - wall, 3)}
+        rundir.save_json(inv.out, rundir.SUMMARY_FILE, summary)  # listed last: the run is finished
+        report.write_report(inv.out, dataset=ds)
+    return summary
+
+
+def write_results(out, outputs_: RunOutputs, x_test: np.ndarray, table: dict[str, np.ndarray],
+                  class_names: tuple[str, ...]) -> dict[str, list[int]]:
+    """scores.csv, imgs/<index>.png for every image in a top-K list, one contact sheet per chosen ranking."""
+    outputs.write_table(out / rundir.SCORES_FILE, table)
+    written, tops = [out / rundir.SCORES_FILE], {}
+    for name in outputs_.rankings:
+        rows = scores.top_indices(table[f"rank_{name}"], outputs_.top)
+        tops[name] = [int(table["index"][r]) for r in rows]
+        written += write_images(out, rundir.IMAGES_DIR, x_test, rows)
+        titles = [f"#{table['index'][r]}: true {class_names[table['label'][r]]}, "
+                  f"pred {class_names[table['pred'][r]]}\n"
+                  f"p={table['prob_pred'][r]:.3f}" for r in rows]
+        outputs.contact_sheet(out / rundir.sheet_file(name), x_test[rows], titles,
+                              f"Top {len(rows)} by {name.replace('_', '-')}")
+        written.append(out / rundir.sheet_file(name))
+    manifest.record(out, *written)
+    return tops
+
+
+def _summary(recipe: Recipe, outputs_: RunOutputs, inv: Invocation, ds: data.Dataset, results, table, tops,
+             device, precision) -> dict:
+    labels = table["label"]
+    member_acc = [float((r.probs.argmax(1) == labels).mean()) for r in results]
+    errors = int((table["pred"] != labels).sum())
+    return {
+        "test_accuracy": 1 - errors / len(labels),
+        "test_errors": errors,
+        "test_digits": len(labels),
+        "train_digits": len(ds.y_train[:recipe.train_limit]),
+        "member_accuracy": member_acc,
+        "member_accuracy_mean": float(np.mean(member_acc)),
+        "member_accuracy_std": float(np.std(member_acc)),
+        "members": recipe.members,
+        "member_seeds": [r.seed for r in results],
+        "model": describe(new_net(recipe, ds.num_classes)),
+        "history": [r.history for r in results],
+        "top": tops,
+        "top_ambiguous": [{"index": int(i), "label": ds.class_names[table["label"][i]],
+                           "pred": ds.class_names[table["pred"][i]]}
+                          for i in scores.top_indices(table["rank_ambiguity"], outputs_.top)],  # whatever --rankings
+        "data": ds.record(),
+        "environment": environment(device, precision),
+        "backend": inv.backend,
+        "recipe": recipe.to_json(),
+        "outputs": {"top": outputs_.top, "rankings": list(outputs_.rankings)},
+        "invocation": inv.to_json(),
+    }
+
+
+def resume(inv: Invocation, log: Log = print) -> dict:
+    """Continue the interrupted run in inv.out with its own saved recipe."""
+    recipe, outputs_ = rundir.load_run_config(inv.out)
+    return run(recipe, outputs_, inv, log, resume=True)

@@ -1,0 +1,315 @@
+"""The run directory: every file name in it, who may write it, and how a file is written and listed.
+
+One owner: no other module spells a run file's name. A file counts as written
+once it is listed in manifest.json with its sha256 (manifest.py), so `save_*`
+here write a file whole and list it in one call. A command that writes into a
+run directory holds its lock for as long as it runs (`locked`), so two commands
+never write one directory at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from filelock import FileLock, Timeout
+
+from . import __version__, files, manifest
+from .config import RANKING_NAMES, AuditPlan, ConfigError, Recipe, RunOutputs
+
+CONFIG_FILE = "config.json"
+PROBS_FILE = "probs.npz"
+SCORES_FILE = "scores.csv"
+SUMMARY_FILE = "summary.json"
+VALIDATION_FILE = "validation.json"
+REPORT_FILE = "report.html"
+# What a run was started on: the data set's record with the MD5 of every file or array, so --resume
+# never mixes members trained on old data with members trained on new.
+DATA_FILE = "data.json"
+EXPERIMENT_FILE = "experiment.json"
+EXPERIMENT_TABLE_FILE = "experiment.md"
+EXPERIMENT_PROBS_FILE = "experiment_probs.npz"
+MEMBER_STEM = "members/member-{m}"
+MODEL_FILE = "models/member-{m}.pt"
+FOLD_STEM = "folds/{split}-fold-{f}-member-{m}"
+IMAGES_DIR = "imgs"
+PREDICTIONS_DIR = "predictions"
+# Present only while a command claims its directory (clearing an earlier run, then listing its config). Not
+# hidden, so emptying the folder by hand (rm -rf dir/*) takes it too.
+CLEARING_FILE = "claiming-run-directory.txt"
+# Held by the one command writing into the directory; hidden, it never holds results.
+LOCK_FILE = ".rundir.lock"
+# Folders of per-digit images and per-member files; a --force rerun starts them afresh.
+RUN_FOLDERS = ("members", "models", "folds", IMAGES_DIR, PREDICTIONS_DIR)
+
+
+@dataclass(frozen=True)
+class AuditFiles:
+    """The files of one split's audit."""
+
+    table: str
+    probs: str
+    sheet: str
+    images: str
+    summary: str
+    config: str
+    data: str
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return self.table, self.probs, self.sheet, self.summary
+
+
+AUDIT = {
+    "test": AuditFiles("label_issues.csv", "cv_probs_test.npz", "top_label_issues.png", IMAGES_DIR,
+                       "audit_test.json", "audit_test_config.json", "audit_test_data.json"),
+    "train": AuditFiles("train_label_issues.csv", "cv_probs_train.npz", "top_train_label_issues.png",
+                        f"{IMAGES_DIR}/train", "audit_train.json", "audit_train_config.json", "audit_train_data.json"),
+}
+
+
+def sheet_file(ranking: str) -> str:
+    return f"top_{ranking}.png"
+
+
+# ---------------------------------------------------------------------------
+# One writer at a time
+# ---------------------------------------------------------------------------
+@contextmanager
+def locked(run_dir: Path, flag: str = "--out") -> Iterator[None]:
+    """Hold run_dir's lock while a command writes into it; a second writer is refused in one line.
+
+    The kernel drops the lock when its process dies, so a killed command never leaves it held.
+    """
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        lock = FileLock(path, mode=0o666, timeout=0)
+        lock.acquire()
+    except Timeout:
+        raise ConfigError(f"{flag}: {run_dir} is being written by another ambiguous-digits command; "
+                          f"wait for it to finish") from None
+    except OSError as e:
+        raise files.WriteError(f"{path}: cannot lock the run directory ({e.strerror or e})") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+# ---------------------------------------------------------------------------
+# Checked before anything is written; claimed and cleared once the data are loaded
+# ---------------------------------------------------------------------------
+def check_out_dir(out: Path, force: bool, flag: str = "--out", any_folder: bool = False) -> None:
+    """Refuse a file, an unwritable place, an existing run without --force, and any other non-empty
+    directory (--force overwrites only a run's directory: one with a manifest.json); creates nothing.
+    With `any_folder` (predictions accumulate) any directory will do."""
+    try:
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"{flag}: {out} is a file, not a directory")
+        entries = set()
+        if not any_folder and out.is_dir():
+            entries = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+        if entries:
+            # A run's directory: its manifest, or the marker of a command killed while claiming it.
+            own = {CLEARING_FILE, CONFIG_FILE, *_earlier_run_names(), *RUN_FOLDERS}
+            claimed = (out / CLEARING_FILE).is_file() and entries <= own
+            if not ((out / manifest.MANIFEST_FILE).is_file() or claimed):
+                raise ConfigError(f"{flag}: {out} is not empty and is not a run directory (no "
+                                  f"{manifest.MANIFEST_FILE}); give an empty or new directory")
+            if not force:
+                raise ConfigError(f"{flag}: {out} is not empty (it holds an earlier run); pass --force to overwrite")
+        parent = next(p for p in (out, *out.parents) if p.exists())
+    except OSError as e:  # a directory we may not look into
+        raise ConfigError(f"{flag}: cannot read {out}: {e.strerror or e}") from None
+    if not parent.is_dir():
+        raise ConfigError(f"{flag}: cannot create {out}: {parent} is a file")
+    try:
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as e:
+        raise ConfigError(f"{flag}: cannot write to {parent}: {e.strerror or e}") from None
+
+
+def prepare_out_dir(out: Path, force: bool, any_folder: bool = False) -> None:
+    check_out_dir(out, force, any_folder=any_folder)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out: cannot create {out}: {e.strerror or e}") from None
+
+
+@contextmanager
+def claiming(out: Path) -> Iterator[None]:
+    """CLEARING_FILE marks `out` as a run's directory from before an earlier run is cleared until the new
+    config is listed; a kill between leaves a directory --force may claim again. Kept on an error."""
+    files.write_text(out / CLEARING_FILE, "A run or an audit is claiming this directory: clearing any earlier run, "
+                     "then listing its config in manifest.json. If none is running, it was killed meanwhile, and "
+                     "`--force` may clear this directory.\n")
+    yield
+    (out / CLEARING_FILE).unlink()
+
+
+def _earlier_run_names() -> list[str]:
+    """The files any command writes at the top of a run directory."""
+    names = [SUMMARY_FILE, VALIDATION_FILE, REPORT_FILE, SCORES_FILE, PROBS_FILE, DATA_FILE, EXPERIMENT_FILE,
+             EXPERIMENT_TABLE_FILE, EXPERIMENT_PROBS_FILE, *map(sheet_file, RANKING_NAMES)]
+    for a in AUDIT.values():
+        names += [*a.outputs, a.config, a.data]
+    return names
+
+
+def clear_earlier_run(out: Path) -> None:
+    """With --force: the earlier manifest first (so nothing of it is trusted), then every result of it."""
+    (out / manifest.MANIFEST_FILE).unlink(missing_ok=True)
+    for name in _earlier_run_names():
+        (out / name).unlink(missing_ok=True)
+    for folder in RUN_FOLDERS:
+        shutil.rmtree(out / folder, ignore_errors=True)
+
+
+def remove_temp_files(out: Path) -> None:
+    """Temporary files of writes a kill interrupted (files.atomic_path's names); never listed, never used."""
+    for tmp in out.rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def clear_audit(out: Path, split: str) -> None:
+    """Unlist an earlier audit of `split` (and, for the test split, the validation that scored it) and
+    delete its interrupted folds, before a new audit of that split starts."""
+    a, prefix = AUDIT[split], f"folds/{split}-fold-"
+    stale = {p.relative_to(out).as_posix() for p in out.glob(f"{prefix}*")}
+    stale |= {name for name in manifest.load(out) if name.startswith(prefix)}
+    unlist = [a.data] + ([VALIDATION_FILE] if split == "test" else [])
+    manifest.forget(out, *a.outputs, *unlist, *stale)
+    for name in stale:
+        (out / name).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------
+# Written whole, then listed: one call
+# ---------------------------------------------------------------------------
+def save_json(run_dir: Path, name: str, obj: object) -> Path:
+    files.write_json(run_dir / name, obj)
+    manifest.record(run_dir, run_dir / name)
+    return run_dir / name
+
+
+def save_npz(run_dir: Path, name: str, **arrays: np.ndarray) -> Path:
+    with files.atomic_path(run_dir / name) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    manifest.record(run_dir, run_dir / name)
+    return run_dir / name
+
+
+def save_with(run_dir: Path, name: str, write: Callable[[Path], None]) -> Path:
+    """write(path) writes the whole file (atomically, through files); then it is listed."""
+    write(run_dir / name)
+    manifest.record(run_dir, run_dir / name)
+    return run_dir / name
+
+
+def listed_json(run_dir: Path, name: str) -> dict | None:
+    return manifest.listed_json(run_dir, name)
+
+
+def verified(run_dir: Path, name: str) -> Path:
+    return manifest.verified(run_dir, name)
+
+
+# ---------------------------------------------------------------------------
+# Settings saved beside the results
+# ---------------------------------------------------------------------------
+def save_run_config(out: Path, recipe: Recipe, outputs: RunOutputs) -> None:
+    save_json(out, CONFIG_FILE, {"version": __version__, "recipe": recipe.to_json(),
+                                 "outputs": {"top": outputs.top, "rankings": list(outputs.rankings)}})
+
+
+def save_audit_config(out: Path, recipe: Recipe, plan: AuditPlan) -> None:
+    save_json(out, AUDIT[plan.split].config, {"version": __version__, "recipe": recipe.to_json(),
+                                              "audit": {"folds": plan.folds, "split": plan.split, "top": plan.top}})
+
+
+def _read_config(run_dir: Path, name: str) -> dict:
+    path = manifest.verified(run_dir, name)
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ConfigError(f"{path}: not a config this version can read ({e})") from None
+
+
+def load_run_config(run_dir: Path) -> tuple[Recipe, RunOutputs]:
+    """The recipe and outputs a run directory's run was started with (checked against the manifest)."""
+    d = _read_config(run_dir, CONFIG_FILE)
+    try:
+        return Recipe.from_json(d["recipe"]), RunOutputs.from_json(d["outputs"])
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"{run_dir / CONFIG_FILE}: not a config this version can read ({e})") from None
+
+
+def load_audit_config(run_dir: Path, split: str) -> tuple[Recipe, AuditPlan]:
+    d = _read_config(run_dir, AUDIT[split].config)
+    try:
+        return Recipe.from_json(d["recipe"]), AuditPlan(**d["audit"])
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"{run_dir / AUDIT[split].config}: not a config this version can read ({e})") from None
+
+
+def run_recipe(run_dir: Path) -> Recipe | None:
+    """The recipe of the run in run_dir, or None where there is no readable one."""
+    try:
+        if not manifest.listed(run_dir, CONFIG_FILE):
+            return None
+        return load_run_config(run_dir)[0]
+    except (ConfigError, OSError):
+        return None
+
+
+def run_dataset(run_dir: Path) -> str:
+    """The --dataset a run directory's results come from."""
+    for name in (SUMMARY_FILE, AUDIT["test"].summary):
+        record = manifest.listed_json(run_dir, name)
+        if record is not None:
+            return record["recipe"]["dataset"]
+    return "mnist"
+
+
+# ---------------------------------------------------------------------------
+# The data a directory's results were made from
+# ---------------------------------------------------------------------------
+def save_data_record(out: Path, name: str, record: dict) -> None:
+    save_json(out, name, record)
+
+
+def check_resume_data(out: Path, name: str, ds) -> None:
+    """--resume only on the data the run started on."""
+    started = manifest.listed_json(out, name)
+    if started is None:
+        return
+    if started.get("md5") != ds.checksums:
+        changed = sorted(k for k in ds.checksums if started.get("md5", {}).get(k) != ds.checksums[k])
+        raise ConfigError(f"--resume: {ds.name}'s {', '.join(changed) or 'files'} changed since this run started "
+                          f"(MD5s in {out / name}); start a new run (--force) on the new data")
+
+
+def check_same_data(out: Path, ds, split: str) -> None:
+    """An audit joins a run's directory, or the other split's audit, only on the same data (same MD5s)."""
+    summary = manifest.listed_json(out, SUMMARY_FILE)
+    # A finished run's data are in its summary; a run in progress (or killed) has only DATA_FILE.
+    run_data = summary.get("data", {}) if summary is not None else manifest.listed_json(out, DATA_FILE)
+    other = next(s for s in AUDIT if s != split)
+    held = [("a run", run_data), (f"a {other}-set audit", manifest.listed_json(out, AUDIT[other].data))]
+    for what, record in held:
+        if record is not None and record.get("md5") != ds.checksums:
+            raise ConfigError(f"--dataset: {out} holds {what} on {record.get('dataset', 'other data')}, and these "
+                              f"data ({ds.name}) are not its files (their MD5s differ); audit that data set "
+                              f"(its --dataset), or give another --out")
+
+
+def pid_note() -> str:
+    return f"pid {os.getpid()}"
