@@ -42,7 +42,7 @@ BACKENDS = ("local", "ray")
 # apart from the run's members ([seed]) and the audit's folds ([seed, 1 + fold]).
 EXPERIMENT_STREAM = 2**63
 # Images in the canonical splits of both published data sets (MNIST and Fashion-MNIST
-# share them): flags are checked against them before any data is loaded (data.py
+# share them): flags are checked against them before any data is loaded (data.published
 # checks the files against them). A user's own data set is checked once loaded.
 PUBLISHED_TRAIN_IMAGES = 60000
 PUBLISHED_TEST_IMAGES = 10000

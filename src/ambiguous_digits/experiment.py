@@ -263,7 +263,7 @@ def run_experiment(cfg: Config, log=print, progress: bool = True) -> dict:
     _check_run(cfg)
     device, precision = setup(cfg)
     start = time.perf_counter()
-    ds = data.load_dataset(cfg, log=log, progress=progress)
+    ds = data.load_dataset(cfg.dataset, cfg.data_dir, class_names=cfg.class_names, log=log, progress=progress)
     x_train, y_train, x_test, y_test = pipeline._subset(ds, cfg)
     table = _load_run(cfg.out, y_test)
     emphasised = emphasis_indices(**load_train_audit(cfg.out), train_labels=y_train, top=cfg.emphasis_top)

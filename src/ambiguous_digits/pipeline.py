@@ -341,7 +341,7 @@ def run(cfg: Config, log: Log = print, progress: bool = True, resume: bool = Fal
     timings: dict[str, float] = {}
     wall = time.perf_counter()
     with timed(timings, "data"):
-        ds = data.load_dataset(cfg, log=log, progress=progress)
+        ds = data.load_dataset(cfg.dataset, cfg.data_dir, class_names=cfg.class_names, log=log, progress=progress)
         x_train, y_train, x_test, y_test = _subset(ds, cfg)
     if resume:
         _check_resume_data(cfg.out, DATA_FILE, ds)
@@ -496,7 +496,7 @@ def run_audit(cfg: Config, log: Log = print, progress: bool = True, resume: bool
         return json.loads(manifest.verified(cfg.out, summary_name).read_text())
     device, precision = _begin(cfg, resume, check_audit)
     start = time.perf_counter()
-    ds = data.load_dataset(cfg, log=log, progress=progress)
+    ds = data.load_dataset(cfg.dataset, cfg.data_dir, class_names=cfg.class_names, log=log, progress=progress)
     x_train, y_train, x_test, y_test = _subset(ds, cfg)
     if cfg.split == "test":
         extra, x, y = (x_train, y_train), x_test, y_test
