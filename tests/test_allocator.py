@@ -21,8 +21,8 @@ import numpy as np
 from ambiguous_digits import allocator
 tuned = allocator.keep_freed_memory() if sys.argv[1] == "tuned" else None
 import torch
-from ambiguous_digits.config import Config
-from ambiguous_digits.train import Precision, predict_probs, train
+from ambiguous_digits.config import Recipe
+from ambiguous_digits.train import Precision, Runtime, predict_probs, train
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 before = faults()
 for _ in range(20):
@@ -32,8 +32,8 @@ after = faults()
 torch.set_num_threads(1)
 rng = np.random.default_rng(0)
 x, y = rng.integers(0, 256, (512, 28, 28), dtype=np.uint8), rng.integers(0, 10, 512)
-model, _ = train(x, y, Config(epochs=1, batch_size=128), 0, torch.device("cpu"), Precision(False),
-                 progress=False, num_classes=10)
+model, _ = train(x, y, Recipe(epochs=1, batch_size=128), 0, Runtime(torch.device("cpu"), Precision(False)),
+                 num_classes=10)
 probs = predict_probs(model, x, torch.device("cpu"))
 print(json.dumps({"tuned": tuned, "faults": after - before, "probs": hashlib.sha256(probs.tobytes()).hexdigest()}))
 """

@@ -36,16 +36,17 @@ for name, md5 in ds.checksums.items():
     print(f"  {name}: md5 {md5}" + (f" (expected {expected[name]})" if expected else ""))"""),
     ("md", """## 2. Train an ensemble (or load a finished run)
 
-`pipeline.run` is what `ambiguous-digits run` calls: it trains the CNNs, scores every
-test digit and writes the run directory. A finished run is reused, never retrained."""),
-    ("code", """from ambiguous_digits.config import Config
-from ambiguous_digits import pipeline
+`commands.run.run` is what `ambiguous-digits run` calls: it trains the CNNs, scores every
+test digit and writes the run directory. The recipe (what decides the numbers) is kept apart
+from the invocation (where it writes and runs). A finished run is reused, never retrained."""),
+    ("code", """from ambiguous_digits.commands import run
+from ambiguous_digits.config import Invocation, Recipe, RunOutputs
 
 if not (RUN_DIR / "summary.json").is_file():
-    tiny = dict(train_limit=600, test_limit=300, epochs=1, widths=(8, 16, 32), members=2, top=5)
-    cfg = Config(out=RUN_DIR, dataset=DATASET, data_dir=Path(DATA_DIR) if DATA_DIR else None,
-                 **(tiny if TINY else {}))
-    pipeline.run(cfg, progress=False)
+    tiny = dict(train_limit=600, test_limit=300, epochs=1, widths=(8, 16, 32), members=2)
+    recipe = Recipe(dataset=DATASET, **(tiny if TINY else {}))
+    where = Invocation(out=RUN_DIR, data_dir=Path(DATA_DIR) if DATA_DIR else None, progress=False)
+    run.run(recipe, RunOutputs(top=5) if TINY else RunOutputs(), where, log=lambda _: None)
 
 import json
 summary = json.loads((RUN_DIR / "summary.json").read_text())
