@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, files, manifest, outputs, pipeline, report, scores, validate
+from . import data, experiment_table, files, manifest, outputs, pipeline, scores, validate
 from .config import Config, ConfigError
 from .train import predict_probs, setup, train
 
@@ -301,8 +301,9 @@ def run_experiment(cfg: Config, log=print, progress: bool = True) -> dict:
 
 def markdown(result: dict) -> str:
     """experiment.md: the comparison table, the impact numbers and the leakage note."""
-    head = ["variant", *report.EXPERIMENT_COLUMNS]
+    head = ["variant", *experiment_table.EXPERIMENT_COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join([row["name"], *row["cells"]]) + " |" for row in report.experiment_rows(result)]
-    notes = ["", *report.experiment_notes(result), "", *report.impact_lines(result["impact"])]
+    rows = experiment_table.experiment_rows(result)
+    lines += ["| " + " | ".join([row["name"], *row["cells"]]) + " |" for row in rows]
+    notes = ["", *experiment_table.experiment_notes(result), "", *experiment_table.impact_lines(result["impact"])]
     return "\n".join(lines + notes) + "\n"
