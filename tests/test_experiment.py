@@ -195,20 +195,20 @@ def test_impact_known_answer():
 
 
 def test_without_a_human_review_the_notes_claim_no_label_errors(tiny_experiment):
-    from ambiguous_digits import report
+    from ambiguous_digits import experiment_table
     exp = json.loads((tiny_experiment / "experiment.json").read_text())
-    assert any("human-confirmed" in line for line in report.experiment_notes(exp))  # MNIST: reviewed
+    assert any("human-confirmed" in line for line in experiment_table.experiment_notes(exp))  # MNIST: reviewed
     labels, pred, ranks = np.array([0, 1, 2]), np.array([0, 2, 2]), np.array([3.0, 1.0, 2.0])
     # MNIST's review exists even when no reviewed error is among the digits scored (--test-limit 900)
     mnist = validate.load_review("mnist")
     sliced = {**exp, "label_errors": [], "top_ambiguous_label_errors": [],
               "impact": experiment.impact(pred, labels, ranks, mnist)}
-    text = " ".join(report.experiment_notes(sliced) + report.impact_lines(sliced["impact"]))
+    text = " ".join(experiment_table.experiment_notes(sliced) + experiment_table.impact_lines(sliced["impact"]))
     assert "No human review" not in text and "human-confirmed" in text
     other = {**sliced, "reviewed": False, "impact": experiment.impact(pred, labels, ranks, [])}
-    text = " ".join(report.experiment_notes(other) + report.impact_lines(other["impact"]))
+    text = " ".join(experiment_table.experiment_notes(other) + experiment_table.impact_lines(other["impact"]))
     assert "human-confirmed" not in text and "No human review" in text
-    assert len(report.impact_lines(other["impact"])) == 1 and "1 errors" in text
+    assert len(experiment_table.impact_lines(other["impact"])) == 1 and "1 errors" in text
 
 
 # ---------------------------------------------------------------------------

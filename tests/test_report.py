@@ -10,6 +10,7 @@ import dataclasses
 import json
 import re
 import shutil
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -17,12 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ambiguous_digits import audit, cli, manifest, outputs, report, scores, validate
+from ambiguous_digits import cli, gallery, manifest, report, scores
 from ambiguous_digits.config import ConfigError
 
-TINY = ["--train-limit", "600", "--test-limit", "300", "--epochs", "1", "--widths", "8,16,32", "--members", "2",
-        "--top", "5", "--quiet", "--threads", "1"]
-MEMBERS = 2
+MEMBERS = 2  # conftest.REPORT_RUN
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-sync"]
@@ -31,43 +30,11 @@ INDICES_JS = "els => els.map(e => Number(e.dataset.index))"
 
 
 # ---------------------------------------------------------------------------
-# Fixtures: one tiny run, its report, and a copy with the audit's files beside it
+# Fixtures: the tiny run (conftest.report_run) and its report; conftest.audited_run has the audit's files beside it
 # ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, mnist_dir):
-    out = tmp_path_factory.mktemp("report") / "run"
-    assert cli.main(["run", "--out", str(out), "--data-dir", str(mnist_dir), *TINY]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def report_path(tiny_run, mnist):
-    return report.write_report(tiny_run, dataset=mnist)
-
-
-@pytest.fixture(scope="module")
-def audited_run(tiny_run, mnist, tmp_path_factory):
-    """The tiny run plus label_issues.csv, train_label_issues.csv and validation.json in the audit's formats.
-
-    The label issues come from the run's own probabilities (a stand-in for the
-    K-fold ones: same table, no extra training).
-    """
-    out = tmp_path_factory.mktemp("audited") / "run"
-    shutil.copytree(tiny_run, out)
-    (out / "report.html").unlink(missing_ok=True)
-    with np.load(out / "probs.npz") as f:
-        probs, labels = f["probs"].mean(axis=0), f["labels"]
-    table = audit.label_issue_table(labels, probs)
-    outputs.write_table(out / "label_issues.csv", table)
-    train_probs = np.random.default_rng(0).dirichlet(np.full(10, 0.3), size=600)
-    outputs.write_table(out / "train_label_issues.csv", audit.label_issue_table(mnist.y_train[:600], train_probs))
-    ranks = np.full(len(mnist.y_test), np.nan)  # the review covers all 10,000; this run ranked the first 300
-    ranks[:len(labels)] = table["rank"]
-    review = {"label_issues": validate.validate_ranking(ranks, validate.load_review())}
-    (out / "validation.json").write_text(json.dumps({"rankings": review}))
-    manifest.record(out, *(out / n for n in ("label_issues.csv", "train_label_issues.csv", "validation.json")))
-    report.write_report(out, dataset=mnist)
-    return out
+def report_path(report_run, mnist):
+    return report.write_report(report_run, dataset=mnist)
 
 
 def _rows(path):
@@ -99,10 +66,10 @@ def _page_data(html):
 # ---------------------------------------------------------------------------
 # The file
 # ---------------------------------------------------------------------------
-def test_report_is_written_into_the_run_directory(tiny_run, report_path):
-    assert report_path == tiny_run / "report.html"
+def test_report_is_written_into_the_run_directory(report_run, report_path):
+    assert report_path == report_run / "report.html"
     assert report_path.read_text().startswith("<!doctype html>")
-    assert not list(tiny_run.glob(".*.tmp")), "temporary files left behind"
+    assert not list(report_run.glob(".*.tmp")), "temporary files left behind"
 
 
 class _References(HTMLParser):
@@ -132,12 +99,12 @@ def test_report_is_self_contained(report_path):
     assert "<style>" in html and "<script>" in html
 
 
-def test_report_embeds_the_gallery_data_as_valid_json(report_path, tiny_run):
+def test_report_embeds_the_gallery_data_as_valid_json(report_path, report_run):
     html = report_path.read_text()
     data = _page_data(html)
     assert not re.search(r"\bNaN\b|Infinity", html), "JSON has no NaN; the browser's JSON.parse would fail"
     shown = {d["i"] for d in data["digits"]}
-    rows = _rows(tiny_run / "scores.csv")
+    rows = _rows(report_run / "scores.csv")
     assert shown >= {int(r["index"]) for r in rows if r["label"] != r["pred"]}, "every error is embedded"
     assert set(data["rankings"]) == set(scores.RANKINGS)
     for ranking in data["rankings"].values():
@@ -145,27 +112,22 @@ def test_report_embeds_the_gallery_data_as_valid_json(report_path, tiny_run):
     assert all(d["img"].startswith("data:image/png;base64,") and len(d["votes"]) == MEMBERS for d in data["digits"])
 
 
-def test_answers_quote_this_runs_numbers(report_path, tiny_run):
-    summary = json.loads((tiny_run / "summary.json").read_text())
-    text = _section(report_path.read_text(), "answers")
-    for question in ("Describe your model", "Analyse your results", "Impact of the images and improvements"):
-        assert question in text
-    assert f"{summary['test_accuracy']:.2%}" in text
-    assert f"{summary['member_accuracy_mean']:.2%}" in text
-    assert f"{summary['test_errors']} errors" in text
-    assert "8,834 parameters" in text  # widths 8,16,32, from summary["model"]
-    assert "every batch norm but the first recomputed its statistics over the un-augmented" in text
+def test_the_page_shows_the_answers_in_the_runs_noun(report_path, report_run):
+    facts = report.run_facts(report.load_run(report_run))
+    text = unescape(_section(report_path.read_text(), "answers"))
+    for answer in report.answers(facts):
+        assert answer["question"] in text
+        assert all(paragraph in text for paragraph in answer["paragraphs"])
+    assert "test digits" in text and "image" not in text.replace("Impact of the images", "")
 
 
-def test_answers_name_the_most_confused_pair(report_path, tiny_run):
-    rows = _rows(tiny_run / "scores.csv")
-    labels, preds = (np.array([int(r[c]) for r in rows]) for c in ("label", "pred"))
-    (t, p, n), *_ = report.top_confusions(report.error_confusion(labels, preds, 10))
-    assert f"true {t} read as {p} ({n}×)" in _section(report_path.read_text(), "answers")
+@pytest.mark.parametrize("dataset, noun", [("mnist", "digit"), ("fashion-mnist", "image"), ("npz:/d/x.npz", "image")])
+def test_the_noun_is_digit_for_mnist_and_image_for_any_other_data_set(dataset, noun):
+    assert report.noun(dataset) == noun
 
 
-def test_header_holds_accuracy_ensemble_and_time_and_the_page_the_checksums(report_path, tiny_run):
-    summary = json.loads((tiny_run / "summary.json").read_text())
+def test_header_holds_accuracy_ensemble_and_time_and_the_page_the_checksums(report_path, report_run):
+    summary = json.loads((report_run / "summary.json").read_text())
     html = report_path.read_text()
     header = re.search(r'<header class="masthead">(.*?)</header>', html, re.S).group(1)
     assert f"{summary['test_accuracy']:.2%}" in header
@@ -180,8 +142,8 @@ def test_without_audit_files_there_is_no_label_issue_section(report_path):
     html = report_path.read_text()
     assert 'value="label_issues"' not in html
     assert 'id="label-audit"' not in html
-    from html import unescape
-    assert "run 'ambiguous-digits audit' (and 'validate') into this directory" in unescape(_section(html, "answers"))
+    text = unescape(_section(html, "answers"))
+    assert "'ambiguous-digits audit'" in text and "'validate'" in text  # the commands that would measure it
 
 
 def test_with_label_issues_the_gallery_and_validation_appear(audited_run):
@@ -190,15 +152,15 @@ def test_with_label_issues_the_gallery_and_validation_appear(audited_run):
     assert 'id="label-audit"' in html
     v = json.loads((audited_run / "validation.json").read_text())["rankings"]["label_issues"]
     assert f"{v['average_precision']:.3f}" in _section(html, "answers")
-    assert len(re.findall(r"data-train-index=", html)) == report.TRAIN_ISSUES_SHOWN
+    assert len(re.findall(r"data-train-index=", html)) == gallery.TRAIN_ISSUES_SHOWN
     data = _page_data(html)
     assert data["rankings"]["label_issues"]["order"][:5] == _expected(_rows(audited_run / "label_issues.csv"),
                                                                        "rank", 5)
 
 
-def test_re_rendering_loads_the_pixels_itself_and_is_deterministic(tiny_run, report_path):
+def test_re_rendering_loads_the_pixels_itself_and_is_deterministic(report_run, report_path):
     first = report_path.read_bytes()
-    assert report.write_report(tiny_run).read_bytes() == first  # data dir taken from summary.json
+    assert report.write_report(report_run).read_bytes() == first  # data dir taken from summary.json
 
 
 def test_a_directory_that_is_not_a_run_is_refused(tmp_path, mnist):
@@ -209,15 +171,15 @@ def test_a_directory_that_is_not_a_run_is_refused(tmp_path, mnist):
         report.write_report(tmp_path, dataset=mnist)
 
 
-def test_pixels_from_another_mnist_are_refused(tiny_run, mnist):
+def test_pixels_from_another_mnist_are_refused(report_run, mnist):
     wrong = dataclasses.replace(mnist, checksums={**mnist.checksums, "t10k-images-idx3-ubyte": "0" * 32})
     with pytest.raises(ConfigError, match="md5"):
-        report.write_report(tiny_run, dataset=wrong)
+        report.write_report(report_run, dataset=wrong)
 
 
-def test_a_summary_from_an_older_run_is_refused(tiny_run, tmp_path, mnist):
+def test_a_summary_from_an_older_run_is_refused(report_run, tmp_path, mnist):
     old = tmp_path / "old"
-    shutil.copytree(tiny_run, old)
+    shutil.copytree(report_run, old)
     summary = json.loads((old / "summary.json").read_text())
     del summary["member_accuracy"]
     (old / "summary.json").write_text(json.dumps(summary))
@@ -226,9 +188,9 @@ def test_a_summary_from_an_older_run_is_refused(tiny_run, tmp_path, mnist):
         report.write_report(old, dataset=mnist)
 
 
-def test_a_manifest_from_another_version_is_refused(tiny_run, tmp_path, capsys):
+def test_a_manifest_from_another_version_is_refused(report_run, tmp_path, capsys):
     other = tmp_path / "other"
-    shutil.copytree(tiny_run, other)
+    shutil.copytree(report_run, other)
     body = json.loads((other / "manifest.json").read_text())
     (other / "manifest.json").write_text(json.dumps({**body, "version": 99}))
     assert cli.main(["report", str(other)]) == 2
@@ -237,9 +199,9 @@ def test_a_manifest_from_another_version_is_refused(tiny_run, tmp_path, capsys):
                         "start a new run (a new --out, or --force)") and len(err.splitlines()) == 1
 
 
-def test_a_report_that_cannot_be_written_is_one_line_and_changes_nothing(tiny_run, tmp_path, capsys):
+def test_a_report_that_cannot_be_written_is_one_line_and_changes_nothing(report_run, tmp_path, capsys):
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
+    shutil.copytree(report_run, run)
     (run / "report.html").unlink(missing_ok=True)
     (run / "report.html").mkdir()  # in the way, as a read-only folder or a full disk would be
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
@@ -259,50 +221,6 @@ def test_an_unlisted_audit_file_is_not_used_and_a_listed_missing_one_is_refused(
     (run / "label_issues.csv").unlink()
     with pytest.raises(ConfigError, match="label_issues.csv: listed in manifest.json but missing"):
         report.load_run(run)
-
-
-def test_a_csv_cut_short_or_not_text_is_one_line_naming_the_line(tmp_path):
-    (tmp_path / "scores.csv").write_text("index,label,margin\n0,3,0.5\n1,2,0.25\n2,1")
-    with pytest.raises(ConfigError, match=r"scores.csv: line 4 has 2 fields, the header 3 \(cut short\?\)"):
-        outputs.read_table(tmp_path / "scores.csv")
-    (tmp_path / "scores.csv").write_bytes(b"index,label\n0,\xff\xfe\n")
-    with pytest.raises(ConfigError, match="scores.csv: cannot read it as a CSV table"):
-        outputs.read_table(tmp_path / "scores.csv")
-
-
-def test_scores_csv_out_of_order_is_refused(tmp_path):
-    (tmp_path / "scores.csv").write_text("index,label\n1,3\n0,2\n")
-    with pytest.raises(ConfigError, match="canonical"):
-        outputs.read_table(tmp_path / "scores.csv")
-
-
-# ---------------------------------------------------------------------------
-# Pure helpers, on data with known answers
-# ---------------------------------------------------------------------------
-def test_error_confusion_counts_only_errors():
-    labels, preds = np.array([1, 1, 1, 7, 4, 4]), np.array([1, 7, 7, 1, 9, 4])
-    conf = report.error_confusion(labels, preds, 10)
-    assert conf[1, 7] == 2 and conf[7, 1] == 1 and conf[4, 9] == 1
-    assert conf.sum() == 4 and np.trace(conf) == 0
-    assert report.top_confusions(conf) == [(1, 7, 2), (4, 9, 1), (7, 1, 1)]
-
-
-def test_needed_prefix_holds_the_first_k_digits_of_every_filter():
-    rng = np.random.default_rng(1)
-    labels, preds, k = rng.integers(0, 10, 2000), rng.integers(0, 10, 2000), 7
-    order = rng.permutation(2000)
-    kept = set(report.needed_prefix(order, labels, preds, k, 10).tolist())
-    assert set(order[:k].tolist()) <= kept
-    for c in range(10):
-        for mask in (labels == c, preds == c, (labels == c) & (preds == (c + 3) % 10)):
-            assert set(order[mask[order]][:k].tolist()) <= kept
-    assert len(kept) < len(order)
-
-
-def test_filter_counts_add_up():
-    labels, preds = np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1])
-    counts = np.array(report.filter_counts(np.array([3, 1, 0]), labels, preds, 3))
-    assert counts[0, 0] == 3 and counts[1, 0] == 2 and counts[0, 2] == 2 and counts[1, 2] == 1 and counts[3, 2] == 1
 
 
 # ---------------------------------------------------------------------------
@@ -349,27 +267,27 @@ def page(browser, report_path):
     assert opened.errors == [], f"console errors: {opened.errors}"
 
 
-def test_gallery_shows_the_top_digits_of_the_default_ranking(page, tiny_run):
-    rows = _rows(tiny_run / "scores.csv")
+def test_gallery_shows_the_top_digits_of_the_default_ranking(page, report_run):
+    rows = _rows(report_run / "scores.csv")
     assert page.page.input_value("#ranking") == "confident_wrong"
-    assert page.shown() == _expected(rows, "rank_confident_wrong", report.DEFAULT_COUNT)
+    assert page.shown() == _expected(rows, "rank_confident_wrong", gallery.DEFAULT_COUNT)
     loaded = page.page.eval_on_selector_all("#gallery .digit img", "els => els.map(e => e.naturalWidth)")
-    assert loaded == [28] * report.DEFAULT_COUNT, "every digit image decodes to its 28 pixels"
+    assert loaded == [28] * gallery.DEFAULT_COUNT, "every digit image decodes to its 28 pixels"
     box = page.page.locator("#gallery .digit img").first.bounding_box()
     assert box["width"] >= 100, "digits are shown large"
     style = page.page.eval_on_selector("#gallery .digit img", "e => getComputedStyle(e).imageRendering")
     assert style == "pixelated"
 
 
-@pytest.mark.parametrize("count", report.COUNTS)
-def test_count_selects_how_many_are_shown(page, tiny_run, count):
-    rows = _rows(tiny_run / "scores.csv")
+@pytest.mark.parametrize("count", gallery.COUNTS)
+def test_count_selects_how_many_are_shown(page, report_run, count):
+    rows = _rows(report_run / "scores.csv")
     assert page.choose(ranking="least_confident", count=count) == _expected(rows, "rank_least_confident", count)
 
 
 @pytest.mark.parametrize("ranking", list(scores.RANKINGS))
-def test_every_ranking_shows_its_own_order(page, tiny_run, ranking):
-    rows = _rows(tiny_run / "scores.csv")
+def test_every_ranking_shows_its_own_order(page, report_run, ranking):
+    rows = _rows(report_run / "scores.csv")
     assert page.choose(ranking=ranking, count=50) == _expected(rows, f"rank_{ranking}", 50)
     ranks = page.page.eval_on_selector_all("#gallery .digit", "els => els.map(e => Number(e.dataset.rank))")
     assert ranks == list(range(1, len(ranks) + 1))
@@ -381,8 +299,8 @@ def test_switching_ranking_changes_the_order(page):
     assert page.choose(ranking="confident_wrong") == first
 
 
-def test_true_digit_filter_shows_exactly_that_digit(page, tiny_run):
-    rows = _rows(tiny_run / "scores.csv")
+def test_true_digit_filter_shows_exactly_that_digit(page, report_run):
+    rows = _rows(report_run / "scores.csv")
     digit = int(np.bincount([int(r["label"]) for r in rows]).argmax())
     shown = page.choose(ranking="least_confident", count=25, filter_true=digit)
     labels = page.page.eval_on_selector_all("#gallery .digit", "els => els.map(e => Number(e.dataset.label))")
@@ -391,8 +309,8 @@ def test_true_digit_filter_shows_exactly_that_digit(page, tiny_run):
     assert len(shown) == min(25, sum(int(r["label"]) == digit for r in rows))
 
 
-def test_predicted_and_true_filters_combine(page, tiny_run):
-    rows = _rows(tiny_run / "scores.csv")
+def test_predicted_and_true_filters_combine(page, report_run):
+    rows = _rows(report_run / "scores.csv")
     wrong = [r for r in rows if r["label"] != r["pred"]]
     t, p = int(wrong[0]["label"]), int(wrong[0]["pred"])
     shown = page.choose(ranking="margin", count=100, filter_true=t, filter_pred=p)
@@ -402,8 +320,8 @@ def test_predicted_and_true_filters_combine(page, tiny_run):
     assert page.page.text_content("#gallery-status").startswith(f"Showing {len(shown)} of ")
 
 
-def test_clicking_a_digit_opens_its_detail_with_every_members_vote(page, tiny_run):
-    with np.load(tiny_run / "probs.npz") as f:
+def test_clicking_a_digit_opens_its_detail_with_every_members_vote(page, report_run):
+    with np.load(report_run / "probs.npz") as f:
         votes = f["probs"].argmax(axis=2)  # (M, N)
     assert page.page.locator("#detail").is_hidden()
     item = page.page.locator("#gallery .digit").nth(2)
@@ -429,7 +347,7 @@ def test_clicking_a_confusion_cell_shows_those_errors(page):
     pairs = page.page.eval_on_selector_all("#gallery .digit",
                                            "els => els.map(e => [+e.dataset.label, +e.dataset.pred])")
     assert pairs and all(pair == [t, p] for pair in pairs)
-    assert len(pairs) == min(int(cell.text_content()), report.DEFAULT_COUNT)
+    assert len(pairs) == min(int(cell.text_content()), gallery.DEFAULT_COUNT)
 
 
 def test_label_issue_gallery_in_the_browser(browser, audited_run):
@@ -449,42 +367,3 @@ def test_screenshot(page, tmp_path):
     with Image.open(shot) as im:
         assert im.width == VIEWPORT["width"] and im.height > VIEWPORT["height"]
         assert len(np.unique(np.asarray(im.convert("L").resize((64, 64))))) > 10, "not a blank page"
-
-
-def test_a_contact_sheet_takes_dollar_signs_in_class_names_as_text(tmp_path):
-    """'$^$' would be a broken formula to matplotlib; a class may well be called '$5 bill'."""
-    images = np.zeros((2, 28, 28), np.uint8)
-    outputs.contact_sheet(tmp_path / "sheet.png", images, ["#0 $^$", "#1 $\\foo$ -> $5 bill"], "labels $^$")
-    assert Image.open(tmp_path / "sheet.png").size[0] > 0
-
-
-def test_the_page_keeps_every_digit_a_gallery_needs_even_past_its_cap(monkeypatch):
-    """Many classes need ~100 digits per filter (a class, a confusion): the cap drops only errors no gallery
-    shows, however many digits the galleries need. Here the cap is made smaller than that."""
-    from types import SimpleNamespace
-
-    rng = np.random.default_rng(0)
-    n, k = 20000, 3
-    labels = rng.integers(0, k, n)
-    preds = np.where(rng.random(n) < 0.3, rng.integers(0, k, n), labels)  # ~20% errors, thousands per confusion
-    run = SimpleNamespace(table={"label": labels, "pred": preds}, class_names=("a", "b", "c"))
-    orders = {"a": rng.permutation(n), "b": rng.permutation(n)}
-    needed = set()
-    for o in orders.values():
-        needed |= set(report.needed_prefix(o, labels, preds, report.COUNTS[-1], k).tolist())
-    monkeypatch.setattr(report, "MAX_DIGITS", len(needed) // 2)
-    chosen = report.chosen_digits(run, orders)
-    assert set(chosen.tolist()) == needed and len(chosen) == len(needed)  # all of them, once, no extra errors
-    monkeypatch.setattr(report, "MAX_DIGITS", len(needed) + 10)
-    chosen = report.chosen_digits(run, orders)
-    extra = set(chosen.tolist()) - needed
-    assert len(chosen) == len(needed) + 10 and all(labels[i] != preds[i] for i in extra)
-
-
-def test_the_method_says_where_the_norms_statistics_came_from():
-    clause = report._norm_stats_clause
-    assert "every batch norm but the first recomputed its statistics over the un-augmented training digits" in clause(
-        {"augment": True, "norm_stats": "clean"})
-    assert clause({"augment": True, "norm_stats": "running"}) == ""
-    assert clause({"augment": True}) == ""  # a run before version 0.5 kept the averages of training
-    assert clause({"augment": False, "norm_stats": "clean"}) == ""  # nothing to recompute without augmentation

@@ -267,3 +267,42 @@ def test_member_probabilities_of_the_wrong_shape_are_refused(member_probs, axis)
         scores.score_table(member_probs, labels)
     with pytest.raises(ValueError, match="member_probs: expected shape"):
         scores.score_table(member_probs[0] if axis == 0 else member_probs[..., 0], labels[:-1])
+
+
+# ---------------------------------------------------------------------------
+# Error summaries on hand-made labels and predictions
+# ---------------------------------------------------------------------------
+def test_error_confusion_counts_only_errors():
+    labels, preds = np.array([1, 1, 1, 7, 4, 4]), np.array([1, 7, 7, 1, 9, 4])
+    conf = scores.error_confusion(labels, preds, 10)
+    assert conf[1, 7] == 2 and conf[7, 1] == 1 and conf[4, 9] == 1
+    assert conf.sum() == 4 and np.trace(conf) == 0
+    assert scores.top_confusions(conf) == [(1, 7, 2), (4, 9, 1), (7, 1, 1)]
+
+
+def test_top_confusions_leave_out_empty_cells():
+    conf = scores.error_confusion(np.array([0, 1]), np.array([1, 1]), 3)
+    assert scores.top_confusions(conf, n=5) == [(0, 1, 1)]
+    assert scores.top_confusions(np.zeros((3, 3), np.int64)) == []
+
+
+def test_class_accuracy_by_hand_and_none_for_an_absent_class():
+    labels, preds = np.array([0, 0, 0, 1]), np.array([0, 1, 1, 1])
+    acc = scores.class_accuracy(labels, preds, ("a", "b", "c"))
+    assert [(c["name"], c["n"], c["correct"]) for c in acc] == [("a", 3, 1), ("b", 1, 1), ("c", 0, 0)]
+    assert acc[0]["accuracy"] == pytest.approx(1 / 3) and acc[1]["accuracy"] == 1 and acc[2]["accuracy"] is None
+
+
+def test_errors_in_top_counts_errors_among_the_first_k_ranked():
+    ranks = np.array([2.0, 1.0, np.nan, 3.0])
+    wrong = np.array([True, False, True, True])
+    assert [scores.errors_in_top(ranks, wrong, k) for k in (1, 2, 3, 10)] == [0, 1, 2, 2]  # index 2 is unranked
+
+
+def test_uncertainty_split_means_over_the_chosen_rows():
+    expected, mutual = np.array([0.2, 0.4, 1.0]), np.array([0.2, 0.0, 3.0])
+    split = scores.uncertainty_split(expected, mutual, np.array([True, True, False]))
+    assert split["aleatoric"] == pytest.approx(0.3) and split["epistemic"] == pytest.approx(0.1)
+    assert split["total"] == pytest.approx(0.4) and split["epistemic_share"] == pytest.approx(0.25)
+    assert scores.uncertainty_split(expected, mutual, np.zeros(3, bool)) == {
+        "total": 0.0, "aleatoric": 0.0, "epistemic": 0.0, "epistemic_share": 0.0}

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import files, manifest, outputs, report, rundir, scores, validate
+from . import experiment_table, files, manifest, outputs, rundir, scores, validate
 from .commands.common import environment, load, refresh_report, subset
 from .config import ConfigError, ExperimentPlan, Invocation, Recipe
 from .train import Runtime, predict_probs, setup, train
@@ -302,8 +302,9 @@ def _experiment(recipe: Recipe, plan: ExperimentPlan, inv: Invocation, log) -> d
 
 def markdown(result: dict) -> str:
     """experiment.md: the comparison table, the impact numbers and the leakage note."""
-    head = ["variant", *report.EXPERIMENT_COLUMNS]
+    head = ["variant", *experiment_table.EXPERIMENT_COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join([row["name"], *row["cells"]]) + " |" for row in report.experiment_rows(result)]
-    notes = ["", *report.experiment_notes(result), "", *report.impact_lines(result["impact"])]
+    rows = experiment_table.experiment_rows(result)
+    lines += ["| " + " | ".join([row["name"], *row["cells"]]) + " |" for row in rows]
+    notes = ["", *experiment_table.experiment_notes(result), "", *experiment_table.impact_lines(result["impact"])]
     return "\n".join(lines + notes) + "\n"

@@ -1,9 +1,10 @@
-"""Ambiguity measures: pure numpy over class probabilities and labels.
+"""Ambiguity measures and error summaries: pure numpy over class probabilities and labels.
 
-Every public function takes `probs` (N, K), rows summing to 1, and `labels` (N,)
-integers in [0, K), and returns one value per digit: row i is test image i.
-Ranks are 1 for the most ambiguous digit; ties are broken by the lower index,
-so a ranking is reproducible.
+The measures take `probs` (N, K), rows summing to 1, and `labels` (N,) integers
+in [0, K), and return one value per digit: row i is test image i. Ranks are 1
+for the most ambiguous digit; ties are broken by the lower index, so a ranking
+is reproducible. The error summaries at the end take labels and predictions
+(N,) and return counts, accuracies and means that the report quotes.
 """
 
 from __future__ import annotations
@@ -236,3 +237,61 @@ def mutual_information(member_probs: np.ndarray) -> np.ndarray:
 def members_wrong(member_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """(N,) how many members' top class differs from the label, in [0, M]."""
     return (member_probs.argmax(axis=2) != labels[None, :]).sum(axis=0)
+
+
+# ---------------------------------------------------------------------------
+# Errors: what the report quotes. `labels` and `preds` are (N,) integers in [0, K).
+# ---------------------------------------------------------------------------
+
+
+def error_confusion(labels: np.ndarray, preds: np.ndarray, k: int) -> np.ndarray:
+    """(K, K) counts of misclassified images, row = true class, column = prediction; diagonal 0.
+
+    A HIGHER cell is a pair the classifier confuses more often.
+    """
+    conf = np.zeros((k, k), dtype=np.int64)
+    wrong = labels != preds
+    np.add.at(conf, (labels[wrong], preds[wrong]), 1)
+    return conf
+
+
+def top_confusions(conf: np.ndarray, n: int = 3) -> list[tuple[int, int, int]]:
+    """The n largest cells of a (K, K) confusion as (true, predicted, count), largest first.
+
+    Ties go to the lower (true, predicted) pair; empty cells are left out, so fewer may come back.
+    """
+    flat = np.argsort(-conf, axis=None, kind="stable")[:n]
+    cells = zip(*np.unravel_index(flat, conf.shape))
+    return [(int(t), int(p), int(conf[t, p])) for t, p in cells if conf[t, p] > 0]
+
+
+def class_accuracy(labels: np.ndarray, preds: np.ndarray, names: tuple[str, ...]) -> list[dict]:
+    """One dict per class of the (K,) `names`: its index, name, test images `n`, `correct` ones and
+    `accuracy` in [0, 1] (HIGHER is better; None where no test image has that class)."""
+    out = []
+    for c, name in enumerate(names):
+        mine = labels == c
+        right = int((preds[mine] == c).sum())
+        out.append({"class": c, "name": name, "n": int(mine.sum()), "correct": right,
+                    "accuracy": right / mine.sum() if mine.any() else None})
+    return out
+
+
+def errors_in_top(ranks: np.ndarray, wrong: np.ndarray, k: int) -> int:
+    """How many of the k top-ranked images (ranks (N,), 1 = most ambiguous, NaN = unranked) are
+    misclassified (`wrong` (N,) bool); in [0, k]. HIGHER means the ranking finds more errors."""
+    return int(wrong[top_indices(ranks, k)].sum())
+
+
+def uncertainty_split(expected: np.ndarray, mutual: np.ndarray, rows: np.ndarray) -> dict[str, float]:
+    """Mean total, aleatoric and epistemic entropy (nats) over the images where `rows` (N,) is True.
+
+    `expected` (N,) is expected_entropy (aleatoric), `mutual` (N,) mutual_information (epistemic);
+    their sum is the total. `epistemic_share` in [0, 1]: HIGHER means more of the uncertainty is the
+    members disagreeing. All 0.0 when no row is chosen.
+    """
+    if not rows.any():
+        return {"total": 0.0, "aleatoric": 0.0, "epistemic": 0.0, "epistemic_share": 0.0}
+    alea, epi = float(expected[rows].mean()), float(mutual[rows].mean())
+    total = alea + epi
+    return {"total": total, "aleatoric": alea, "epistemic": epi, "epistemic_share": epi / total if total else 0.0}
