@@ -1,7 +1,7 @@
 """Which network should the ensemble use? Shapes compared on the same seeds, on the same machine.
 
-For each seed, one member of every `--net WIDTHS:EPOCHS[:OPTION...]` is trained in turn (alternating,
-so a slow hour of a shared machine slows every shape alike), at the default config
+For each seed, one member of every `--net WIDTHS:EPOCHS[:fcN]` is trained in turn (alternating,
+so a slow hour of a shared machine slows every shape alike), at the default recipe
 otherwise, and scores the test digits. Reported per shape: member accuracy and NLL
 (mean ± std over the seeds), training and scoring seconds, and what a
 `--members`-member ensemble of them gives: every `--members` of the seeds' members
@@ -10,17 +10,11 @@ mean, min and max. Writes a JSON report and each member's probabilities (float32
 (seeds, N, K) per shape), so other ensembles can be scored without retraining.
 
     python bench/networks.py --net 32,64,128:4 --net 16,32,128:6 --seeds 8
-    python bench/networks.py --net 16,32,128:6:norm-pool --net 16,32,128:6 --seeds 8
     python bench/networks.py --net 16,32,128:8 --net 16,32,128:8:fc128 --seeds 8
-    python bench/networks.py --net 16,32,128:8:running --net 16,32,128:8 --seeds 8
     python bench/networks.py --net 16,32,128:8 --net 16,32,96,192:8 --seeds 8
 
-OPTIONs: each stage's order, pool-norm (max-pool, then batch norm; the default) or
-norm-pool (batch norm, then max-pool: the networks of runs before version 0.2);
-fcN, N units in a linear-BN-ReLU layer before the output layer (default: the
-config's, none: fc0); and the batch norms' statistics after training, clean (the
-default: recomputed over the clean training digits, Config.norm_stats) or running
-(the averages kept during training: runs before version 0.5).
+fcN: N units in a linear-BN-ReLU layer before the output layer (default: the
+recipe's, none: fc0).
 """
 
 from __future__ import annotations
@@ -31,7 +25,6 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from math import comb
 from pathlib import Path
 
@@ -39,49 +32,37 @@ import numpy as np
 import torch
 
 from ambiguous_digits import files
-from ambiguous_digits.config import NORM_STATS, Config, ConfigError
+from ambiguous_digits.config import ConfigError, Recipe
 from ambiguous_digits.data import DataError, load_mnist
 from ambiguous_digits.scores import nll, predicted
-from ambiguous_digits.train import predict_probs, setup, train
+from ambiguous_digits.train import Runtime, predict_probs, setup, train
 
 REPO = Path(__file__).resolve().parents[1]
 # Ensembles scored per shape at most (C(8, 5) = 56; C(20, 5) would be 15,504).
 MAX_ENSEMBLES = 1000
 
 
-# --net's ORDER -> Config.pool_first.
-ORDERS = {"pool-norm": True, "norm-pool": False}
-
-
-def parse_net(text: str) -> tuple[tuple[int, ...], int, bool, int, str]:
-    """'16,32,128:6' -> ((16, 32, 128), 6, True, 0, 'clean'); '...:6:norm-pool:fc128:running' ->
-    (..., False, 128, 'running'); argparse's error otherwise."""
+def parse_net(text: str) -> tuple[tuple[int, ...], int, int]:
+    """'16,32,128:6' -> ((16, 32, 128), 6, 0); '16,32,128:8:fc128' -> (..., 8, 128); argparse's error otherwise."""
     widths, sep, rest = text.partition(":")
     epochs, *options = rest.split(":")
-    expected = (f"expected WIDTHS:EPOCHS[:{'|'.join(ORDERS)}][:fcN][:{'|'.join(NORM_STATS)}] such as 16,32,128:6 or "
-                f"16,32,128:8:fc128, got {text!r}")
-    orders = [o for o in options if o in ORDERS]
+    expected = f"expected WIDTHS:EPOCHS[:fcN] such as 16,32,128:6 or 16,32,128:8:fc128, got {text!r}"
     units = [o[2:] for o in options if o.startswith("fc") and o[2:].isdigit()]
-    stats = [o for o in options if o in NORM_STATS]
-    if (not sep or len(orders) + len(units) + len(stats) < len(options) or len(orders) > 1 or len(units) > 1
-            or len(stats) > 1):
+    if not sep or len(units) < len(options) or len(units) > 1:
         raise argparse.ArgumentTypeError(expected)
     try:
         shape = tuple(int(w) for w in widths.split(","))
         n = int(epochs)
-        hidden = int(units[0]) if units else Config().hidden
-        replace(Config(), widths=shape, epochs=n, hidden=hidden)  # Config checks widths, epochs and units
+        hidden = int(units[0]) if units else Recipe().hidden
+        Recipe(widths=shape, epochs=n, hidden=hidden)  # Recipe checks widths, epochs and units
     except (ValueError, ConfigError) as e:
         raise argparse.ArgumentTypeError(f"{expected} ({e})") from None
-    return shape, n, ORDERS[orders[0] if orders else "pool-norm"], hidden, stats[0] if stats else Config().norm_stats
+    return shape, n, hidden
 
 
-def net_name(widths: tuple[int, ...], epochs: int, pool_first: bool = True, hidden: int = Config().hidden,
-             norm_stats: str = Config().norm_stats) -> str:
-    order = "" if pool_first else ", norm-pool"
+def net_name(widths: tuple[int, ...], epochs: int, hidden: int = Recipe().hidden) -> str:
     fc = f"+fc{hidden}" if hidden else ""
-    stats = "" if norm_stats == Config().norm_stats else f", {norm_stats} norm stats"
-    return f"{'/'.join(map(str, widths))}{fc} x {epochs} epochs{order}{stats}"
+    return f"{'/'.join(map(str, widths))}{fc} x {epochs} epochs"
 
 
 def npz_key(name: str) -> str:
@@ -135,11 +116,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="networks.py", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--net", type=parse_net, action="append", required=True,
-                   help="WIDTHS:EPOCHS[:ORDER][:fcN][:NORM_STATS] of a shape to compare, e.g. 16,32,128:8, "
-                        "16,32,128:6:norm-pool, 16,32,128:8:fc128 or 16,32,128:8:running "
+                   help="WIDTHS:EPOCHS[:fcN] of a shape to compare, e.g. 16,32,128:8 or 16,32,128:8:fc128 "
                         "(give two or more)")
     p.add_argument("--seeds", type=int, default=8, help="members per shape: seeds 1..N")
-    p.add_argument("--members", type=int, default=Config().members, help="ensemble size to score")
+    p.add_argument("--members", type=int, default=Recipe().members, help="ensemble size to score")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all CPUs)")
     p.add_argument("--data-dir", type=Path, default=None, help="MNIST cache (as for `run`)")
     p.add_argument("--train-limit", type=int, default=None, help="first N training digits (smoke tests)")
@@ -164,8 +144,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if a.threads is not None and a.threads > (os.cpu_count() or 1):
         p.error(f"--threads {a.threads}: this machine has {os.cpu_count() or 1} cores (more threads only slow "
                 f"the timings down)")
-    try:  # Config knows MNIST's sizes: a limit beyond them is refused before the data are loaded
-        replace(Config(), train_limit=a.train_limit, test_limit=a.test_limit)
+    try:  # Recipe knows MNIST's sizes: a limit beyond them is refused before the data are loaded
+        Recipe(train_limit=a.train_limit, test_limit=a.test_limit)
     except ConfigError as e:
         p.error(str(e))
     if a.members > a.seeds:
@@ -176,7 +156,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
     # The process set-up of every run and audit: allocator, threads, device, precision.
-    device, precision = setup(replace(Config(), device="cpu", threads=a.threads))
+    device, precision = setup("cpu", a.threads, Recipe().precision)
     try:
         ds = load_mnist(a.data_dir.expanduser().resolve() if a.data_dir else None, log=print)
     except (DataError, ConfigError) as e:
@@ -186,12 +166,11 @@ def main(argv: list[str] | None = None) -> dict:
     rows: dict[str, list[dict]] = {net_name(*n): [] for n in a.net}
     probs: dict[str, list[np.ndarray]] = {name: [] for name in rows}
     for seed in range(1, a.seeds + 1):
-        for widths, epochs, pool_first, hidden, norm_stats in a.net:
-            name = net_name(widths, epochs, pool_first, hidden, norm_stats)
-            cfg = replace(Config(), widths=widths, epochs=epochs, pool_first=pool_first, hidden=hidden,
-                          norm_stats=norm_stats)
+        for widths, epochs, hidden in a.net:
+            name = net_name(widths, epochs, hidden)
+            recipe = Recipe(widths=widths, epochs=epochs, hidden=hidden)
             start = time.perf_counter()
-            model, _ = train(x, y, cfg, seed, device, precision, progress=False, num_classes=ds.num_classes)
+            model, _ = train(x, y, recipe, seed, Runtime(device, precision), num_classes=ds.num_classes)
             trained = time.perf_counter()
             p = predict_probs(model, x_test, device)
             scored = time.perf_counter()

@@ -150,12 +150,12 @@ def timed_run(run_args: list[str], backend_args: list[str]) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from ambiguous_digits.config import Config
+    from ambiguous_digits.config import Recipe
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--members", type=int, default=10, help="ensemble members (one Ray task each)")
-    p.add_argument("--epochs", type=int, default=Config().epochs, help="training epochs per member (run's default)")
+    p.add_argument("--epochs", type=int, default=Recipe().epochs, help="training epochs per member (run's default)")
     p.add_argument("--threads", type=int, default=1, help="CPUs (and torch threads) per Ray task")
     p.add_argument("--local-threads", type=int, default=os.cpu_count() or 1,
                    help="torch threads of the local row")

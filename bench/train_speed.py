@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
@@ -39,12 +38,12 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ambiguous_digits import files
-from ambiguous_digits.config import Config
+from ambiguous_digits.config import Recipe
 from ambiguous_digits.data.published import MNIST, load_mnist
 from ambiguous_digits.model import count_parameters
 from ambiguous_digits.scores import expected_calibration_error, nll
-from ambiguous_digits.train import (eval_batch, new_net, predict_probs, resolve_device, resolve_precision, setup,
-                                    to_tensor, train)
+from ambiguous_digits.train import (Runtime, eval_batch, new_net, predict_probs, resolve_device, resolve_precision,
+                                    setup, to_tensor, train)
 
 # ---------------------------------------------------------------------------
 # Constants
@@ -294,14 +293,14 @@ def _reference(args: argparse.Namespace, x: np.ndarray, y: np.ndarray) -> Traine
 
 
 def _ours(args: argparse.Namespace, x: np.ndarray, y: np.ndarray) -> Trainer:
-    cfg, device = Config(), resolve_device("cpu")
-    precision = resolve_precision(cfg.precision, device)
-    fit = lambda hook: (train(x, y, cfg, SEED, device, precision, progress=False, hook=hook,
-                              hooks_per_epoch=OURS_EVALS_PER_EPOCH,
-                              num_classes=len(MNIST.class_names))[0], cfg.epochs)
+    recipe, device = Recipe(), resolve_device("cpu")
+    precision = resolve_precision(recipe.precision, device)
+    fit = lambda hook: (train(x, y, recipe, SEED, Runtime(device, precision, hook=hook,
+                                                          hooks_per_epoch=OURS_EVALS_PER_EPOCH),
+                              num_classes=len(MNIST.class_names))[0], recipe.epochs)
     predict = lambda model, images, batch=None: predict_probs(model, images, device, batch)
-    fresh = new_net(cfg, len(MNIST.class_names)).to(memory_format=torch.channels_last)
-    return Trainer(fit, predict, cfg.epochs, precision.autocast, cfg.batch_size, fresh)
+    fresh = new_net(recipe, len(MNIST.class_names)).to(memory_format=torch.channels_last)
+    return Trainer(fit, predict, recipe.epochs, precision.autocast, recipe.batch_size, fresh)
 
 
 TRAINERS = {"reference": _reference, "ours": _ours}
@@ -309,7 +308,7 @@ TRAINERS = {"reference": _reference, "ours": _ours}
 
 def run_worker(which: str, args: argparse.Namespace) -> dict:
     """Train one trainer in this process; returns its numbers (JSON-ready)."""
-    setup(replace(Config(), device="cpu", threads=args.threads))  # both trainers: a run's allocator and threads
+    setup("cpu", args.threads, Recipe().precision)  # both trainers: a run's allocator and threads
     torch.manual_seed(SEED)
     mnist = load_mnist(args.data_dir, progress=False)
     x, y = mnist.x_train[: args.train_limit], mnist.y_train[: args.train_limit]

@@ -22,15 +22,14 @@ from pathlib import Path
 import numpy as np
 from jinja2 import Environment, PackageLoader
 
-from . import data, experiment_table, files, gallery, manifest, outputs, report_text, scores
+from . import data, experiment_table, files, gallery, manifest, outputs, report_text, rundir, scores
 from .config import ConfigError
 
-REPORT_FILE = "report.html"
-EXPERIMENT_FILE = "experiment.json"
+REPORT_FILE = rundir.REPORT_FILE
 TEMPLATE = "report.html"
 # Keys of summary.json the report reads (written by `run` since the ensemble pipeline).
 SUMMARY_KEYS = ("test_accuracy", "test_errors", "train_digits", "member_accuracy", "member_accuracy_mean",
-                "member_accuracy_std", "member_seeds", "model", "seconds", "data", "environment", "config")
+                "member_accuracy_std", "member_seeds", "model", "seconds", "data", "environment", "recipe", "invocation")
 
 
 @dataclass(frozen=True)
@@ -60,8 +59,9 @@ class Run:
 
 
 def noun(dataset_name: str) -> str:
-    """What the page calls one item of the data set: MNIST holds digits, any other data set images."""
-    return "digit" if dataset_name == "mnist" else "image"
+    """What the page calls one item of the data set (data.Published.noun): MNIST's digits, any other images."""
+    spec = data.PUBLISHED.get(dataset_name)
+    return spec.noun if spec is not None else "image"
 
 
 # ---------------------------------------------------------------------------
@@ -75,15 +75,12 @@ def write_report(run_dir: Path, dataset: data.Dataset | None = None) -> Path:
     """
     run = load_run(Path(run_dir))
     if dataset is None:
-        c = run.summary["config"]
-        dataset = data.load_dataset(c.get("dataset", "mnist"), c.get("data_dir"), class_names=c.get("class_names"),
+        r, where = run.summary["recipe"], run.summary["invocation"]
+        dataset = data.load_dataset(r["dataset"], where["data_dir"], class_names=r["class_names"],
                                     log=lambda _: None, progress=False)
     _check_pixels(run, dataset)
     html = render(run, dataset)
-    path = run.dir / REPORT_FILE
-    files.write_text(path, html)
-    manifest.record(run.dir, path)
-    return path
+    return rundir.save_with(run.dir, REPORT_FILE, lambda p: files.write_text(p, html))
 
 
 def render(run: Run, ds: data.Dataset) -> str:
@@ -121,30 +118,30 @@ def answers(facts: dict) -> list[dict]:
 def load_run(run_dir: Path) -> Run:
     """The run's files, checked once; the audit's files are None where absent."""
     manifest.require(run_dir)
-    for name in ("summary.json", "scores.csv", "probs.npz"):
+    for name in (rundir.SUMMARY_FILE, rundir.SCORES_FILE, rundir.PROBS_FILE):
         if not manifest.listed(run_dir, name):
             raise ConfigError(f"RUN_DIR: {run_dir} has no {name}; is it a finished `run`?")
         manifest.verified(run_dir, name)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / rundir.SUMMARY_FILE).read_text())
     missing = [key for key in SUMMARY_KEYS if key not in summary]
     if missing:
-        raise ConfigError(f"{run_dir / 'summary.json'}: no {', '.join(missing)}; re-run with this version")
-    table = outputs.read_table(run_dir / "scores.csv")
-    with np.load(run_dir / "probs.npz", allow_pickle=False) as npz:
+        raise ConfigError(f"{run_dir / rundir.SUMMARY_FILE}: no {', '.join(missing)}; re-run with this version")
+    table = outputs.read_table(run_dir / rundir.SCORES_FILE)
+    with np.load(run_dir / rundir.PROBS_FILE, allow_pickle=False) as npz:
         member_probs, seeds = npz["probs"], [int(s) for s in npz["seeds"]]
     n, names = len(table["index"]), _class_names(summary, member_probs)
     if member_probs.ndim != 3 or member_probs.shape[1:] != (n, len(names)):
-        raise ConfigError(f"{run_dir / 'probs.npz'}: probs {member_probs.shape} do not match {n} rows of scores.csv "
-                          f"and {len(names)} classes")
-    label_issues = _optional_table(run_dir / "label_issues.csv", n)
-    train_issues = _optional_table(run_dir / "train_label_issues.csv", None)
+        raise ConfigError(f"{run_dir / rundir.PROBS_FILE}: probs {member_probs.shape} do not match {n} rows of "
+                          f"{rundir.SCORES_FILE} and {len(names)} classes")
+    label_issues = _optional_table(run_dir / rundir.AUDIT["test"].table, n)
+    train_issues = _optional_table(run_dir / rundir.AUDIT["train"].table, None)
     return Run(run_dir, summary, table, member_probs, seeds, names, label_issues,
-               manifest.listed_json(run_dir, "validation.json"), train_issues,
-               manifest.listed_json(run_dir, EXPERIMENT_FILE))
+               manifest.listed_json(run_dir, rundir.VALIDATION_FILE), train_issues,
+               manifest.listed_json(run_dir, rundir.EXPERIMENT_FILE))
 
 
 def _class_names(summary: dict, member_probs: np.ndarray) -> tuple[str, ...]:
-    """The run's class names (runs older than --dataset recorded none: MNIST's digits)."""
+    """The run's class names (a published set's own, else 0..K-1)."""
     names = summary["data"].get("class_names")
     return tuple(names) if names else tuple(str(k) for k in range(member_probs.shape[-1]))
 

@@ -37,7 +37,7 @@ def answers(f: dict, noun: str) -> list[dict]:
 # Describe your model
 # ---------------------------------------------------------------------------
 def describe_model(f: dict, noun: str) -> list[str]:
-    s, c = f["summary"], f["summary"]["config"]
+    s, c = f["summary"], f["summary"]["recipe"]
     limited = f" (the first {s['train_digits']:,} only)" if c.get("train_limit") else ""
     who = ("One convolutional network" if f["members"] == 1 else
            f"An ensemble of {f['members']} convolutional networks, each trained from its own seed; "
@@ -72,7 +72,7 @@ def norm_stats_clause(augment: bool, noun: str) -> str:
 # ---------------------------------------------------------------------------
 def analyse_results(f: dict, noun: str) -> list[str]:
     s = f["summary"]
-    scored = f"{f['n']:,} test {noun}s" + (" (a --test-limit subset)" if s["config"].get("test_limit") else "")
+    scored = f"{f['n']:,} test {noun}s" + (" (a --test-limit subset)" if s["recipe"]["test_limit"] else "")
     first = f"The ensemble classifies {pct(f['accuracy'])} of the {scored} correctly: {f['errors']} errors."
     if f["members"] > 1:
         gain = f["accuracy"] - f["member_mean"]
