@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import signal
+import site
 import socket
 import subprocess
 import sys
@@ -45,18 +46,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ray_env() -> dict:
-    """The environment for Ray nodes and drivers: workers import this checkout's package."""
+def ray_env(home: str | None = None) -> dict:
+    """The environment for Ray nodes and drivers: workers import this checkout's package, and Ray's token
+    authentication is left to Ray's defaults (none of the caller's RAY_AUTH_* variables). With `home`, the
+    processes' $HOME, where Ray looks for .ray/auth_token."""
     path = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "PYTHONPATH": path, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")}
+    env.update(PYTHONPATH=path, RAY_USAGE_STATS_ENABLED="0")
+    if home:
+        # packages installed with pip --user stay importable under another $HOME
+        env.update(HOME=home, PYTHONUSERBASE=os.environ.get("PYTHONUSERBASE") or site.getuserbase())
+    return env
 
 
 @contextlib.contextmanager
-def loopback_cluster(nodes: int, cpus: int = 1) -> Iterator[str]:
+def loopback_cluster(nodes: int, cpus: int = 1, home: str | None = None) -> Iterator[str]:
     """HOST:PORT of a live Ray cluster of `nodes` nodes on 127.0.0.1, each with `cpus` CPUs.
 
     Every node is a `ray start --block` in a process group of its own; on exit each
     group (raylet, GCS, workers) is terminated, and nothing of it is left running.
+    The nodes' $HOME is `home`, else the cluster's own temporary folder: a `ray start --head` turns
+    token authentication on where $HOME/.ray/auth_token exists, and a driver that names the address
+    sends no token (unless RAY_AUTH_MODE=token).
     """
     from ambiguous_digits.backend import check_reachable
     from ambiguous_digits.config import ConfigError
@@ -64,11 +75,12 @@ def loopback_cluster(nodes: int, cpus: int = 1) -> Iterator[str]:
     port = free_port()
     address = f"127.0.0.1:{port}"
     temp_dir = tempfile.mkdtemp(prefix="adray")  # short: Ray's socket paths live under it
+    home = home or temp_dir
     procs = [_node(["--head", f"--port={port}", "--include-dashboard=false", "--disable-usage-stats"],
-                   cpus, temp_dir)]
+                   cpus, temp_dir, home)]
     try:
         _retry(lambda: check_reachable(address), ConfigError)
-        procs += [_node([f"--address={address}"], cpus, temp_dir) for _ in range(nodes - 1)]
+        procs += [_node([f"--address={address}"], cpus, temp_dir, home) for _ in range(nodes - 1)]
         _retry(lambda: _expect_nodes(address, nodes), (ConfigError, RuntimeError))
         yield address
     finally:
@@ -76,10 +88,10 @@ def loopback_cluster(nodes: int, cpus: int = 1) -> Iterator[str]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _node(args: list[str], cpus: int, temp_dir: str) -> subprocess.Popen:
+def _node(args: list[str], cpus: int, temp_dir: str, home: str) -> subprocess.Popen:
     cmd = [shutil.which("ray") or "ray", "start", "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
            f"--temp-dir={temp_dir}", *args]
-    return subprocess.Popen(cmd, env=ray_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    return subprocess.Popen(cmd, env=ray_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
 
 

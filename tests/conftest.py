@@ -1,6 +1,7 @@
 """Shared fixtures: the real MNIST and Fashion-MNIST, fetched once per test session through the project's own code,
-and one tiny run (and its audited copy) that the report's test files share."""
+what a command line hands its command, and one tiny run (and its audited copy) that the report's test files share."""
 
+import inspect
 import json
 import shutil
 
@@ -33,6 +34,36 @@ def fashion_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("fashion-cache")
     data.load_published("fashion-mnist", path, progress=False)
     return path
+
+
+class _Called(Exception):
+    """Raised in place of a command's work, carrying the arguments the command line gave it."""
+
+
+def _stand_in(fn):
+    signature = inspect.signature(fn)
+
+    def called(*args, **kwargs):
+        raise _Called(signature.bind(*args, **kwargs).arguments)
+    return called
+
+
+@pytest.fixture
+def called(monkeypatch):
+    """argv -> the arguments (by name: recipe, inv, plan, ...) the command's entry point gets from the command
+    line; nothing is loaded, trained or written."""
+    from ambiguous_digits import experiment
+    from ambiguous_digits.commands import audit as audit_command, run as run_command
+
+    for module, name in ((run_command, "run"), (run_command, "resume"), (audit_command, "run_audit"),
+                         (audit_command, "resume"), (experiment, "run_experiment")):
+        monkeypatch.setattr(module, name, _stand_in(getattr(module, name)))
+
+    def call(*argv: str) -> dict:
+        with pytest.raises(_Called) as e:
+            cli.main([str(a) for a in argv])
+        return e.value.args[0]
+    return call
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,15 @@
-"""End-to-end: the command line on a tiny slice of the real MNIST."""
+"""End-to-end: the command line (and `commands/run.py` behind `run`) on a tiny slice of the real MNIST."""
 
 import csv
-import dataclasses
 import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from ambiguous_digits import cli, scores
-from ambiguous_digits.config import Config, ConfigError
+from ambiguous_digits import cli, manifest, rundir, scores
+from ambiguous_digits.commands import run as run_command
+from ambiguous_digits.config import ConfigError, Invocation, Recipe, RunOutputs
 
 TINY = ["--train-limit", "600", "--test-limit", "300", "--epochs", "1", "--widths", "8,16,32", "--members", "2",
         "--top", "5", "--quiet"]
@@ -74,7 +74,11 @@ def test_summary_reports_accuracy_timings_checksums(tiny_run):
     assert set(s["seconds"]) >= {"data", "train", "predict", "scores", "write", "total"}
     assert s["data"]["md5"]["t10k-labels-idx1-ubyte"] == "27ae3e4e09519cfbb04c329615203637"
     assert s["environment"]["libraries"]["torch"].startswith("2.13.0")
-    assert json.loads((tiny_run / "config.json").read_text()) == s["config"]
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert set(config) == {"version", "recipe", "outputs"}  # where and how it ran is not part of the recipe
+    assert config["recipe"] == s["recipe"] and config["outputs"] == s["outputs"] == {"top": 5, "rankings": list(scores.RANKINGS)}
+    assert s["recipe"]["members"] == 2 and s["recipe"]["widths"] == [8, 16, 32] and s["recipe"]["test_limit"] == 300
+    assert s["invocation"]["out"] == str(tiny_run) and s["invocation"]["backend"] == "local"
 
 
 def test_probs_are_saved_row_per_test_digit(tiny_run):
@@ -117,7 +121,6 @@ def _exit_code(argv):
     (["--members", "0"], "--members: must be positive"),
     (["--hidden", "-1"], "--hidden: must be 0 or positive, got -1"),
     (["--hidden", "1.5"], "--hidden: expected 0 or a positive integer, got '1.5'"),
-    (["--norm-stats", "fresh"], "--norm-stats: invalid choice: 'fresh'"),
     (["--device", "cuda:9"], "--device: cuda:9 asked for, but this machine has"),
 ])
 def test_bad_flags_fail_on_one_line_and_write_nothing(tmp_path, flags, message, capsys):
@@ -126,13 +129,6 @@ def test_bad_flags_fail_on_one_line_and_write_nothing(tmp_path, flags, message, 
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []  # no run directory, no data cache: nothing at all
-
-
-def test_audit_refuses_rankings_it_would_ignore(tmp_path, capsys):
-    out = tmp_path / "out"
-    assert _exit_code(["audit", "--out", str(out), "--rankings", "margin"]) == 2
-    assert "--rankings: not used by audit" in capsys.readouterr().err
-    assert not out.exists()
 
 
 def test_out_that_is_a_file_is_refused(tmp_path, mnist_dir, capsys):
@@ -234,12 +230,10 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, mnist_dir, ar
 
 
 def test_unwritable_out_is_refused_before_anything_is_written(tmp_path, mnist_dir, monkeypatch, capsys):
-    from ambiguous_digits import pipeline
-
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(pipeline.tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(rundir.tempfile, "TemporaryFile", read_only)
     assert _run(tmp_path / "out", mnist_dir) == 2
     assert "--out: cannot write to" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
@@ -253,15 +247,10 @@ def test_rankings_restrict_the_top_k_lists_and_the_gallery(tmp_path, mnist_dir):
     assert list(_rows(out / "scores.csv")[0]) == COLUMNS  # the table still holds every measure
 
 
-def test_ranking_names_in_the_config_are_the_scoring_ones():
-    from ambiguous_digits.config import RANKING_NAMES
-    assert RANKING_NAMES == tuple(scores.RANKINGS)
-
-
 def test_every_output_is_listed_in_the_manifest_with_its_sha256(tiny_run):
-    from ambiguous_digits import manifest
     listed = manifest.load(tiny_run)
-    on_disk = {p.relative_to(tiny_run).as_posix() for p in tiny_run.rglob("*") if p.is_file()} - {"manifest.json", manifest.LOCK_FILE}
+    locks = {manifest.LOCK_FILE, rundir.LOCK_FILE}
+    on_disk = {p.relative_to(tiny_run).as_posix() for p in tiny_run.rglob("*") if p.is_file()} - {"manifest.json", *locks}
     assert set(listed) == on_disk
     assert all(manifest.sha256(tiny_run / name) == entry["sha256"] for name, entry in listed.items())
 
@@ -300,38 +289,83 @@ def test_a_relative_data_dir_is_recorded_as_an_absolute_path(tmp_path, monkeypat
     """So `report` and `validate`, run from another folder, still find the cache the run used."""
     monkeypatch.chdir(tmp_path)
     a = cli.build_parser().parse_args(["run", "--out", "r", "--data-dir", "cache/mnist"])
-    assert cli.config_from_args(a).data_dir == tmp_path / "cache" / "mnist"
+    assert cli.invocation(a).data_dir == tmp_path / "cache" / "mnist"
 
 
+# ---------------------------------------------------------------------------
+# From the flags to the settings `run` gets
+# ---------------------------------------------------------------------------
+def test_run_gets_the_typed_flags_and_the_defaults_for_the_rest(called, tmp_path):
+    got = called("run", "--out", tmp_path / "r", "--epochs", "3", "--widths", "4,8,8", "--no-augment", "--top", "7",
+                 "--rankings", "margin,entropy", "--threads", "2", "--quiet")
+    assert got["recipe"] == Recipe(epochs=3, widths=(4, 8, 8), augment=False)
+    assert got["outputs_"] == RunOutputs(top=7, rankings=("margin", "entropy"))
+    assert got["inv"] == Invocation(out=tmp_path / "r", threads=2, progress=False)
+    assert called("run")["recipe"] == Recipe() and called("run")["outputs_"] == RunOutputs()
+
+
+def test_a_new_run_never_follows_an_earlier_run_in_its_out(called, tmp_path):
+    """Only `audit` and `experiment` follow the run in --out; a new `run` is its own recipe."""
+    rundir.save_run_config(tmp_path, Recipe(widths=(4, 8, 8), seed=5), RunOutputs())
+    assert called("run", "--out", tmp_path, "--force")["recipe"] == Recipe()
+
+
+def test_a_hidden_layer_is_a_flag(called):
+    assert called("run")["recipe"].hidden == Recipe().hidden == 0
+    assert called("run", "--hidden", "64")["recipe"].hidden == 64
+    assert called("audit", "--hidden", "64")["recipe"].hidden == 64
+
+
+def test_resume_continues_in_the_run_dir_with_the_backend_given_now(called, tmp_path):
+    manifest.record(tmp_path)  # a run directory
+    got = called("run", "--resume", tmp_path, "--data-dir", tmp_path / "cache", "--quiet")
+    assert got["inv"] == Invocation(out=tmp_path, data_dir=tmp_path / "cache", progress=False)  # local by default
+    assert set(got) == {"inv", "log"}  # the recipe is the run directory's own
+    ray = called("run", "--resume", tmp_path, "--backend", "ray", "--ray-address", "head:6379")["inv"]
+    assert (ray.backend, ray.ray_address, ray.out) == ("ray", "head:6379", tmp_path)
+
+
+@pytest.mark.parametrize("command", ["run", "audit"])
+@pytest.mark.parametrize("flags, named", [(["--epochs", "5"], "--epochs"), (["--no-augment"], "--no-augment"),
+                                          (["--threads", "2", "--seed", "1"], "--threads, --seed")])
+def test_resume_names_every_flag_it_drops_on_one_line(called, tmp_path, command, flags, named, capsys):
+    manifest.record(tmp_path)
+    assert cli.main([command, "--resume", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ambiguous-digits: error: --resume:") and f"saved in {tmp_path}" in err
+    assert f"drop {named}" in err and len(err.splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------
+# The run directory a run claims
+# ---------------------------------------------------------------------------
 def test_force_clears_every_output_of_the_earlier_run_and_nothing_else(tmp_path):
-    from ambiguous_digits import manifest, pipeline
     manifest.record(tmp_path)  # a run directory
     for name in ("scores.csv", "probs.npz", "top_entropy.png", "data.json", "summary.json", "notes.txt",
                  "top_picks.png"):
         (tmp_path / name).write_text("x")
-    pipeline._remove_earlier_run(tmp_path)
+    rundir.clear_earlier_run(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["notes.txt", "top_picks.png"]
 
 
 def test_force_recovers_a_run_directory_whose_manifest_a_killed_force_rerun_removed(tmp_path):
-    from ambiguous_digits import manifest, pipeline
     manifest.record(tmp_path)
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "7.png").write_bytes(b"half cleared")
-    (tmp_path / pipeline.CLEARING_FILE).write_text("")  # killed while clearing: the manifest gone, the marker not
+    (tmp_path / rundir.CLEARING_FILE).write_text("")  # killed while clearing: the manifest gone, the marker not
     (tmp_path / manifest.MANIFEST_FILE).unlink()
-    pipeline.check_out_dir(tmp_path, force=True)  # still a run's directory: --force may clear it
+    rundir.check_out_dir(tmp_path, force=True)  # still a run's directory: --force may clear it
     with pytest.raises(ConfigError, match="pass --force"):
-        pipeline.check_out_dir(tmp_path, force=False)
-    with pipeline._claiming(tmp_path):
-        pipeline._remove_earlier_run(tmp_path)
-    assert not (tmp_path / "imgs").exists() and not (tmp_path / pipeline.CLEARING_FILE).exists()
+        rundir.check_out_dir(tmp_path, force=False)
+    with rundir.claiming(tmp_path):
+        rundir.clear_earlier_run(tmp_path)
+    assert not (tmp_path / "imgs").exists() and not (tmp_path / rundir.CLEARING_FILE).exists()
 
 
-def test_a_first_run_killed_before_its_manifest_leaves_a_directory_force_may_clear(tmp_path, monkeypatch):
+def test_a_first_run_killed_before_its_manifest_leaves_a_directory_force_may_clear(tmp_path, monkeypatch, mnist):
     """Killed after writing config.json, before manifest.json listed it: still a run's directory."""
-    from ambiguous_digits import manifest, pipeline
-    cfg = Config(out=tmp_path / "r")
+    recipe, inv = Recipe(), Invocation(out=tmp_path / "r")
+    inv.out.mkdir()
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
@@ -339,107 +373,49 @@ def test_a_first_run_killed_before_its_manifest_leaves_a_directory_force_may_cle
     with monkeypatch.context() as m:
         m.setattr(manifest, "record", killed)
         with pytest.raises(KeyboardInterrupt):
-            pipeline.start_run(cfg, 10_000)
-    assert (cfg.out / pipeline.CONFIG_FILE).is_file() and not (cfg.out / manifest.MANIFEST_FILE).exists()
+            run_command.claim(recipe, RunOutputs(), inv, mnist, 10_000)
+    assert (inv.out / rundir.CONFIG_FILE).is_file() and not (inv.out / manifest.MANIFEST_FILE).exists()
     with pytest.raises(ConfigError, match="pass --force"):
-        pipeline.check_out_dir(cfg.out, force=False)
-    pipeline.start_run(dataclasses.replace(cfg, force=True), 10_000)
-    assert manifest.listed(cfg.out, pipeline.CONFIG_FILE)
-    assert not (cfg.out / pipeline.CLEARING_FILE).exists()
+        rundir.check_out_dir(inv.out, force=False)
+    run_command.claim(recipe, RunOutputs(), Invocation(out=inv.out, force=True), mnist, 10_000)
+    assert manifest.listed(inv.out, rundir.CONFIG_FILE) and rundir.load_run_config(inv.out) == (recipe, RunOutputs())
+    assert not (inv.out / rundir.CLEARING_FILE).exists()
 
 
 def test_a_claim_marker_beside_the_users_own_files_does_not_make_a_run_directory(tmp_path):
     """Files a run never writes beside a killed claim's marker keep the folder the user's."""
-    from ambiguous_digits import pipeline
-    (tmp_path / pipeline.CLEARING_FILE).write_text("")
+    (tmp_path / rundir.CLEARING_FILE).write_text("")
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "imgs").mkdir()
-    pipeline.check_out_dir(tmp_path, force=True)  # only a run's own names: still a half-claimed run directory
+    rundir.check_out_dir(tmp_path, force=True)  # only a run's own names: still a half-claimed run directory
     (tmp_path / "thesis.tex").write_text("mine")
     with pytest.raises(ConfigError, match="is not a run directory"):
-        pipeline.check_out_dir(tmp_path, force=True)
+        rundir.check_out_dir(tmp_path, force=True)
 
 
 def test_emptying_a_half_claimed_folder_by_hand_takes_the_claim_marker_too(tmp_path):
     """`rm -rf dir/*` removes every name that does not start with a dot: the marker must be one of them,
     or the user's own imgs/ put there later would be a run's to clear."""
-    from ambiguous_digits import pipeline
-    assert not pipeline.CLEARING_FILE.startswith(".")
-    (tmp_path / pipeline.CLEARING_FILE).write_text("")
+    assert not rundir.CLEARING_FILE.startswith(".")
+    (tmp_path / rundir.CLEARING_FILE).write_text("")
     with pytest.raises(ConfigError, match="pass --force"):  # a killed claim: a run's directory
-        pipeline.check_out_dir(tmp_path, force=False)
+        rundir.check_out_dir(tmp_path, force=False)
     for p in tmp_path.glob("*"):  # rm -rf dir/*
         p.unlink()
     (tmp_path / "imgs").mkdir()
     with pytest.raises(ConfigError, match="is not a run directory"):
-        pipeline.check_out_dir(tmp_path, force=True)
-
-
-def test_an_audit_killed_before_its_manifest_leaves_a_directory_it_may_claim_again(tmp_path, monkeypatch, mnist_dir):
-    from ambiguous_digits import manifest, pipeline
-    out = tmp_path / "a"
-    argv = ["audit", "--out", str(out), "--data-dir", str(mnist_dir), "--train-limit", "300", "--test-limit", "60",
-            "--epochs", "1", "--widths", "4,8,8", "--folds", "2", "--quiet"]
-
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(manifest, "record", killed)
-        assert cli.main(argv) == 130  # "interrupted"
-    assert (out / "audit_test_config.json").is_file() and not (out / manifest.MANIFEST_FILE).exists()
-    assert cli.main(argv) == 0
-    assert manifest.listed(out, "label_issues.csv") and not (out / pipeline.CLEARING_FILE).exists()
+        rundir.check_out_dir(tmp_path, force=True)
 
 
 def test_a_folder_emptied_by_hand_is_not_a_run_directory_any_more(tmp_path):
     """`rm -rf dir/*` leaves the hidden .manifest.lock: the folder is the user's again, never cleared."""
-    from ambiguous_digits import manifest, pipeline
     manifest.record(tmp_path)
     (tmp_path / manifest.MANIFEST_FILE).unlink()
     (tmp_path / "models").mkdir()  # the user's own, later
     with pytest.raises(ConfigError, match="is not a run directory"):
-        pipeline.check_out_dir(tmp_path, force=True)
+        rundir.check_out_dir(tmp_path, force=True)
 
 
 def test_a_folder_holding_only_hidden_files_counts_as_empty(tmp_path):
-    from ambiguous_digits import pipeline
     (tmp_path / ".DS_Store").write_bytes(b"")
-    pipeline.check_out_dir(tmp_path, force=False)
-
-
-def test_a_hidden_layer_is_a_flag_and_a_config_without_it_has_none():
-    parse = cli.build_parser().parse_args
-    assert cli.config_from_args(parse(["run"])).hidden == Config().hidden == 0
-    assert cli.config_from_args(parse(["run", "--hidden", "64"])).hidden == 64
-    assert cli.config_from_args(parse(["audit", "--hidden", "64"])).hidden == 64
-    before = {k: v for k, v in Config().to_json().items() if k != "hidden"}  # a config.json of version 0.3
-    assert Config.from_json(before).hidden == 0
-    assert Config.from_json(Config(hidden=64).to_json()).hidden == 64
-    with pytest.raises(ConfigError, match="--hidden: expected 0"):
-        Config.from_json({**before, "hidden": "128"})  # a hand-edited config.json
-
-
-def test_norm_stats_is_a_flag_of_every_training_command_and_a_config_without_it_kept_the_averages():
-    parse = cli.build_parser().parse_args
-    assert cli.config_from_args(parse(["run"])).norm_stats == Config().norm_stats == "clean"
-    for command in ("run", "audit", "experiment"):
-        assert cli.config_from_args(parse([command, "--norm-stats", "running"])).norm_stats == "running"
-    before = {k: v for k, v in Config().to_json().items() if k != "norm_stats"}  # a config.json of version 0.4
-    assert Config.from_json(before).norm_stats == "running"
-    with pytest.raises(ConfigError, match="--norm-stats: expected clean or running, got 'yes'"):
-        Config.from_json({**before, "norm_stats": "yes"})  # a hand-edited config.json
-
-
-def test_the_stage_order_is_a_flag_and_a_config_without_it_is_the_earlier_order():
-    parse = cli.build_parser().parse_args
-    assert cli.config_from_args(parse(["run"])).pool_first is True
-    assert cli.config_from_args(parse(["run", "--norm-before-pool"])).pool_first is False
-    assert cli.config_from_args(parse(["audit", "--norm-before-pool"])).pool_first is False
-    cfg = Config(pool_first=False)
-    assert Config.from_json(cfg.to_json()) == cfg and Config.from_json(Config().to_json()) == Config()
-    before = {k: v for k, v in Config().to_json().items() if k != "pool_first"}  # a config.json of version 0.1
-    assert Config.from_json(before).pool_first is False
-    for bad in (None, "false", 0):  # a hand-edited config.json: never read as one order or the other
-        with pytest.raises(ConfigError, match="pool_first: expected true or false"):
-            Config.from_json({**before, "pool_first": bad})
+    rundir.check_out_dir(tmp_path, force=False)

@@ -9,12 +9,15 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +83,60 @@ def test_audit_on_ray_matches_local_byte_for_byte(cluster, mnist_dir, tmp_path):
     name = "cv_probs_test.npz"
     assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
     assert s["digits"] == TINY["test_limit"] and sum("held-out" in line for line in lines) == audit["folds"]
+
+
+@needs_ray
+def test_a_local_ray_run_leaves_no_token_that_locks_out_a_later_cluster(mnist_dir, tmp_path, monkeypatch):
+    """A local --backend ray run, then `ray start --head` on the same machine and a run that names its address.
+
+    ray.init would write ~/.ray/auth_token for the local Ray it starts; the later head would find it and refuse
+    drivers without it. Here $HOME is this test's, for the runs and the cluster alike.
+    """
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    ray_tmp = tempfile.mkdtemp(prefix="adray")  # the local Ray's own: not one a `ray start` left in /tmp/ray
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    cmd = [sys.executable, "-m", "ambiguous_digits.cli", "run", "--out", str(tmp_path / "local"), "--data-dir",
+           str(mnist_dir), "--quiet", "--backend", "ray", *args]
+    try:
+        local = subprocess.run(cmd, env={**ray_env(), "RAY_TMPDIR": ray_tmp}, capture_output=True, text=True,
+                               timeout=300)  # a process of its own, as a user's earlier command is
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert local.returncode == 0, local.stdout + local.stderr
+
+    with loopback_cluster(nodes=1, home=str(home)) as address:
+        run(_cfg(tmp_path / "cluster", mnist_dir, backend="ray", ray_address=address), log=lambda _: None,
+            progress=False)
+    assert (tmp_path / "cluster" / "probs.npz").read_bytes() == (tmp_path / "local" / "probs.npz").read_bytes()
+    assert not (home / ".ray").exists()
+
+
+@needs_ray
+def test_a_cluster_that_wants_a_token_is_one_line_naming_the_token_file(tmp_path, monkeypatch):
+    """ray.init's ConnectionError, wrapped round the GCS client's InvalidAuthToken as Ray 2.60 raises it."""
+    import ray
+
+    def init(**_):
+        try:
+            raise RuntimeError("Failed to connect to GCS. Last connection error: Traceback (most recent call last):\n"
+                               "ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken: Authentication "
+                               "token is missing or incorrect.")
+        except RuntimeError as e:
+            raise ConnectionError("Failed to connect to Ray cluster at 127.0.0.1:1") from e
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setattr(backend, "check_reachable", lambda address: None)
+    with pytest.raises(ConfigError) as info:
+        backend._connect(types.SimpleNamespace(init=init, exceptions=ray.exceptions), "127.0.0.1:1")
+    message = str(info.value)
+    assert message.startswith("--ray-address: the Ray cluster at 127.0.0.1:1 and this driver disagree on its token")
+    assert str(tmp_path / ".ray" / "auth_token") in message and "RAY_AUTH_MODE=token" in message
+    assert "\n" not in message
 
 
 # ---------------------------------------------------------------------------

@@ -13,13 +13,15 @@ import pytest
 import torch
 
 from ambiguous_digits import cli, manifest, members
-from ambiguous_digits.config import Config, ConfigError
-from ambiguous_digits.train import resolve_precision
+from ambiguous_digits.config import ConfigError, Recipe
+from ambiguous_digits.train import Runtime, resolve_precision
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-# Small enough to train in seconds, large enough that a member spends a while in each epoch.
+# Small enough to train in seconds, large enough that a member spends a while in each epoch. No --threads: a
+# resume takes the invocation given then (never saved, and --threads is not taken with --resume), and torch
+# rounds differently on another number of threads, so every run here uses the default.
 SMALL = ["--train-limit", "2000", "--test-limit", "300", "--members", "2", "--epochs", "3", "--widths", "8,16,32",
-         "--precision", "fp32", "--threads", "1", "--top", "5", "--quiet"]
+         "--precision", "fp32", "--top", "5", "--quiet"]
 KILL_AFTER = "members/member-0.epoch-1.pt"  # member 0 has finished its first epoch
 POLL_S = 0.02
 
@@ -76,13 +78,13 @@ def test_a_killed_run_resumes_to_the_same_bytes(uninterrupted, tmp_path, mnist_d
 
 def test_epoch_checkpoint_continues_training_exactly(mnist):
     """In process: a member stopped after epoch 1 and continued from its saved state equals one never stopped."""
-    cfg = Config(epochs=2, widths=(4, 8, 8), batch_size=64, precision="fp32")
+    recipe = Recipe(epochs=2, widths=(4, 8, 8), batch_size=64, precision="fp32")
     x, y, x_eval = mnist.x_train[:300], mnist.y_train[:300], mnist.x_test[:50]
-    cpu, fp32 = torch.device("cpu"), resolve_precision("fp32", torch.device("cpu"))
-    states = []
-    whole = members.train_member(cfg, 7, x, y, x_eval, 10, cpu, fp32, on_epoch=states.append)
+    cpu = torch.device("cpu")
+    fp32, states = resolve_precision("fp32", cpu), []
+    whole = members.train_member(recipe, 7, x, y, x_eval, 10, Runtime(cpu, fp32, on_epoch=states.append))
     assert [s["epoch"] for s in states] == [1]
-    rest = members.train_member(cfg, 7, x, y, x_eval, 10, cpu, fp32, state=states[0])
+    rest = members.train_member(recipe, 7, x, y, x_eval, 10, Runtime(cpu, fp32), state=states[0])
     np.testing.assert_array_equal(rest.probs, whole.probs)
     assert [h["loss"] for h in rest.history] == [h["loss"] for h in whole.history]
 
@@ -95,31 +97,11 @@ def test_resume_of_a_finished_run_changes_nothing(uninterrupted, capsys):
 
 
 @pytest.mark.parametrize("flags", [["--epochs", "5"], ["--seed", "0"], ["--out", "elsewhere"], ["--force"],
-                                   ["--no-augment"], ["--norm-before-pool"], ["--hidden", "16"]])
+                                   ["--no-augment"], ["--hidden", "16"]])
 def test_resume_refuses_flags_that_would_change_the_result(uninterrupted, flags, capsys):
     assert cli.main(["run", "--resume", str(uninterrupted), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ambiguous-digits: error: --resume:") and flags[0] in err and len(err.splitlines()) == 1
-
-
-def test_a_run_of_version_0_1_resumes_in_its_own_stage_order(tmp_path, mnist_dir):
-    """Its config.json has no pool_first and no hidden: the member still to train normalises before pooling and
-    has no hidden layer, like the others."""
-    out = tmp_path / "old"
-    assert cli.main(["run", "--out", str(out), "--data-dir", str(mnist_dir), *SMALL, "--norm-before-pool",
-                     "--hidden", "0"]) == 0
-    with np.load(out / "probs.npz") as saved:
-        whole = saved["probs"]
-    cfg = json.loads((out / "config.json").read_text())
-    assert cfg.pop("pool_first") is False and cfg.pop("hidden") == 0
-    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    manifest.record(out, out / "config.json")
-    manifest.forget(out, "summary.json", "members/member-1.npz", "models/member-1.pt")
-    assert cli.main(["run", "--resume", str(out), "--quiet"]) == 0
-    with np.load(out / "probs.npz") as resumed:
-        np.testing.assert_array_equal(resumed["probs"], whole)
-    model = json.loads((out / "summary.json").read_text())["model"]
-    assert "BN+pool" in model and model.count("linear(") == 1
 
 
 def _copy_run(src: Path, dst: Path) -> Path:

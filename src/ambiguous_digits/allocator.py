@@ -6,11 +6,10 @@ freed, up to 32 MiB) gets a mapping of its own and is unmapped when freed, and
 free space of more than the trim threshold (128 KiB, then twice the mmap
 threshold) at the top of the heap is trimmed. The next allocation has the
 kernel zero-fill and map those pages again. Training allocates and frees the
-same megabyte-sized activations at every step (235 an epoch), more of them at
-once than twice the largest: on the 2-core build machine a 6-epoch member took
-~12 million page faults, and a quarter of the whole run's CPU time went to the
-kernel (README, *Speed on a plain CPU*). Fixing both thresholds keeps those
-blocks for reuse. Numbers are unchanged (the same arithmetic on the same values;
+same megabyte-sized activations at every step, more of them at once than
+twice the largest, so a quarter of a run's CPU time went to the kernel faulting
+pages in (docs/benchmark.md). Fixing both thresholds keeps those blocks for
+reuse. Numbers are unchanged (the same arithmetic on the same values;
 probabilities byte-identical, tests/test_allocator.py); what is held back is
 free heap space, at most the heap's peak size.
 

@@ -10,8 +10,11 @@ caller can write them to disk before the next one arrives; it returns a short no
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import socket
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
@@ -34,6 +37,11 @@ HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 HTTP2_SETTINGS = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 # How Ray's RayTaskError begins its message when a worker could not import the task's function.
 WORKER_IMPORT_FAILED = "failed to import on the worker"
+# Ray's token authentication: its mode, then where it looks for a token, the first found winning (Ray 2.60).
+RAY_AUTH_MODE, RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+RAY_AUTH_VARS = (RAY_AUTH_MODE, RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH)
+# What Ray's error says when a cluster refuses a driver's token, or its lack of one.
+TOKEN_REFUSED = "InvalidAuthToken"
 
 Job = dict
 OnResult = Callable[[int, Any], str]
@@ -78,8 +86,7 @@ def task_cpus(inv: Invocation) -> int:
 
 def _run_ray(fn, jobs, shared, inv: Invocation, started, arrived: OnResult, progress: bool) -> None:
     ray = _import_ray()
-    _connect(ray, inv.ray_address)
-    try:
+    with _connected(ray, inv.ray_address):
         _check_versions(ray)
         refs = {name: ray.put(value) for name, value in shared.items()}  # once, not once per task
         remote = ray.remote(num_cpus=task_cpus(inv), max_retries=TASK_RETRIES)(fn)
@@ -90,8 +97,6 @@ def _run_ray(fn, jobs, shared, inv: Invocation, started, arrived: OnResult, prog
         while pending:
             (done,), _ = ray.wait(list(pending), num_returns=1)
             arrived(pending.pop(done), _get(ray, done))
-    finally:
-        ray.shutdown()
 
 
 def package_version() -> str:
@@ -141,15 +146,85 @@ def _import_ray():
     return ray
 
 
+@contextlib.contextmanager
+def _connected(ray, address: str | None):
+    """Connected to Ray (see _connect) inside the with block; afterwards disconnected, with this process's
+    Ray authentication settings (its environment and Ray's caches of them) as they were before."""
+    saved = {name: os.environ.get(name) for name in RAY_AUTH_VARS}
+    try:
+        _connect(ray, address)
+        yield
+    finally:
+        ray.shutdown()
+        _restore_auth(saved)
+
+
 def _connect(ray, address: str | None) -> None:
-    """Join the cluster at `address`; without one, Ray's own default ($RAY_ADDRESS, else a local Ray)."""
+    """Join the cluster at `address`; without one, Ray's own default ($RAY_ADDRESS, else a local Ray).
+
+    A local Ray that ray.init starts turns token authentication on and, finding no token, writes one to
+    ~/.ray/auth_token; every later `ray start --head` on this machine finds that file and demands the
+    token, which drivers that name an address do not send. So such a Ray gets a token in this process's
+    environment instead, inherited by its processes and gone with them (see _connected).
+    """
     if address:
         check_reachable(address)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not address and _ray_would_write_a_token():
+        os.environ[RAY_AUTH_TOKEN] = secrets.token_hex(32)
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-    except (ConnectionError, RuntimeError) as e:
+    except (ConnectionError, RuntimeError, ray.exceptions.AuthenticationError) as e:
+        if _token_refused(ray, e):
+            raise ConfigError(_token_refused_message(address)) from None
         raise ConfigError(f"--ray-address: cannot join a Ray cluster at {address}: {_first_line(e)}") from None
+
+
+def default_token_path() -> Path:
+    """Where Ray looks for a token that no variable gives (and where ray.init writes a new one)."""
+    return Path.home() / ".ray" / "auth_token"
+
+
+def _ray_would_write_a_token() -> bool:
+    """Would ray.init() write default_token_path()? Where it starts a local Ray with token authentication
+    on (its default unless $RAY_AUTH_MODE says otherwise) and finds no token, it does."""
+    if os.environ.get("RAY_ADDRESS") or os.environ.get(RAY_AUTH_MODE, "token").lower() != "token":
+        return False
+    return not (os.environ.get(RAY_AUTH_TOKEN) or os.environ.get(RAY_AUTH_TOKEN_PATH)
+                or default_token_path().exists())
+
+
+def _restore_auth(saved: dict) -> None:
+    """Put Ray's authentication variables back as `saved`, and have Ray in this process re-read them."""
+    if all(os.environ.get(name) == value for name, value in saved.items()):
+        return
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    from ray._raylet import AuthenticationTokenLoader, Config as RayConfig
+
+    RayConfig.initialize("")  # the mode first, then the token, in the order Ray's own tests reset them
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _token_refused(ray, e: BaseException | None) -> bool:
+    """Did ray.init fail on token authentication (the cluster's or this driver's), however Ray wrapped it?"""
+    while e is not None:
+        if isinstance(e, ray.exceptions.AuthenticationError) or TOKEN_REFUSED in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _token_refused_message(address: str | None) -> str:
+    where = address or os.environ.get("RAY_ADDRESS") or "the address ray.init found"
+    path = default_token_path()
+    return (f"--ray-address: the Ray cluster at {where} and this driver disagree on its token (RAY_AUTH_MODE is "
+            f"'{os.environ.get(RAY_AUTH_MODE, 'disabled')}' here; `ray start --head` turns token authentication on "
+            f"wherever {path} exists): connect with RAY_AUTH_MODE=token and the cluster's token in $RAY_AUTH_TOKEN "
+            f"or {path}, or restart the cluster without that file")
 
 
 def check_backend(inv: Invocation) -> None:

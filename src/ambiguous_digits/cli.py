@@ -272,7 +272,7 @@ def _following(a: argparse.Namespace, **overrides) -> Recipe:
     from .rundir import run_recipe
 
     base = run_recipe(getattr(a, "out", INVOCATION.out)) or RECIPE
-    return dataclasses.replace(base, **overrides, **_given(a, Recipe))
+    return dataclasses.replace(base, **{**overrides, **_given(a, Recipe)})  # a typed flag wins over the override
 
 
 def _cmd_run(a: argparse.Namespace) -> None:

@@ -1,6 +1,6 @@
 """One CNN of an ensemble (or of an audit fold) as an independent job, and its files in the run directory.
 
-The job (train_member) is a function of the config, its seed and the data only:
+The job (train_member) is a function of the recipe, its seed and the data only:
 it trains one CNN and predicts the evaluation digits; it reads and writes no
 files, so it can run anywhere (as Ray tasks, for one). The
 driver saves each finished job under its stem at once (save_member), and the

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from . import scores, validate
 
-# The original analysis this tool grew out of (README: "Where this comes from"): MNIST.
+# The accuracy of the original analysis this tool grew out of, on MNIST.
 ORIGINAL_ACCURACY = 0.992
 
 
