@@ -10,7 +10,6 @@ never write one directory at once.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -214,14 +213,6 @@ def save_with(run_dir: Path, name: str, write: Callable[[Path], None]) -> Path:
     return run_dir / name
 
 
-def listed_json(run_dir: Path, name: str) -> dict | None:
-    return manifest.listed_json(run_dir, name)
-
-
-def verified(run_dir: Path, name: str) -> Path:
-    return manifest.verified(run_dir, name)
-
-
 # ---------------------------------------------------------------------------
 # Settings saved beside the results
 # ---------------------------------------------------------------------------
@@ -282,10 +273,6 @@ def run_dataset(run_dir: Path) -> str:
 # ---------------------------------------------------------------------------
 # The data a directory's results were made from
 # ---------------------------------------------------------------------------
-def save_data_record(out: Path, name: str, record: dict) -> None:
-    save_json(out, name, record)
-
-
 def check_resume_data(out: Path, name: str, ds) -> None:
     """--resume only on the data the run started on."""
     started = manifest.listed_json(out, name)
@@ -309,7 +296,3 @@ def check_same_data(out: Path, ds, split: str) -> None:
             raise ConfigError(f"--dataset: {out} holds {what} on {record.get('dataset', 'other data')}, and these "
                               f"data ({ds.name}) are not its files (their MD5s differ); audit that data set "
                               f"(its --dataset), or give another --out")
-
-
-def pid_note() -> str:
-    return f"pid {os.getpid()}"

@@ -37,7 +37,7 @@ def claim(recipe: Recipe, plan: AuditPlan, inv: Invocation, ds: data.Dataset, im
     with rundir.claiming(inv.out):
         rundir.clear_audit(inv.out, plan.split)
         rundir.save_audit_config(inv.out, recipe, plan)
-    rundir.save_data_record(inv.out, rundir.AUDIT[plan.split].data, ds.record())
+    rundir.save_json(inv.out, rundir.AUDIT[plan.split].data, ds.record())
 
 
 def cross_val_probs(recipe: Recipe, plan: AuditPlan, inv: Invocation, extra, x, y, num_classes: int, log: Log):
@@ -73,7 +73,7 @@ def run_audit(recipe: Recipe, plan: AuditPlan = AuditPlan(), inv: Invocation = I
     files_ = rundir.AUDIT[plan.split]
     if resume and manifest.listed(inv.out, files_.summary):
         log(f"{inv.out} holds a finished {plan.split}-set audit; nothing to resume")
-        return json.loads(rundir.verified(inv.out, files_.summary).read_text())
+        return json.loads(manifest.verified(inv.out, files_.summary).read_text())
     device, precision = begin(recipe, inv, resume, lambda: check(recipe, plan, inv))
     start = time.perf_counter()
     ds = load(recipe, inv, log)
@@ -143,7 +143,7 @@ def _pool_with_run(recipe: Recipe, plan: AuditPlan, inv: Invocation, cv_probs: n
     """
     if plan.split != "test" or not manifest.listed(inv.out, rundir.PROBS_FILE):
         return cv_probs, 0
-    with np.load(rundir.verified(inv.out, rundir.PROBS_FILE), allow_pickle=False) as z:
+    with np.load(manifest.verified(inv.out, rundir.PROBS_FILE), allow_pickle=False) as z:
         run_probs, run_labels = z["probs"], z["labels"]
     if run_probs.shape[1:] != cv_probs.shape or not np.array_equal(run_labels, labels):
         return cv_probs, 0

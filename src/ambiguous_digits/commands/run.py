@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from .. import data, files, jobs, manifest, outputs, report, rundir, scores
+from .. import data, jobs, manifest, outputs, report, rundir, scores
 from ..config import Invocation, Recipe, RunOutputs
 from ..ensemble import MemberPlan, train_members, where
 from ..model import describe
@@ -29,7 +29,7 @@ def claim(recipe: Recipe, outputs_: RunOutputs, inv: Invocation, ds: data.Datase
     with rundir.claiming(inv.out):
         rundir.clear_earlier_run(inv.out)
         rundir.save_run_config(inv.out, recipe, outputs_)
-    rundir.save_data_record(inv.out, rundir.DATA_FILE, ds.record())
+    rundir.save_json(inv.out, rundir.DATA_FILE, ds.record())
 
 
 def run(recipe: Recipe, outputs_: RunOutputs = RunOutputs(), inv: Invocation = Invocation(), log: Log = print,
@@ -41,7 +41,7 @@ def run(recipe: Recipe, outputs_: RunOutputs = RunOutputs(), inv: Invocation = I
     """
     if resume and manifest.listed(inv.out, rundir.SUMMARY_FILE):
         log(f"{inv.out} holds a finished run; nothing to resume")
-        return json.loads(rundir.verified(inv.out, rundir.SUMMARY_FILE).read_text())
+        return json.loads(manifest.verified(inv.out, rundir.SUMMARY_FILE).read_text())
     device, precision = begin(recipe, inv, resume, lambda: check(recipe, outputs_, inv))
     timings: dict[str, float] = {}
     wall = time.perf_counter()

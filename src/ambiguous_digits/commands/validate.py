@@ -16,7 +16,7 @@ def run_validate(run_dir: Path) -> dict:
     """validation.json: each available ranking (audit's label issues, the run's ambiguity) vs the review."""
     manifest.require(run_dir)
     with rundir.locked(run_dir, flag="RUN_DIR"):
-        available = {k: (rundir.verified(run_dir, name), column) for k, (name, column) in SOURCES.items()
+        available = {k: (manifest.verified(run_dir, name), column) for k, (name, column) in SOURCES.items()
                      if manifest.listed(run_dir, name)}  # written (and listed); unlisted ones are not complete
         if not available:
             raise ConfigError(f"RUN_DIR: {run_dir} has neither label_issues.csv (run `audit`) nor scores.csv "
