@@ -1,11 +1,13 @@
 """Suspected label errors: the cross-validation split, cleanlab's table, the human-review check."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from ambiguous_digits import audit, cli, data, manifest, validate
+from ambiguous_digits import audit, cli, data, manifest, rundir, validate
+from ambiguous_digits.config import AuditPlan, Invocation, Recipe, RunOutputs
 
 
 @pytest.mark.parametrize("n, k", [(10, 2), (10000, 5), (101, 7)])
@@ -115,6 +117,11 @@ def test_audit_smoke_on_a_tiny_slice(tmp_path, mnist_dir, capsys):
         assert z["probs"].shape == (90, 10) and sorted(np.bincount(z["folds"])) == [30, 30, 30]
     summary = json.loads((out / "audit_test.json").read_text())
     assert len(summary["top"]) == 30 and (out / "top_label_issues.png").is_file()
+    config = json.loads((out / "audit_test_config.json").read_text())
+    assert set(config) == {"version", "recipe", "audit"} and "config" not in summary  # no invocation in the config
+    assert summary["recipe"] == config["recipe"] and summary["audit"] == config["audit"]
+    assert config["audit"] == {"folds": 3, "split": "test", "top": 30} and config["recipe"]["members"] == 1
+    assert config["recipe"]["test_limit"] == 90 and summary["invocation"]["out"] == str(out)
     assert {int(p.stem) for p in (out / "imgs").glob("*.png")} == set(summary["top"])
     before = {f: f.read_bytes() for f in sorted(out.rglob("*")) if f.is_file()}
     assert cli.main(argv) == 2 and "--force" in capsys.readouterr().err  # never overwritten silently
@@ -218,3 +225,71 @@ def test_an_audit_refuses_to_join_the_other_splits_audit_on_other_data(tmp_path,
     assert len(err.splitlines()) == 1
     assert manifest.load(out) == before and not (out / "train_label_issues.csv").exists()
     assert cli.main(["audit", "--split", "train", "--data-dir", str(mnist_dir), *common]) == 0  # the same data joins
+
+
+def test_an_audit_killed_before_its_manifest_leaves_a_directory_it_may_claim_again(tmp_path, monkeypatch, mnist_dir):
+    out = tmp_path / "a"
+    argv = ["audit", "--out", str(out), "--data-dir", str(mnist_dir), "--train-limit", "300", "--test-limit", "60",
+            "--epochs", "1", "--widths", "4,8,8", "--folds", "2", "--quiet"]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(manifest, "record", killed)
+        assert cli.main(argv) == 130  # "interrupted"
+    assert (out / "audit_test_config.json").is_file() and not (out / manifest.MANIFEST_FILE).exists()
+    assert cli.main(argv) == 0
+    assert manifest.listed(out, "label_issues.csv") and not (out / rundir.CLEARING_FILE).exists()
+
+
+# ---------------------------------------------------------------------------
+# The flags, and the run's recipe the audit follows
+# ---------------------------------------------------------------------------
+def test_audit_has_no_rankings_flag(tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["audit", "--out", str(out), "--rankings", "margin"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "unrecognized arguments: --rankings margin" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+# The run whose recipe `audit` follows: every field other than the defaults.
+RUN = Recipe(seed=3, train_limit=600, test_limit=300, members=4, epochs=2, batch_size=128, lr=0.1,
+             weight_decay=1e-4, widths=(4, 8, 8), hidden=32, augment=False, precision="fp32")
+
+
+def test_audit_follows_the_whole_recipe_of_the_run_in_out_with_one_member_per_fold(called, tmp_path):
+    """The fold CNNs train the run's network on its data, limits and seed, so they pool with its members."""
+    rundir.save_run_config(tmp_path, RUN, RunOutputs(), Invocation())
+    got = called("audit", "--out", tmp_path)
+    assert got["recipe"] == dataclasses.replace(RUN, members=cli.AUDIT_MEMBERS) and cli.AUDIT_MEMBERS == 1
+    assert got["plan"] == AuditPlan() and got["inv"] == Invocation(out=tmp_path)
+
+
+@pytest.mark.parametrize("flags, field, value", [(["--members", "3"], "members", 3),
+                                                 (["--widths", "8,8"], "widths", (8, 8)),
+                                                 (["--hidden", "16"], "hidden", 16),
+                                                 (["--hidden", "0"], "hidden", 0),
+                                                 (["--epochs", "5"], "epochs", 5),
+                                                 (["--seed", "0"], "seed", 0),
+                                                 (["--no-augment"], "augment", False)])
+def test_a_typed_flag_wins_over_the_runs_recipe(called, tmp_path, flags, field, value):
+    rundir.save_run_config(tmp_path, RUN, RunOutputs(), Invocation())
+    got = called("audit", "--out", tmp_path, *flags)["recipe"]
+    assert got == dataclasses.replace(RUN, **{"members": cli.AUDIT_MEMBERS, field: value})
+
+
+def test_without_a_run_in_out_the_audit_trains_the_default_network(called, tmp_path):
+    got = called("audit", "--out", tmp_path / "none", "--folds", "3", "--split", "train", "--top", "12")
+    assert got["recipe"] == Recipe(members=cli.AUDIT_MEMBERS)
+    assert got["plan"] == AuditPlan(folds=3, split="train", top=12)
+    assert called("audit", "--out", tmp_path / "none", "--widths", "8,8")["recipe"].widths == (8, 8)
+
+
+@pytest.mark.parametrize("flags, split", [([], "test"), (["--split", "train"], "train")])
+def test_audit_resume_continues_the_split_asked_for_in_the_run_dir(called, tmp_path, flags, split):
+    manifest.record(tmp_path)  # a run directory
+    got = called("audit", "--resume", tmp_path, *flags, "--quiet")
+    assert got["split"] == split and got["inv"] == Invocation(out=tmp_path, progress=False)

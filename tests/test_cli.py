@@ -306,7 +306,7 @@ def test_run_gets_the_typed_flags_and_the_defaults_for_the_rest(called, tmp_path
 
 def test_a_new_run_never_follows_an_earlier_run_in_its_out(called, tmp_path):
     """Only `audit` and `experiment` follow the run in --out; a new `run` is its own recipe."""
-    rundir.save_run_config(tmp_path, Recipe(widths=(4, 8, 8), seed=5), RunOutputs())
+    rundir.save_run_config(tmp_path, Recipe(widths=(4, 8, 8), seed=5), RunOutputs(), Invocation())
     assert called("run", "--out", tmp_path, "--force")["recipe"] == Recipe()
 
 

@@ -192,13 +192,12 @@ def test_idx_path_that_is_not_a_directory(tmp_path):
 
 
 # ---------------------------------------------------------------- the command line
-def test_class_names_from_a_json_file(tmp_path):
+def test_class_names_from_a_json_file(tmp_path, called):
     names = tmp_path / "names.json"
     names.write_text(json.dumps(["cat", "dog", "bird"]))
-    args = cli.build_parser().parse_args(["run", "--dataset", "npz:d.npz", "--class-names", str(names)])
-    cfg = cli.config_from_args(args)
-    assert cfg.class_names == ("cat", "dog", "bird")
-    assert cfg.dataset.startswith("npz:/") and cfg.dataset.endswith("/d.npz")  # made absolute
+    recipe = called("run", "--dataset", "npz:d.npz", "--class-names", str(names))["recipe"]
+    assert recipe.class_names == ("cat", "dog", "bird")
+    assert recipe.dataset.startswith("npz:/") and recipe.dataset.endswith("/d.npz")  # made absolute
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -296,7 +295,7 @@ def test_user_npz_run_scores_three_classes(three_classes):
     assert summary["data"]["dataset"] == spec and summary["data"]["class_names"] == list(NAMES)
     assert set(summary["data"]["md5"]) == {"x_train", "y_train", "x_test", "y_test"}
     assert summary["model"].endswith("parameters") and "linear(3)" in summary["model"]
-    assert json.loads((out / "config.json").read_text())["class_names"] == list(NAMES)
+    assert json.loads((out / "config.json").read_text())["recipe"]["class_names"] == list(NAMES)
     with np.load(out / "probs.npz") as z:
         assert z["probs"].shape == (2, 240, 3)
         np.testing.assert_array_equal(z["labels"], y_test)
@@ -351,7 +350,7 @@ def test_report_refuses_data_that_changed_since_the_run(three_classes, tmp_path,
     summary = json.loads((changed / "summary.json").read_text())
     moved = tmp_path / "changed.npz"
     np.savez(moved, **arrays)
-    summary["config"]["dataset"] = f"npz:{moved}"
+    summary["recipe"]["dataset"] = f"npz:{moved}"
     (changed / "summary.json").write_text(json.dumps(summary))
     manifest.record(changed, changed / "summary.json")  # listed as complete: the data check must catch it
     assert cli.main(["report", str(changed)]) == 2

@@ -1,5 +1,6 @@
 """`experiment`: the variants on a tiny slice of the real MNIST, the leakage guard, the numbers, the flags."""
 
+import dataclasses
 import json
 import shutil
 
@@ -7,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from ambiguous_digits import cli, experiment, files, manifest, validate
-from ambiguous_digits.config import Config, ConfigError
+from ambiguous_digits import cli, experiment, files, manifest, rundir, validate
+from ambiguous_digits.config import ExperimentPlan, Invocation, Recipe, RunOutputs
 from ambiguous_digits.experiment import VARIANTS, LeakageError
-from ambiguous_digits.train import augment, resolve_precision, to_tensor, train
+from ambiguous_digits.train import Runtime, augment, resolve_precision, to_tensor, train
 
 # 2,000 test digits hold three of the human-confirmed label errors (947, 1621, 1901).
 COMMON = ["--data-dir", "{data}", "--train-limit", "600", "--test-limit", "2000", "--widths", "4,8,8",
@@ -55,14 +56,13 @@ def test_experiment_json_is_well_formed(tiny_experiment, mnist):
             assert 0 <= m["accuracy_without_label_errors"] <= 1
         assert v["accuracy"] == {"mean": v["per_seed"][0]["accuracy"], "std": 0.0}
     assert len(r["baseline_top_ambiguous"]) == 10 and r["emphasis"]["digits"] == 40
-    assert r["seeds"] == [{"first_pass": a, "second_pass": b}
-                          for a, b in Config(seed=0, seeds=1).experiment_seeds()]
+    assert r["seeds"] == [{"first_pass": a, "second_pass": b} for a, b in ExperimentPlan(seeds=1).pairs(0)]
     assert r["impact"]["test_digits"] == 2000 and r["impact"]["removed"] == 3
 
 
 def test_saved_probabilities_reproduce_the_reported_numbers(tiny_experiment, mnist):
     r = json.loads((tiny_experiment / "experiment.json").read_text())
-    with np.load(tiny_experiment / experiment.PROBS_FILE) as z:
+    with np.load(tiny_experiment / rundir.EXPERIMENT_PROBS_FILE) as z:
         probs = {name: z[name] for name in VARIANTS}
         np.testing.assert_array_equal(z["labels"], mnist.y_test[:2000])
     for name, p in probs.items():
@@ -215,26 +215,18 @@ def test_without_a_human_review_the_notes_claim_no_label_errors(tiny_experiment)
 # Training pieces the experiment adds: a fine-tune from a model, seeds, augmented copies
 # ---------------------------------------------------------------------------
 def test_fine_tune_starts_from_the_given_model_and_leaves_it_unchanged(mnist):
-    cfg = Config(epochs=1, widths=(4, 8, 8), lr=1e-12, weight_decay=0.0, augment=False)
+    recipe = Recipe(epochs=1, widths=(4, 8, 8), lr=1e-12, weight_decay=0.0, augment=False)
     device = torch.device("cpu")
-    precision = resolve_precision("fp32", device)
+    rt = Runtime(device, resolve_precision("fp32", device))
     x, y = mnist.x_train[:256], mnist.y_train[:256]
-    first, _ = train(x, y, cfg, 1, device, precision, progress=False, num_classes=10)
+    first, _ = train(x, y, recipe, 1, rt, num_classes=10)
     before = {k: v.clone() for k, v in first.state_dict().items()}
-    tuned, _ = train(x, y, cfg, 2, device, precision, progress=False, num_classes=10, init=first)
-    fresh, _ = train(x, y, cfg, 2, device, precision, progress=False, num_classes=10)
+    tuned, _ = train(x, y, recipe, 2, rt, num_classes=10, init=first)
+    fresh, _ = train(x, y, recipe, 2, rt, num_classes=10)
     weight = "features.0.weight"
     assert all(torch.equal(before[k], v) for k, v in first.state_dict().items())
     assert torch.allclose(tuned.state_dict()[weight], before[weight], atol=1e-6)
     assert not torch.allclose(fresh.state_dict()[weight], before[weight], atol=1e-3)
-
-
-def test_experiment_seeds_are_derived_recorded_and_apart_from_the_members():
-    a, b = Config(seed=0, seeds=3), Config(seed=1, seeds=3)
-    seeds = a.experiment_seeds()
-    assert seeds == a.experiment_seeds() and seeds != b.experiment_seeds()
-    flat = [s for pair in seeds for s in pair]
-    assert len(set(flat)) == 6 and not set(flat) & set(Config(seed=0, members=6).member_seeds())
 
 
 def test_oversampled_copies_are_augmented_differently():
@@ -249,17 +241,21 @@ def test_oversampled_copies_are_augmented_differently():
 
 
 # ---------------------------------------------------------------------------
-# Flags
+# Flags, and the run's recipe the experiment follows
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("flags, message", [
     (["--seeds", "0"], "--seeds"),
     (["--emphasis-top", "-3"], "--emphasis-top"),
     (["--emphasis-factor", "1"], "--emphasis-factor: must be at least 2, got 1"),
     (["--emphasis-epochs", "x"], "--emphasis-epochs"),
-    (["--members", "3"], "--members: not used by experiment"),
-    (["--no-augment"], "--no-augment: not used by experiment"),
-    (["--top", "5"], "--top: not used by experiment"),
-    (["--rankings", "margin"], "--rankings: not used by experiment"),
+    # each variant trains one CNN per seed, sets augmentation itself and writes no top-K lists; it runs here
+    (["--members", "3"], "unrecognized arguments: --members"),
+    (["--no-augment"], "unrecognized arguments: --no-augment"),
+    (["--top", "5"], "unrecognized arguments: --top"),
+    (["--rankings", "margin"], "unrecognized arguments: --rankings"),
+    (["--backend", "ray"], "unrecognized arguments: --backend"),
+    (["--ray-address", "head:6379"], "unrecognized arguments: --ray-address"),
+    (["--resume", "."], "unrecognized arguments: --resume"),
 ])
 def test_bad_experiment_flags_are_one_line_errors(flags, message, tmp_path, capsys):
     try:
@@ -272,7 +268,7 @@ def test_bad_experiment_flags_are_one_line_errors(flags, message, tmp_path, caps
 
 
 def test_a_run_on_another_data_set_is_named_before_any_data_are_loaded(tmp_path, capsys):
-    files.write_json(tmp_path / "summary.json", {"config": {"dataset": "fashion-mnist"}})
+    files.write_json(tmp_path / "summary.json", {"recipe": {"dataset": "fashion-mnist"}})
     (tmp_path / "scores.csv").write_text("index\n0\n")
     manifest.record(tmp_path, tmp_path / "summary.json", tmp_path / "scores.csv")
     assert cli.main(["experiment", "--out", str(tmp_path), "--data-dir", str(tmp_path / "no-cache")]) == 2
@@ -281,66 +277,43 @@ def test_a_run_on_another_data_set_is_named_before_any_data_are_loaded(tmp_path,
     assert not (tmp_path / "no-cache").exists()
 
 
-def test_experiment_defaults_come_from_the_config():
-    a = cli.build_parser().parse_args(["experiment"])
-    assert a.seeds == 3 and a.epochs == cli.EXPERIMENT_EPOCHS and a.emphasis_factor == Config().emphasis_factor
-    cfg = cli.config_from_args(a)
-    assert cfg.members == Config().members and cfg.augment and cfg.seeds == 3
+def test_experiment_defaults_come_from_the_settings(called, tmp_path):
+    got = called("experiment", "--out", tmp_path)
+    assert got["plan"] == ExperimentPlan() and got["plan"].seeds == 3
+    assert got["recipe"] == Recipe(epochs=cli.EXPERIMENT_EPOCHS)  # no run in --out: the defaults, with its epochs
+    assert got["recipe"].members == Recipe().members and got["recipe"].augment
+    assert got["inv"] == Invocation(out=tmp_path)
+    flagged = called("experiment", "--out", tmp_path, "--seeds", "2", "--emphasis-factor", "3", "--quiet")
+    assert flagged["plan"] == ExperimentPlan(seeds=2, emphasis_factor=3) and not flagged["inv"].progress
 
 
-def test_experiment_trains_the_runs_network_unless_told_otherwise(tmp_path):
-    """A run made with other widths than the default: the variants train its network, not the default."""
-    files.write_text(tmp_path / "config.json", Config(out=tmp_path, widths=(4, 8, 8)).dumps() + "\n")
-    manifest.record(tmp_path, tmp_path / "config.json")
-    parse = cli.build_parser().parse_args
-    assert cli.config_from_args(parse(["experiment", "--out", str(tmp_path)])).widths == (4, 8, 8)
-    assert cli.config_from_args(parse(["experiment", "--out", str(tmp_path), "--widths", "8,8"])).widths == (8, 8)
-    assert cli.config_from_args(parse(["experiment", "--out", str(tmp_path / "none")])).widths == Config().widths
+# The run whose recipe `experiment` follows: every field other than the defaults.
+RUN = Recipe(seed=3, train_limit=600, test_limit=2000, members=2, epochs=2, batch_size=128, lr=0.1,
+             weight_decay=1e-4, widths=(4, 8, 8), hidden=32, augment=False, precision="fp32")
 
 
-@pytest.mark.parametrize("command", ["experiment", "audit"])
-@pytest.mark.parametrize("saved, order", [({"pool_first": False}, False), ({}, False), ({"pool_first": True}, True)])
-def test_audit_and_experiment_train_the_runs_network_unless_told_otherwise(tmp_path, command, saved, order):
-    """A run in the earlier stage order (flagged, or from before the field) or in the new one, of other widths:
-    an audit's fold CNNs and the experiment's variants train its network."""
-    cfg = {k: v for k, v in Config(out=tmp_path, widths=(4, 8, 8)).to_json().items() if k != "pool_first"}
-    files.write_text(tmp_path / "config.json", json.dumps({**cfg, **saved}) + "\n")
-    manifest.record(tmp_path, tmp_path / "config.json")
-    parse = cli.build_parser().parse_args
-    here = cli.config_from_args(parse([command, "--out", str(tmp_path)]))
-    assert (here.pool_first, here.widths) == (order, (4, 8, 8))
-    assert cli.config_from_args(parse([command, "--out", str(tmp_path), "--widths", "8,8"])).widths == (8, 8)
-    none = tmp_path / "none"
-    assert cli.config_from_args(parse([command, "--out", str(none)])).pool_first is True
-    assert cli.config_from_args(parse([command, "--out", str(none), "--norm-before-pool"])).pool_first is False
-    assert cli.config_from_args(parse([command, "--out", str(none)])).widths == Config().widths
+def test_experiment_follows_the_whole_recipe_of_the_run_in_out_with_its_own_epochs(called, tmp_path):
+    """The variants train the run's network on its data, limits and seed; only the epochs are the experiment's."""
+    rundir.save_run_config(tmp_path, RUN, RunOutputs(), Invocation())
+    assert called("experiment", "--out", tmp_path)["recipe"] == dataclasses.replace(RUN, epochs=cli.EXPERIMENT_EPOCHS)
 
 
-def _config_in_run_dir(tmp_path, field: str, saved: dict):
-    """Write a run's config.json (widths 4,8,8) with `field` as in `saved` (absent: a run from before the
-    field) into tmp_path; returns a function from a command line to the Config it builds."""
-    cfg = {k: v for k, v in Config(out=tmp_path, widths=(4, 8, 8)).to_json().items() if k != field}
-    files.write_text(tmp_path / "config.json", json.dumps({**cfg, **saved}) + "\n")
-    manifest.record(tmp_path, tmp_path / "config.json")
-    return lambda *argv: cli.config_from_args(cli.build_parser().parse_args(list(argv)))
+@pytest.mark.parametrize("flags, field, value", [(["--widths", "8,8"], "widths", (8, 8)),
+                                                 (["--hidden", "16"], "hidden", 16),
+                                                 (["--hidden", "0"], "hidden", 0),
+                                                 (["--epochs", "3"], "epochs", 3),
+                                                 (["--seed", "0"], "seed", 0),
+                                                 (["--test-limit", "900"], "test_limit", 900)])
+def test_a_typed_flag_wins_over_the_runs_recipe(called, tmp_path, flags, field, value):
+    rundir.save_run_config(tmp_path, RUN, RunOutputs(), Invocation())
+    got = called("experiment", "--out", tmp_path, *flags)["recipe"]
+    assert got == dataclasses.replace(RUN, **{"epochs": cli.EXPERIMENT_EPOCHS, field: value})
 
 
-@pytest.mark.parametrize("command", ["experiment", "audit"])
-@pytest.mark.parametrize("saved, hidden", [({"hidden": 0}, 0), ({}, 0), ({"hidden": 32}, 32)])
-def test_audit_and_experiment_train_the_runs_hidden_layer_unless_told_otherwise(tmp_path, command, saved, hidden):
-    """A run without a hidden layer (saved as 0, or from before the field) or with one."""
-    config = _config_in_run_dir(tmp_path, "hidden", saved)
-    here = config(command, "--out", str(tmp_path))
-    assert (here.hidden, here.widths) == (hidden, (4, 8, 8))  # the run's config was read
-    assert config(command, "--out", str(tmp_path), "--hidden", "16").hidden == 16
-    assert config(command, "--out", str(tmp_path / "none")).hidden == Config().hidden
-
-
-def test_config_refuses_bad_experiment_settings():
-    with pytest.raises(ConfigError, match="--emphasis-factor"):
-        Config(emphasis_factor=1)
-    with pytest.raises(ConfigError, match="--seeds"):
-        Config(seeds=0)
+def test_without_a_run_in_out_the_experiment_trains_the_default_network(called, tmp_path):
+    rundir.save_run_config(tmp_path, RUN, RunOutputs(), Invocation())
+    assert called("experiment", "--out", tmp_path / "none")["recipe"].widths == Recipe().widths
+    assert called("experiment", "--out", tmp_path / "none", "--widths", "8,8")["recipe"].widths == (8, 8)
 
 
 def test_an_unreadable_training_audit_is_named(prerequisites, tmp_path, mnist_dir, capsys):
@@ -349,17 +322,3 @@ def test_an_unreadable_training_audit_is_named(prerequisites, tmp_path, mnist_di
     (out / "cv_probs_train.npz").write_bytes(b"not an npz")
     assert cli.main(_argv("experiment", out, mnist_dir, *EXPERIMENT)) == 2
     assert str(out / "cv_probs_train.npz") in _one_line_error(capsys)
-
-
-@pytest.mark.parametrize("command", ["experiment", "audit"])
-@pytest.mark.parametrize("saved, norm_stats", [({"norm_stats": "clean"}, "clean"), ({}, "running"),
-                                               ({"norm_stats": "running"}, "running")])
-def test_audit_and_experiment_follow_the_runs_norm_stats_unless_told_otherwise(tmp_path, command, saved, norm_stats):
-    """A run of version 0.5 (clean), of a version before (no field: the averages of training), or made with
-    --norm-stats running: an audit's fold CNNs, pooled with the run's members, are trained the same way."""
-    config = _config_in_run_dir(tmp_path, "norm_stats", saved)
-    here = config(command, "--out", str(tmp_path))
-    assert (here.norm_stats, here.widths) == (norm_stats, (4, 8, 8))  # the run's config was read
-    other = {"clean": "running", "running": "clean"}[norm_stats]
-    assert config(command, "--out", str(tmp_path), "--norm-stats", other).norm_stats == other
-    assert config(command, "--out", str(tmp_path / "none")).norm_stats == "clean"

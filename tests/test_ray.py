@@ -228,7 +228,7 @@ def test_resume_after_a_driver_crash_trains_only_the_missing_members(cluster, lo
 
 def test_resume_may_move_a_run_to_another_backend(tmp_path, capsys):
     """--backend and --ray-address may go with --resume (the result does not depend on them); others may not."""
-    rundir.save_run_config(tmp_path, Recipe(), RunOutputs())
+    rundir.save_run_config(tmp_path, Recipe(), RunOutputs(), Invocation())
     local = cli.invocation(cli.build_parser().parse_args(["run", "--resume", str(tmp_path), "--backend", "local"]))
     assert (local.out, local.backend, local.ray_address) == (tmp_path, "local", None)
     argv = ["run", "--resume", str(tmp_path), "--backend", "ray", "--ray-address", "10.0.0.2:6379"]

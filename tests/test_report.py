@@ -195,8 +195,8 @@ def test_a_manifest_from_another_version_is_refused(report_run, tmp_path, capsys
     (other / "manifest.json").write_text(json.dumps({**body, "version": 99}))
     assert cli.main(["report", str(other)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith("manifest.json: manifest format version 99, but this ambiguous-digits reads version 1; "
-                        "start a new run (a new --out, or --force)") and len(err.splitlines()) == 1
+    assert f"{other / 'manifest.json'}: written by" in err and "(manifest format 99)" in err
+    assert f"reads format {manifest.MANIFEST_VERSION}" in err and "--force" in err and len(err.splitlines()) == 1
 
 
 def test_a_report_that_cannot_be_written_is_one_line_and_changes_nothing(report_run, tmp_path, capsys):

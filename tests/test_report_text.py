@@ -50,7 +50,7 @@ def test_answers_quote_this_runs_numbers(facts, report_run):
     assert f"{summary['member_accuracy_mean']:.2%}" in text
     assert f"{summary['test_errors']} errors" in text
     assert "8,834 parameters" in text  # widths 8,16,32, from summary["model"]
-    assert summary["config"]["augment"] and report_text.norm_stats_clause(True, "digit") in text
+    assert summary["recipe"]["augment"] and report_text.norm_stats_clause(True, "digit") in text
 
 
 def test_answers_name_the_most_confused_pair(facts, report_run):
@@ -76,7 +76,7 @@ def test_the_confusion_sentence_names_the_classes_and_counts():
 
 
 # ---------------------------------------------------------------------------
-# The method: from the config's augment alone
+# The method: from the recipe's augment
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("noun", ["digit", "image"])
 def test_the_norms_statistics_are_recomputed_after_augmented_training_only(noun):
@@ -86,12 +86,10 @@ def test_the_norms_statistics_are_recomputed_after_augmented_training_only(noun)
     assert report_text.norm_stats_clause(False, noun) == ""  # nothing to recompute without augmentation
 
 
-@pytest.mark.parametrize("legacy", [{}, {"norm_stats": "running"}, {"norm_stats": "clean", "pool_first": False}])
-def test_the_method_reads_augment_alone_not_the_removed_config_fields(facts, legacy):
+def test_the_method_follows_the_recipes_augment(facts):
     f = copy.deepcopy(facts)
-    config = {k: v for k, v in f["summary"]["config"].items() if k not in ("norm_stats", "pool_first")}
     for augment in (True, False):
-        f["summary"]["config"] = {**config, **legacy, "augment": augment}
+        f["summary"]["recipe"] = {**facts["summary"]["recipe"], "augment": augment}
         method = report_text.describe_model(f, "digit")[1]
         assert (report_text.norm_stats_clause(True, "digit") in method) == augment
         assert ("without random affine augmentation" in method) == (not augment)

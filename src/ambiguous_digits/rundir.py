@@ -9,6 +9,7 @@ never write one directory at once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -21,7 +22,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from . import __version__, files, manifest
-from .config import RANKING_NAMES, AuditPlan, ConfigError, Recipe, RunOutputs
+from .config import RANKING_NAMES, AuditPlan, ConfigError, Invocation, Recipe, RunOutputs
 
 CONFIG_FILE = "config.json"
 PROBS_FILE = "probs.npz"
@@ -216,14 +217,30 @@ def save_with(run_dir: Path, name: str, write: Callable[[Path], None]) -> Path:
 # ---------------------------------------------------------------------------
 # Settings saved beside the results
 # ---------------------------------------------------------------------------
-def save_run_config(out: Path, recipe: Recipe, outputs: RunOutputs) -> None:
+def _placement(inv: Invocation) -> dict:
+    """Where the jobs ran: the thread count and device change a float's rounding, so a resume keeps them."""
+    return {"device": inv.device, "threads": inv.threads}
+
+
+def save_run_config(out: Path, recipe: Recipe, outputs: RunOutputs, inv: Invocation) -> None:
     save_json(out, CONFIG_FILE, {"version": __version__, "recipe": recipe.to_json(),
-                                 "outputs": {"top": outputs.top, "rankings": list(outputs.rankings)}})
+                                 "outputs": {"top": outputs.top, "rankings": list(outputs.rankings)},
+                                 "placement": _placement(inv)})
 
 
-def save_audit_config(out: Path, recipe: Recipe, plan: AuditPlan) -> None:
+def save_audit_config(out: Path, recipe: Recipe, plan: AuditPlan, inv: Invocation) -> None:
     save_json(out, AUDIT[plan.split].config, {"version": __version__, "recipe": recipe.to_json(),
-                                              "audit": {"folds": plan.folds, "split": plan.split, "top": plan.top}})
+                                              "audit": {"folds": plan.folds, "split": plan.split, "top": plan.top},
+                                              "placement": _placement(inv)})
+
+
+def placed_as_before(run_dir: Path, name: str, inv: Invocation) -> Invocation:
+    """`inv` with the device and threads the run (or audit) saved in `name` started with."""
+    d = _read_config(run_dir, name)
+    try:
+        return dataclasses.replace(inv, **{k: d["placement"][k] for k in ("device", "threads")})
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"{run_dir / name}: not a config this version can read ({e})") from None
 
 
 def _read_config(run_dir: Path, name: str) -> dict:

@@ -36,7 +36,7 @@ def claim(recipe: Recipe, plan: AuditPlan, inv: Invocation, ds: data.Dataset, im
     rundir.check_same_data(inv.out, ds, plan.split)
     with rundir.claiming(inv.out):
         rundir.clear_audit(inv.out, plan.split)
-        rundir.save_audit_config(inv.out, recipe, plan)
+        rundir.save_audit_config(inv.out, recipe, plan, inv)
     rundir.save_json(inv.out, rundir.AUDIT[plan.split].data, ds.record())
 
 
@@ -154,4 +154,4 @@ def _pool_with_run(recipe: Recipe, plan: AuditPlan, inv: Invocation, cv_probs: n
 def resume(split: str, inv: Invocation, log: Log = print) -> dict:
     """Continue the interrupted audit of `split` in inv.out with its own saved recipe and plan."""
     recipe, plan = rundir.load_audit_config(inv.out, split)
-    return run_audit(recipe, plan, inv, log, resume=True)
+    return run_audit(recipe, plan, rundir.placed_as_before(inv.out, rundir.AUDIT[split].config, inv), log, resume=True)

@@ -28,7 +28,7 @@ def claim(recipe: Recipe, outputs_: RunOutputs, inv: Invocation, ds: data.Datase
     rundir.check_out_dir(inv.out, inv.force)
     with rundir.claiming(inv.out):
         rundir.clear_earlier_run(inv.out)
-        rundir.save_run_config(inv.out, recipe, outputs_)
+        rundir.save_run_config(inv.out, recipe, outputs_, inv)
     rundir.save_json(inv.out, rundir.DATA_FILE, ds.record())
 
 
@@ -129,6 +129,6 @@ def _summary(recipe: Recipe, outputs_: RunOutputs, inv: Invocation, ds: data.Dat
 
 
 def resume(inv: Invocation, log: Log = print) -> dict:
-    """Continue the interrupted run in inv.out with its own saved recipe."""
+    """Continue the interrupted run in inv.out with its own saved recipe, on the device and threads it started with."""
     recipe, outputs_ = rundir.load_run_config(inv.out)
-    return run(recipe, outputs_, inv, log, resume=True)
+    return run(recipe, outputs_, rundir.placed_as_before(inv.out, rundir.CONFIG_FILE, inv), log, resume=True)
