@@ -8,7 +8,10 @@ percentile of the training digits' own scores, each left out of its own neighbou
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+from sklearn.neighbors import NearestNeighbors
 
 from . import neighbours, scores
 
@@ -25,6 +28,9 @@ CONFIDENT_P = 0.9
 DISAGREE_PERCENTILE = 99.0
 # Unfamiliarity at or above this percentile of the training digits' own: "unlike any training digit".
 UNFAMILIAR_PERCENTILE = 99.9
+# `predict`'s default: at or above this percentile of the training digits' own unfamiliarity, a user's image is
+# "unlike any training digit" and its prediction not to be trusted (bench/ood.py measures what it catches).
+PREDICT_UNFAMILIAR_PCT = 99.9
 
 
 def pool(member_features: list[np.ndarray]) -> np.ndarray:
@@ -43,6 +49,27 @@ def unfamiliarity(train: np.ndarray, queries: np.ndarray | None = None, k: int =
     else:
         _, dist = neighbours.nearest(train, queries, k)
     return dist.mean(axis=1)
+
+
+@dataclass(frozen=True)
+class Familiar:
+    """The training digits' embeddings fitted once for many queries, and their own unfamiliarity (N,)."""
+
+    index: NearestNeighbors
+    own: np.ndarray  # sorted: percentile_of's reference
+
+    @classmethod
+    def fit(cls, train: np.ndarray, own: np.ndarray, k: int = UNFAMILIAR_K) -> Familiar:
+        """`train` (N, D) embeddings and `own` (N,) their unfamiliarity, each left out of its own neighbours."""
+        index = NearestNeighbors(n_neighbors=min(k, len(train)), metric="cosine", algorithm="brute")
+        return cls(index.fit(np.asarray(train, dtype=np.float32)), np.sort(own))
+
+    def score(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, D) embeddings -> (Q,) unfamiliarity (as `unfamiliarity` gives it; HIGHER = less familiar) and (Q,)
+        its percentile of the training digits' own, in [0, 100]."""
+        dist, _ = self.index.kneighbors(np.asarray(queries, dtype=np.float32))
+        found = dist.mean(axis=1)
+        return found, percentile_of(found, self.own)
 
 
 def percentile_of(values: np.ndarray, reference: np.ndarray) -> np.ndarray:

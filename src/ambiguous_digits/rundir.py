@@ -39,6 +39,10 @@ NEIGHBOURS_FILE = "neighbours.csv"
 EXPERIMENT_FILE = "experiment.json"
 EXPERIMENT_TABLE_FILE = "experiment.md"
 EXPERIMENT_PROBS_FILE = "experiment_probs.npz"
+# `clean`'s output folder (default: inside the run directory), the cleaned data set and the record of its changes.
+CLEANED_DIR = "cleaned"
+CLEANED_FILE = "cleaned.npz"
+CLEANING_FILE = "cleaning.json"
 MEMBER_STEM = "members/member-{m}"
 MODEL_FILE = "models/member-{m}.pt"
 FOLD_STEM = "folds/{split}-fold-{f}-member-{m}"
@@ -50,7 +54,7 @@ CLEARING_FILE = "claiming-run-directory.txt"
 # Held by the one command writing into the directory; hidden, it never holds results.
 LOCK_FILE = ".rundir.lock"
 # Folders of per-digit images and per-member files; a --force rerun starts them afresh.
-RUN_FOLDERS = ("members", "models", "folds", IMAGES_DIR, PREDICTIONS_DIR)
+RUN_FOLDERS = ("members", "models", "folds", IMAGES_DIR, PREDICTIONS_DIR, CLEANED_DIR)
 
 
 @dataclass(frozen=True)
