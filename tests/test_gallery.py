@@ -1,15 +1,18 @@
-"""The report's galleries (gallery): which digits the page holds, and their pictures, on data with known answers.
+"""The report's galleries (gallery): which digits the page holds, their pictures and neighbour strips, on data with
+known answers.
 
 The galleries in a real browser are driven in test_report.py, on the rendered page.
 """
 
 import base64
+import csv
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from ambiguous_digits import gallery
+from ambiguous_digits import gallery, manifest
 
 
 def test_needed_prefix_holds_the_first_k_digits_of_every_filter():
@@ -71,3 +74,38 @@ def test_the_reliability_diagram_is_an_embedded_png():
 def test_a_ranking_the_page_does_not_know_is_titled_by_its_name():
     assert gallery.ranking_title("label_issues")["title"] == "Suspected label errors"
     assert gallery.ranking_title("my_own_score") == {"title": "my own score", "about": ""}
+
+
+def _near(given: int, other: int, role: str, given_dist: float, other_dist: float) -> dict:
+    return {"given": {"class": given, "train": [1, 2], "dist": [given_dist] * 2},
+            role: {"class": other, "train": [3, 4], "dist": [other_dist] * 2}}
+
+
+def test_a_strip_per_class_the_given_labels_first_and_roles_of_one_class_merged():
+    near = {"predicted": {"class": 9, "train": [7, 8], "dist": [0.1, 0.3]}, **_near(4, 9, "suggested", 0.4, 0.2)}
+    found = gallery.strips(near)
+    assert [(s["roles"], s["c"], s["train"]) for s in found] == [(["given"], 4, [1, 2]),
+                                                                  (["suggested", "predicted"], 9, [3, 4])]
+    assert found[0]["mean"] == 0.4 and found[1]["mean"] == 0.2  # the first role's distances
+    assert gallery.strips({"given": near["given"], "predicted": near["given"]})[0]["roles"] == ["given", "predicted"]
+
+
+@pytest.mark.parametrize("given_dist, other_dist, says", [(0.4, 0.2, "this 4 sits among training 9s"),
+                                                           (0.2, 0.4, "this 4 sits nearer training 4s than 9s")])
+def test_the_caption_says_which_class_the_digit_sits_nearer(given_dist, other_dist, says):
+    names = tuple(str(k) for k in range(10))
+    caption = gallery.strip_caption(gallery.strips(_near(4, 9, "predicted", given_dist, other_dist)), names)
+    assert caption.startswith(says)
+    assert gallery.strip_caption(gallery.strips(_near(4, 4, "predicted", 0.2, 0.2)), names) == ""  # nothing to compare
+
+
+def test_neighbours_are_read_nearest_first_and_only_when_listed(tmp_path):
+    manifest.record(tmp_path)
+    assert gallery.read_neighbours(tmp_path) == {}  # a run without neighbours.csv: no strips
+    rows = [("test", 5, "given", 3, 2, 40, 0.2), ("test", 5, "given", 3, 1, 30, 0.1), ("train", 5, "given", 3, 1, 9, 0.0),
+            ("test", 7, "predicted", 1, 1, 11, 0.3)]
+    with open(tmp_path / "neighbours.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("split", "index", "role", "class", "rank", "train_index", "distance"), *rows])
+    manifest.record(tmp_path, tmp_path / "neighbours.csv")
+    assert gallery.read_neighbours(tmp_path) == {5: {"given": {"class": 3, "train": [30, 40], "dist": [0.1, 0.2]}},
+                                                 7: {"predicted": {"class": 1, "train": [11], "dist": [0.3]}}}

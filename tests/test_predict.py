@@ -3,6 +3,7 @@
 import errno
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,9 @@ import torch
 from PIL import Image, ImageDraw, PngImagePlugin
 
 from ambiguous_digits import cli, files, manifest, predict, preprocess, train
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is a script folder, not part of the package
+from bench.ood import glyph_page  # noqa: E402  (the glyphs the benchmark renders, as a user's picture of one)
 
 DIGITS = range(8)  # the first test digits, rendered as a user might photograph them
 UPSCALE = 9
@@ -269,3 +273,77 @@ def test_the_run_s_saved_models_score_its_test_digits_to_the_same_bytes(trained,
     x = mnist.x_test[saved["index"]]
     again = np.stack([train.predict_probs(m, x, torch.device("cpu")) for m in models])
     assert again.tobytes() == saved["probs"].tobytes()
+
+
+# ---------------------------------------------------------------- unlike any training digit
+# A tiny run's 128-wide embedding of 3,000 digits leaves letters at the 80-99.8th percentile of the training digits'
+# own, few above 99.9 (bench/ood.py); "@" sits near the top on every tiny run measured, so the tests flag at 99.
+FLAG_PCT = 99.0
+UNFAMILIAR_GLYPH = "@"
+# Test digits the tiny run never trained on (it trains on training digits only; its own test digits are 0-99).
+REAL = range(100, 120)
+
+
+def _flag_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if "unlike any training digit" in line]
+
+
+def test_predict_flags_a_rendered_glyph_as_unlike_any_training_digit(trained, tmp_path, capsys):
+    image = tmp_path / "at.png"
+    glyph_page(UNFAMILIAR_GLYPH).save(image)
+    assert cli.main(["predict", str(image), "--run", str(trained), "--unfamiliar-above", str(FLAG_PCT)]) == 0
+    out = capsys.readouterr().out
+    first, flagged = out.splitlines()[0], _flag_lines(out)
+    assert len(flagged) == 1
+    predicted = first.split("predicted ")[1].split()[0]
+    shown = float(first.split("unfamiliarity ")[1].split("(percentile ")[1].split()[0])
+    assert shown >= FLAG_PCT and f"at the {shown:.1f}th percentile" in flagged[0]
+    assert f"the prediction {predicted} is not" in flagged[0]
+
+
+def test_predict_accepts_real_test_digits_without_the_flag(trained, mnist, tmp_path, capsys):
+    paths = []
+    for i in REAL:
+        paths.append(tmp_path / f"test{i}.png")
+        Image.fromarray(mnist.x_test[i]).save(paths[-1])  # the 28x28 digit itself, light on dark
+    for flag in ([], ["--unfamiliar-above", str(FLAG_PCT)]):
+        assert cli.main(["predict", *map(str, paths), "--run", str(trained), "--out", str(tmp_path / "saw"), *flag]) == 0
+        out = capsys.readouterr().out
+        assert out.count("unfamiliarity ") == len(REAL) and not _flag_lines(out)
+
+
+def test_a_threshold_of_zero_flags_every_image(trained, mnist, tmp_path, capsys):
+    image = tmp_path / "d.png"
+    Image.fromarray(mnist.x_test[100]).save(image)
+    assert cli.main(["predict", str(image), "--run", str(trained), "--out", str(tmp_path), "--unfamiliar-above", "0"]) == 0
+    assert len(_flag_lines(capsys.readouterr().out)) == 1
+
+
+@pytest.mark.parametrize("value", ["100.5", "-1", "nan", "inf"])
+def test_a_threshold_outside_0_to_100_is_refused_in_one_line(trained, tmp_path, capsys, value):
+    image = tmp_path / "d.png"
+    image.write_bytes(b"never read")
+    assert cli.main(["predict", str(image), "--run", str(trained), "--unfamiliar-above", value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ambiguous-digits: error: --unfamiliar-above: expected a percentile from 0 to 100")
+    assert len(err.splitlines()) == 1
+
+
+def test_a_threshold_that_is_not_a_number_is_refused_by_the_parser(trained, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["predict", str(tmp_path / "d.png"), "--run", str(trained), "--unfamiliar-above", "high"])
+    assert e.value.code == 2 and "--unfamiliar-above: invalid float value: 'high'" in capsys.readouterr().err
+
+
+def test_a_run_without_embeddings_still_predicts_and_says_so_once(trained, mnist, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    manifest.forget(run, "embeddings.npz")  # as a run made before embeddings.npz was written
+    (run / "embeddings.npz").unlink()
+    images = [tmp_path / "a.png", tmp_path / "b.png"]
+    for i, path in zip(REAL, images):
+        Image.fromarray(mnist.x_test[i]).save(path)
+    assert cli.main(["predict", *map(str, images), "--run", str(run), "--out", str(tmp_path / "saw")]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "predict: warning: " in captured.err and "embeddings.npz" in captured.err
+    assert captured.out.count("predicted ") == 2 and "unfamiliarity" not in captured.out

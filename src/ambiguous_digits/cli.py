@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("run_dir", type=_run_dir,
                      help="run directory holding scores.csv (from run) and/or label_issues.csv (from audit)")
     _add_predict(sub)
+    _add_clean(sub)
     return parser
 
 
@@ -244,6 +245,25 @@ def _add_predict(sub) -> None:
     pre.add_argument("--out", type=Path, default=None,
                      help="where the preprocessed 28x28 images go (default: RUN_DIR/predictions)")
     pre.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default: cpu)")
+    # Default None: the constant lives in evidence, which imports scikit-learn, too slow for every command's start.
+    pre.add_argument("--unfamiliar-above", type=float, default=None, metavar="PCT",
+                     help="say an image is unlike any training digit, and its prediction not to be trusted, when its "
+                          "unfamiliarity is at or above this percentile of the training digits' own (0-100; default: "
+                          "evidence.PREDICT_UNFAMILIAR_PCT)")
+
+
+def _add_clean(sub) -> None:
+    cle = sub.add_parser("clean", help="apply a review of the labels to a run's data set and re-measure its "
+                         "ensemble (no retraining)")
+    cle.add_argument("run_dir", type=_run_dir, help="finished run directory (from `run`)")
+    cle.add_argument("--review", required=True, metavar="FILE",
+                     help="review CSV (split,index,given_label,verdict,new_label,note,reviewed_at; verdict "
+                          "correct, relabel or exclude), or 'mturk': the published human review of MNIST's test set")
+    cle.add_argument("--out", type=Path, default=None,
+                     help="where cleaned.npz and cleaning.json go (default: RUN_DIR/cleaned)")
+    cle.add_argument("--force", action="store_true", help="overwrite the files of a non-empty --out")
+    cle.add_argument("--data-dir", type=_absolute_path, default=None,
+                     help="cache of the run's published data set (default: the one the run used)")
 
 
 # ---------------------------------------------------------------------------
@@ -341,11 +361,29 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     """Exit status 1 when any image could not be scored (each named on its own line); 0 otherwise."""
     from .predict import predict_images
 
-    return 1 if predict_images(a.images, a.run, a.out, a.device) else 0
+    return 1 if predict_images(a.images, a.run, a.out, a.device, unfamiliar_above=a.unfamiliar_above) else 0
+
+
+def _cmd_clean(a: argparse.Namespace) -> None:
+    from .commands.clean import run_clean
+    from .rundir import CLEANED_DIR, CLEANED_FILE, CLEANING_FILE
+
+    c = run_clean(a.run_dir, a.review, a.out, a.force, a.data_dir, log=lambda _: None)
+    acc, n = c["accuracy"], c["counts"]
+    shown = {k: "none left" if r["accuracy"] is None else f"{r['accuracy']:.2%} ({r['errors']} errors in "
+             f"{r['digits']} test digits)" for k, r in acc.items() if k != "warning"}
+    print(f"test accuracy on the original labels: {shown['original_labels']}")
+    print(f"on the corrected labels ({n['test']['relabel']} relabelled, nothing removed): {shown['corrected_labels']}")
+    print(f"on the corrected labels without the {acc['corrected_excluded_removed']['removed']} excluded digit(s): "
+          f"{shown['corrected_excluded_removed']}")
+    print(acc["warning"])
+    out = a.out if a.out is not None else a.run_dir / CLEANED_DIR
+    print(f"wrote {out / CLEANED_FILE} ({n['train']['kept']} training, {n['test']['kept']} test digits) and "
+          f"{out / CLEANING_FILE}; train on it: {PROG} run --dataset npz:{out / CLEANED_FILE}")
 
 
 COMMANDS = {"run": _cmd_run, "audit": _cmd_audit, "experiment": _cmd_experiment, "report": _cmd_report,
-            "validate": _cmd_validate, "predict": _cmd_predict}
+            "validate": _cmd_validate, "predict": _cmd_predict, "clean": _cmd_clean}
 
 
 def main(argv: list[str] | None = None) -> int:

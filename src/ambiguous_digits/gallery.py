@@ -2,14 +2,18 @@
 
 The page holds the pixels of every image a gallery can show under any ranking and
 filter, as PNG data URIs, plus one JSON blob the page's script reads; the
-reliability diagram is an embedded PNG too.
+reliability diagram is an embedded PNG too. Digits listed in neighbours.csv also
+carry their neighbour strips: their nearest training images of the given label and
+of the predicted or suggested class, whose pixels the page holds once each.
 """
 
 from __future__ import annotations
 
 import base64
+import csv
 import io
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import matplotlib
@@ -19,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from . import scores  # noqa: E402
+from . import manifest, rundir, scores  # noqa: E402
 
 if TYPE_CHECKING:
     from .report import Run
@@ -46,6 +50,8 @@ RANKING_INFO = {
 # Per-digit measures shown in the detail view, in this order (scores.csv columns).
 MEASURES = ("prob_pred", "prob_label", "margin", "entropy", "expected_entropy", "mutual_information",
             "vote_disagreement", "members_wrong", "ambiguity")
+# Roles of neighbours.csv in the order their strips are shown: the given label's first, to compare against.
+STRIP_ROLES = ("given", "suggested", "predicted")
 
 
 # ---------------------------------------------------------------------------
@@ -154,8 +160,10 @@ def _num(x: float, digits: int = 4) -> float | None:
     return None if np.isnan(x) else round(float(x), digits)
 
 
-def digit_record(run: Run, i: int, image: np.ndarray, rank_columns: dict[str, np.ndarray]) -> dict:
-    """One digit for the page: pixels, labels, probabilities, measures, ranks and member votes."""
+def digit_record(run: Run, i: int, image: np.ndarray, rank_columns: dict[str, np.ndarray],
+                 near: dict[str, dict] | None = None) -> dict:
+    """One digit for the page: pixels, labels, probabilities, measures, ranks, member votes, the reasons
+    sentences, and its neighbour strips when `near` (read_neighbours, one digit's) has them."""
     t, member = run.table, run.member_probs[:, i, :]
     votes = member.argmax(axis=1)
     rec = {
@@ -166,29 +174,93 @@ def digit_record(run: Run, i: int, image: np.ndarray, rank_columns: dict[str, np
         "votes": votes.tolist(), "vote_probs": [_num(member[m, v]) for m, v in enumerate(votes)],
         "label_probs": [_num(p) for p in member[:, int(t["label"][i])]],
     }
+    if "reasons" in t:
+        rec["reasons"] = str(t["reasons"][i])
     if run.label_issues is not None:
         li = run.label_issues
         rec["issue"] = {"suggested": int(li["suggested_label"][i]), "quality": _num(li["label_quality"][i]),
                         "flagged": bool(li["is_label_issue"][i])}
+        if "reasons" in li:
+            rec["issue"]["reasons"] = str(li["reasons"][i])
+    if near:
+        rec["strips"] = strips(near)
+        rec["caption"] = strip_caption(rec["strips"], run.class_names)
     return rec
 
 
-def gallery_data(run: Run, x_test: np.ndarray) -> dict:
-    """The JSON the page's script reads: digits, each ranking's order and filter counts."""
-    orders = ranking_orders(run)
+def gallery_data(run: Run, x_test: np.ndarray, x_train: np.ndarray,
+                 near: dict[int, dict[str, dict]] | None = None) -> dict:
+    """The JSON the page's script reads: digits, each ranking's order and filter counts, and the training
+    images the neighbour strips show (`near`: read_neighbours)."""
+    orders, near = ranking_orders(run), near or {}
     labels, preds, classes = run.labels, run.preds, len(run.class_names)
     chosen = chosen_digits(orders, labels, preds, classes)
     has = np.zeros(len(labels), bool)
     has[chosen] = True
     rank_columns = {n: (run.label_issues["rank"] if n == "label_issues" else run.table[f"rank_{n}"]) for n in orders}
+    digits = [digit_record(run, int(i), x_test[i], rank_columns, near.get(int(i))) for i in np.sort(chosen)]
     return {
         "members": run.member_probs.shape[0], "seeds": run.seeds, "measures": list(MEASURES),
-        "classes": list(run.class_names),
-        "digits": [digit_record(run, int(i), x_test[i], rank_columns) for i in np.sort(chosen)],
+        "classes": list(run.class_names), "digits": digits,
         "rankings": {n: {**ranking_title(n), "order": o[has[o]].tolist(),
                          "counts": filter_counts(o, labels, preds, classes)}
                      for n, o in orders.items()},
+        "train_images": strip_images(digits, x_train),
     }
+
+
+# ---------------------------------------------------------------------------
+# Evidence: the nearest training digits (neighbours.csv) as strips
+# ---------------------------------------------------------------------------
+def read_neighbours(run_dir: Path) -> dict[int, dict[str, dict]]:
+    """Test digit -> role -> {"class": c, "train": (k,) training indices, "dist": (k,) cosine distances},
+    nearest first, from neighbours.csv (checked against the manifest); {} when the run has none."""
+    if not manifest.listed(run_dir, rundir.NEIGHBOURS_FILE):
+        return {}
+    found: dict[int, dict[str, dict]] = {}
+    with open(manifest.verified(run_dir, rundir.NEIGHBOURS_FILE), newline="") as f:
+        rows = sorted((r for r in csv.DictReader(f) if r["split"] == "test"), key=lambda r: int(r["rank"]))
+    for r in rows:
+        role = found.setdefault(int(r["index"]), {}).setdefault(r["role"], {"class": int(r["class"]), "train": [],
+                                                                            "dist": []})
+        role["train"].append(int(r["train_index"]))
+        role["dist"].append(float(r["distance"]))
+    return found
+
+
+def strips(near: dict[str, dict]) -> list[dict]:
+    """One digit's strips, one per distinct class in STRIP_ROLES order (the given label's first): its roles,
+    class, training indices (nearest first) and their mean cosine distance (LOWER = closer)."""
+    out: list[dict] = []
+    for role in (r for r in STRIP_ROLES if r in near):
+        cls = near[role]["class"]
+        same = next((s for s in out if s["c"] == cls), None)
+        if same is not None:
+            same["roles"].append(role)
+            continue
+        out.append({"roles": [role], "c": cls, "train": near[role]["train"],
+                    "mean": round(float(np.mean(near[role]["dist"])), 4)})
+    return out
+
+
+def strip_caption(found: list[dict], names: tuple[str, ...]) -> str:
+    """What the strips say: whether the digit sits nearer training images of another class than of its
+    given label (the first strip), by mean distance; "" without another class to compare."""
+    if len(found) < 2 or "given" not in found[0]["roles"]:
+        return ""
+    given, other = found[0], min(found[1:], key=lambda s: s["mean"])
+    mine, theirs = names[given["c"]], names[other["c"]]
+    if other["mean"] < given["mean"]:
+        return (f"this {mine} sits among training {theirs}s (mean distance {other['mean']:.3f}, "
+                f"to training {mine}s {given['mean']:.3f})")
+    return (f"this {mine} sits nearer training {mine}s than {theirs}s (mean distance {given['mean']:.3f} "
+            f"vs {other['mean']:.3f})")
+
+
+def strip_images(digits: list[dict], x_train: np.ndarray) -> dict[str, str]:
+    """Training index -> PNG data URI of every training image a strip shows, each once."""
+    wanted = sorted({t for d in digits for s in d.get("strips", ()) for t in s["train"]})
+    return {str(t): digit_uri(x_train[t]) for t in wanted}
 
 
 def train_issue_cards(run: Run, x_train: np.ndarray) -> list[dict]:

@@ -20,14 +20,16 @@ from .train import Runtime, setup
 
 def member_job(recipe: Recipe, device: str, threads: int | None, seed: int, num_classes: int, x_train: np.ndarray,
                y_train: np.ndarray, x_eval: np.ndarray, state: dict | None = None, on_epoch=None,
-               progress: bool = True) -> members.MemberResult:
-    """Train one CNN with `seed` on (x_train, y_train) and predict x_eval: probabilities (N, K), row i = image i.
+               progress: bool = True, features: bool = False) -> members.MemberResult:
+    """Train one CNN with `seed` on (x_train, y_train) and predict x_eval: probabilities (N, K), row i = image i
+    (with `features`, also every digit's penultimate features).
 
     The model comes back on the CPU, whatever device trained it.
     """
     resolved, precision = setup(device, threads, recipe.precision)
     rt = Runtime(resolved, precision, progress, on_epoch)
-    result = members.train_member(recipe, seed, x_train, y_train, x_eval, num_classes, rt, state=state)
+    result = members.train_member(recipe, seed, x_train, y_train, x_eval, num_classes, rt, state=state,
+                                  features=features)
     return dataclasses.replace(result, model=result.model.cpu())
 
 

@@ -28,7 +28,7 @@ import torch
 from . import files, manifest
 from .config import ConfigError, Recipe
 from .model import Net, checkpoint
-from .train import Runtime, predict_probs, train
+from .train import Runtime, predict_features, predict_probs, train
 
 
 @dataclass
@@ -40,18 +40,27 @@ class MemberResult:
     history: list[dict]
     model: Net | None = None
     predict_seconds: float = 0.0
+    # Penultimate features (float16), row i = digit i: {"train": (N_train, D), "eval": (N, D)}; run members only.
+    features: dict[str, np.ndarray] | None = None
+    feature_seconds: float = 0.0
 
 
 def train_member(recipe: Recipe, seed: int, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray,
-                 num_classes: int, rt: Runtime, state: dict | None = None) -> MemberResult:
-    """Train one CNN with `seed` (continuing from `state` when given) and predict x_eval (N, 28, 28) -> (N, K)."""
+                 num_classes: int, rt: Runtime, state: dict | None = None, features: bool = False) -> MemberResult:
+    """Train one CNN with `seed` (continuing from `state` when given) and predict x_eval (N, 28, 28) -> (N, K);
+    with `features`, also the penultimate features of every training and evaluation digit."""
     model, history = train(x_train, y_train, recipe, seed, rt, num_classes=num_classes, state=state)
     start = time.perf_counter()
     probs = predict_probs(model, x_eval, rt.device)
     if not np.isfinite(probs).all():  # a finite loss but overflowing weights; refused before it is saved
         raise ConfigError(f"--lr: training diverged (the CNN of seed {seed} gives NaN probabilities); "
                           f"try a lower --lr than {recipe.lr}")
-    return MemberResult(seed, probs, history, model, time.perf_counter() - start)
+    predict_seconds, start = time.perf_counter() - start, time.perf_counter()
+    found = None
+    if features:
+        found = {split: predict_features(model, x, rt.device).astype(np.float16)
+                 for split, x in (("train", x_train), ("eval", x_eval))}
+    return MemberResult(seed, probs, history, model, predict_seconds, found, time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------------------
@@ -64,9 +73,10 @@ def save_member(run_dir: Path, stem: str, result: MemberResult, model_name: str 
         paths.append(_save_torch(run_dir / model_name, checkpoint(result.model)))
     path = run_dir / f"{stem}.npz"
     files.make_dirs(path.parent)
+    features = {f"features_{k}": v for k, v in (result.features or {}).items()}
     with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, probs=result.probs.astype(np.float32), seed=np.uint64(result.seed),
-                 history=np.array(json.dumps(result.history)))
+                 history=np.array(json.dumps(result.history)), **features)
     manifest.record(run_dir, *paths, path)  # one update: listed together, or not at all
     drop_states(run_dir, stem)
 
@@ -79,9 +89,10 @@ def load_member(run_dir: Path, stem: str, seed: int) -> MemberResult | None:
     path = manifest.verified(run_dir, name)
     with np.load(path, allow_pickle=False) as z:
         probs, saved_seed, history = z["probs"], int(z["seed"]), json.loads(str(z["history"]))
+        features = {k.removeprefix("features_"): z[k] for k in z.files if k.startswith("features_")} or None
     if saved_seed != seed:
         raise ConfigError(f"{path}: trained with seed {saved_seed}, but this run's member has seed {seed}")
-    return MemberResult(seed, probs, history)
+    return MemberResult(seed, probs, history, features=features)
 
 
 # ---------------------------------------------------------------------------

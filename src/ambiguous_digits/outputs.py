@@ -20,6 +20,8 @@ from .config import ConfigError  # noqa: E402
 # Column order of scores.csv; float columns get this many significant digits,
 # enough to tell apart probabilities like 0.99999 and 0.999999.
 FLOAT_DIGITS = 7
+# Columns of a per-digit table that hold text (everything else is a number).
+TEXT_COLUMNS = ("reasons",)
 SHEET_COLUMNS = 5
 SHEET_CELL_INCHES = 2.2
 # Characters of a 10-pt title line that fit one 2.2-inch cell at 80 dpi (checked by eye); longer lines (class
@@ -64,12 +66,13 @@ def read_table(path: Path) -> dict[str, np.ndarray]:
     if short is not None:
         raise ConfigError(f"{path}: line {short} has {len(rows[short - 1])} fields, the header {len(rows[0])} "
                           f"(cut short?)")
+    columns = list(zip(*rows[1:]))
     try:
-        values = np.array([[float(v) if v else np.nan for v in row] for row in rows[1:]])
+        table = {name: np.array(col, dtype=object) if name in TEXT_COLUMNS else
+                 np.array([float(v) if v else np.nan for v in col]) for name, col in zip(rows[0], columns)}
     except ValueError as e:
         raise ConfigError(f"{path}: {e}") from None
-    table = dict(zip(rows[0], values.T))
-    if "index" not in table or not np.array_equal(table["index"], np.arange(len(values))):
+    if "index" not in table or not np.array_equal(table["index"], np.arange(len(rows) - 1)):
         raise ConfigError(f"{path}: rows are not in canonical index order")
     return table
 

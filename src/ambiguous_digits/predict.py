@@ -1,7 +1,10 @@
 """`predict`: score a user's own digit images with a finished run's ensemble.
 
 Each image is made MNIST-style (preprocess.py), run through every member CNN,
-and reported with the same measures `run` computes (scores.py). The 28x28 digit
+and reported with the same measures `run` computes (scores.py), and with how unlike
+the run's training digits its embedding is (evidence.Familiar): at or above a
+percentile of the training digits' own unfamiliarity, its prediction is not to be
+trusted. A run without embeddings.npz is scored without it. The 28x28 digit
 the ensemble saw is written to OUT/<stem>.png (default RUN_DIR/predictions/), or
 OUT/<stem>-2.png, -3, ... when that name is taken: no file is ever overwritten.
 """
@@ -11,16 +14,17 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import files, manifest, outputs, rundir, scores
+from . import data, evidence, files, manifest, outputs, rundir, scores
 from .config import ConfigError
 from .model import from_checkpoint
 from .preprocess import ImageError, preprocess
-from .train import predict_probs, resolve_device
+from .train import predict_features, predict_probs, resolve_device
 
 
 def load_ensemble(run_dir: Path, device: torch.device) -> tuple[list, list[str], str]:
@@ -38,6 +42,26 @@ def load_ensemble(run_dir: Path, device: torch.device) -> tuple[list, list[str],
     return models, data.get("class_names") or [str(c) for c in range(k)], data.get("dataset", "mnist")
 
 
+def load_familiar(run_dir: Path, warn) -> evidence.Familiar | None:
+    """The run's training embeddings, fitted once for every image; None (one warning) where the run has none."""
+    if not manifest.listed(run_dir, rundir.EMBEDDINGS_FILE):
+        warn(f"predict: warning: {run_dir} has no {rundir.EMBEDDINGS_FILE} (a run made before it was written); "
+             f"how unlike the training data each image is goes unchecked")
+        return None
+    with np.load(manifest.verified(run_dir, rundir.EMBEDDINGS_FILE), allow_pickle=False) as z:
+        return evidence.Familiar.fit(z["train"], z["train_unfamiliarity"])
+
+
+def member_probs_of(models: list, digits: np.ndarray, dev: torch.device) -> np.ndarray:
+    """(N, 28, 28) uint8 -> (M, N, K) float32 probabilities of each member."""
+    return np.stack([predict_probs(m, digits, dev) for m in models])
+
+
+def embed(models: list, digits: np.ndarray, dev: torch.device) -> np.ndarray:
+    """(N, 28, 28) uint8 -> (N, D) float32 embedding, pooled over the members as `run` pooled embeddings.npz's."""
+    return evidence.pool([predict_features(m, digits, dev) for m in models])
+
+
 def measures(member_probs: np.ndarray) -> dict[str, np.ndarray]:
     """The label-free measures of `run` for (M, N, K) member probabilities: (N,) each."""
     member_probs, _ = scores.validate_members(member_probs, np.zeros(member_probs.shape[1], dtype=np.int64))
@@ -50,12 +74,21 @@ def measures(member_probs: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def describe(path: Path, probs: np.ndarray, m: dict[str, float], saved: Path, names: list[str]) -> str:
-    """Two lines for one image: the prediction and its measures, then the class probabilities."""
+def describe(path: Path, probs: np.ndarray, m: dict[str, float], saved: Path, names: list[str],
+             unfamiliar_above: float = evidence.PREDICT_UNFAMILIAR_PCT, noun: str = "digit") -> str:
+    """Two lines for one image: the prediction and its measures, then the class probabilities; a third where its
+    unfamiliarity (when measured) is at or above the `unfamiliar_above` percentile of the training digits' own."""
     ranked = ", ".join(f"{names[c]}: {p:.3f}" for c, p in enumerate(probs))
-    return (f"{path}: predicted {names[int(m['pred'])]} (p={m['prob_pred']:.3f}, margin {m['margin']:.3f}, entropy "
+    measured = "unfamiliarity_pct" in m
+    familiar = (f", unfamiliarity {m['unfamiliarity']:.3f} (percentile {m['unfamiliarity_pct']:.1f} of the "
+                f"training {noun}s')") if measured else ""
+    text = (f"{path}: predicted {names[int(m['pred'])]} (p={m['prob_pred']:.3f}, margin {m['margin']:.3f}, entropy "
             f"{m['entropy']:.3f}, vote disagreement {m['vote_disagreement']:.2f}, mutual information "
-            f"{m['mutual_information']:.3f}); saw {saved}\n  probabilities {ranked}")
+            f"{m['mutual_information']:.3f}{familiar}); saw {saved}\n  probabilities {ranked}")
+    if measured and m["unfamiliarity_pct"] >= unfamiliar_above:
+        text += (f"\n  unlike any training {noun} (unfamiliarity at the {m['unfamiliarity_pct']:.1f}th percentile); "
+                 f"the prediction {names[int(m['pred'])]} is not to be trusted")
+    return text
 
 
 def _out_dir(run_dir: Path, out: Path | None) -> Path:
@@ -65,21 +98,29 @@ def _out_dir(run_dir: Path, out: Path | None) -> Path:
 
 
 def predict_images(images: list[Path], run_dir: Path, out: Path | None = None, device: str = "cpu",
-                   log=print, warn=lambda s: print(s, file=sys.stderr)) -> list[Path]:
-    """Score each image; print its result (or its one-line error) and return the images that failed."""
+                   log=print, warn=lambda s: print(s, file=sys.stderr),
+                   unfamiliar_above: float | None = None) -> list[Path]:
+    """Score each image; print its result (or its one-line error) and return the images that failed.
+    `unfamiliar_above`: the percentile (0-100) flagging an image (None: evidence.PREDICT_UNFAMILIAR_PCT)."""
+    unfamiliar_above = evidence.PREDICT_UNFAMILIAR_PCT if unfamiliar_above is None else unfamiliar_above
+    if not 0 <= unfamiliar_above <= 100:  # also refuses nan
+        raise ConfigError(f"--unfamiliar-above: expected a percentile from 0 to 100, got {unfamiliar_above}")
     dev = resolve_device(device)
     models, names, dataset = load_ensemble(run_dir, dev)
     if dataset != "mnist":  # the preprocessing is how MNIST's digits were made, not how other images were
         warn(f"predict: warning: {run_dir} was trained on {dataset}; images are prepared the way MNIST's digits "
              f"were (inverted if dark on light, cropped, fitted in 20x20, centred by mass), which may not match")
+    familiar = load_familiar(run_dir, warn)
     folder = _out_dir(run_dir, out)
     in_run = folder.resolve().is_relative_to(run_dir.resolve())  # then listed in the run's manifest
+    spec = data.PUBLISHED.get(dataset)
+    show = partial(describe, names=names, unfamiliar_above=unfamiliar_above, noun=spec.noun if spec else "image")
     with rundir.locked(run_dir, flag="--run") if in_run else contextlib.nullcontext():
-        return _score(images, models, names, dev, folder, run_dir if in_run else None, log, warn)
+        return _score(images, models, familiar, dev, folder, run_dir if in_run else None, log, warn, show)
 
 
-def _score(images: list[Path], models: list, names: list[str], dev, folder: Path, run_dir: Path | None,
-           log, warn) -> list[Path]:
+def _score(images: list[Path], models: list, familiar: evidence.Familiar | None, dev, folder: Path,
+           run_dir: Path | None, log, warn, show) -> list[Path]:
     """Each image's result (or its one-line error); the digits saved in folder, listed in run_dir's manifest."""
     failed = []
     for path in images:
@@ -92,8 +133,10 @@ def _score(images: list[Path], models: list, names: list[str], dev, folder: Path
             warn(f"predict: error: {e}")
             failed.append(path)
             continue
-        member_probs = np.stack([predict_probs(m, digit[None], dev) for m in models])
+        member_probs = member_probs_of(models, digit[None], dev)
         m = {k: v[0] for k, v in measures(member_probs).items()}
-        log(describe(path, member_probs.mean(axis=0)[0], m, saved, names))
+        if familiar is not None:
+            (m["unfamiliarity"],), (m["unfamiliarity_pct"],) = familiar.score(embed(models, digit[None], dev))
+        log(show(path, member_probs.mean(axis=0)[0], m, saved))
     return failed
 

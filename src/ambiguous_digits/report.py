@@ -22,14 +22,15 @@ from pathlib import Path
 import numpy as np
 from jinja2 import Environment, PackageLoader
 
-from . import data, experiment_table, files, gallery, manifest, outputs, report_text, rundir, scores
+from . import data, experiment_table, files, gallery, manifest, outputs, report_text, rundir, scores, unfamiliar
 from .config import ConfigError
 
 REPORT_FILE = rundir.REPORT_FILE
 TEMPLATE = "report.html"
 # Keys of summary.json the report reads (written by `run` since the ensemble pipeline).
 SUMMARY_KEYS = ("test_accuracy", "test_errors", "train_digits", "member_accuracy", "member_accuracy_mean",
-                "member_accuracy_std", "member_seeds", "model", "seconds", "data", "environment", "recipe", "invocation")
+                "member_accuracy_std", "member_seeds", "model", "seconds", "data", "environment", "recipe", "invocation",
+                "run_id")
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,10 @@ def render(run: Run, ds: data.Dataset) -> str:
 
 def page_context(run: Run, ds: data.Dataset) -> dict:
     """Everything the template shows: header numbers, tables, chart, answers, and the gallery's JSON."""
-    facts, page_data = run_facts(run), gallery.gallery_data(run, ds.x_test)
+    facts = run_facts(run)
+    # The review in the browser saves its verdicts under the run's id.
+    page_data = {**gallery.gallery_data(run, ds.x_test, ds.x_train, gallery.read_neighbours(run.dir)),
+                 "run_id": run.summary["run_id"]}
     return {
         "run": run, "name": run.dir.resolve().name, "s": run.summary, "facts": facts, "answers": answers(facts),
         "confusion": facts["confusion"].tolist(), "confusion_rows": facts["confusion"].sum(axis=1).tolist(),
@@ -104,6 +108,7 @@ def page_context(run: Run, ds: data.Dataset) -> dict:
         "dataset": facts["dataset"], "noun": noun(facts["dataset"]),
         "experiment": experiment_table.experiment_view(run.experiment),
         "page_data": page_data,
+        "unfamiliar": unfamiliar.section(run, ds),  # None without embeddings.npz: no section
     }
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import shutil
 import tempfile
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +34,16 @@ REPORT_FILE = "report.html"
 # What a run was started on: the data set's record with the MD5 of every file or array, so --resume
 # never mixes members trained on old data with members trained on new.
 DATA_FILE = "data.json"
+# The members' pooled penultimate features of every digit (evidence.pool), and the evidence drawn from them.
+EMBEDDINGS_FILE = "embeddings.npz"
+NEIGHBOURS_FILE = "neighbours.csv"
 EXPERIMENT_FILE = "experiment.json"
 EXPERIMENT_TABLE_FILE = "experiment.md"
 EXPERIMENT_PROBS_FILE = "experiment_probs.npz"
+# `clean`'s output folder (default: inside the run directory), the cleaned data set and the record of its changes.
+CLEANED_DIR = "cleaned"
+CLEANED_FILE = "cleaned.npz"
+CLEANING_FILE = "cleaning.json"
 MEMBER_STEM = "members/member-{m}"
 MODEL_FILE = "models/member-{m}.pt"
 FOLD_STEM = "folds/{split}-fold-{f}-member-{m}"
@@ -47,7 +55,7 @@ CLEARING_FILE = "claiming-run-directory.txt"
 # Held by the one command writing into the directory; hidden, it never holds results.
 LOCK_FILE = ".rundir.lock"
 # Folders of per-digit images and per-member files; a --force rerun starts them afresh.
-RUN_FOLDERS = ("members", "models", "folds", IMAGES_DIR, PREDICTIONS_DIR)
+RUN_FOLDERS = ("members", "models", "folds", IMAGES_DIR, PREDICTIONS_DIR, CLEANED_DIR)
 
 
 @dataclass(frozen=True)
@@ -157,7 +165,8 @@ def claiming(out: Path) -> Iterator[None]:
 
 def _earlier_run_names() -> list[str]:
     """The files any command writes at the top of a run directory."""
-    names = [SUMMARY_FILE, VALIDATION_FILE, REPORT_FILE, SCORES_FILE, PROBS_FILE, DATA_FILE, EXPERIMENT_FILE,
+    names = [SUMMARY_FILE, VALIDATION_FILE, REPORT_FILE, SCORES_FILE, PROBS_FILE, DATA_FILE, EMBEDDINGS_FILE,
+             NEIGHBOURS_FILE, EXPERIMENT_FILE,
              EXPERIMENT_TABLE_FILE, EXPERIMENT_PROBS_FILE, *map(sheet_file, RANKING_NAMES)]
     for a in AUDIT.values():
         names += [*a.outputs, a.config, a.data]
@@ -223,9 +232,14 @@ def _placement(inv: Invocation) -> dict:
 
 
 def save_run_config(out: Path, recipe: Recipe, outputs: RunOutputs, inv: Invocation) -> None:
-    save_json(out, CONFIG_FILE, {"version": __version__, "recipe": recipe.to_json(),
+    """config.json, with a new run id: what a review in the browser is stored under."""
+    save_json(out, CONFIG_FILE, {"version": __version__, "run_id": uuid.uuid4().hex, "recipe": recipe.to_json(),
                                  "outputs": {"top": outputs.top, "rankings": list(outputs.rankings)},
                                  "placement": _placement(inv)})
+
+
+def run_id(run_dir: Path) -> str:
+    return _read_config(run_dir, CONFIG_FILE)["run_id"]
 
 
 def save_audit_config(out: Path, recipe: Recipe, plan: AuditPlan, inv: Invocation) -> None:

@@ -315,3 +315,17 @@ def predict_probs(model: Net, images: np.ndarray, device: torch.device, batch: i
         logits = model(to_tensor(images[start : start + batch], device))
         out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     return np.concatenate(out).astype(np.float32)
+
+
+@torch.no_grad()
+def predict_features(model: Net, images: np.ndarray, device: torch.device, batch: int | None = None,
+                     spatial: str = "mean") -> np.ndarray:
+    """(N, 28, 28) uint8 -> (N, D) float32 penultimate features, row i = image i: the last stage's maps
+    averaged over space (D = its channels) or flattened (the output layer's input, D = C x side x side)."""
+    model.eval().to(memory_format=torch.channels_last)
+    batch = batch or eval_batch(device)
+    out = []
+    for start in range(0, len(images), batch):
+        maps = model.features(to_tensor(images[start : start + batch], device)).float()
+        out.append((maps.mean(dim=(2, 3)) if spatial == "mean" else maps.flatten(1)).cpu().numpy())
+    return np.concatenate(out)

@@ -19,12 +19,31 @@ TOP_KS = (10, 20, 50, 100)
 # the authors' own cross-validated probabilities), as the issue that asked for this states.
 AUTHORS_AP = 0.51
 AUTHORS_TOP10 = 5
+# The reviewers' 3-of-5 verdict -> a review row's: a majority for the guessed label relabels the digit to it; a
+# majority for neither label, or no majority, leaves no label to trust, so the digit is excluded.
+REVIEW_VERDICTS = {"correct": "correct", "correctable": "relabel", "neither": "exclude", "no_majority": "exclude"}
 
 
 def load_review(dataset: str = "mnist") -> list[dict]:
     """The reviewed test images of `dataset` (one of REVIEWS): index, given_label, guessed_label, votes, verdict."""
     text = package_files("ambiguous_digits").joinpath("references", REVIEWS[dataset]).read_text()
     return json.loads(text)["records"]
+
+
+def review_rows(review: list[dict]) -> list[dict]:
+    """The review's records (load_review) as `clean`'s review rows, one per record in order: split, index,
+    given_label, verdict (correct, relabel or exclude), new_label (relabel only, else None), note, reviewed_at."""
+    rows = []
+    for r in review:
+        if r["verdict"] not in REVIEW_VERDICTS:
+            raise ValueError(f"test digit {r['index']}: unknown verdict {r['verdict']!r}")
+        verdict, votes = REVIEW_VERDICTS[r["verdict"]], r["votes"]
+        note = (f"{r['verdict']}: {votes['given']} of {sum(votes.values())} reviewers chose the given label, "
+                f"{votes['guessed']} the guessed {r['guessed_label']}, {votes['neither']} neither")
+        rows.append({"split": "test", "index": r["index"], "given_label": r["given_label"], "verdict": verdict,
+                     "new_label": r["guessed_label"] if verdict == "relabel" else None, "note": note,
+                     "reviewed_at": ""})  # the votes carry no date
+    return rows
 
 
 def review_errors(review: list[dict]) -> np.ndarray:

@@ -7,10 +7,12 @@ import time
 
 import numpy as np
 
-from .. import audit, data, jobs, manifest, outputs, rundir, scores
+from .. import audit, data, evidence, jobs, manifest, outputs, rundir, scores
 from ..config import AuditPlan, ConfigError, Invocation, Recipe
 from ..ensemble import MemberPlan, train_members, where
-from .common import Log, begin, check_limits, environment, load, refresh_report, subset, write_images
+from .. import neighbours
+from .common import (Log, begin, check_limits, environment, load, merge_neighbours, refresh_report, subset,
+                     write_images)
 
 
 def check(recipe: Recipe, plan: AuditPlan, inv: Invocation) -> None:
@@ -99,7 +101,12 @@ def run_audit(recipe: Recipe, plan: AuditPlan = AuditPlan(), inv: Invocation = I
                 f"members (trained on the training set only, so also out-of-sample for every test digit)")
         table = audit.label_issue_table(y, pooled)
         names = ds.class_names
+        embedded = _embeddings(inv.out, len(y_train), len(y_test))
+        if embedded is not None:
+            _add_evidence(plan, inv, table, embedded, y_train, names)
         top = _write_results(plan, inv, table, x, y, names)
+        if embedded is not None:
+            merge_neighbours(inv.out, _neighbours(plan, table, top, embedded, y_train))
         summary = {
             "split": plan.split, "digits": len(y), "folds": plan.folds, "members_per_fold": recipe.members,
             "run_members_pooled": run_members,
@@ -132,6 +139,37 @@ def _write_results(plan: AuditPlan, inv: Invocation, table: dict[str, np.ndarray
                           f"Top {len(top)} suspected label errors ({plan.split} set; given \u2192 suggested)")
     manifest.record(out, out / f.table, out / f.sheet, *written)
     return top
+
+
+def _embeddings(out, n_train: int, n_test: int) -> dict[str, np.ndarray] | None:
+    """The run's embeddings in `out` (float32), when it has them for exactly these digits."""
+    if not manifest.listed(out, rundir.EMBEDDINGS_FILE):
+        return None
+    with np.load(manifest.verified(out, rundir.EMBEDDINGS_FILE), allow_pickle=False) as z:
+        embedded = {s: z[s].astype(np.float32) for s in ("train", "test")}
+    return embedded if (len(embedded["train"]), len(embedded["test"])) == (n_train, n_test) else None
+
+
+def _own_neighbours(plan: AuditPlan, embedded: dict[str, np.ndarray], y_train: np.ndarray) -> np.ndarray:
+    """(N, k) labels of each audited digit's nearest training digits (a training digit's leave itself out)."""
+    if plan.split == "test":
+        return evidence.neighbour_votes(embedded["train"], y_train, embedded["test"])
+    idx, _ = neighbours.nearest(embedded["train"], embedded["train"], evidence.EVIDENCE_K, skip_self=True)
+    return y_train[idx]
+
+
+def _add_evidence(plan: AuditPlan, inv: Invocation, table: dict[str, np.ndarray], embedded: dict[str, np.ndarray],
+                  y_train: np.ndarray, names: tuple[str, ...]) -> None:
+    """The table's reasons column, from cleanlab's verdict and the digit's nearest training digits."""
+    table["reasons"] = np.array(evidence.label_issue_reasons(table, _own_neighbours(plan, embedded, y_train), names))
+
+
+def _neighbours(plan: AuditPlan, table: dict[str, np.ndarray], top: np.ndarray, embedded: dict[str, np.ndarray],
+                y_train: np.ndarray) -> dict[str, np.ndarray]:
+    """neighbours.csv rows for the audit's top digits: nearest training digits of the given and suggested class."""
+    roles = {"given": table["given_label"][top], "suggested": table["suggested_label"][top]}
+    return evidence.neighbour_rows(plan.split, np.asarray(top), roles, embedded["train"], y_train,
+                                   embedded[plan.split][top])
 
 
 def _pool_with_run(recipe: Recipe, plan: AuditPlan, inv: Invocation, cv_probs: np.ndarray,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import platform
 import sys
@@ -99,3 +100,18 @@ def refresh_report(run_dir: Path, ds: data.Dataset | None = None, log: Log = pri
         report.write_report(run_dir, dataset=ds)
     except (ConfigError, data.DataError, files.WriteError) as e:  # e.g. an audit over other images: keep the results
         log(f"report.html not refreshed: {e}")
+
+
+def merge_neighbours(run_dir: Path, rows: dict[str, np.ndarray]) -> None:
+    """Add `rows` (evidence.neighbour_rows) to neighbours.csv, replacing any earlier rows of the same
+    split, digit and role; written whole, then listed."""
+    path, key = run_dir / rundir.NEIGHBOURS_FILE, ("split", "index", "role")
+    new = list(zip(*rows.values()))
+    fresh = {tuple(str(r[list(rows).index(k)]) for k in key) for r in new}
+    kept = []
+    if manifest.listed(run_dir, rundir.NEIGHBOURS_FILE):
+        with open(manifest.verified(run_dir, rundir.NEIGHBOURS_FILE), newline="") as f:
+            kept = [r for r in csv.DictReader(f) if tuple(r[k] for k in key) not in fresh]
+    merged = {name: [r[name] for r in kept] + list(rows[name]) for name in rows}
+    outputs.write_table(path, {name: np.array(v, dtype=object) for name, v in merged.items()})
+    manifest.record(run_dir, path)

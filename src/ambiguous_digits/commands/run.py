@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from .. import data, jobs, manifest, outputs, report, rundir, scores
+from .. import data, evidence, jobs, manifest, outputs, report, rundir, scores
 from ..config import Invocation, Recipe, RunOutputs
 from ..ensemble import MemberPlan, train_members, where
 from ..model import describe
@@ -59,7 +59,8 @@ def run(recipe: Recipe, outputs_: RunOutputs = RunOutputs(), inv: Invocation = I
         log(f"training {recipe.members} CNN(s) on {len(x_train)} {ds.name} images, {ds.num_classes} classes, "
             f"{where(inv, device, precision)}")
         plan = [MemberPlan(rundir.MEMBER_STEM.format(m=m), seed, f"member {m + 1}/{recipe.members}",
-                           {"num_classes": ds.num_classes}, y_test, len(y_train), rundir.MODEL_FILE.format(m=m))
+                           {"num_classes": ds.num_classes, "features": True}, y_test, len(y_train),
+                           rundir.MODEL_FILE.format(m=m))
                 for m, seed in enumerate(recipe.member_seeds())]
         with timed(timings, "train"):
             results = train_members(recipe, inv, plan, jobs.member_job,
@@ -68,10 +69,13 @@ def run(recipe: Recipe, outputs_: RunOutputs = RunOutputs(), inv: Invocation = I
         member_probs = np.stack([r.probs for r in results])
         with timed(timings, "scores"):
             table = scores.score_table(member_probs, y_test)
+        with timed(timings, "evidence"):
+            embedded = write_evidence(inv.out, results, member_probs, y_train, table, ds.class_names)
         with timed(timings, "write"):
             rundir.save_npz(inv.out, rundir.PROBS_FILE, probs=member_probs.astype(np.float32), labels=y_test,
                             index=np.arange(len(y_test)), seeds=np.array([r.seed for r in results], dtype=np.uint64))
             tops = write_results(inv.out, outputs_, x_test, table, ds.class_names)
+            write_neighbours(inv.out, tops, table, embedded, y_train)
         summary = _summary(recipe, outputs_, inv, ds, results, table, tops, device, precision)
         summary["seconds"] = {**timings, "total": round(time.perf_counter() - wall, 3)}
         rundir.save_json(inv.out, rundir.SUMMARY_FILE, summary)  # listed last: the run is finished
@@ -98,6 +102,35 @@ def write_results(out, outputs_: RunOutputs, x_test: np.ndarray, table: dict[str
     return tops
 
 
+def write_evidence(out, results, member_probs: np.ndarray, y_train: np.ndarray, table: dict[str, np.ndarray],
+                   names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """embeddings.npz (the members' pooled features of every digit, and the training digits' unfamiliarity),
+    and the table's unfamiliarity and reasons columns; returns the embeddings (float32)."""
+    embedded = {split: evidence.pool([r.features[key] for r in results]) for split, key in (("train", "train"),
+                                                                                          ("test", "eval"))}
+    own = evidence.unfamiliarity(embedded["train"])
+    table["unfamiliarity"] = evidence.unfamiliarity(embedded["train"], embedded["test"])
+    table["unfamiliarity_pct"] = evidence.percentile_of(table["unfamiliarity"], own)
+    near = evidence.neighbour_votes(embedded["train"], y_train, embedded["test"])
+    table["reasons"] = np.array(evidence.reasons(member_probs, table["label"], near, table["unfamiliarity_pct"],
+                                                 names))
+    rundir.save_npz(out, rundir.EMBEDDINGS_FILE, train=embedded["train"].astype(np.float16),
+                    test=embedded["test"].astype(np.float16), train_unfamiliarity=own.astype(np.float32),
+                    pooling=np.array(evidence.POOLING))
+    return embedded
+
+
+def write_neighbours(out, tops: dict[str, list[int]], table: dict[str, np.ndarray], embedded: dict[str, np.ndarray],
+                     y_train: np.ndarray) -> None:
+    """neighbours.csv: for every test digit in a top-K list, its nearest training digits of its given
+    label and of its predicted class."""
+    rows = np.array(sorted({i for listed in tops.values() for i in listed}), dtype=np.int64)
+    found = evidence.neighbour_rows("test", rows, {"given": table["label"][rows], "predicted": table["pred"][rows]},
+                                    embedded["train"], y_train, embedded["test"][rows])
+    outputs.write_table(out / rundir.NEIGHBOURS_FILE, found)
+    manifest.record(out, out / rundir.NEIGHBOURS_FILE)
+
+
 def _summary(recipe: Recipe, outputs_: RunOutputs, inv: Invocation, ds: data.Dataset, results, table, tops,
              device, precision) -> dict:
     labels = table["label"]
@@ -122,6 +155,7 @@ def _summary(recipe: Recipe, outputs_: RunOutputs, inv: Invocation, ds: data.Dat
         "data": ds.record(),
         "environment": environment(device, precision),
         "backend": inv.backend,
+        "run_id": rundir.run_id(inv.out),
         "recipe": recipe.to_json(),
         "outputs": {"top": outputs_.top, "rankings": list(outputs_.rankings)},
         "invocation": inv.to_json(),

@@ -1,4 +1,5 @@
-// The gallery, its controls and the detail view. Reads the one JSON blob the page carries.
+// The gallery, its controls and the detail view. Reads the one JSON blob the page carries; shares its
+// helpers with review.js through window.ambiguousDigits (two scripts, one page, no modules offline).
 (function () {
   "use strict";
   const DATA = JSON.parse(document.getElementById("report-data").textContent);
@@ -137,6 +138,40 @@
     return rows;
   }
 
+  const ROLE_NAMES = { given: "given label", predicted: "predicted", suggested: "suggested" };
+
+  // A digit's evidence: its reasons sentences, then one strip of nearest training images per class.
+  function evidence(d) {
+    const box = el("div", "evidence");
+    if (d.reasons) box.appendChild(el("p", "reasons", d.reasons));
+    if (d.issue && d.issue.reasons) box.appendChild(el("p", "reasons", "Audit: " + d.issue.reasons));
+    (d.strips || []).forEach(function (s) {
+      const strip = el("div", "strip");
+      strip.dataset.class = s.c;
+      strip.dataset.roles = s.roles.join(" ");
+      const roles = s.roles.map(function (r) { return ROLE_NAMES[r] || r; }).join(" & ");
+      strip.appendChild(el("div", "strip-label", roles + " " + DATA.classes[s.c] + ": " + s.train.length +
+                           " nearest training " + NOUN + "s, mean distance " + s.mean.toFixed(3)));
+      const row = el("div", "strip-images");
+      s.train.forEach(function (t) {
+        const img = el("img", "pix");
+        img.src = DATA.train_images[t];
+        img.alt = "training " + NOUN + " " + t;
+        img.title = "train #" + t;
+        row.appendChild(img);
+      });
+      strip.appendChild(row);
+      box.appendChild(strip);
+    });
+    if (d.caption) {
+      const given = d.strips[0].mean;
+      const elsewhere = d.strips.slice(1).some(function (s) { return s.mean < given; });
+      box.appendChild(el("p", "caption" + (elsewhere ? " elsewhere" : ""), d.caption));
+    }
+    if (!box.childNodes.length) box.appendChild(el("p", "small", "No evidence recorded for this " + NOUN + "."));
+    return box;
+  }
+
   function openDetail(d) {
     const box = ui.detail;
     box.dataset.index = d.i;
@@ -150,6 +185,7 @@
     $("detail-measures").replaceChildren(...measureRows(d));
     $("detail-members").replaceChildren(...memberRows(d));
     $("detail-ranks").replaceChildren(...rankRows(d));
+    $("detail-evidence").replaceChildren(evidence(d));
     box.hidden = false;
     $("detail-close").focus();
   }
@@ -173,4 +209,6 @@
     cell.addEventListener("click", function () { showCell(cell); });
   });
   render();
+  window.ambiguousDigits = { DATA: DATA, DIGITS: DIGITS, NOUN: NOUN, el: el, row: row, probRows: probRows,
+                             evidence: evidence };
 }());

@@ -1,0 +1,145 @@
+"""Why a digit is suspect, from measured facts: its embedding's neighbours, how unfamiliar it is, and the votes.
+
+Pure numpy (and scikit-learn's neighbours): the embeddings are the members' penultimate features,
+pooled (POOLING); row i is digit i of its split. Unfamiliarity is the mean cosine distance to the
+UNFAMILIAR_K nearest training digits (HIGHER = less like anything trained on), given also as a
+percentile of the training digits' own scores, each left out of its own neighbours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.neighbors import NearestNeighbors
+
+from . import neighbours, scores
+
+# The members' features averaged over each last-stage map, L2-normalised, then averaged over the
+# members: the pooling whose neighbours agreed best with the predictions (docs/lab-notebook.md).
+POOLING = "mean over space, mean of the L2-normalised members"
+# Nearest training digits shown as evidence, per class (the given and the predicted or suggested one).
+EVIDENCE_K = 8
+# Nearest training digits averaged into the unfamiliarity score.
+UNFAMILIAR_K = 10
+# Probability a member must give its vote for the reason to call it a confident one.
+CONFIDENT_P = 0.9
+# Mutual information above this percentile of the test set: "networks disagree".
+DISAGREE_PERCENTILE = 99.0
+# Unfamiliarity at or above this percentile of the training digits' own: "unlike any training digit".
+UNFAMILIAR_PERCENTILE = 99.9
+# `predict`'s default: at or above this percentile of the training digits' own unfamiliarity, a user's image is
+# "unlike any training digit" and its prediction not to be trusted (bench/ood.py measures what it catches).
+PREDICT_UNFAMILIAR_PCT = 99.9
+
+
+def pool(member_features: list[np.ndarray]) -> np.ndarray:
+    """(M,) arrays (N, D) of per-member features -> (N, D) float32 embedding: each member's rows
+    L2-normalised, then averaged over the members."""
+    normed = [f.astype(np.float32) / np.maximum(np.linalg.norm(f.astype(np.float32), axis=1, keepdims=True), 1e-12)
+              for f in member_features]
+    return np.mean(normed, axis=0)
+
+
+def unfamiliarity(train: np.ndarray, queries: np.ndarray | None = None, k: int = UNFAMILIAR_K) -> np.ndarray:
+    """Mean cosine distance of each query (Q, D) to its k nearest rows of `train` (N, D): (Q,), HIGHER =
+    less familiar. Without queries, of every training row to the others (each left out of its own)."""
+    if queries is None:
+        _, dist = neighbours.nearest(train, train, k, skip_self=True)
+    else:
+        _, dist = neighbours.nearest(train, queries, k)
+    return dist.mean(axis=1)
+
+
+@dataclass(frozen=True)
+class Familiar:
+    """The training digits' embeddings fitted once for many queries, and their own unfamiliarity (N,)."""
+
+    index: NearestNeighbors
+    own: np.ndarray  # sorted: percentile_of's reference
+
+    @classmethod
+    def fit(cls, train: np.ndarray, own: np.ndarray, k: int = UNFAMILIAR_K) -> Familiar:
+        """`train` (N, D) embeddings and `own` (N,) their unfamiliarity, each left out of its own neighbours."""
+        index = NearestNeighbors(n_neighbors=min(k, len(train)), metric="cosine", algorithm="brute")
+        return cls(index.fit(np.asarray(train, dtype=np.float32)), np.sort(own))
+
+    def score(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, D) embeddings -> (Q,) unfamiliarity (as `unfamiliarity` gives it; HIGHER = less familiar) and (Q,)
+        its percentile of the training digits' own, in [0, 100]."""
+        dist, _ = self.index.kneighbors(np.asarray(queries, dtype=np.float32))
+        found = dist.mean(axis=1)
+        return found, percentile_of(found, self.own)
+
+
+def percentile_of(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Percent of `reference` (R,) strictly below each of `values` (N,): in [0, 100]."""
+    ordered = np.sort(reference)
+    return 100.0 * np.searchsorted(ordered, values, side="left") / len(ordered)
+
+
+def neighbour_rows(split: str, rows: np.ndarray, classes: dict[str, np.ndarray], train: np.ndarray,
+                   train_labels: np.ndarray, queries: np.ndarray, k: int = EVIDENCE_K) -> dict[str, np.ndarray]:
+    """neighbours.csv's columns for the digits `rows` of `split` (queries (Q, D) their embeddings): for each
+    role in `classes` (e.g. "given": (Q,) labels, "predicted": (Q,) classes), the k nearest training digits
+    of that class. One row per (digit, role, rank)."""
+    out: dict[str, list] = {c: [] for c in ("split", "index", "role", "class", "rank", "train_index", "distance")}
+    for role, cls in classes.items():
+        idx, dist = neighbours.nearest_of_class(train, train_labels, queries, cls, k)
+        for q, r in enumerate(rows):
+            for rank in range(k):
+                if idx[q, rank] < 0:
+                    continue
+                for key, value in zip(out, (split, int(r), role, int(cls[q]), rank + 1, int(idx[q, rank]),
+                                            float(dist[q, rank]))):
+                    out[key].append(value)
+    return {k_: np.array(v) for k_, v in out.items()}
+
+
+def neighbour_votes(train: np.ndarray, train_labels: np.ndarray, queries: np.ndarray,
+                    k: int = EVIDENCE_K) -> np.ndarray:
+    """(Q, k) labels of each query's k nearest training digits, of any class, nearest first."""
+    idx, _ = neighbours.nearest(train, queries, k)
+    return train_labels[idx]
+
+
+def reasons(member_probs: np.ndarray, labels: np.ndarray, near_labels: np.ndarray, unfamiliar_pct: np.ndarray,
+            names: tuple[str, ...]) -> list[str]:
+    """One short sentence of facts per digit: how the networks voted, whether they disagree, what its
+    nearest training digits are, whether it is unlike them all. `near_labels` (N, k) from neighbour_votes."""
+    probs = member_probs.mean(axis=0)
+    pred, votes = probs.argmax(axis=1), member_probs.argmax(axis=2)
+    mi = scores.mutual_information(member_probs)
+    disagree = mi >= np.percentile(mi, DISAGREE_PERCENTILE)
+    m, k = len(member_probs), near_labels.shape[1]
+    out = []
+    for i in range(len(labels)):
+        voted = int((votes[:, i] == pred[i]).sum())
+        sure = int(((votes[:, i] == pred[i]) & (member_probs[:, i, pred[i]] >= CONFIDENT_P)).sum())
+        parts = [f"{voted} of {m} networks read {names[pred[i]]}" + (f" ({sure} with p ≥ {CONFIDENT_P})" if sure else "")]
+        if disagree[i]:
+            parts.append(f"networks disagree (mutual information in the top {100 - DISAGREE_PERCENTILE:g}%)")
+        common = np.bincount(near_labels[i], minlength=len(names)).argmax()
+        parts.append(f"{int((near_labels[i] == common).sum())} of its {k} nearest training digits are "
+                     f"{names[common]}s")
+        if unfamiliar_pct[i] >= UNFAMILIAR_PERCENTILE:
+            parts.append(f"unlike any training digit (unfamiliarity at the {unfamiliar_pct[i]:.1f}th percentile)")
+        out.append("; ".join(parts))
+    return out
+
+
+def label_issue_reasons(table: dict[str, np.ndarray], near_labels: np.ndarray, names: tuple[str, ...]) -> list[str]:
+    """One short sentence of facts per audited digit: cleanlab's verdict, the suggested class, and its nearest
+    training digits. `table` is audit.label_issue_table's; `near_labels` (N, k) from neighbour_votes."""
+    k, out = near_labels.shape[1], []
+    for i in range(len(table["index"])):
+        given, suggested = names[table["given_label"][i]], names[table["suggested_label"][i]]
+        flagged = "cleanlab flags its label" if table["is_label_issue"][i] else "cleanlab keeps its label"
+        parts = [f"{flagged} (quality {table['label_quality'][i]:.2g})"]
+        if suggested != given:
+            parts.append(f"given {given}, the out-of-sample networks suggest {suggested}")
+        common = np.bincount(near_labels[i], minlength=len(names)).argmax()
+        parts.append(f"{int((near_labels[i] == common).sum())} of its {k} nearest training digits are "
+                     f"{names[common]}s")
+        out.append("; ".join(parts))
+    return out

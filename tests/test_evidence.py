@@ -1,0 +1,54 @@
+"""Evidence from the embeddings: pooling, unfamiliarity with a known answer, percentiles, reasons' facts."""
+
+import numpy as np
+import pytest
+
+from ambiguous_digits import evidence
+
+
+def test_pooling_normalises_each_member_then_averages():
+    a = np.array([[3.0, 4.0], [0.0, 2.0]])
+    b = np.array([[0.0, 10.0], [5.0, 0.0]])
+    np.testing.assert_allclose(evidence.pool([a, b]), [[0.3, 0.9], [0.5, 0.5]])
+
+
+def test_unfamiliarity_is_the_mean_distance_to_the_k_nearest_training_rows():
+    # training rows on two tight clusters; a query on a cluster is familiar, one between them is not
+    rng = np.random.default_rng(0)
+    train = np.concatenate([np.array([1.0, 0.0, 0.0]) + rng.normal(scale=0.01, size=(50, 3)),
+                            np.array([0.0, 1.0, 0.0]) + rng.normal(scale=0.01, size=(50, 3))])
+    queries = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    score = evidence.unfamiliarity(train, queries, k=10)
+    assert score[0] < 1e-3 and score[1] == pytest.approx(1.0, abs=0.02)  # orthogonal to every row: distance 1
+    own = evidence.unfamiliarity(train, k=10)
+    assert own.shape == (100,) and own.max() < 1e-3  # each left out of its own neighbours, still among its cluster
+
+
+def test_percentiles_count_the_reference_strictly_below():
+    reference = np.arange(1000.0)
+    assert evidence.percentile_of(np.array([-1.0, 0.0, 500.0, 999.5, 2000.0]), reference).tolist() == \
+        [0.0, 0.0, 50.0, 100.0, 100.0]
+
+
+def test_reasons_state_the_votes_the_neighbours_and_the_unfamiliar():
+    member_probs = np.array([[[0.95, 0.05], [0.2, 0.8]],
+                             [[0.92, 0.08], [0.7, 0.3]],
+                             [[0.6, 0.4], [0.9, 0.1]]])  # 3 members, 2 digits
+    near = np.array([[0, 0, 0, 1], [1, 1, 1, 0]])
+    text = evidence.reasons(member_probs, np.array([0, 1]), near, np.array([50.0, 99.95]), ("zero", "one"))
+    assert text[0].startswith("3 of 3 networks read zero (2 with p ≥ 0.9)")
+    assert "3 of its 4 nearest training digits are zeros" in text[0] and "unlike" not in text[0]
+    assert text[1].startswith("2 of 3 networks read zero") and "3 of its 4 nearest training digits are ones" in text[1]
+    assert "unfamiliarity at the 100.0th percentile" in text[1] or "99.9" in text[1]
+
+
+def test_neighbour_rows_give_one_row_per_digit_role_and_rank():
+    rng = np.random.default_rng(3)
+    train, labels = rng.normal(size=(40, 4)), np.arange(40) % 2
+    queries = train[[5, 6]] + 1e-6
+    rows = evidence.neighbour_rows("test", np.array([10, 20]), {"given": np.array([1, 0]), "predicted": np.array([0, 0])},
+                                   train, labels, queries, k=3)
+    assert len(rows["index"]) == 2 * 2 * 3
+    assert set(rows["role"]) == {"given", "predicted"} and (labels[rows["train_index"]] == rows["class"]).all()
+    first = (rows["index"] == 10) & (rows["role"] == "given") & (rows["rank"] == 1)
+    assert rows["train_index"][first].tolist() == [5]  # digit 10's embedding copies training digit 5
