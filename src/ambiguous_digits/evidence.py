@@ -96,6 +96,14 @@ def neighbour_rows(split: str, rows: np.ndarray, classes: dict[str, np.ndarray],
     return {k_: np.array(v) for k_, v in out.items()}
 
 
+def near_and_unfamiliar(train: np.ndarray, train_labels: np.ndarray,
+                        queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """From one search: each query's (Q,) unfamiliarity and the (Q, EVIDENCE_K) labels of its nearest training
+    digits, nearest first."""
+    idx, dist = neighbours.nearest(train, queries, max(UNFAMILIAR_K, EVIDENCE_K))
+    return dist[:, :UNFAMILIAR_K].mean(axis=1), train_labels[idx[:, :EVIDENCE_K]]
+
+
 def neighbour_votes(train: np.ndarray, train_labels: np.ndarray, queries: np.ndarray,
                     k: int = EVIDENCE_K) -> np.ndarray:
     """(Q, k) labels of each query's k nearest training digits, of any class, nearest first."""

@@ -109,9 +109,8 @@ def write_evidence(out, results, member_probs: np.ndarray, y_train: np.ndarray, 
     embedded = {split: evidence.pool([r.features[key] for r in results]) for split, key in (("train", "train"),
                                                                                           ("test", "eval"))}
     own = evidence.unfamiliarity(embedded["train"])
-    table["unfamiliarity"] = evidence.unfamiliarity(embedded["train"], embedded["test"])
+    table["unfamiliarity"], near = evidence.near_and_unfamiliar(embedded["train"], y_train, embedded["test"])
     table["unfamiliarity_pct"] = evidence.percentile_of(table["unfamiliarity"], own)
-    near = evidence.neighbour_votes(embedded["train"], y_train, embedded["test"])
     table["reasons"] = np.array(evidence.reasons(member_probs, table["label"], near, table["unfamiliarity_pct"],
                                                  names))
     rundir.save_npz(out, rundir.EMBEDDINGS_FILE, train=embedded["train"].astype(np.float16),
