@@ -118,7 +118,7 @@ def test_audit_smoke_on_a_tiny_slice(tmp_path, mnist_dir, capsys):
     summary = json.loads((out / "audit_test.json").read_text())
     assert len(summary["top"]) == 30 and (out / "top_label_issues.png").is_file()
     config = json.loads((out / "audit_test_config.json").read_text())
-    assert set(config) == {"version", "recipe", "audit"} and "config" not in summary  # no invocation in the config
+    assert set(config) == {"version", "recipe", "audit", "placement"} and "config" not in summary
     assert summary["recipe"] == config["recipe"] and summary["audit"] == config["audit"]
     assert config["audit"] == {"folds": 3, "split": "test", "top": 30} and config["recipe"]["members"] == 1
     assert config["recipe"]["test_limit"] == 90 and summary["invocation"]["out"] == str(out)

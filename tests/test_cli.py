@@ -15,7 +15,8 @@ TINY = ["--train-limit", "600", "--test-limit", "300", "--epochs", "1", "--width
         "--top", "5", "--quiet"]
 COLUMNS = ["index", "label", "pred", "prob_pred", "prob_label", "margin", "entropy",
            "vote_disagreement", "expected_entropy", "mutual_information", "members_wrong", "ambiguity",
-           "rank_confident_wrong", "rank_least_confident", "rank_margin", "rank_entropy", "rank_ambiguity"]
+           "rank_confident_wrong", "rank_least_confident", "rank_margin", "rank_entropy", "rank_ambiguity",
+           "unfamiliarity", "unfamiliarity_pct", "reasons"]
 
 
 def _run(out, data_dir, *extra):
@@ -36,7 +37,7 @@ def _rows(path):
 
 def test_every_output_file_is_written(tiny_run):
     for name in ["scores.csv", "summary.json", "config.json", "probs.npz", "models/member-0.pt", "models/member-1.pt",
-                 "report.html",
+                 "report.html", "embeddings.npz", "neighbours.csv",
                  *(f"top_{n}.png" for n in scores.RANKINGS)]:
         assert (tiny_run / name).is_file(), name
     assert not list(tiny_run.glob(".*.tmp")), "temporary files left behind"
@@ -50,6 +51,19 @@ def test_scores_csv_has_one_row_per_test_digit_in_canonical_order(tiny_run):
     assert all(r["rank_confident_wrong"] for r in wrong)
     assert all(not r["rank_confident_wrong"] for r in rows if r["label"] == r["pred"])
     assert sorted(int(r["rank_least_confident"]) for r in rows) == list(range(1, 301))
+
+
+def test_embeddings_hold_every_digit_of_both_splits_and_neighbours_list_the_top_digits(tiny_run):
+    with np.load(tiny_run / "embeddings.npz") as z:
+        assert z["train"].shape == (600, 32) and z["test"].shape == (300, 32) and z["train"].dtype == np.float16
+        assert z["train_unfamiliarity"].shape == (600,)
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    listed = {i for top in summary["top"].values() for i in top}
+    rows = _rows(tiny_run / "neighbours.csv")
+    assert {int(r["index"]) for r in rows} == listed and {r["role"] for r in rows} == {"given", "predicted"}
+    labels = {int(r["index"]): r for r in _rows(tiny_run / "scores.csv")}
+    assert all(r["class"] == labels[int(r["index"])]["label" if r["role"] == "given" else "pred"] for r in rows)
+    assert all(r["reasons"] for r in labels.values())
 
 
 def test_labels_in_scores_are_the_real_test_labels(tiny_run, mnist):
@@ -75,7 +89,9 @@ def test_summary_reports_accuracy_timings_checksums(tiny_run):
     assert s["data"]["md5"]["t10k-labels-idx1-ubyte"] == "27ae3e4e09519cfbb04c329615203637"
     assert s["environment"]["libraries"]["torch"].startswith("2.13.0")
     config = json.loads((tiny_run / "config.json").read_text())
-    assert set(config) == {"version", "recipe", "outputs"}  # where and how it ran is not part of the recipe
+    assert set(config) == {"version", "run_id", "recipe", "outputs", "placement"}
+    assert set(config["placement"]) == {"device", "threads"}  # a resume keeps them; the recipe holds neither
+    assert config["run_id"] == s["run_id"] and len(config["run_id"]) == 32
     assert config["recipe"] == s["recipe"] and config["outputs"] == s["outputs"] == {"top": 5, "rankings": list(scores.RANKINGS)}
     assert s["recipe"]["members"] == 2 and s["recipe"]["widths"] == [8, 16, 32] and s["recipe"]["test_limit"] == 300
     assert s["invocation"]["out"] == str(tiny_run) and s["invocation"]["backend"] == "local"
