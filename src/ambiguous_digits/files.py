@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from filelock import FileLock, Timeout
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -28,6 +30,23 @@ class WriteError(Exception):
     @classmethod
     def of(cls, path: Path, error: OSError) -> "WriteError":
         return cls(f"{path}: cannot write it ({error.strerror or error})")
+
+
+@contextlib.contextmanager
+def locked(path: Path, what: str, timeout: float = -1) -> Iterator[None]:
+    """Hold the lock file `path` (anyone who may write beside it may take it); filelock.Timeout when another
+    process holds it past `timeout` seconds (-1: wait), a WriteError naming `what` when it cannot be made."""
+    try:
+        lock = FileLock(path, mode=0o666, timeout=timeout)
+        lock.acquire()
+    except Timeout:  # an OSError too, but not one to report as unwritable
+        raise
+    except OSError as e:
+        raise WriteError(f"{path}: cannot lock {what} ({e.strerror or e})") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def make_dirs(folder: Path) -> Path:

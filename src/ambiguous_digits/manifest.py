@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
-
-from filelock import FileLock
 
 from . import __version__, files
 from .config import ConfigError
@@ -71,17 +67,8 @@ def _name(run_dir: Path, path: Path) -> str:
     return Path(path).resolve().relative_to(Path(run_dir).resolve()).as_posix()
 
 
-@contextmanager
-def _locked(run_dir: Path) -> Iterator[None]:
-    try:
-        lock = FileLock(Path(run_dir) / LOCK_FILE, mode=0o666)  # a shared run directory: anyone who may write there
-        lock.acquire()
-    except OSError as e:
-        raise files.WriteError(f"{Path(run_dir) / LOCK_FILE}: cannot lock the manifest ({e.strerror or e})") from None
-    try:
-        yield
-    finally:
-        lock.release()
+def _locked(run_dir: Path):
+    return files.locked(Path(run_dir) / LOCK_FILE, "the manifest")
 
 
 def record(run_dir: Path, *paths: Path) -> None:

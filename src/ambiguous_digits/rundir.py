@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-from filelock import FileLock, Timeout
+from filelock import Timeout
 
 from . import __version__, files, manifest
 from .config import RANKING_NAMES, AuditPlan, ConfigError, Invocation, Recipe, RunOutputs
@@ -96,19 +96,16 @@ def locked(run_dir: Path, flag: str = "--out") -> Iterator[None]:
 
     The kernel drops the lock when its process dies, so a killed command never leaves it held.
     """
-    path = Path(run_dir) / LOCK_FILE
+    held = False
     try:
-        lock = FileLock(path, mode=0o666, timeout=0)
-        lock.acquire()
+        with files.locked(Path(run_dir) / LOCK_FILE, "the run directory", timeout=0):
+            held = True
+            yield
     except Timeout:
+        if held:  # another lock's, inside the command
+            raise
         raise ConfigError(f"{flag}: {run_dir} is being written by another ambiguous-digits command; "
                           f"wait for it to finish") from None
-    except OSError as e:
-        raise files.WriteError(f"{path}: cannot lock the run directory ({e.strerror or e})") from None
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 # ---------------------------------------------------------------------------
