@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
-from .config import (BACKENDS, PRECISIONS, PUBLISHED_DATASETS, RANKING_NAMES, SPLITS, USER_FORMATS, AuditPlan,
-                     ConfigError, ExperimentPlan, Invocation, Recipe, RunOutputs)
+from . import flags
+from .config import BACKENDS, PRECISIONS, SPLITS, AuditPlan, ConfigError, ExperimentPlan, Invocation, Recipe, RunOutputs
 from .data import DataError
 from .files import WriteError
-from .manifest import MANIFEST_FILE
 
 PROG = "ambiguous-digits"
 RECIPE, OUTPUTS, AUDIT, EXPERIMENT, INVOCATION = Recipe(), RunOutputs(), AuditPlan(), ExperimentPlan(), Invocation()
@@ -42,84 +40,6 @@ def _default(value) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Flag values
-# ---------------------------------------------------------------------------
-def _absolute_path(text: str) -> Path:
-    """A path made absolute as typed, so the run records where it is wherever `report` later runs from."""
-    return Path(text).expanduser().absolute()
-
-
-def _int_flag(text: str, zero_ok: bool) -> int:
-    kind, bound = ("0 or a positive integer", "0 or positive") if zero_ok else ("a positive integer", "positive")
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
-    if value < (0 if zero_ok else 1):
-        raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    return _int_flag(text, zero_ok=False)
-
-
-def _non_negative_int(text: str) -> int:
-    return _int_flag(text, zero_ok=True)
-
-
-def _widths(text: str) -> tuple[int, ...]:
-    return tuple(_positive_int(part) for part in text.split(","))
-
-
-def _dataset(text: str) -> str:
-    """A --dataset value; a user file's path is made absolute, so `report` finds it from anywhere."""
-    fmt, sep, path = text.partition(":")
-    if text in PUBLISHED_DATASETS:
-        return text
-    if not (sep and fmt in USER_FORMATS and path):
-        raise argparse.ArgumentTypeError(f"expected {', '.join(PUBLISHED_DATASETS)}, idx:DIR or npz:FILE, got {text!r}")
-    return f"{fmt}:{Path(path).expanduser().resolve()}"
-
-
-def _class_names(text: str) -> tuple[str, ...]:
-    """'a,b,c', or a JSON file (name ending .json) holding a list of names."""
-    if not text.endswith(".json"):
-        return tuple(name.strip() for name in text.split(","))
-    try:
-        names = json.loads(Path(text).read_text())
-    except (OSError, ValueError) as e:
-        raise argparse.ArgumentTypeError(f"cannot read {text} ({e})") from None
-    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-        raise argparse.ArgumentTypeError(f"{text}: expected a JSON list of names, e.g. [\"cat\", \"dog\"]")
-    return tuple(names)
-
-
-def _rankings(text: str) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(part.strip() for part in text.split(",")))  # in order, once each
-    unknown = [n for n in names if n not in RANKING_NAMES]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown ranking {', '.join(map(repr, unknown))}; "
-                                         f"choose from {', '.join(RANKING_NAMES)}")
-    return names
-
-
-def _run_dir(text: str) -> Path:
-    """A directory written by `run` or `audit` (it has a manifest.json)."""
-    path = Path(text)
-    try:
-        if not path.exists():
-            raise argparse.ArgumentTypeError(f"{text} does not exist")
-        if not path.is_dir():
-            raise argparse.ArgumentTypeError(f"{text} is not a directory")
-        if not (path / MANIFEST_FILE).is_file():
-            raise argparse.ArgumentTypeError(f"{text} is not a run directory (no {MANIFEST_FILE})")
-    except OSError as e:  # a directory we may not look into
-        raise argparse.ArgumentTypeError(f"cannot read {text}: {e.strerror or e}") from None
-    return path
-
-
-# ---------------------------------------------------------------------------
 # Flag groups: each command takes the ones it uses
 # ---------------------------------------------------------------------------
 def _flag(p: argparse.ArgumentParser, *names: str, default=None, help: str, **kw) -> None:
@@ -130,13 +50,13 @@ def _flag(p: argparse.ArgumentParser, *names: str, default=None, help: str, **kw
 
 def _add_data_flags(p: argparse.ArgumentParser, follows: str = "") -> None:
     r = RECIPE
-    _flag(p, "--dataset", type=_dataset, default=follows or r.dataset,
+    _flag(p, "--dataset", type=flags.dataset, default=follows or r.dataset,
           help="mnist, fashion-mnist, idx:DIR (the four IDX files, .gz or not) or npz:FILE "
                "(x_train, y_train, x_test, y_test)")
-    _flag(p, "--class-names", type=_class_names, help="names of classes 0..K-1: a,b,c or a .json file with a list "
+    _flag(p, "--class-names", type=flags.class_names, help="names of classes 0..K-1: a,b,c or a .json file with a list "
           "(default: the data set's own; 0..K-1 for your own data)")
-    _flag(p, "--train-limit", type=_positive_int, help="train on the first N images only (smoke tests)")
-    _flag(p, "--test-limit", type=_positive_int, help="score the first N test images only (smoke tests)")
+    _flag(p, "--train-limit", type=flags.positive_int, help="train on the first N images only (smoke tests)")
+    _flag(p, "--test-limit", type=flags.positive_int, help="score the first N test images only (smoke tests)")
 
 
 def _add_training_flags(p: argparse.ArgumentParser, follows: str = "", members: str | None = None,
@@ -149,14 +69,14 @@ def _add_training_flags(p: argparse.ArgumentParser, follows: str = "", members: 
         return follows or value
     _flag(p, "--seed", type=int, default=d(r.seed), help="base random seed")
     if members != "":
-        _flag(p, "--members", type=_positive_int, default=None if members else r.members,
+        _flag(p, "--members", type=flags.positive_int, default=None if members else r.members,
               help=members or "CNNs in the ensemble, each with its own seed")
-    _flag(p, "--epochs", type=_positive_int, default=None if epochs else d(r.epochs), help=epochs or "training epochs")
-    _flag(p, "--batch-size", type=_positive_int, default=d(r.batch_size), help="training batch size")
+    _flag(p, "--epochs", type=flags.positive_int, default=None if epochs else d(r.epochs), help=epochs or "training epochs")
+    _flag(p, "--batch-size", type=flags.positive_int, default=d(r.batch_size), help="training batch size")
     _flag(p, "--lr", type=float, default=d(r.lr), help="peak learning rate of the one-cycle schedule")
     _flag(p, "--weight-decay", type=float, default=d(r.weight_decay), help="SGD weight decay")
-    _flag(p, "--widths", type=_widths, default=d(r.widths), help="channels of each conv stage, e.g. 16,32,128")
-    _flag(p, "--hidden", type=_non_negative_int, default=d(r.hidden), metavar="UNITS",
+    _flag(p, "--widths", type=flags.widths, default=d(r.widths), help="channels of each conv stage, e.g. 16,32,128")
+    _flag(p, "--hidden", type=flags.non_negative_int, default=d(r.hidden), metavar="UNITS",
           help="units of a linear-BN-ReLU layer before the output layer (0: none)")
     if augment:
         p.add_argument("--no-augment", dest="augment", action="store_false", default=argparse.SUPPRESS,
@@ -169,11 +89,11 @@ def _add_invocation_flags(p: argparse.ArgumentParser, backend: bool = True) -> N
     i = INVOCATION
     _flag(p, "--out", type=Path, default=i.out, help="run directory to write")
     _flag(p, "--force", action="store_true", help="overwrite an existing run directory")
-    _flag(p, "--data-dir", type=_absolute_path,
+    _flag(p, "--data-dir", type=flags.absolute_path,
           help="cache of a published data set (default: ~/.cache/ambiguous-digits/<dataset>, or under "
                "$XDG_CACHE_HOME where set; for mnist $AMBIGUOUS_DIGITS_DATA when set)")
     _flag(p, "--device", default=i.device, help="auto, cpu, cuda or cuda:N")
-    _flag(p, "--threads", type=_positive_int, help="torch CPU threads (default: all cores)")
+    _flag(p, "--threads", type=flags.positive_int, help="torch CPU threads (default: all cores)")
     if backend:
         _flag(p, "--backend", choices=BACKENDS, default=i.backend,
               help="where the ensemble members (audit: folds) train: one after another here, or as Ray "
@@ -181,7 +101,7 @@ def _add_invocation_flags(p: argparse.ArgumentParser, backend: bool = True) -> N
         _flag(p, "--ray-address", metavar="HOST:PORT",
               help="with --backend ray: the head node of an existing Ray cluster "
                    "(default: $RAY_ADDRESS, else a Ray started on this machine)")
-        _flag(p, "--resume", type=_run_dir, metavar="RUN_DIR",
+        _flag(p, "--resume", type=flags.run_dir, metavar="RUN_DIR",
               help="continue an interrupted run in RUN_DIR with its own saved settings "
                    "(only --data-dir, --quiet, --split, --backend and --ray-address may be given with it)")
     _flag(p, "--quiet", action="store_true", help="no progress bars")
@@ -195,9 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "write the results")
     _add_data_flags(run)
     _add_training_flags(run)
-    _flag(run, "--top", type=_positive_int, default=OUTPUTS.top,
+    _flag(run, "--top", type=flags.positive_int, default=OUTPUTS.top,
           help="images per top-K list (at most the number of test images scored)")
-    _flag(run, "--rankings", type=_rankings, default=OUTPUTS.rankings,
+    _flag(run, "--rankings", type=flags.rankings, default=OUTPUTS.rankings,
           help="comma-separated rankings that get a top-K list and a gallery")
     _add_invocation_flags(run)
     aud = sub.add_parser("audit", help="suspected label errors: K-fold cross-validated probabilities ranked by "
@@ -205,16 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(aud, follows="the run's in --out")
     _add_training_flags(aud, follows="the run's in --out, so the fold CNNs train the run's network",
                         members=f"CNNs per fold (default: {AUDIT_MEMBERS})")
-    _flag(aud, "--top", type=_positive_int, default=AUDIT.top, help="suspected label errors on the contact sheet")
-    _flag(aud, "--folds", type=_positive_int, default=AUDIT.folds, help="cross-validation folds K")
+    _flag(aud, "--top", type=flags.positive_int, default=AUDIT.top, help="suspected label errors on the contact sheet")
+    _flag(aud, "--folds", type=flags.positive_int, default=AUDIT.folds, help="cross-validation folds K")
     _flag(aud, "--split", choices=SPLITS, default=AUDIT.split,
           help="audit the test digits (K-fold over the test set) or the training digits")
     _add_invocation_flags(aud)
     _add_experiment_parser(sub)
     rep = sub.add_parser("report", help="write report.html from a finished run (no retraining)")
-    rep.add_argument("run_dir", type=_run_dir, help="run directory (from `run`)")
+    rep.add_argument("run_dir", type=flags.run_dir, help="run directory (from `run`)")
     val = sub.add_parser("validate", help="compare a run's suspected label errors with the human review")
-    val.add_argument("run_dir", type=_run_dir,
+    val.add_argument("run_dir", type=flags.run_dir,
                      help="run directory holding scores.csv (from run) and/or label_issues.csv (from audit)")
     _add_predict(sub)
     _add_clean(sub)
@@ -228,19 +148,19 @@ def _add_experiment_parser(sub) -> None:
     _add_training_flags(exp, follows="the run's in --out, so the variants train its network", members="",
                         epochs=f"epochs of each variant's first pass (default: {EXPERIMENT_EPOCHS})", augment=False)
     e = EXPERIMENT
-    _flag(exp, "--seeds", type=_positive_int, default=e.seeds, help="seeds (one CNN each) per variant")
-    _flag(exp, "--emphasis-top", type=_positive_int, default=e.emphasis_top,
+    _flag(exp, "--seeds", type=flags.positive_int, default=e.seeds, help="seeds (one CNN each) per variant")
+    _flag(exp, "--emphasis-top", type=flags.positive_int, default=e.emphasis_top,
           help="most ambiguous training digits the second pass oversamples")
-    _flag(exp, "--emphasis-factor", type=_positive_int, default=e.emphasis_factor,
+    _flag(exp, "--emphasis-factor", type=flags.positive_int, default=e.emphasis_factor,
           help="times each of them appears in the second pass (at least 2)")
-    _flag(exp, "--emphasis-epochs", type=_positive_int, default=e.emphasis_epochs, help="epochs of the second pass")
+    _flag(exp, "--emphasis-epochs", type=flags.positive_int, default=e.emphasis_epochs, help="epochs of the second pass")
     _add_invocation_flags(exp, backend=False)
 
 
 def _add_predict(sub) -> None:
     pre = sub.add_parser("predict", help="score your own digit images with a finished run's ensemble")
     pre.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (PNG, JPEG, ...)")
-    pre.add_argument("--run", type=_run_dir, default=str(INVOCATION.out), metavar="RUN_DIR",
+    pre.add_argument("--run", type=flags.run_dir, default=str(INVOCATION.out), metavar="RUN_DIR",
                      help=f"finished run whose ensemble scores the images (default: {INVOCATION.out})")
     pre.add_argument("--out", type=Path, default=None,
                      help="where the preprocessed 28x28 images go (default: RUN_DIR/predictions)")
@@ -255,14 +175,14 @@ def _add_predict(sub) -> None:
 def _add_clean(sub) -> None:
     cle = sub.add_parser("clean", help="apply a review of the labels to a run's data set and re-measure its "
                          "ensemble (no retraining)")
-    cle.add_argument("run_dir", type=_run_dir, help="finished run directory (from `run`)")
+    cle.add_argument("run_dir", type=flags.run_dir, help="finished run directory (from `run`)")
     cle.add_argument("--review", required=True, metavar="FILE",
                      help="review CSV (split,index,given_label,verdict,new_label,note,reviewed_at; verdict "
                           "correct, relabel or exclude), or 'mturk': the published human review of MNIST's test set")
     cle.add_argument("--out", type=Path, default=None,
                      help="where cleaned.npz and cleaning.json go (default: RUN_DIR/cleaned)")
     cle.add_argument("--force", action="store_true", help="overwrite the files of a non-empty --out")
-    cle.add_argument("--data-dir", type=_absolute_path, default=None,
+    cle.add_argument("--data-dir", type=flags.absolute_path, default=None,
                      help="cache of the run's published data set (default: the one the run used)")
 
 
