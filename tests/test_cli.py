@@ -56,7 +56,8 @@ def test_scores_csv_has_one_row_per_test_digit_in_canonical_order(tiny_run):
 def test_embeddings_hold_every_digit_of_both_splits_and_neighbours_list_the_top_digits(tiny_run):
     with np.load(tiny_run / "embeddings.npz") as z:
         assert z["train"].shape == (600, 32) and z["test"].shape == (300, 32) and z["train"].dtype == np.float16
-        assert z["train_unfamiliarity"].shape == (600,)
+        assert z["calibration_index"].tolist() == list(range(600))  # fewer training digits than the sample: all
+        assert z["calibration_unfamiliarity"].shape == (600,)
     summary = json.loads((tiny_run / "summary.json").read_text())
     listed = {i for top in summary["top"].values() for i in top}
     rows = _rows(tiny_run / "neighbours.csv")

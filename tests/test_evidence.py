@@ -52,3 +52,14 @@ def test_neighbour_rows_give_one_row_per_digit_role_and_rank():
     assert set(rows["role"]) == {"given", "predicted"} and (labels[rows["train_index"]] == rows["class"]).all()
     first = (rows["index"] == 10) & (rows["role"] == "given") & (rows["rank"] == 1)
     assert rows["train_index"][first].tolist() == [5]  # digit 10's embedding copies training digit 5
+
+
+def test_the_training_digits_own_unfamiliarity_is_taken_on_a_seeded_sample():
+    rng = np.random.default_rng(5)
+    train = rng.normal(size=(300, 8))
+    rows, own = evidence.own_unfamiliarity(train, sample=50)
+    again, same = evidence.own_unfamiliarity(train, sample=50)
+    assert len(rows) == 50 and (np.diff(rows) > 0).all() and (rows == again).all() and (own == same).all()
+    np.testing.assert_allclose(own, evidence.unfamiliarity(train)[rows])  # as scored over every training digit
+    all_rows, _ = evidence.own_unfamiliarity(train, sample=1000)
+    assert all_rows.tolist() == list(range(300))

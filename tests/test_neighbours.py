@@ -28,10 +28,10 @@ def test_a_copy_in_the_reference_is_found_first_at_distance_zero():
     assert idx[7, 0] == 123 and dist[7, 0] == pytest.approx(0, abs=1e-9)
 
 
-def test_skip_self_leaves_each_rows_own_index_out():
+def test_own_rows_are_left_out_of_their_neighbours():
     rng = np.random.default_rng(1)
     x = _unit(rng, 50)
-    idx, dist = neighbours.nearest(x, x, k=5, skip_self=True)
+    idx, dist = neighbours.nearest(x, x, k=5, own=np.arange(50))
     assert idx.shape == (50, 5) and not (idx == np.arange(50)[:, None]).any()
     assert (np.diff(dist, axis=1) >= -1e-12).all()
     plain, _ = neighbours.nearest(x, x, k=6)
@@ -56,3 +56,12 @@ def test_a_class_with_fewer_rows_than_k_is_padded():
     labels = np.array([0, 0, 0, 1])
     idx, dist = neighbours.nearest_of_class(reference, labels, np.eye(4)[:1], np.array([1]), k=3)
     assert idx.tolist() == [[3, -1, -1]] and np.isinf(dist[0, 1:]).all()
+
+
+def test_a_sample_of_rows_leaves_each_its_own_row_out():
+    rng = np.random.default_rng(4)
+    x = _unit(rng, 60)
+    rows = np.array([3, 17, 42])
+    idx, _ = neighbours.nearest(x, x[rows], k=4, own=rows)
+    every, _ = neighbours.nearest(x, x, k=4, own=np.arange(60))
+    assert (idx == every[rows]).all()

@@ -24,6 +24,10 @@ EVIDENCE_K = 8
 UNFAMILIAR_K = 10
 # Probability a member must give its vote for the reason to call it a confident one.
 CONFIDENT_P = 0.9
+# Training digits whose own unfamiliarity is the percentiles' reference: a seeded sample, since each costs a
+# search of every training digit (all 60,000 took a sixth of a run; docs/lab-notebook.md).
+CALIBRATION_DIGITS = 10000
+CALIBRATION_SEED = 0
 # Mutual information above this percentile of the test set: "networks disagree".
 DISAGREE_PERCENTILE = 99.0
 # Unfamiliarity at or above this percentile of the training digits' own: "unlike any training digit".
@@ -45,10 +49,20 @@ def unfamiliarity(train: np.ndarray, queries: np.ndarray | None = None, k: int =
     """Mean cosine distance of each query (Q, D) to its k nearest rows of `train` (N, D): (Q,), HIGHER =
     less familiar. Without queries, of every training row to the others (each left out of its own)."""
     if queries is None:
-        _, dist = neighbours.nearest(train, train, k, skip_self=True)
+        _, dist = neighbours.nearest(train, train, k, own=np.arange(len(train)))
     else:
         _, dist = neighbours.nearest(train, queries, k)
     return dist.mean(axis=1)
+
+
+def own_unfamiliarity(train: np.ndarray, sample: int = CALIBRATION_DIGITS) -> tuple[np.ndarray, np.ndarray]:
+    """The training digits' own unfamiliarity, each left out of its own neighbours, on a seeded sample of them
+    (the reference a percentile is taken against): (S,) sorted training indices and (S,) scores."""
+    rows = np.arange(len(train))
+    if sample < len(train):
+        rows = np.sort(np.random.default_rng(CALIBRATION_SEED).choice(len(train), sample, replace=False))
+    _, dist = neighbours.nearest(train, train[rows], UNFAMILIAR_K, own=rows)
+    return rows, dist.mean(axis=1)
 
 
 @dataclass(frozen=True)

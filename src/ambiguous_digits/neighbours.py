@@ -6,23 +6,25 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
 
-def nearest(reference: np.ndarray, queries: np.ndarray, k: int, skip_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def nearest(reference: np.ndarray, queries: np.ndarray, k: int,
+            own: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Rows of `reference` (R, D) nearest each of `queries` (Q, D) by cosine distance, nearest first:
-    (Q, k) indices into reference and (Q, k) distances in [0, 2] (LOWER = closer). With `skip_self`
-    the queries are the reference itself and each row's own index is left out."""
-    k = min(k, len(reference) - int(skip_self))
-    index = NearestNeighbors(n_neighbors=k + int(skip_self), metric="cosine", algorithm="brute").fit(reference)
+    (Q, k) indices into reference and (Q, k) distances in [0, 2] (LOWER = closer). `own` (Q,): each
+    query's own row of reference, left out of its neighbours (queries drawn from the reference)."""
+    extra = 0 if own is None else 1
+    k = min(k, len(reference) - extra)
+    index = NearestNeighbors(n_neighbors=k + extra, metric="cosine", algorithm="brute").fit(reference)
     dist, idx = index.kneighbors(queries)
-    if skip_self:
-        dist, idx = _without_self(dist, idx)
+    if own is not None:
+        dist, idx = _without(dist, idx, own)
     return idx[:, :k], dist[:, :k]
 
 
-def _without_self(dist: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _without(dist: np.ndarray, idx: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each row without its own index (a tie may have put it second), keeping the order."""
-    own = idx == np.arange(len(idx))[:, None]
-    own[~own.any(axis=1), -1] = True  # rows whose own index fell outside k: drop their farthest instead
-    keep = ~own
+    mine = idx == np.asarray(own)[:, None]
+    mine[~mine.any(axis=1), -1] = True  # rows whose own index fell outside k: drop their farthest instead
+    keep = ~mine
     return dist[keep].reshape(len(idx), -1), idx[keep].reshape(len(idx), -1)
 
 

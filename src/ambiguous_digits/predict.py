@@ -49,7 +49,7 @@ def load_familiar(run_dir: Path, warn) -> evidence.Familiar | None:
              f"how unlike the training data each image is goes unchecked")
         return None
     with np.load(manifest.verified(run_dir, rundir.EMBEDDINGS_FILE), allow_pickle=False) as z:
-        return evidence.Familiar.fit(z["train"], z["train_unfamiliarity"])
+        return evidence.Familiar.fit(z["train"], z["calibration_unfamiliarity"])
 
 
 def member_probs_of(models: list, digits: np.ndarray, dev: torch.device) -> np.ndarray:

@@ -29,9 +29,9 @@ def section(run: Run, ds: Dataset) -> dict | None:
     if not manifest.listed(run.dir, rundir.EMBEDDINGS_FILE):
         return None
     with np.load(manifest.verified(run.dir, rundir.EMBEDDINGS_FILE), allow_pickle=False) as z:
-        own = z["train_unfamiliarity"].astype(np.float64)
+        sample, own = z["calibration_index"], z["calibration_unfamiliarity"].astype(np.float64)
     threshold = float(np.percentile(own, evidence.PREDICT_UNFAMILIAR_PCT))
-    return {"test": test_cards(run, ds.x_test), "train": train_cards(own, ds, run.class_names), "shown": SHOWN,
+    return {"test": test_cards(run, ds.x_test), "train": train_cards(sample, own, ds, run.class_names), "shown": SHOWN,
             "plot": plot_png(run, threshold), "threshold_pct": evidence.PREDICT_UNFAMILIAR_PCT}
 
 
@@ -44,12 +44,13 @@ def test_cards(run: Run, x_test: np.ndarray) -> list[dict]:
              "img": gallery.digit_uri(x_test[int(t["index"][r])])} for r in rows]
 
 
-def train_cards(own: np.ndarray, ds: Dataset, names: tuple[str, ...]) -> list[dict]:
-    """The SHOWN least familiar training digits (each scored with itself left out), least familiar first."""
+def train_cards(sample: np.ndarray, own: np.ndarray, ds: Dataset, names: tuple[str, ...]) -> list[dict]:
+    """The SHOWN least familiar of the sampled training digits (each scored with itself left out; `sample` (S,)
+    their indices, `own` (S,) their scores), least familiar first."""
     rows = np.argsort(-own, kind="stable")[:SHOWN]
     pct = evidence.percentile_of(own[rows], own)
-    return [{"i": int(i), "label": names[int(ds.y_train[i])], "pct": float(p), "img": gallery.digit_uri(ds.x_train[i])}
-            for i, p in zip(rows, pct)]
+    return [{"i": int(sample[r]), "label": names[int(ds.y_train[sample[r]])], "pct": float(p),
+             "img": gallery.digit_uri(ds.x_train[sample[r]])} for r, p in zip(rows, pct)]
 
 
 def plot_png(run: Run, threshold: float) -> str:

@@ -154,7 +154,8 @@ def _own_neighbours(plan: AuditPlan, embedded: dict[str, np.ndarray], y_train: n
     """(N, k) labels of each audited digit's nearest training digits (a training digit's leave itself out)."""
     if plan.split == "test":
         return evidence.neighbour_votes(embedded["train"], y_train, embedded["test"])
-    idx, _ = neighbours.nearest(embedded["train"], embedded["train"], evidence.EVIDENCE_K, skip_self=True)
+    idx, _ = neighbours.nearest(embedded["train"], embedded["train"], evidence.EVIDENCE_K,
+                                own=np.arange(len(y_train)))
     return y_train[idx]
 
 

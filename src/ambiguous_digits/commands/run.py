@@ -66,6 +66,7 @@ def run(recipe: Recipe, outputs_: RunOutputs = RunOutputs(), inv: Invocation = I
             results = train_members(recipe, inv, plan, jobs.member_job,
                                     {"x_train": x_train, "y_train": y_train, "x_eval": x_test}, log)
         timings["predict"] = round(sum(r.predict_seconds for r in results), 3)  # inside each member's job
+        timings["features"] = round(sum(r.feature_seconds for r in results), 3)  # likewise
         member_probs = np.stack([r.probs for r in results])
         with timed(timings, "scores"):
             table = scores.score_table(member_probs, y_test)
@@ -104,17 +105,19 @@ def write_results(out, outputs_: RunOutputs, x_test: np.ndarray, table: dict[str
 
 def write_evidence(out, results, member_probs: np.ndarray, y_train: np.ndarray, table: dict[str, np.ndarray],
                    names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """embeddings.npz (the members' pooled features of every digit, and the training digits' unfamiliarity),
+    """embeddings.npz (the members' pooled features of every digit, and a sample of training digits' own
+    unfamiliarity: the percentiles' reference),
     and the table's unfamiliarity and reasons columns; returns the embeddings (float32)."""
     embedded = {split: evidence.pool([r.features[key] for r in results]) for split, key in (("train", "train"),
                                                                                           ("test", "eval"))}
-    own = evidence.unfamiliarity(embedded["train"])
+    sample, own = evidence.own_unfamiliarity(embedded["train"])
     table["unfamiliarity"], near = evidence.near_and_unfamiliar(embedded["train"], y_train, embedded["test"])
     table["unfamiliarity_pct"] = evidence.percentile_of(table["unfamiliarity"], own)
     table["reasons"] = np.array(evidence.reasons(member_probs, table["label"], near, table["unfamiliarity_pct"],
                                                  names))
     rundir.save_npz(out, rundir.EMBEDDINGS_FILE, train=embedded["train"].astype(np.float16),
-                    test=embedded["test"].astype(np.float16), train_unfamiliarity=own.astype(np.float32),
+                    test=embedded["test"].astype(np.float16), calibration_index=sample,
+                    calibration_unfamiliarity=own.astype(np.float32),
                     pooling=np.array(evidence.POOLING))
     return embedded
 
