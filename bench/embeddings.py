@@ -1,12 +1,12 @@
-"""Which embedding gives neighbours that agree with the labels? Poolings of a run's members compared.
+"""Which pooling of the members' features gives neighbours that agree with the labels? Compared on one run.
 
-For every test digit, its k nearest training digits (cosine) in each pooling of the members'
-penultimate features; reported per pooling: the fraction of them that carry the ensemble's
-predicted class (and the test digit's given label), averaged over the test set, the size of
-the embeddings of all 70,000 digits in float16, and the seconds the features and the
-neighbours took. Poolings: one member or the mean of the members' L2-normalised features, or
-their concatenation; each of the last stage's maps averaged over space (its channels) or
-flattened (the output layer's input itself).
+A run saves each member's penultimate features (its last stage's maps averaged over space) in
+members/member-<m>.npz. For every test digit, its k nearest training digits (cosine) are found
+in each pooling of them: one member's, the mean of the members' L2-normalised features (what the
+run writes to embeddings.npz), and their concatenation. Reported per pooling: the fraction of the
+neighbours that carry the ensemble's predicted class and the fraction that carry the digit's own
+label, averaged over the test set; the embedding's width and its size in float16 for every digit;
+the seconds the neighbour search took.
 
     python bench/embeddings.py RUN_DIR
 """
@@ -19,62 +19,58 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ambiguous_digits import data, neighbours
-from ambiguous_digits.model import from_checkpoint
-from ambiguous_digits.train import predict_features, setup
+from ambiguous_digits import evidence, manifest, neighbours, rundir
 
-K = 8
+K = evidence.EVIDENCE_K
 
 
-def _features(models, x: np.ndarray, device, spatial: str) -> list[np.ndarray]:
-    return [predict_features(m, x, device, spatial=spatial) for m in models]
-
-
-def _normalise(f: np.ndarray) -> np.ndarray:
-    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-
-
-def poolings(feats_train: list[np.ndarray], feats_test: list[np.ndarray], tag: str) -> dict:
-    """name -> (train (60000, D), test (10000, D)) for one member, the mean, the concatenation."""
-    norm_tr, norm_te = [_normalise(f) for f in feats_train], [_normalise(f) for f in feats_test]
-    out = {f"{tag}, member 0": (norm_tr[0], norm_te[0])}
-    if len(norm_tr) > 1:
-        out[f"{tag}, mean of members"] = (np.mean(norm_tr, axis=0), np.mean(norm_te, axis=0))
-        out[f"{tag}, concatenation"] = (np.concatenate(norm_tr, axis=1), np.concatenate(norm_te, axis=1))
+def member_features(run_dir: Path, members: int) -> list[dict[str, np.ndarray]]:
+    """Each member's saved features: {"train": (N_train, D), "eval": (N, D)} float32."""
+    out = []
+    for m in range(members):
+        with np.load(manifest.verified(run_dir, rundir.MEMBER_STEM.format(m=m) + ".npz")) as z:
+            out.append({split: z[f"features_{split}"].astype(np.float32) for split in ("train", "eval")})
     return out
+
+
+def poolings(feats: list[dict[str, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """name -> (train (N_train, D), test (N, D)) embeddings."""
+    def norm(f):
+        return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    return {"member 0": (norm(feats[0]["train"]), norm(feats[0]["eval"])),
+            f"mean of the {len(feats)} members (the run's)": (evidence.pool([f["train"] for f in feats]),
+                                                              evidence.pool([f["eval"] for f in feats])),
+            f"concatenation of the {len(feats)} members": (np.concatenate([norm(f["train"]) for f in feats], axis=1),
+                                                           np.concatenate([norm(f["eval"]) for f in feats], axis=1))}
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--k", type=int, default=K)
-    p.add_argument("--dataset", default="mnist", help="the run's --dataset")
+    p.add_argument("--out", type=Path, default=None, help="the JSON report (default: print only)")
     a = p.parse_args(argv)
-    device, _ = setup("cpu", None, "fp32")
-    with np.load(a.run_dir / "probs.npz") as z:
-        member_probs = z["probs"]
+    with np.load(manifest.verified(a.run_dir, rundir.PROBS_FILE)) as z:
+        member_probs, labels = z["probs"], z["labels"]
+    summary = json.loads(manifest.verified(a.run_dir, rundir.SUMMARY_FILE).read_text())
+    from ambiguous_digits import data
+    recipe = summary["recipe"]
+    ds = data.load_dataset(recipe["dataset"], summary["invocation"]["data_dir"], log=lambda _: None, progress=False)
+    y_train = ds.y_train[: recipe["train_limit"]]
     pred = member_probs.mean(axis=0).argmax(axis=1)
-    models = [from_checkpoint(torch.load(a.run_dir / f"models/member-{m}.pt", weights_only=True)).eval()
-              for m in range(len(member_probs))]
-    ds = data.load_dataset(a.dataset, None, log=lambda _: None, progress=False)
     result = {}
-    for spatial in ("mean", "flatten"):
+    for name, (train, test) in poolings(member_features(a.run_dir, len(member_probs))).items():
         start = time.perf_counter()
-        used = models if spatial == "mean" else models[:1]  # flattened maps are 9x wider: one member only
-        tr, te = _features(used, ds.x_train, device, spatial), _features(used, ds.x_test, device, spatial)
-        seconds = (time.perf_counter() - start) / len(used)
-        for name, (f_tr, f_te) in poolings(tr, te, f"maps {spatial}").items():
-            start = time.perf_counter()
-            idx, _ = neighbours.nearest(f_tr, f_te, a.k)
-            found = ds.y_train[idx]
-            result[name] = {"agree_with_prediction": float((found == pred[:, None]).mean()),
-                            "agree_with_label": float((found == ds.y_test[:, None]).mean()),
-                            "dims": int(f_tr.shape[1]), "megabytes_float16": 70000 * f_tr.shape[1] * 2 / 1e6,
-                            "feature_seconds_per_member": round(seconds, 2),
-                            "neighbour_seconds": round(time.perf_counter() - start, 2)}
-            print(name, json.dumps(result[name]))
+        idx, _ = neighbours.nearest(train, test, K)
+        found = y_train[idx]
+        result[name] = {"agree_with_prediction": float((found == pred[:, None]).mean()),
+                        "agree_with_label": float((found == labels[:, None]).mean()),
+                        "dims": int(train.shape[1]),
+                        "megabytes_float16": (len(train) + len(test)) * train.shape[1] * 2 / 1e6,
+                        "search_seconds": round(time.perf_counter() - start, 1)}
+        print(name, json.dumps(result[name]), flush=True)
+    if a.out:
+        a.out.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -9,7 +9,7 @@ median seconds of each per member, the saving for a default run's members, and t
 a share of `--run-seconds` (the default run's wall time on this machine). The two pools give
 equal probabilities (checked here).
 
-    python bench/maxpool.py --repeats 5 --run-seconds 330
+    python bench/maxpool.py --repeats 5 --run-seconds 330 [--threads 1]
 """
 
 from __future__ import annotations
@@ -66,9 +66,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=5, help="alternations of the two pools")
     p.add_argument("--run-seconds", type=float, required=True, help="the default run's wall time here")
     p.add_argument("--data-dir", default=None, help="MNIST cache (as for `run`)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores; on a busy machine "
+                   "1 keeps other processes' load from timing thread synchronisation instead of the pools)")
     a = p.parse_args(argv)
     recipe = Recipe()
-    device, _ = setup("cpu", None, recipe.precision)
+    device, _ = setup("cpu", a.threads, recipe.precision)
     ds = load_mnist(a.data_dir, progress=False)
     x_train = to_tensor(ds.x_train, device)
     torch.manual_seed(0)

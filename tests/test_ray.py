@@ -119,7 +119,7 @@ def test_a_local_ray_run_leaves_no_token_that_locks_out_a_later_cluster(mnist_di
            str(mnist_dir), "--quiet", "--backend", "ray", *args]
     try:
         local = subprocess.run(cmd, env={**ray_env(), "RAY_TMPDIR": ray_tmp}, capture_output=True, text=True,
-                               timeout=300)  # a process of its own, as a user's earlier command is
+                               timeout=600)  # a process of its own, as a user's earlier command is
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert local.returncode == 0, local.stdout + local.stderr
