@@ -4,6 +4,7 @@ what a command line hands its command, and one tiny run (and its audited copy) t
 import inspect
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,3 +98,24 @@ def audited_run(report_run, mnist, tmp_path_factory):
     manifest.record(out, *(out / n for n in ("label_issues.csv", "train_label_issues.csv", "validation.json")))
     report.write_report(out, dataset=mnist)
     return out
+
+
+# Debian's Chromium, driven by Playwright; never a browser Playwright downloads.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for every browser test."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the Python package playwright is missing: pip install -r requirements.txt")
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (never `playwright install`)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

@@ -22,9 +22,6 @@ from ambiguous_digits import cli, gallery, manifest, report, scores
 from ambiguous_digits.config import ConfigError
 
 MEMBERS = 2  # conftest.REPORT_RUN
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-sync"]
 VIEWPORT = {"width": 1280, "height": 900}
 INDICES_JS = "els => els.map(e => Number(e.dataset.index))"
 
@@ -226,18 +223,6 @@ def test_an_unlisted_audit_file_is_not_used_and_a_listed_missing_one_is_refused(
 # ---------------------------------------------------------------------------
 # In a real browser
 # ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("the Python package playwright is missing: pip install -r requirements.txt")
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (never `playwright install`)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 class Opened:

@@ -16,7 +16,6 @@ import pytest
 from ambiguous_digits import cli, evidence, gallery, manifest, report
 from ambiguous_digits.config import ConfigError
 
-CHROMIUM = Path("/usr/bin/chromium")
 VIEWPORT = {"width": 1280, "height": 900}
 COLUMNS = ["split", "index", "given_label", "verdict", "new_label", "note", "reviewed_at"]
 QUEUE_JS = "els => els.map(e => [Number(e.dataset.index), e.dataset.verdict])"
@@ -103,18 +102,6 @@ def test_a_summary_without_a_run_id_is_refused(report_run, mnist, tmp_path):
 # ---------------------------------------------------------------------------
 # In a real browser
 # ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("the Python package playwright is missing: pip install -r requirements.txt")
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (never `playwright install`)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
-        yield b
-        b.close()
 
 
 class Review:
