@@ -162,7 +162,7 @@ def test_a_damaged_compressed_npz_is_one_data_error(tmp_path, monkeypatch, error
         raise error
 
     monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", damaged)
-    with pytest.raises(DataError, match=rf"npz:.*d.npz: unreadable npz"):
+    with pytest.raises(DataError, match=r"npz:.*d.npz: unreadable npz"):
         data.load_dataset(path, **QUIET)
 
 

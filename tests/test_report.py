@@ -174,14 +174,16 @@ def test_pixels_from_another_mnist_are_refused(report_run, mnist):
         report.write_report(report_run, dataset=wrong)
 
 
-def test_a_summary_from_an_older_run_is_refused(report_run, tmp_path, mnist):
+@pytest.mark.parametrize("key, message", [("member_accuracy", "member_accuracy"),
+                                          ("run_id", "no run_id; re-run")])  # run_id: the review's storage key
+def test_a_summary_from_an_older_run_is_refused(report_run, tmp_path, mnist, key, message):
     old = tmp_path / "old"
     shutil.copytree(report_run, old)
     summary = json.loads((old / "summary.json").read_text())
-    del summary["member_accuracy"]
+    del summary[key]
     (old / "summary.json").write_text(json.dumps(summary))
     manifest.record(old, old / "summary.json")  # an honest older summary, not a tampered one
-    with pytest.raises(ConfigError, match="member_accuracy"):
+    with pytest.raises(ConfigError, match=message):
         report.write_report(old, dataset=mnist)
 
 

@@ -106,8 +106,7 @@ def merge_neighbours(run_dir: Path, rows: dict[str, np.ndarray]) -> None:
     """Add `rows` (evidence.neighbour_rows) to neighbours.csv, replacing any earlier rows of the same
     split, digit and role; written whole, then listed."""
     path, key = run_dir / rundir.NEIGHBOURS_FILE, ("split", "index", "role")
-    new = list(zip(*rows.values()))
-    fresh = {tuple(str(r[list(rows).index(k)]) for k in key) for r in new}
+    fresh = set(zip(*(map(str, rows[k]) for k in key)))
     kept = []
     if manifest.listed(run_dir, rundir.NEIGHBOURS_FILE):
         with open(manifest.verified(run_dir, rundir.NEIGHBOURS_FILE), newline="") as f:
