@@ -60,8 +60,16 @@ def test_embeddings_hold_every_digit_of_both_splits_and_neighbours_list_the_top_
         assert z["calibration_unfamiliarity"].shape == (600,)
     summary = json.loads((tiny_run / "summary.json").read_text())
     listed = {i for top in summary["top"].values() for i in top}
-    rows = _rows(tiny_run / "neighbours.csv")
-    assert {int(r["index"]) for r in rows} == listed and {r["role"] for r in rows} == {"given", "predicted"}
+    every = _rows(tiny_run / "neighbours.csv")
+    rows = [r for r in every if r["role"] == "predicted"]  # the rankings' top digits; the audits' below
+    assert {int(r["index"]) for r in rows} == listed and all(r["split"] == "test" for r in rows)
+    audited = {}
+    for split in ("test", "train"):
+        audited[split] = set(json.loads((tiny_run / f"audit_{split}.json").read_text())["top"])
+        assert {int(r["index"]) for r in every if r["role"] == "suggested" and r["split"] == split} == audited[split]
+    given = {int(r["index"]) for r in every if r["role"] == "given" and r["split"] == "test"}
+    assert given == listed | audited["test"]
+    rows = [r for r in every if r["split"] == "test" and r["role"] != "suggested"]
     labels = {int(r["index"]): r for r in _rows(tiny_run / "scores.csv")}
     assert all(r["class"] == labels[int(r["index"])]["label" if r["role"] == "given" else "pred"] for r in rows)
     assert all(r["reasons"] for r in labels.values())
@@ -76,7 +84,8 @@ def test_top_images_are_the_original_pixels_named_by_index(tiny_run, mnist):
     summary = json.loads((tiny_run / "summary.json").read_text())
     named = {int(p.stem) for p in (tiny_run / "imgs").glob("*.png")}
     listed = {i for top in summary["top"].values() for i in top}
-    assert named == listed and len(summary["top"]["least_confident"]) == 5
+    audited = set(json.loads((tiny_run / "audit_test.json").read_text())["top"])  # the run's own test audit
+    assert named == listed | audited and len(summary["top"]["least_confident"]) == 5
     for i in listed:
         np.testing.assert_array_equal(np.array(Image.open(tiny_run / "imgs" / f"{i}.png")), mnist.x_test[i])
 
@@ -183,12 +192,13 @@ def test_outputs_get_ordinary_file_permissions(tiny_run):
 def test_force_rerun_drops_results_derived_from_the_earlier_run(tmp_path, mnist_dir):
     out = tmp_path / "run"
     assert _run(out, mnist_dir) == 0
-    stale = ["label_issues.csv", "validation.json", "audit_test.json"]
+    stale = ["validation.json", "experiment.json", "cv_probs_test.npz"]
     for name in stale:
         (out / name).write_text("from an earlier run")
     (out / "imgs" / "99999.png").write_bytes(b"old")
     assert _run(out, mnist_dir, "--force") == 0
-    assert not any((out / name).exists() for name in stale)
+    assert not (out / "validation.json").exists() and not (out / "experiment.json").exists()
+    assert (out / "cv_probs_test.npz").read_bytes()[:2] == b"PK"  # written anew by the run's own audit
     assert not (out / "imgs" / "99999.png").exists() and (out / "report.html").is_file()
 
 
@@ -260,7 +270,8 @@ def test_rankings_restrict_the_top_k_lists_and_the_gallery(tmp_path, mnist_dir):
     assert _run(out, mnist_dir, "--rankings", "margin,confident_wrong") == 0
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["top"]) == ["margin", "confident_wrong"]
-    assert sorted(p.name for p in out.glob("top_*.png")) == ["top_confident_wrong.png", "top_margin.png"]
+    sheets = sorted(p.name for p in out.glob("top_*.png") if "label_issues" not in p.name)  # the audits' own
+    assert sheets == ["top_confident_wrong.png", "top_margin.png"]
     assert list(_rows(out / "scores.csv")[0]) == COLUMNS  # the table still holds every measure
 
 

@@ -30,4 +30,5 @@ def test_notebook_runs_end_to_end_on_a_tiny_configuration(tmp_path, dataset, req
     assert "DESCRIBE YOUR MODEL" in text and "IMPACT OF THE IMAGES AND IMPROVEMENTS" in text
     assert (tmp_path / "run" / "scores.csv").is_file()
     assert f"{dataset} train (60000, 28, 28)" in text
+    assert "600 training digits by region" in text  # the cross-fitted run's dynamics
     assert ("no human review" in text) == (dataset != "mnist")

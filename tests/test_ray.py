@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ambiguous_digits import backend, cli, jobs, rundir
+from ambiguous_digits import backend, cli, jobs, outputs, rundir
 from ambiguous_digits.cli import main
 from ambiguous_digits.commands.audit import run_audit
 from ambiguous_digits.commands.run import run as run_recipe
@@ -84,7 +84,9 @@ def test_run_on_ray_matches_local_byte_for_byte(cluster, local_run, mnist_dir, t
     assert (tmp_path / "probs.npz").read_bytes() == (local_run / "probs.npz").read_bytes()
     assert summary["backend"] == "ray" and summary["member_seeds"] == Recipe(**TINY).member_seeds()
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["member-0.pt", "member-1.pt"]
-    assert len(puts) == 3  # x_train, y_train, x_test: once each, not once per member
+    assert len(puts) == 4  # x_train, y_train, x_test and the folds: once each, not once per member
+    for name in ("train_dynamics.csv", "train_label_issues.csv", "label_issues.csv"):  # the cross-fitted analysis
+        assert (tmp_path / name).read_bytes() == (local_run / name).read_bytes(), name
     assert sum(", saved" in line for line in lines) == TINY["members"]  # one line as each arrives
 
 
@@ -222,8 +224,9 @@ def test_resume_after_a_driver_crash_trains_only_the_missing_members(cluster, lo
     assert log.count("finished earlier") == len(done) and log.count("training on") == members - len(done)
     assert all((tmp_path / name).read_bytes() == data for name, data in before.items())  # not recomputed
     with np.load(tmp_path / "probs.npz") as z, np.load(local_run / "probs.npz") as ref:
-        assert z["probs"].shape[0] == members
-        assert np.array_equal(z["probs"][:2], ref["probs"])  # members 0 and 1 have the same seeds there
+        assert z["probs"].shape[0] == members and ref["probs"].shape[0] == 2
+    # Cross-fitted over 3 folds: every training digit trained on by the 2 members that do not hold it out.
+    assert set(outputs.read_table(tmp_path / "train_dynamics.csv")["members_trained"]) == {members - 1}
 
 
 def test_resume_may_move_a_run_to_another_backend(tmp_path, capsys):

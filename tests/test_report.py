@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ambiguous_digits import cli, gallery, manifest, report, scores
+from ambiguous_digits import cli, gallery, manifest, report, rundir, scores
 from ambiguous_digits.config import ConfigError
 
 MEMBERS = 2  # conftest.REPORT_RUN
@@ -103,7 +103,7 @@ def test_report_embeds_the_gallery_data_as_valid_json(report_path, report_run):
     shown = {d["i"] for d in data["digits"]}
     rows = _rows(report_run / "scores.csv")
     assert shown >= {int(r["index"]) for r in rows if r["label"] != r["pred"]}, "every error is embedded"
-    assert set(data["rankings"]) == set(scores.RANKINGS)
+    assert set(data["rankings"]) == set(scores.RANKINGS) | {"label_issues"}  # the run's own test audit
     for ranking in data["rankings"].values():
         assert set(ranking["order"]) <= shown
     assert all(d["img"].startswith("data:image/png;base64,") and len(d["votes"]) == MEMBERS for d in data["digits"])
@@ -135,8 +135,12 @@ def test_header_holds_accuracy_ensemble_and_time_and_the_page_the_checksums(repo
     assert f"{summary['seconds']['total']:.2f} s" in html  # the timings table
 
 
-def test_without_audit_files_there_is_no_label_issue_section(report_path):
-    html = report_path.read_text()
+def test_without_audit_files_there_is_no_label_issue_section(report_run, tmp_path, mnist):
+    """A run without the audits (--no-cross-fit, or before 0.8): the tiny run with them unlisted."""
+    run = tmp_path / "run"
+    shutil.copytree(report_run, run)
+    manifest.forget(run, *(f for split in ("test", "train") for f in rundir.AUDIT[split].outputs))
+    html = report.write_report(run, dataset=mnist).read_text()
     assert 'value="label_issues"' not in html
     assert 'id="label-audit"' not in html
     text = unescape(_section(html, "answers"))

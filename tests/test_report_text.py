@@ -100,6 +100,7 @@ def test_the_method_follows_the_recipes_augment(facts):
 # Label errors: measured, or the commands that would measure them
 # ---------------------------------------------------------------------------
 def test_without_an_audit_the_answers_name_the_commands_that_would_measure_it(facts):
+    facts = {**facts, "label_issues_found": None, "validation": None}  # a run without its audits (--no-cross-fit)
     mnist = report_text.label_issue_sentence(facts, "digit")
     assert "'ambiguous-digits audit'" in mnist and "'validate'" in mnist and "these digits" in mnist
     other = report_text.label_issue_sentence({**facts, "dataset": "fashion-mnist"}, "image")

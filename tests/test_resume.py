@@ -64,7 +64,8 @@ def test_a_killed_run_resumes_to_the_same_bytes(uninterrupted, tmp_path, mnist_d
     done = subprocess.run(_cli("run", "--resume", str(out), "--quiet"), env=_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "member 1/2 (seed" in done.stdout and "resuming after epoch" in done.stdout
-    assert (out / "scores.csv").read_bytes() == (uninterrupted / "scores.csv").read_bytes()
+    for name in ("scores.csv", "train_dynamics.csv", "train_label_issues.csv", "label_issues.csv"):
+        assert (out / name).read_bytes() == (uninterrupted / name).read_bytes(), name  # dynamics kept in the state
     with np.load(out / "probs.npz") as a, np.load(uninterrupted / "probs.npz") as b:
         for key in ("probs", "labels", "index", "seeds"):
             np.testing.assert_array_equal(a[key], b[key])
@@ -81,10 +82,15 @@ def test_epoch_checkpoint_continues_training_exactly(mnist):
     x, y, x_eval = mnist.x_train[:300], mnist.y_train[:300], mnist.x_test[:50]
     cpu = torch.device("cpu")
     fp32, states = resolve_precision("fp32", cpu), []
-    whole = members.train_member(recipe, 7, x, y, x_eval, 10, Runtime(cpu, fp32, on_epoch=states.append))
+    held = np.arange(300) % 3 == 0  # cross-fitted: the dynamics recorded so far travel in the state
+    whole = members.train_member(recipe, 7, x, y, x_eval, 10, Runtime(cpu, fp32, on_epoch=states.append),
+                                 held_out=held)
     assert [s["epoch"] for s in states] == [1]
-    rest = members.train_member(recipe, 7, x, y, x_eval, 10, Runtime(cpu, fp32), state=states[0])
+    rest = members.train_member(recipe, 7, x, y, x_eval, 10, Runtime(cpu, fp32), state=states[0], held_out=held)
     np.testing.assert_array_equal(rest.probs, whole.probs)
+    np.testing.assert_array_equal(rest.holdout_probs, whole.holdout_probs)
+    np.testing.assert_array_equal(rest.dynamics, whole.dynamics)
+    assert not np.isnan(whole.dynamics[0]).all() and whole.dynamics.shape == (2, 2, 200)
     assert [h["loss"] for h in rest.history] == [h["loss"] for h in whole.history]
 
 

@@ -45,6 +45,8 @@ def _neighbours(run_dir: Path) -> dict[tuple[int, str], list[int]]:
     """(test digit, role) -> its training neighbours, nearest first, as neighbours.csv lists them."""
     found: dict[tuple[int, str], list[tuple[int, int]]] = {}
     for r in _csv(run_dir / "neighbours.csv"):
+        if r["split"] != "test":  # the training audit's digits: no cards in the page's galleries
+            continue
         found.setdefault((int(r["index"]), r["role"]), []).append((int(r["rank"]), int(r["train_index"])))
     return {key: [t for _, t in sorted(v)] for key, v in found.items()}
 
@@ -156,7 +158,7 @@ def test_the_detail_view_shows_the_reasons_and_the_neighbour_strips(opened, repo
 
 def test_review_by_keyboard_survives_a_reload_and_exports_review_csv(opened, report_path, tmp_path):
     data = _page_data(report_path)
-    order = data["rankings"]["confident_wrong"]["order"][:100]  # no audit: the first ranking is the default queue
+    order = data["rankings"]["label_issues"]["order"][:100]  # the run's own audit: label issues are the default queue
     digits = {d["i"]: d for d in data["digits"]}
     page = opened.page
     timing = page.evaluate(TIMING_JS)
@@ -165,7 +167,7 @@ def test_review_by_keyboard_survives_a_reload_and_exports_review_csv(opened, rep
     assert page.locator("#review").is_hidden()
     opened.keys("r")
     assert page.locator("#review").is_visible()
-    assert page.input_value("#review-ranking") == "confident_wrong"
+    assert page.input_value("#review-ranking") == "label_issues"
     assert opened.progress() == f"0 of {len(order)} reviewed" and opened.here() == order[0]
     relabel = _other(digits[order[0]]["y"])
     opened.keys(str(relabel), "c", "x", "c")  # relabel #0, confirm #1, exclude #2, confirm #3 ...
@@ -217,7 +219,7 @@ def _review_file(path: Path, rows: list[tuple]) -> Path:
 def test_importing_another_reviewers_file_lists_the_disagreement_and_overwrites_nothing(opened, report_path,
                                                                                        tmp_path):
     data = _page_data(report_path)
-    order = data["rankings"]["confident_wrong"]["order"]
+    order = data["rankings"]["label_issues"]["order"]  # the default queue
     y = {d["i"]: d["y"] for d in data["digits"]}
     opened.keys("r", str(_other(y[order[0]])), "c")
     theirs = _review_file(tmp_path / "theirs.csv", [
@@ -254,7 +256,7 @@ def test_an_exported_review_continues_in_another_browser(browser, report_path, t
 
 def test_clean_consumes_the_exported_review(browser, report_run, report_path, tmp_path):
     data = _page_data(report_path)
-    order, y = data["rankings"]["confident_wrong"]["order"], {d["i"]: d["y"] for d in data["digits"]}
+    order, y = data["rankings"]["label_issues"]["order"], {d["i"]: d["y"] for d in data["digits"]}
     r = Review(browser, report_path)
     r.keys("r", str(_other(y[order[0]])), "c", "x")
     exported = tmp_path / "review.csv"

@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "write the results")
     _add_data_flags(run)
     _add_training_flags(run)
+    run.add_argument("--no-cross-fit", dest="cross_fit", action="store_false", default=argparse.SUPPRESS,
+                     help="train every member on every training digit (no held-out fold): no label audits or "
+                          "training dynamics from the run; `audit` still makes them")
     _flag(run, "--top", type=flags.positive_int, default=OUTPUTS.top,
           help="images per top-K list (at most the number of test images scored)")
     _flag(run, "--rankings", type=flags.rankings, default=OUTPUTS.rankings,
@@ -143,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_experiment_parser(sub) -> None:
     exp = sub.add_parser("experiment", help="measure augmentation and emphasis on ambiguous training digits "
-                         "(needs a finished run and `audit --split train` in --out)")
+                         "(needs a finished run in --out: its training-set audit ranks the digits)")
     _add_data_flags(exp, follows="the run's in --out")
     _add_training_flags(exp, follows="the run's in --out, so the variants train its network", members="",
                         epochs=f"epochs of each variant's first pass (default: {EXPERIMENT_EPOCHS})", augment=False)
@@ -203,7 +206,8 @@ def invocation(a: argparse.Namespace) -> Invocation:
 def _refuse_with_resume(a: argparse.Namespace) -> None:
     extra = [k for k in vars(a) if k not in RESUME_FLAGS | {"command"}]
     if extra:
-        flags = ", ".join("--" + k.replace("_", "-") if k != "augment" else "--no-augment" for k in extra)
+        flags = ", ".join({"augment": "--no-augment", "cross_fit": "--no-cross-fit"}.get(k, "--" + k.replace("_", "-"))
+                          for k in extra)
         raise ConfigError(f"--resume: the run continues with the settings saved in {a.resume}; drop {flags}")
 
 

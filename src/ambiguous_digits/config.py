@@ -62,6 +62,9 @@ class Recipe:
     hidden: int = 0  # units of a linear-BN-ReLU layer before the output layer; 0: none
     augment: bool = True
     precision: str = "auto"  # bf16 autocast where the hardware has it
+    # Member m trains on the training digits outside fold m of `members` folds, so every training digit is
+    # out-of-sample for one member: the run audits both splits itself (docs/method.md, "Cross-fitting").
+    cross_fit: bool = True
 
     def __post_init__(self) -> None:
         for flag, value in (("--members", self.members), ("--epochs", self.epochs),
@@ -115,6 +118,12 @@ class Recipe:
                 if self.published and limit > most:
                     raise ConfigError(f"{flag}: {self.dataset} has {most} images there, got {limit}")
 
+    @property
+    def holdout_folds(self) -> int:
+        """Folds of the training set, one held out by each member; 0: every member trains on every digit
+        (no cross-fitting asked for, or one member, which would leave its own fold unseen by all)."""
+        return self.members if self.cross_fit and self.members >= 2 else 0
+
     def member_seeds(self, fold: int | None = None) -> list[int]:
         """One independent seed per ensemble member (of one audit fold), spawned in order from the base seed."""
         root = np.random.SeedSequence(self.seed if fold is None else [self.seed, 1 + fold])
@@ -126,6 +135,7 @@ class Recipe:
     @classmethod
     def from_json(cls, d: dict) -> "Recipe":
         d = dict(d)
+        d.setdefault("cross_fit", False)  # saved before 0.8: its members trained on every training digit
         d["widths"] = tuple(d["widths"])
         if d.get("class_names") is not None:
             d["class_names"] = tuple(d["class_names"])

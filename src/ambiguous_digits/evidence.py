@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.neighbors import NearestNeighbors
 
 from . import neighbours, scores
 
@@ -68,19 +67,19 @@ def own_unfamiliarity(train: np.ndarray, sample: int = CALIBRATION_DIGITS) -> tu
 class Familiar:
     """The training digits' embeddings fitted once for many queries, and their own unfamiliarity (N,)."""
 
-    index: NearestNeighbors
+    index: neighbours.Fitted
     own: np.ndarray  # sorted: percentile_of's reference
+    k: int = UNFAMILIAR_K
 
     @classmethod
     def fit(cls, train: np.ndarray, own: np.ndarray, k: int = UNFAMILIAR_K) -> Familiar:
         """`train` (N, D) embeddings and `own` (N,) their unfamiliarity, each left out of its own neighbours."""
-        index = NearestNeighbors(n_neighbors=min(k, len(train)), metric="cosine", algorithm="brute")
-        return cls(index.fit(np.asarray(train, dtype=np.float32)), np.sort(own))
+        return cls(neighbours.Fitted(train), np.sort(own), k)
 
     def score(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(Q, D) embeddings -> (Q,) unfamiliarity (as `unfamiliarity` gives it; HIGHER = less familiar) and (Q,)
         its percentile of the training digits' own, in [0, 100]."""
-        dist, _ = self.index.kneighbors(np.asarray(queries, dtype=np.float32))
+        _, dist = self.index.search(queries, self.k)
         found = dist.mean(axis=1)
         return found, percentile_of(found, self.own)
 
@@ -151,7 +150,8 @@ def reasons(member_probs: np.ndarray, labels: np.ndarray, near_labels: np.ndarra
 
 def label_issue_reasons(table: dict[str, np.ndarray], near_labels: np.ndarray, names: tuple[str, ...]) -> list[str]:
     """One short sentence of facts per audited digit: cleanlab's verdict, the suggested class, and its nearest
-    training digits. `table` is audit.label_issue_table's; `near_labels` (N, k) from neighbour_votes."""
+    training digits. `table` is audit.label_issue_table's; `near_labels` (N, k) from neighbour_votes, -1 in a
+    row whose neighbours were not searched (that part is left out)."""
     k, out = near_labels.shape[1], []
     for i in range(len(table["index"])):
         given, suggested = names[table["given_label"][i]], names[table["suggested_label"][i]]
@@ -159,8 +159,9 @@ def label_issue_reasons(table: dict[str, np.ndarray], near_labels: np.ndarray, n
         parts = [f"{flagged} (quality {table['label_quality'][i]:.2g})"]
         if suggested != given:
             parts.append(f"given {given}, the out-of-sample networks suggest {suggested}")
-        common = np.bincount(near_labels[i], minlength=len(names)).argmax()
-        parts.append(f"{int((near_labels[i] == common).sum())} of its {k} nearest training digits are "
-                     f"{names[common]}s")
+        if near_labels[i, 0] >= 0:
+            common = np.bincount(near_labels[i], minlength=len(names)).argmax()
+            parts.append(f"{int((near_labels[i] == common).sum())} of its {k} nearest training digits are "
+                         f"{names[common]}s")
         out.append("; ".join(parts))
     return out

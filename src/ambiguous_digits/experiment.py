@@ -4,7 +4,7 @@ The original analysis suggested both, untested. Each variant below trains one CN
 each of `--seeds` seeds and is scored on the test set (mean ± std over the seeds);
 the best variant's seeds are then averaged into an ensemble. The second pass
 ("emphasis") oversamples the most ambiguous TRAINING digits, ranked by the training
-set's cross-validated audit (`audit --split train`). Test digits are never trained
+set's audit (the run's cross-fitted one, or `audit --split train`). Test digits are never trained
 on: every variant is measured on them, so training on them would be leakage.
 
 It runs in the directory of a finished default `run`, whose numbers give the
@@ -28,7 +28,7 @@ from .config import ConfigError, ExperimentPlan, Invocation, Recipe
 from .train import Runtime, predict_probs, setup, train
 
 TRAIN_AUDIT = rundir.AUDIT["train"]
-LEAKAGE = ("Emphasis oversamples training digits only (ranked by `audit --split train`); training on the test "
+LEAKAGE = ("Emphasis oversamples training digits only (ranked by the training-set audit); training on the test "
            "digits every variant is evaluated on would be leakage, so the emphasis step refuses them.")
 # The second pass starts from a converged model: a full-height one-cycle peak would
 # first undo much of what the first pass learned, so it peaks lower.
@@ -90,7 +90,7 @@ def emphasis_indices(split: str, cv_probs: np.ndarray, audit_labels: np.ndarray,
     if len(audit_labels) != len(train_labels) or not np.array_equal(audit_labels, train_labels):
         raise LeakageError(f"emphasis: the audit's {len(audit_labels)} labels are not those of the "
                            f"{len(train_labels)} training digits (a test audit would be leakage; a different "
-                           f"--train-limit?): rerun `audit --split train` with this experiment's --train-limit")
+                           f"--train-limit?): rerun `run` (or `audit --split train`) with this experiment's --train-limit")
     probs, labels = scores.validate(cv_probs, audit_labels)
     order = np.argsort(-scores.ambiguity(probs, labels), kind="stable")
     return order[~np.asarray(flagged, bool)[order]][:top]

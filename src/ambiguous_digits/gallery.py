@@ -33,7 +33,7 @@ COUNTS = (10, 25, 50, 100)
 DEFAULT_COUNT = 25
 # Page size (~1.1 kB a digit, ~5 MB): every digit a gallery needs, then other errors up to this many.
 MAX_DIGITS = 4000
-# Suspected training-set label errors shown (a static gallery; `audit --split train`).
+# Suspected training-set label errors shown (a static gallery; the run's training-set audit, or `audit --split train`).
 TRAIN_ISSUES_SHOWN = 30
 # name -> (title, what ranks first) of scores.RANKINGS and the audit's ranking; see ranking_title for others.
 RANKING_INFO = {
@@ -264,11 +264,12 @@ def strip_images(digits: list[dict], x_train: np.ndarray) -> dict[str, str]:
 
 
 def train_issue_cards(run: Run, x_train: np.ndarray) -> list[dict]:
-    """The most suspect training labels (from `audit --split train`), for a static gallery."""
+    """The most suspect training labels (the training-set audit's), for a static gallery."""
     if run.train_issues is None:
         return []
     t = run.train_issues
     top = scores.top_indices(t["rank"], TRAIN_ISSUES_SHOWN)
     names = run.class_names
     return [{"i": int(i), "given": names[int(t["given_label"][i])], "suggested": names[int(t["suggested_label"][i])],
-             "quality": float(t["label_quality"][i]), "img": digit_uri(x_train[i])} for i in top]
+             "quality": float(t["label_quality"][i]), "img": digit_uri(x_train[i]),
+             "confidence": float(t["confidence"][i]) if "confidence" in t else None} for i in top]

@@ -8,7 +8,9 @@ training state after every epoch (save_state), so an interrupted run loses at
 most the epoch in progress and `--resume` gives the same result as no interruption.
 
 Files, for a stem such as `members/member-3` (all listed in manifest.json):
-  <stem>.npz          probs (N, K) float32 (row i = evaluation digit i), seed, history (JSON text)
+  <stem>.npz          probs (N, K) float32 (row i = evaluation digit i), seed, history (JSON text); a run
+                      member's also features_train/features_eval, and, cross-fitted, holdout_probs (row j =
+                      the j-th training digit of its held-out fold) and dynamics (epochs, 2, its training digits)
   <stem>.epoch-E.pt   training state after epoch E (train.training_state); deleted when the member is done
   models/member-M.pt  the trained CNN (run members only; model.checkpoint)
 """
@@ -28,7 +30,7 @@ import torch
 from . import files, manifest
 from .config import ConfigError, Recipe
 from .model import Net, checkpoint
-from .train import Runtime, predict_features, predict_probs, train
+from .train import Dynamics, Runtime, predict_features, predict_probs, train
 
 
 @dataclass
@@ -43,24 +45,38 @@ class MemberResult:
     # Penultimate features (float16), row i = digit i: {"train": (N_train, D), "eval": (N, D)}; run members only.
     features: dict[str, np.ndarray] | None = None
     feature_seconds: float = 0.0
+    # Cross-fitted run members: the held-out training digits' probabilities (H, K) float32, and the training
+    # steps' record of the digits it trained on (train.Dynamics.numpy: (epochs, 2, N_train - H) float16).
+    holdout_probs: np.ndarray | None = None
+    dynamics: np.ndarray | None = None
 
 
 def train_member(recipe: Recipe, seed: int, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray,
-                 num_classes: int, rt: Runtime, state: dict | None = None, features: bool = False) -> MemberResult:
+                 num_classes: int, rt: Runtime, state: dict | None = None, features: bool = False,
+                 held_out: np.ndarray | None = None) -> MemberResult:
     """Train one CNN with `seed` (continuing from `state` when given) and predict x_eval (N, 28, 28) -> (N, K);
-    with `features`, also the penultimate features of every training and evaluation digit."""
-    model, history = train(x_train, y_train, recipe, seed, rt, num_classes=num_classes, state=state)
+    with `features`, also the penultimate features of every training and evaluation digit. With `held_out`
+    ((N_train,) bool), it trains on the other training digits only, recording their dynamics, and also
+    predicts the held-out ones."""
+    dynamics = None
+    x_fit, y_fit = x_train, y_train
+    if held_out is not None:
+        x_fit, y_fit = x_train[~held_out], y_train[~held_out]
+        dynamics = Dynamics(recipe.epochs, len(y_fit), rt.device)
+    model, history = train(x_fit, y_fit, recipe, seed, rt, num_classes=num_classes, state=state, dynamics=dynamics)
     start = time.perf_counter()
     probs = predict_probs(model, x_eval, rt.device)
+    holdout_probs = None if held_out is None else predict_probs(model, x_train[held_out], rt.device)
     if not np.isfinite(probs).all():  # a finite loss but overflowing weights; refused before it is saved
         raise ConfigError(f"--lr: training diverged (the CNN of seed {seed} gives NaN probabilities); "
                           f"try a lower --lr than {recipe.lr}")
     predict_seconds, start = time.perf_counter() - start, time.perf_counter()
     found = None
     if features:
-        found = {split: predict_features(model, x, rt.device).astype(np.float16)
+        found = {split: predict_features(model, x, rt.device, precision=rt.precision).astype(np.float16)
                  for split, x in (("train", x_train), ("eval", x_eval))}
-    return MemberResult(seed, probs, history, model, predict_seconds, found, time.perf_counter() - start)
+    return MemberResult(seed, probs, history, model, predict_seconds, found, time.perf_counter() - start,
+                        holdout_probs, None if dynamics is None else dynamics.numpy())
 
 
 # ---------------------------------------------------------------------------
@@ -73,10 +89,12 @@ def save_member(run_dir: Path, stem: str, result: MemberResult, model_name: str 
         paths.append(_save_torch(run_dir / model_name, checkpoint(result.model)))
     path = run_dir / f"{stem}.npz"
     files.make_dirs(path.parent)
-    features = {f"features_{k}": v for k, v in (result.features or {}).items()}
+    extra = {f"features_{k}": v for k, v in (result.features or {}).items()}
+    if result.holdout_probs is not None:
+        extra.update(holdout_probs=result.holdout_probs.astype(np.float32), dynamics=result.dynamics)
     with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, probs=result.probs.astype(np.float32), seed=np.uint64(result.seed),
-                 history=np.array(json.dumps(result.history)), **features)
+                 history=np.array(json.dumps(result.history)), **extra)
     manifest.record(run_dir, *paths, path)  # one update: listed together, or not at all
     drop_states(run_dir, stem)
 
@@ -90,9 +108,10 @@ def load_member(run_dir: Path, stem: str, seed: int) -> MemberResult | None:
     with np.load(path, allow_pickle=False) as z:
         probs, saved_seed, history = z["probs"], int(z["seed"]), json.loads(str(z["history"]))
         features = {k.removeprefix("features_"): z[k] for k in z.files if k.startswith("features_")} or None
+        holdout = (z["holdout_probs"], z["dynamics"]) if "holdout_probs" in z.files else (None, None)
     if saved_seed != seed:
         raise ConfigError(f"{path}: trained with seed {saved_seed}, but this run's member has seed {seed}")
-    return MemberResult(seed, probs, history, features=features)
+    return MemberResult(seed, probs, history, features=features, holdout_probs=holdout[0], dynamics=holdout[1])
 
 
 # ---------------------------------------------------------------------------

@@ -1,9 +1,55 @@
-"""Nearest training digits in an embedding (cosine), by scikit-learn: for evidence and for unfamiliarity."""
+"""Nearest training digits in an embedding (cosine): for evidence and for unfamiliarity.
+
+Searches of many digits (a run, an audit, a benchmark) go through scikit-learn: cosine distance as the
+Euclidean distance of unit vectors (1 - cos = |a - b|^2 / 2), the metric its fast brute-force path serves,
+2.8x faster than metric="cosine" on 10,000 x 60,000 (1.9 s against 5.3 s, 2 cores), the same neighbours
+but for ties. A few images scored against a fitted index (`predict`) go through faiss's exact inner-product
+index instead: faiss imports in 0.28 s where scikit-learn takes 0.86 s, a third of predict's start-up
+(docs/lab-notebook.md). Both libraries are imported only when needed.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from sklearn.neighbors import NearestNeighbors
+
+if TYPE_CHECKING:
+    from sklearn.neighbors import NearestNeighbors
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    """(N, D) rows scaled to length 1 (float32); an all-zero row stays zero."""
+    rows = np.asarray(rows, dtype=np.float32)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def index(reference: np.ndarray, k: int) -> NearestNeighbors:
+    """A brute-force index of `reference`'s unit rows for k neighbours (query it with unit rows; cosine_of)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    return NearestNeighbors(n_neighbors=k, metric="euclidean", algorithm="brute").fit(unit(reference))
+
+
+class Fitted:
+    """`reference` (N, D) held in faiss's exact inner-product index, for many small searches (predict)."""
+
+    def __init__(self, reference: np.ndarray):
+        import faiss
+
+        self._index = faiss.IndexFlatIP(np.shape(reference)[1])
+        self._index.add(unit(reference))
+        self.size = len(reference)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, k) indices into the reference, nearest first, and their cosine distances (as `nearest` gives)."""
+        similarity, idx = self._index.search(unit(queries), min(k, self.size))
+        return idx, 1 - similarity
+
+
+def cosine_of(euclidean: np.ndarray) -> np.ndarray:
+    """Euclidean distances of unit vectors -> cosine distances in [0, 2]."""
+    return np.square(euclidean) / 2
 
 
 def nearest(reference: np.ndarray, queries: np.ndarray, k: int,
@@ -13,8 +59,8 @@ def nearest(reference: np.ndarray, queries: np.ndarray, k: int,
     query's own row of reference, left out of its neighbours (queries drawn from the reference)."""
     extra = 0 if own is None else 1
     k = min(k, len(reference) - extra)
-    index = NearestNeighbors(n_neighbors=k + extra, metric="cosine", algorithm="brute").fit(reference)
-    dist, idx = index.kneighbors(queries)
+    dist, idx = index(reference, k + extra).kneighbors(unit(queries))
+    dist = cosine_of(dist)
     if own is not None:
         dist, idx = _without(dist, idx, own)
     return idx[:, :k], dist[:, :k]

@@ -1,4 +1,4 @@
-"""Writing a run's results: the per-digit table, the digit images, contact sheets."""
+"""Writing a run's results: the per-digit table, the digit images, contact sheets, the data map."""
 
 from __future__ import annotations
 
@@ -7,26 +7,32 @@ import io
 import textwrap
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from PIL import Image
 
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from . import files  # noqa: E402
-from .config import ConfigError  # noqa: E402
+from . import files
+from .config import ConfigError
 
 # Column order of scores.csv; float columns get this many significant digits,
 # enough to tell apart probabilities like 0.99999 and 0.999999.
 FLOAT_DIGITS = 7
 # Columns of a per-digit table that hold text (everything else is a number).
-TEXT_COLUMNS = ("reasons",)
+TEXT_COLUMNS = ("reasons", "region")
 SHEET_COLUMNS = 5
 SHEET_CELL_INCHES = 2.2
 # Characters of a 10-pt title line that fit one 2.2-inch cell at 80 dpi (checked by eye); longer lines (class
 # names such as 'T-shirt/top') wrap instead of running into the next cell's title.
 SHEET_TITLE_CHARS = 22
+
+
+def pyplot():
+    """matplotlib's pyplot, drawing to files only; imported when a figure is drawn (`predict` draws none, and
+    the import is a fifth of its start-up)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def _cell(value) -> str:
@@ -91,6 +97,7 @@ def write_digit(path: Path, image: np.ndarray) -> None:
 
 def contact_sheet(path: Path, images: np.ndarray, titles: list[str], heading: str) -> None:
     """Save the digits (K, 28, 28) in a grid, each large, each titled."""
+    plt = pyplot()
     k = max(len(images), 1)
     cols = min(SHEET_COLUMNS, k)
     rows = -(-k // cols)
@@ -104,6 +111,34 @@ def contact_sheet(path: Path, images: np.ndarray, titles: list[str], heading: st
         ax.set_title("\n".join(textwrap.fill(line, SHEET_TITLE_CHARS) for line in title.split("\n")), fontsize=10,
                      parse_math=False)
     fig.suptitle(heading, fontsize=12, parse_math=False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    files.write_bytes(path, buf.getvalue())
+
+
+def data_map(path: Path, confidence: np.ndarray, variability: np.ndarray, correctness: np.ndarray,
+             ambiguous_at: float, hard_below: float, heading: str) -> None:
+    """Dataset Cartography's map: each training digit at (variability, confidence), coloured by correctness,
+    with the regions' borders (dynamics.AMBIGUOUS_VARIABILITY, HARD_CONFIDENCE) drawn and named."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    order = np.argsort(-correctness, kind="stable")  # the rare wrong ones drawn last, on top
+    dots = ax.scatter(variability[order], confidence[order], c=correctness[order], cmap="viridis_r", vmin=0, vmax=1,
+                      s=3, alpha=0.6, linewidths=0, rasterized=True)
+    fig.colorbar(dots, ax=ax, label="correctness (fraction of epochs the given label won)")
+    ax.axvline(ambiguous_at, color="0.4", ls="--", lw=1)
+    ax.plot([0, ambiguous_at], [hard_below, hard_below], color="0.4", ls="--", lw=1)
+    box = {"facecolor": "white", "edgecolor": "0.6", "alpha": 0.85}
+    ax.text(0.97, 0.97, "easy to learn", transform=ax.transAxes, ha="right", va="top", fontsize=10, bbox=box)
+    ax.text(0.02, 0.03, "hard to learn", transform=ax.transAxes, va="bottom", fontsize=10, bbox=box)
+    ax.text(0.97, 0.5, "ambiguous", transform=ax.transAxes, ha="right", fontsize=10, bbox=box)
+    ax.set_xlim(0, max(0.5, float(np.max(variability, initial=0)) * 1.05))
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("variability (std over epochs of the given label's probability)")
+    ax.set_ylabel("confidence (mean probability of the given label)")
+    ax.set_title(textwrap.fill(heading, 70), fontsize=10, parse_math=False)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)

@@ -24,7 +24,7 @@ from . import data, evidence, files, manifest, outputs, rundir, scores
 from .config import ConfigError
 from .model import from_checkpoint
 from .preprocess import ImageError, preprocess
-from .train import predict_features, predict_probs, resolve_device
+from .train import Precision, predict_features, predict_probs, resolve_device
 
 
 def load_ensemble(run_dir: Path, device: torch.device) -> tuple[list, list[str], str]:
@@ -57,9 +57,16 @@ def member_probs_of(models: list, digits: np.ndarray, dev: torch.device) -> np.n
     return np.stack([predict_probs(m, digits, dev) for m in models])
 
 
-def embed(models: list, digits: np.ndarray, dev: torch.device) -> np.ndarray:
-    """(N, 28, 28) uint8 -> (N, D) float32 embedding, pooled over the members as `run` pooled embeddings.npz's."""
-    return evidence.pool([predict_features(m, digits, dev) for m in models])
+def features_precision(run_dir: Path) -> Precision:
+    """How the run computed its embeddings: in bfloat16 where its training ran under autocast (members.py)."""
+    summary = json.loads(manifest.verified(run_dir, rundir.SUMMARY_FILE).read_text())
+    return Precision(bool(summary.get("environment", {}).get("bf16_autocast", False)))
+
+
+def embed(models: list, digits: np.ndarray, dev: torch.device, precision: Precision = Precision(False)) -> np.ndarray:
+    """(N, 28, 28) uint8 -> (N, D) float32 embedding, pooled over the members as `run` pooled embeddings.npz's
+    (`precision`: features_precision of the run)."""
+    return evidence.pool([predict_features(m, digits, dev, precision=precision) for m in models])
 
 
 def measures(member_probs: np.ndarray) -> dict[str, np.ndarray]:
@@ -111,16 +118,18 @@ def predict_images(images: list[Path], run_dir: Path, out: Path | None = None, d
         warn(f"predict: warning: {run_dir} was trained on {dataset}; images are prepared the way MNIST's digits "
              f"were (inverted if dark on light, cropped, fitted in 20x20, centred by mass), which may not match")
     familiar = load_familiar(run_dir, warn)
+    precision = features_precision(run_dir)
     folder = _out_dir(run_dir, out)
     in_run = folder.resolve().is_relative_to(run_dir.resolve())  # then listed in the run's manifest
     spec = data.PUBLISHED.get(dataset)
     show = partial(describe, names=names, unfamiliar_above=unfamiliar_above, noun=spec.noun if spec else "image")
     with rundir.locked(run_dir, flag="--run") if in_run else contextlib.nullcontext():
-        return _score(images, models, familiar, dev, folder, run_dir if in_run else None, log, warn, show)
+        return _score(images, models, familiar, dev, folder, run_dir if in_run else None, log, warn,
+                      partial(embed, precision=precision), show)
 
 
 def _score(images: list[Path], models: list, familiar: evidence.Familiar | None, dev, folder: Path,
-           run_dir: Path | None, log, warn, show) -> list[Path]:
+           run_dir: Path | None, log, warn, embed_, show) -> list[Path]:
     """Each image's result (or its one-line error); the digits saved in folder, listed in run_dir's manifest."""
     failed = []
     for path in images:
@@ -136,7 +145,7 @@ def _score(images: list[Path], models: list, familiar: evidence.Familiar | None,
         member_probs = member_probs_of(models, digit[None], dev)
         m = {k: v[0] for k, v in measures(member_probs).items()}
         if familiar is not None:
-            (m["unfamiliarity"],), (m["unfamiliarity_pct"],) = familiar.score(embed(models, digit[None], dev))
+            (m["unfamiliarity"],), (m["unfamiliarity_pct"],) = familiar.score(embed_(models, digit[None], dev))
         log(show(path, member_probs.mean(axis=0)[0], m, saved))
     return failed
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from jinja2 import Environment, PackageLoader
 
-from . import data, experiment_table, files, gallery, manifest, outputs, report_text, rundir, scores, unfamiliar
+from . import (data, datamap, experiment_table, files, gallery, manifest, outputs, report_text, rundir, scores,
+               unfamiliar)
 from .config import ConfigError
 
 REPORT_FILE = rundir.REPORT_FILE
@@ -109,6 +110,7 @@ def page_context(run: Run, ds: data.Dataset) -> dict:
         "experiment": experiment_table.experiment_view(run.experiment),
         "page_data": page_data,
         "unfamiliar": unfamiliar.section(run, ds),  # None without embeddings.npz: no section
+        "datamap": datamap.section(run, ds),  # None without train_dynamics.csv: no section
     }
 
 

@@ -37,6 +37,9 @@ DATA_FILE = "data.json"
 # The members' pooled penultimate features of every digit (evidence.pool), and the evidence drawn from them.
 EMBEDDINGS_FILE = "embeddings.npz"
 NEIGHBOURS_FILE = "neighbours.csv"
+# The training digits' dynamics (dynamics.py), recorded by the cross-fitted members' training steps, and their map.
+DYNAMICS_FILE = "train_dynamics.csv"
+DATA_MAP_FILE = "data_map.png"
 EXPERIMENT_FILE = "experiment.json"
 EXPERIMENT_TABLE_FILE = "experiment.md"
 EXPERIMENT_PROBS_FILE = "experiment_probs.npz"
@@ -163,7 +166,7 @@ def claiming(out: Path) -> Iterator[None]:
 def _earlier_run_names() -> list[str]:
     """The files any command writes at the top of a run directory."""
     names = [SUMMARY_FILE, VALIDATION_FILE, REPORT_FILE, SCORES_FILE, PROBS_FILE, DATA_FILE, EMBEDDINGS_FILE,
-             NEIGHBOURS_FILE, EXPERIMENT_FILE,
+             NEIGHBOURS_FILE, DYNAMICS_FILE, DATA_MAP_FILE, EXPERIMENT_FILE,
              EXPERIMENT_TABLE_FILE, EXPERIMENT_PROBS_FILE, *map(sheet_file, RANKING_NAMES)]
     for a in AUDIT.values():
         names += [*a.outputs, a.config, a.data]

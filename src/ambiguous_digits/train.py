@@ -37,6 +37,8 @@ CLIP_NORM = 2.0
 PROGRESS_SECONDS = 1.0
 # Digits per batch of the pass that recomputes the batch norms' statistics (recompute_norm_stats).
 NORM_STATS_BATCH = 500
+# Digits per batch of the features pass on a CPU: bf16 convolutions want larger batches than scoring's 64.
+FEATURE_BATCH_CPU = 500
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,27 @@ class Runtime:
     hooks_per_epoch: int = 1
 
 
+class Dynamics:
+    """What each training step already computes, kept per training digit and epoch (Dataset Cartography, AUM):
+    values[e, 0, i] = the given label's probability, values[e, 1, i] = its logit minus the largest other
+    logit, for digit i in epoch e; NaN where a digit sat an epoch out (steps_per_epoch). Filled in place."""
+
+    def __init__(self, epochs: int, n: int, device: torch.device | str = "cpu"):
+        self.values = torch.full((epochs, 2, n), math.nan, device=device)
+
+    @torch.no_grad()
+    def record(self, epoch: int, idx: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        logits = logits.detach().float()
+        given = logits.gather(1, labels[:, None]).squeeze(1)
+        other = logits.scatter(1, labels[:, None], -math.inf).amax(1)
+        self.values[epoch, 0, idx] = torch.softmax(logits, 1).gather(1, labels[:, None]).squeeze(1)
+        self.values[epoch, 1, idx] = given - other
+
+    def numpy(self) -> np.ndarray:
+        """(epochs, 2, N) float16: small, and the scores average 40 of them (docs/method.md)."""
+        return self.values.cpu().numpy().astype(np.float16)
+
+
 @dataclass
 class _Loop:
     """One training's moving parts, shared by its epochs."""
@@ -156,6 +179,7 @@ class _Loop:
     recipe: Recipe
     rt: Runtime
     steps: int
+    dynamics: Dynamics | None = None
 
 
 def _epoch(loop: _Loop, x: torch.Tensor, y: torch.Tensor, bar, epoch: int) -> tuple[float, float]:
@@ -172,6 +196,8 @@ def _epoch(loop: _Loop, x: torch.Tensor, y: torch.Tensor, bar, epoch: int) -> tu
         with torch.autocast(x.device.type, dtype=rt.precision.dtype, enabled=rt.precision.autocast):
             logits = model(xb)
             loss = F.cross_entropy(logits.float(), yb)
+        if loop.dynamics is not None:
+            loop.dynamics.record(epoch, idx, logits, yb)
         loop.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
@@ -191,9 +217,12 @@ def _epoch(loop: _Loop, x: torch.Tensor, y: torch.Tensor, bar, epoch: int) -> tu
 def training_state(epoch: int, loop: _Loop, history: list[dict]) -> dict:
     """A snapshot of everything the rest of training depends on, as tensors and plain values
     (torch.load(..., weights_only=True) reads it back); copied, so training on does not change it."""
-    return copy.deepcopy({"epoch": epoch, "model": loop.model.state_dict(), "optimizer": loop.opt.state_dict(),
-                          "scheduler": loop.sched.state_dict(), "generator": loop.gen.get_state(),
-                          "torch_rng": torch.get_rng_state(), "history": history})
+    state = {"epoch": epoch, "model": loop.model.state_dict(), "optimizer": loop.opt.state_dict(),
+             "scheduler": loop.sched.state_dict(), "generator": loop.gen.get_state(),
+             "torch_rng": torch.get_rng_state(), "history": history}
+    if loop.dynamics is not None:
+        state["dynamics"] = loop.dynamics.values
+    return copy.deepcopy(state)
 
 
 def _restore(state: dict, loop: _Loop) -> list[dict]:
@@ -202,6 +231,8 @@ def _restore(state: dict, loop: _Loop) -> list[dict]:
     loop.sched.load_state_dict(state["scheduler"])
     loop.gen.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
+    if loop.dynamics is not None:
+        loop.dynamics.values.copy_(state["dynamics"])
     assert len(state["history"]) == state["epoch"]
     return list(state["history"])
 
@@ -227,14 +258,17 @@ def _start(images: np.ndarray, recipe: Recipe, seed: int, rt: Runtime, num_class
 
 
 def train(images: np.ndarray, labels: np.ndarray, recipe: Recipe, seed: int, rt: Runtime, *, num_classes: int,
-          init: Net | None = None, state: dict | None = None) -> tuple[Net, list[dict]]:
+          init: Net | None = None, state: dict | None = None,
+          dynamics: Dynamics | None = None) -> tuple[Net, list[dict]]:
     """Train one CNN on (N, 28, 28) uint8 images and (N,) labels in 0..num_classes-1.
 
     Returns the network (num_classes logits) and its per-epoch history. `init`, when given, is a
     trained model of the same shape to start from (a fine-tune; copied, never changed). `state`
-    (from training_state) continues an interrupted training to the same result.
+    (from training_state) continues an interrupted training to the same result. `dynamics`
+    (Dynamics(recipe.epochs, N)), when given, is filled from the training steps' own logits.
     """
     loop = _start(images, recipe, seed, rt, num_classes, init)
+    loop.dynamics = dynamics
     x, y = to_tensor(images, rt.device), torch.from_numpy(labels.astype(np.int64)).to(rt.device)
     history = [] if state is None else _restore(state, loop)
     loop.model.train()
@@ -319,13 +353,16 @@ def predict_probs(model: Net, images: np.ndarray, device: torch.device, batch: i
 
 @torch.no_grad()
 def predict_features(model: Net, images: np.ndarray, device: torch.device, batch: int | None = None,
-                     spatial: str = "mean") -> np.ndarray:
+                     spatial: str = "mean", precision: Precision = Precision(False)) -> np.ndarray:
     """(N, 28, 28) uint8 -> (N, D) float32 penultimate features, row i = image i: the last stage's maps
-    averaged over space (D = its channels) or flattened (the output layer's input, D = C x side x side)."""
+    averaged over space (D = its channels) or flattened (the output layer's input, D = C x side x side).
+    With `precision`'s autocast, in bfloat16 as training ran (features are saved as float16; 2.6x faster on an
+    AMX CPU, docs/lab-notebook.md)."""
     model.eval().to(memory_format=torch.channels_last)
-    batch = batch or eval_batch(device)
+    batch = batch or (FEATURE_BATCH_CPU if device.type == "cpu" else EVAL_BATCH_GPU)
     out = []
     for start in range(0, len(images), batch):
-        maps = model.features(to_tensor(images[start : start + batch], device)).float()
+        with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.autocast):
+            maps = model.features(to_tensor(images[start : start + batch], device)).float()
         out.append((maps.mean(dim=(2, 3)) if spatial == "mean" else maps.flatten(1)).cpu().numpy())
     return np.concatenate(out)

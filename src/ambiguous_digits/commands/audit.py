@@ -14,6 +14,9 @@ from .. import neighbours
 from .common import (Log, begin, check_limits, environment, load, merge_neighbours, refresh_report, subset,
                      write_images)
 
+# How an audit's out-of-sample probabilities were made: this command's K folds, or the run's cross-fitted members.
+K_FOLD, CROSS_FIT = "k-fold", "cross-fit"
+
 
 def check(recipe: Recipe, plan: AuditPlan, inv: Invocation) -> None:
     """The flags against the directories, before the data are loaded; writes nothing."""
@@ -23,9 +26,12 @@ def check(recipe: Recipe, plan: AuditPlan, inv: Invocation) -> None:
 
 
 def _check_no_audit(plan: AuditPlan, inv: Invocation) -> None:
-    """The audit may join a finished run's directory, but never overwrites an audit without --force."""
-    table = inv.out / rundir.AUDIT[plan.split].table
-    if table.exists() and not inv.force:
+    """The audit may join a finished run's directory and replace the run's own cross-fitted audit, but never
+    overwrites a K-fold audit without --force."""
+    files_ = rundir.AUDIT[plan.split]
+    table = inv.out / files_.table
+    earlier = manifest.listed_json(inv.out, files_.summary) if (inv.out / manifest.MANIFEST_FILE).is_file() else None
+    if table.exists() and not inv.force and (earlier or {}).get("method") != CROSS_FIT:
         raise ConfigError(f"--out: {table} exists; pass --force to overwrite it")
 
 
@@ -101,14 +107,11 @@ def run_audit(recipe: Recipe, plan: AuditPlan = AuditPlan(), inv: Invocation = I
                 f"members (trained on the training set only, so also out-of-sample for every test digit)")
         table = audit.label_issue_table(y, pooled)
         names = ds.class_names
-        embedded = _embeddings(inv.out, len(y_train), len(y_test))
-        if embedded is not None:
-            _add_evidence(plan, inv, table, embedded, y_train, names)
-        top = _write_results(plan, inv, table, x, y, names)
-        if embedded is not None:
-            merge_neighbours(inv.out, _neighbours(plan, table, top, embedded, y_train))
+        top = write_audit(inv.out, plan.split, plan.top, table, x, names, _embeddings(inv.out, len(y_train),
+                                                                                     len(y_test)), y_train)
         summary = {
-            "split": plan.split, "digits": len(y), "folds": plan.folds, "members_per_fold": recipe.members,
+            "split": plan.split, "method": K_FOLD, "digits": len(y), "folds": plan.folds,
+            "members_per_fold": recipe.members,
             "run_members_pooled": run_members,
             "cv_accuracy": float((probs.argmax(1) == y).mean()),
             "label_issues_found": int(table["is_label_issue"].sum()),
@@ -126,19 +129,34 @@ def run_audit(recipe: Recipe, plan: AuditPlan = AuditPlan(), inv: Invocation = I
     return summary
 
 
-def _write_results(plan: AuditPlan, inv: Invocation, table: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
-                   names: tuple[str, ...]) -> np.ndarray:
-    """The label-issue table, the top digits' images and their contact sheet; returns the top rows."""
-    f, out = rundir.AUDIT[plan.split], inv.out
+def write_audit(out, split: str, top_k: int, table: dict[str, np.ndarray], x: np.ndarray, names: tuple[str, ...],
+                embedded: dict[str, np.ndarray] | None, y_train: np.ndarray, near: np.ndarray | None = None) -> np.ndarray:
+    """One split's label audit (`audit`'s, or the run's cross-fitted one): the reasons column where the run's
+    embeddings are at hand, the table, the top digits' images and sheet, their neighbours; returns the top rows.
+    `near` (N, k): the audited digits' nearest training digits' labels, where the caller has them already."""
+    top = scores.top_indices(table["rank"].astype(float), top_k)
+    if embedded is not None:
+        if near is None:
+            searched = np.arange(len(x)) if split == "test" else np.union1d(top, np.flatnonzero(table["is_label_issue"]))
+            near = _own_neighbours(split, embedded, y_train, searched)
+        table["reasons"] = np.array(evidence.label_issue_reasons(table, near, names))
+    _write_results(out, split, top, table, x, table["given_label"], names)
+    if embedded is not None:
+        merge_neighbours(out, _neighbours(split, table, top, embedded, y_train))
+    return top
+
+
+def _write_results(out, split: str, top: np.ndarray, table: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
+                   names: tuple[str, ...]) -> None:
+    """The label-issue table, the top digits' images and their contact sheet."""
+    f = rundir.AUDIT[split]
     outputs.write_table(out / f.table, table)
-    top = scores.top_indices(table["rank"].astype(float), plan.top)
     written = write_images(out, f.images, x, top)
     titles = [f"#{i}: {names[y[i]]} \u2192 {names[table['suggested_label'][i]]}\nq={table['label_quality'][i]:.2g}"
               for i in top]
     outputs.contact_sheet(out / f.sheet, x[top], titles,
-                          f"Top {len(top)} suspected label errors ({plan.split} set; given \u2192 suggested)")
+                          f"Top {len(top)} suspected label errors ({split} set; given \u2192 suggested)")
     manifest.record(out, out / f.table, out / f.sheet, *written)
-    return top
 
 
 def _embeddings(out, n_train: int, n_test: int) -> dict[str, np.ndarray] | None:
@@ -150,27 +168,23 @@ def _embeddings(out, n_train: int, n_test: int) -> dict[str, np.ndarray] | None:
     return embedded if (len(embedded["train"]), len(embedded["test"])) == (n_train, n_test) else None
 
 
-def _own_neighbours(plan: AuditPlan, embedded: dict[str, np.ndarray], y_train: np.ndarray) -> np.ndarray:
-    """(N, k) labels of each audited digit's nearest training digits (a training digit's leave itself out)."""
-    if plan.split == "test":
-        return evidence.neighbour_votes(embedded["train"], y_train, embedded["test"])
-    idx, _ = neighbours.nearest(embedded["train"], embedded["train"], evidence.EVIDENCE_K,
-                                own=np.arange(len(y_train)))
-    return y_train[idx]
+def _own_neighbours(split: str, embedded: dict[str, np.ndarray], y_train: np.ndarray,
+                    rows: np.ndarray) -> np.ndarray:
+    """(N, k) labels of the nearest training digits of the audited digits `rows` (a training digit's leave itself
+    out); -1 in every other row. The training split searches only its top and flagged digits: all 60,000 would
+    cost a sixth of a run."""
+    near = np.full((len(embedded[split]), evidence.EVIDENCE_K), -1, dtype=np.int64)
+    own = rows if split == "train" else None
+    idx, _ = neighbours.nearest(embedded["train"], embedded[split][rows], evidence.EVIDENCE_K, own=own)
+    near[rows, : idx.shape[1]] = y_train[idx]
+    return near
 
 
-def _add_evidence(plan: AuditPlan, inv: Invocation, table: dict[str, np.ndarray], embedded: dict[str, np.ndarray],
-                  y_train: np.ndarray, names: tuple[str, ...]) -> None:
-    """The table's reasons column, from cleanlab's verdict and the digit's nearest training digits."""
-    table["reasons"] = np.array(evidence.label_issue_reasons(table, _own_neighbours(plan, embedded, y_train), names))
-
-
-def _neighbours(plan: AuditPlan, table: dict[str, np.ndarray], top: np.ndarray, embedded: dict[str, np.ndarray],
+def _neighbours(split: str, table: dict[str, np.ndarray], top: np.ndarray, embedded: dict[str, np.ndarray],
                 y_train: np.ndarray) -> dict[str, np.ndarray]:
     """neighbours.csv rows for the audit's top digits: nearest training digits of the given and suggested class."""
     roles = {"given": table["given_label"][top], "suggested": table["suggested_label"][top]}
-    return evidence.neighbour_rows(plan.split, np.asarray(top), roles, embedded["train"], y_train,
-                                   embedded[plan.split][top])
+    return evidence.neighbour_rows(split, np.asarray(top), roles, embedded["train"], y_train, embedded[split][top])
 
 
 def _pool_with_run(recipe: Recipe, plan: AuditPlan, inv: Invocation, cv_probs: np.ndarray,

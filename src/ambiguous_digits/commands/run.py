@@ -13,6 +13,7 @@ from ..ensemble import MemberPlan, train_members, where
 from ..model import describe
 from ..train import new_net
 from .common import Log, begin, check_limits, environment, load, subset, timed, write_images
+from .crossfit import holdout_folds, write_analysis
 
 
 def check(recipe: Recipe, outputs_: RunOutputs, inv: Invocation) -> None:
@@ -56,28 +57,38 @@ def run(recipe: Recipe, outputs_: RunOutputs = RunOutputs(), inv: Invocation = I
             rundir.check_resume_data(inv.out, rundir.DATA_FILE, ds)
         else:
             claim(recipe, outputs_, inv, ds, len(y_test))
-        log(f"training {recipe.members} CNN(s) on {len(x_train)} {ds.name} images, {ds.num_classes} classes, "
+        folds = holdout_folds(recipe, len(y_train))
+        held = (f", each holding out its own 1/{recipe.holdout_folds} of them (cross-fitted)" if folds is not None
+                else "")
+        log(f"training {recipe.members} CNN(s) on {len(x_train)} {ds.name} images{held}, {ds.num_classes} classes, "
             f"{where(inv, device, precision)}")
         plan = [MemberPlan(rundir.MEMBER_STEM.format(m=m), seed, f"member {m + 1}/{recipe.members}",
-                           {"num_classes": ds.num_classes, "features": True}, y_test, len(y_train),
+                           {"num_classes": ds.num_classes, "features": True, "fold": m}, y_test,
+                           len(y_train) - (0 if folds is None else int((folds == m).sum())),
                            rundir.MODEL_FILE.format(m=m))
                 for m, seed in enumerate(recipe.member_seeds())]
         with timed(timings, "train"):
             results = train_members(recipe, inv, plan, jobs.member_job,
-                                    {"x_train": x_train, "y_train": y_train, "x_eval": x_test}, log)
+                                    {"x_train": x_train, "y_train": y_train, "x_eval": x_test, "folds": folds}, log)
         timings["predict"] = round(sum(r.predict_seconds for r in results), 3)  # inside each member's job
         timings["features"] = round(sum(r.feature_seconds for r in results), 3)  # likewise
         member_probs = np.stack([r.probs for r in results])
         with timed(timings, "scores"):
             table = scores.score_table(member_probs, y_test)
         with timed(timings, "evidence"):
-            embedded = write_evidence(inv.out, results, member_probs, y_train, table, ds.class_names)
+            embedded, near = write_evidence(inv.out, results, member_probs, y_train, table, ds.class_names)
         with timed(timings, "write"):
             rundir.save_npz(inv.out, rundir.PROBS_FILE, probs=member_probs.astype(np.float32), labels=y_test,
                             index=np.arange(len(y_test)), seeds=np.array([r.seed for r in results], dtype=np.uint64))
             tops = write_results(inv.out, outputs_, x_test, table, ds.class_names)
             write_neighbours(inv.out, tops, table, embedded, y_train)
         summary = _summary(recipe, outputs_, inv, ds, results, table, tops, device, precision)
+        if folds is not None:
+            summary["cross_fit"] = write_analysis(inv.out, recipe, ds.record(), (x_train, y_train, x_test, y_test),
+                                                  results, member_probs, folds, embedded, near, ds.class_names, log)
+            timings.update(summary["cross_fit"].pop("seconds"))
+        else:
+            log("no label audits or training dynamics: they need --members >= 2, cross-fitted (see `audit`)")
         summary["seconds"] = {**timings, "total": round(time.perf_counter() - wall, 3)}
         rundir.save_json(inv.out, rundir.SUMMARY_FILE, summary)  # listed last: the run is finished
         report.write_report(inv.out, dataset=ds)
@@ -104,10 +115,10 @@ def write_results(out, outputs_: RunOutputs, x_test: np.ndarray, table: dict[str
 
 
 def write_evidence(out, results, member_probs: np.ndarray, y_train: np.ndarray, table: dict[str, np.ndarray],
-                   names: tuple[str, ...]) -> dict[str, np.ndarray]:
+                   names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """embeddings.npz (the members' pooled features of every digit, and a sample of training digits' own
-    unfamiliarity: the percentiles' reference),
-    and the table's unfamiliarity and reasons columns; returns the embeddings (float32)."""
+    unfamiliarity: the percentiles' reference), and the table's unfamiliarity and reasons columns; returns the
+    embeddings (float32) and each test digit's nearest training digits' labels (N, k)."""
     embedded = {split: evidence.pool([r.features[key] for r in results]) for split, key in (("train", "train"),
                                                                                           ("test", "eval"))}
     sample, own = evidence.own_unfamiliarity(embedded["train"])
@@ -119,7 +130,7 @@ def write_evidence(out, results, member_probs: np.ndarray, y_train: np.ndarray, 
                     test=embedded["test"].astype(np.float16), calibration_index=sample,
                     calibration_unfamiliarity=own.astype(np.float32),
                     pooling=np.array(evidence.POOLING))
-    return embedded
+    return embedded, near
 
 
 def write_neighbours(out, tops: dict[str, list[int]], table: dict[str, np.ndarray], embedded: dict[str, np.ndarray],

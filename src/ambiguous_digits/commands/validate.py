@@ -19,7 +19,7 @@ def run_validate(run_dir: Path) -> dict:
         available = {k: (manifest.verified(run_dir, name), column) for k, (name, column) in SOURCES.items()
                      if manifest.listed(run_dir, name)}  # written (and listed); unlisted ones are not complete
         if not available:
-            raise ConfigError(f"RUN_DIR: {run_dir} has neither label_issues.csv (run `audit`) nor scores.csv "
+            raise ConfigError(f"RUN_DIR: {run_dir} has neither label_issues.csv (from a cross-fitted `run`, or `audit`) nor scores.csv "
                               f"(run `run`)")
         dataset = rundir.run_dataset(run_dir)
         if dataset not in validate.REVIEWS:

@@ -1,0 +1,46 @@
+"""The report's data map of the training digits (templates/datamap.html), for a run with train_dynamics.csv.
+
+The members' training steps recorded how each training digit was learnt (dynamics.py): the map puts
+every one at (variability, confidence), and two galleries show the most ambiguous and the hardest to
+learn. They are training digits, apart from the test rankings, and a wrong label shows up as hard to learn.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import dynamics, gallery, manifest, outputs, rundir
+from .config import ConfigError
+
+if TYPE_CHECKING:
+    from .data import Dataset
+    from .report import Run
+
+# Digits in each gallery: as many as the run wrote images for (commands/crossfit.MAP_GALLERY).
+SHOWN = 20
+
+
+def section(run: Run, ds: Dataset) -> dict | None:
+    """What datamap.html shows; None without train_dynamics.csv (no cross-fitted members, or an older run)."""
+    if not (manifest.listed(run.dir, rundir.DYNAMICS_FILE) and manifest.listed(run.dir, rundir.DATA_MAP_FILE)):
+        return None
+    table = outputs.read_table(manifest.verified(run.dir, rundir.DYNAMICS_FILE))
+    if len(table["index"]) != len(ds.y_train[: len(table["index"])]) or not np.array_equal(
+            table["label"].astype(np.int64), ds.y_train[: len(table["index"])]):
+        raise ConfigError(f"{run.dir / rundir.DYNAMICS_FILE}: its labels are not this data set's training labels")
+    png = manifest.verified(run.dir, rundir.DATA_MAP_FILE).read_bytes()
+    counts = {r: int((table["region"] == r).sum()) for r in dynamics.REGIONS}
+    return {"plot": gallery.png_uri(png), "counts": counts, "n": len(table["index"]),
+            "ambiguous_at": dynamics.AMBIGUOUS_VARIABILITY, "hard_below": dynamics.HARD_CONFIDENCE,
+            "galleries": [{"id": "map-" + region.split()[0], "title": title, "cards":
+                           _cards(table, dynamics.most(table, region, SHOWN), ds.x_train, run.class_names)}
+                          for region, title in ((dynamics.REGIONS[1], "Most ambiguous training"),
+                                                (dynamics.REGIONS[2], "Hardest-to-learn training"))]}
+
+
+def _cards(table: dict[str, np.ndarray], rows: np.ndarray, x_train: np.ndarray, names: tuple[str, ...]) -> list[dict]:
+    return [{"i": int(i), "label": names[int(table["label"][i])], "confidence": float(table["confidence"][i]),
+             "variability": float(table["variability"][i]), "aum": float(table["aum"][i]),
+             "forgetting": float(table["forgetting"][i]), "img": gallery.digit_uri(x_train[i])} for i in rows]
