@@ -147,10 +147,10 @@ def analyse(npz: Path, out: Path, seed: int, args, kfold: bool) -> dict:
     return found
 
 
-def rescore(out: Path, train_limit: int) -> list[dict]:
+def rescore(out: Path) -> list[dict]:
     """Every row of out/label_noise.json scored again from its run directory (no training)."""
     saved = json.loads((out / "label_noise.json").read_text())
-    clean = data.load_mnist(progress=False).y_train[:train_limit].astype(np.int64)
+    clean = data.load_mnist(progress=False).y_train[: saved["args"]["train_limit"]].astype(np.int64)
     results = []
     for row in saved["results"]:
         name = f"{row['model']}-{row['rate']:g}-s{row['seed']}"
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rescore", action="store_true", help="rank again from the run directories in --out")
     args = p.parse_args(argv)
     if args.rescore:
-        results = rescore(args.out, args.train_limit)
+        results = rescore(args.out)
         saved = json.loads((args.out / "label_noise.json").read_text())
         (args.out / "label_noise.json").write_text(json.dumps({**saved, "results": results}, indent=1, default=str))
         (args.out / "label_noise.md").write_text(table_md(summarise(results)))
@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     args.recipe = {"members": args.members, "epochs": args.epochs, "widths": tuple(map(int, args.widths.split(",")))}
     seeds, rates = [int(s) for s in args.seeds.split(",")], [float(r) for r in args.rates.split(",")]
     models = args.models.split(",")
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        p.error(f"--models: unknown noise model {', '.join(unknown)}; choose from {', '.join(MODELS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     mnist = data.load_mnist(progress=False)
     x_train, y_train = mnist.x_train[: args.train_limit], mnist.y_train[: args.train_limit].astype(np.int64)
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             second = np.argsort(-clean["oos_probs"], axis=1, kind="stable")[:, 1]
         for model in models:
             for rate in rates:
-                rng = np.random.default_rng([seed, NOISE_STREAM, models.index(model), int(rate * 1e6)])
+                rng = np.random.default_rng([seed, NOISE_STREAM, MODELS.index(model), int(rate * 1e6)])
                 noisy, flipped = flip_labels(y_train, rate, model, rng, second)
                 name = f"{model}-{rate:g}-s{seed}"
                 npz = args.out / f"{name}.npz"

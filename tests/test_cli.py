@@ -58,6 +58,8 @@ def test_embeddings_hold_every_digit_of_both_splits_and_neighbours_list_the_top_
         assert z["train"].shape == (600, 32) and z["test"].shape == (300, 32) and z["train"].dtype == np.float16
         assert z["calibration_index"].tolist() == list(range(600))  # fewer training digits than the sample: all
         assert z["calibration_unfamiliarity"].shape == (600,)
+        bf16 = bool(z["features_bf16"])  # how predict must embed a user's image
+    assert bf16 == json.loads((tiny_run / "summary.json").read_text())["environment"]["bf16_autocast"]
     summary = json.loads((tiny_run / "summary.json").read_text())
     listed = {i for top in summary["top"].values() for i in top}
     every = _rows(tiny_run / "neighbours.csv")

@@ -57,6 +57,27 @@ def test_the_training_audit_ranks_by_confidence_with_ties_by_quality():
     assert list(table["rank"]) == [3, 4, 2, 1]
 
 
+def test_a_member_that_never_saw_a_digit_does_not_count_for_it():
+    never = np.full((1, 2, 2), np.nan)
+    never[0, :, 0] = [0.9, 1.0]  # digit 1 sat out this member's only epoch
+    table = dynamics.pool([(np.array([0, 1]), never), (np.array([1]), _values([0.5], [0.5]))], 2)
+    assert list(table["members_trained"]) == [1, 1] and table["confidence"] == pytest.approx([0.9, 0.5])
+
+
+def test_forgetting_skips_an_epoch_sat_out():
+    d = dynamics.member_dynamics(_values([0.9, np.nan, 0.1, 0.9], [1.0, np.nan, -1.0, 1.0]))
+    assert d["forgetting"][0] == 1  # won, (sat out), lost: forgotten once
+
+
+def test_more_cross_fitted_members_than_training_digits_is_one_line_naming_members(tmp_path, mnist_dir, capsys):
+    argv = ["run", "--out", str(tmp_path / "r"), "--data-dir", str(mnist_dir), "--train-limit", "3", "--members",
+            "4", "--quiet"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--members: 4 cross-fitted members" in err and "only 3" in err
+    assert not (tmp_path / "r").exists()
+
+
 def test_regions_follow_the_two_thresholds():
     conf = np.array([0.95, 0.6, 0.2, 0.3])
     var = np.array([0.05, 0.3, 0.05, 0.25])

@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_flags(run)
     run.add_argument("--no-cross-fit", dest="cross_fit", action="store_false", default=argparse.SUPPRESS,
                      help="train every member on every training digit (no held-out fold): no label audits or "
-                          "training dynamics from the run; `audit` still makes them")
+                          "training dynamics from the run (`audit` still makes the label audits)")
     _flag(run, "--top", type=flags.positive_int, default=OUTPUTS.top,
           help="images per top-K list (at most the number of test images scored)")
     _flag(run, "--rankings", type=flags.rankings, default=OUTPUTS.rankings,

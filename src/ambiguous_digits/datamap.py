@@ -27,8 +27,8 @@ def section(run: Run, ds: Dataset) -> dict | None:
     if not (manifest.listed(run.dir, rundir.DYNAMICS_FILE) and manifest.listed(run.dir, rundir.DATA_MAP_FILE)):
         return None
     table = outputs.read_table(manifest.verified(run.dir, rundir.DYNAMICS_FILE))
-    if len(table["index"]) != len(ds.y_train[: len(table["index"])]) or not np.array_equal(
-            table["label"].astype(np.int64), ds.y_train[: len(table["index"])]):
+    n = len(table["index"])
+    if n > len(ds.y_train) or not np.array_equal(table["label"].astype(np.int64), ds.y_train[:n]):
         raise ConfigError(f"{run.dir / rundir.DYNAMICS_FILE}: its labels are not this data set's training labels")
     png = manifest.verified(run.dir, rundir.DATA_MAP_FILE).read_bytes()
     counts = {r: int((table["region"] == r).sum()) for r in dynamics.REGIONS}
@@ -43,4 +43,4 @@ def section(run: Run, ds: Dataset) -> dict | None:
 def _cards(table: dict[str, np.ndarray], rows: np.ndarray, x_train: np.ndarray, names: tuple[str, ...]) -> list[dict]:
     return [{"i": int(i), "label": names[int(table["label"][i])], "confidence": float(table["confidence"][i]),
              "variability": float(table["variability"][i]), "aum": float(table["aum"][i]),
-             "forgetting": float(table["forgetting"][i]), "img": gallery.digit_uri(x_train[i])} for i in rows]
+             "img": gallery.digit_uri(x_train[i])} for i in rows]

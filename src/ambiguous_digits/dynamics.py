@@ -8,7 +8,7 @@ those, per digit, averaged over the members that trained on it:
 - confidence, variability: mean and standard deviation over epochs of the given
   label's probability (Dataset Cartography, Swayamdipta et al. 2020);
 - correctness: the fraction of epochs in which the given label won;
-- forgetting: epochs in which a digit won, then lost in the next (Toneva et al. 2019); a digit never learnt
+- forgetting: epochs in which a digit won, then lost in the next epoch it was seen (Toneva et al. 2019); a digit never learnt
   counts as forgotten in every epoch it was seen (Toneva's "infinitely often", capped: a learnt digit of E
   epochs is forgotten at most E / 2 times);
 - aum: the mean margin, the area under the margin (Pleiss et al. 2020): a wrong
@@ -28,7 +28,8 @@ COLUMNS = ("confidence", "variability", "correctness", "forgetting", "aum")
 
 
 def member_dynamics(values: np.ndarray) -> dict[str, np.ndarray]:
-    """(epochs, 2, n) recorded values (NaN: an epoch a digit sat out) -> the five per-digit scores of one member."""
+    """(epochs, 2, n) recorded values (NaN: an epoch a digit sat out) -> the five per-digit scores of one member,
+    and `seen`: whether it saw the digit at all (a digit can sit out every epoch of a one-epoch training)."""
     values = np.asarray(values, dtype=np.float64)
     prob, margin = values[:, 0], values[:, 1]
     seen = ~np.isnan(prob)
@@ -36,9 +37,16 @@ def member_dynamics(values: np.ndarray) -> dict[str, np.ndarray]:
     confidence = np.where(seen, prob, 0).sum(0) / count
     variability = np.sqrt(np.where(seen, (prob - confidence) ** 2, 0).sum(0) / count)
     won = seen & (margin > 0)
-    forgotten = np.where(won.any(0), (won[:-1] & seen[1:] & ~won[1:]).sum(0), seen.sum(0))
+    # Won in one seen epoch, lost in the next seen one: a sat-out epoch in between is skipped.
+    forgotten = np.zeros(values.shape[2], dtype=np.int64)
+    last = np.zeros(values.shape[2], dtype=bool)  # won in the last epoch seen
+    for e in range(len(prob)):
+        forgotten += seen[e] & last & ~won[e]
+        last = np.where(seen[e], won[e], last)
+    forgotten = np.where(won.any(0), forgotten, seen.sum(0))
     return {"confidence": confidence, "variability": variability, "correctness": won.sum(0) / count,
-            "forgetting": forgotten.astype(np.float64), "aum": np.where(seen, margin, 0).sum(0) / count}
+            "forgetting": forgotten.astype(np.float64), "aum": np.where(seen, margin, 0).sum(0) / count,
+            "seen": seen.any(0)}
 
 
 def pool(recorded: list[tuple[np.ndarray, np.ndarray]], n: int) -> dict[str, np.ndarray]:
@@ -47,9 +55,11 @@ def pool(recorded: list[tuple[np.ndarray, np.ndarray]], n: int) -> dict[str, np.
     sums = {k: np.zeros(n) for k in COLUMNS}
     members = np.zeros(n, dtype=np.int64)
     for rows, values in recorded:
-        for k, v in member_dynamics(values).items():
-            sums[k][rows] += v
-        members[rows] += 1
+        found = member_dynamics(values)
+        seen = found.pop("seen")
+        for k, v in found.items():
+            sums[k][rows[seen]] += v[seen]
+        members[rows[seen]] += 1
     if (members == 0).any():
         raise ValueError(f"{int((members == 0).sum())} training digit(s) were trained on by no member")
     return {**{k: v / members for k, v in sums.items()}, "members_trained": members}

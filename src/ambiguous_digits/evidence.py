@@ -116,17 +116,11 @@ def near_and_unfamiliar(train: np.ndarray, train_labels: np.ndarray,
     return dist[:, :UNFAMILIAR_K].mean(axis=1), train_labels[idx[:, :EVIDENCE_K]]
 
 
-def neighbour_votes(train: np.ndarray, train_labels: np.ndarray, queries: np.ndarray,
-                    k: int = EVIDENCE_K) -> np.ndarray:
-    """(Q, k) labels of each query's k nearest training digits, of any class, nearest first."""
-    idx, _ = neighbours.nearest(train, queries, k)
-    return train_labels[idx]
-
-
 def reasons(member_probs: np.ndarray, labels: np.ndarray, near_labels: np.ndarray, unfamiliar_pct: np.ndarray,
             names: tuple[str, ...]) -> list[str]:
     """One short sentence of facts per digit: how the networks voted, whether they disagree, what its
-    nearest training digits are, whether it is unlike them all. `near_labels` (N, k) from neighbour_votes."""
+    nearest training digits are, whether it is unlike them all. `near_labels` (N, k): the labels of each digit's
+    nearest training digits (near_and_unfamiliar)."""
     probs = member_probs.mean(axis=0)
     pred, votes = probs.argmax(axis=1), member_probs.argmax(axis=2)
     mi = scores.mutual_information(member_probs)
@@ -150,8 +144,8 @@ def reasons(member_probs: np.ndarray, labels: np.ndarray, near_labels: np.ndarra
 
 def label_issue_reasons(table: dict[str, np.ndarray], near_labels: np.ndarray, names: tuple[str, ...]) -> list[str]:
     """One short sentence of facts per audited digit: cleanlab's verdict, the suggested class, and its nearest
-    training digits. `table` is audit.label_issue_table's; `near_labels` (N, k) from neighbour_votes, -1 in a
-    row whose neighbours were not searched (that part is left out)."""
+    training digits. `table` is audit.label_issue_table's; `near_labels` (N, k) the labels of each digit's
+    nearest training digits, -1 where none was searched (a row of -1: that part is left out)."""
     k, out = near_labels.shape[1], []
     for i in range(len(table["index"])):
         given, suggested = names[table["given_label"][i]], names[table["suggested_label"][i]]
@@ -159,9 +153,10 @@ def label_issue_reasons(table: dict[str, np.ndarray], near_labels: np.ndarray, n
         parts = [f"{flagged} (quality {table['label_quality'][i]:.2g})"]
         if suggested != given:
             parts.append(f"given {given}, the out-of-sample networks suggest {suggested}")
-        if near_labels[i, 0] >= 0:
-            common = np.bincount(near_labels[i], minlength=len(names)).argmax()
-            parts.append(f"{int((near_labels[i] == common).sum())} of its {k} nearest training digits are "
+        near = near_labels[i][near_labels[i] >= 0]  # fewer training digits than k: padded with -1
+        if len(near):
+            common = np.bincount(near, minlength=len(names)).argmax()
+            parts.append(f"{int((near == common).sum())} of its {len(near)} nearest training digits are "
                          f"{names[common]}s")
         out.append("; ".join(parts))
     return out

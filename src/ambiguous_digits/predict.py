@@ -58,9 +58,12 @@ def member_probs_of(models: list, digits: np.ndarray, dev: torch.device) -> np.n
 
 
 def features_precision(run_dir: Path) -> Precision:
-    """How the run computed its embeddings: in bfloat16 where its training ran under autocast (members.py)."""
-    summary = json.loads(manifest.verified(run_dir, rundir.SUMMARY_FILE).read_text())
-    return Precision(bool(summary.get("environment", {}).get("bf16_autocast", False)))
+    """How the run computed its embeddings (embeddings.npz's features_bf16): in bfloat16 where its training ran
+    under autocast; float32 in a run without the flag (before 0.8) or without embeddings."""
+    if not manifest.listed(run_dir, rundir.EMBEDDINGS_FILE):
+        return Precision(False)
+    with np.load(manifest.verified(run_dir, rundir.EMBEDDINGS_FILE), allow_pickle=False) as z:
+        return Precision(bool(z["features_bf16"]) if "features_bf16" in z.files else False)
 
 
 def embed(models: list, digits: np.ndarray, dev: torch.device, precision: Precision = Precision(False)) -> np.ndarray:

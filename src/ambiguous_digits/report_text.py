@@ -151,8 +151,8 @@ def label_issue_sentence(f: dict, noun: str) -> str:
     without an audit, the commands that would measure it."""
     if f["label_issues_found"] is None:
         validate_too = " (and 'validate')" if f["dataset"] in validate.REVIEWS else ""
-        return (f"Whether some of these {noun}s carry a wrong label is not measured in this run (one member, or "
-                f"--no-cross-fit): run 'ambiguous-digits audit'{validate_too} into this directory and re-render "
+        return (f"Whether some of these {noun}s carry a wrong label is not measured in this run (one member, "
+                f"--no-cross-fit, or a run made before 0.8): run 'ambiguous-digits audit'{validate_too} into this directory and re-render "
                 f"the report.")
     text = f"cleanlab flags {f['label_issues_found']} test {noun}s as likely label errors."
     if f["validation"]:

@@ -7,10 +7,9 @@ import time
 
 import numpy as np
 
-from .. import audit, data, evidence, jobs, manifest, outputs, rundir, scores
+from .. import audit, data, evidence, jobs, manifest, neighbours, outputs, rundir, scores
 from ..config import AuditPlan, ConfigError, Invocation, Recipe
 from ..ensemble import MemberPlan, train_members, where
-from .. import neighbours
 from .common import (Log, begin, check_limits, environment, load, merge_neighbours, refresh_report, subset,
                      write_images)
 

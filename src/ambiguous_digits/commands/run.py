@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from .. import data, evidence, jobs, manifest, outputs, report, rundir, scores
-from ..config import Invocation, Recipe, RunOutputs
+from ..config import ConfigError, Invocation, Recipe, RunOutputs
 from ..ensemble import MemberPlan, train_members, where
 from ..model import describe
 from ..train import new_net
@@ -19,7 +19,15 @@ from .crossfit import holdout_folds, write_analysis
 def check(recipe: Recipe, outputs_: RunOutputs, inv: Invocation) -> None:
     """The flags against the directories, before the data are loaded; writes nothing."""
     outputs_.check_top(recipe.test_digits)
+    check_members(recipe, recipe.train_digits)
     rundir.check_out_dir(inv.out, inv.force)
+
+
+def check_members(recipe: Recipe, train_digits: int | None) -> None:
+    """Each cross-fitted member holds out a fold of at least one training digit (None: not known yet)."""
+    if recipe.holdout_folds and train_digits is not None and recipe.holdout_folds > train_digits:
+        raise ConfigError(f"--members: {recipe.members} cross-fitted members each hold out their own training "
+                          f"digits, but there are only {train_digits}; give fewer --members or --no-cross-fit")
 
 
 def claim(recipe: Recipe, outputs_: RunOutputs, inv: Invocation, ds: data.Dataset, test_images: int) -> None:
@@ -51,6 +59,7 @@ def run(recipe: Recipe, outputs_: RunOutputs = RunOutputs(), inv: Invocation = I
         x_train, y_train, x_test, y_test = subset(ds, recipe)
     if not resume:
         check_limits(recipe, ds)
+        check_members(recipe, len(y_train))
         rundir.prepare_out_dir(inv.out, inv.force)
     with rundir.locked(inv.out):
         if resume:
@@ -76,7 +85,8 @@ def run(recipe: Recipe, outputs_: RunOutputs = RunOutputs(), inv: Invocation = I
         with timed(timings, "scores"):
             table = scores.score_table(member_probs, y_test)
         with timed(timings, "evidence"):
-            embedded, near = write_evidence(inv.out, results, member_probs, y_train, table, ds.class_names)
+            embedded, near = write_evidence(inv.out, results, member_probs, y_train, table, ds.class_names,
+                                            precision.autocast)
         with timed(timings, "write"):
             rundir.save_npz(inv.out, rundir.PROBS_FILE, probs=member_probs.astype(np.float32), labels=y_test,
                             index=np.arange(len(y_test)), seeds=np.array([r.seed for r in results], dtype=np.uint64))
@@ -115,10 +125,11 @@ def write_results(out, outputs_: RunOutputs, x_test: np.ndarray, table: dict[str
 
 
 def write_evidence(out, results, member_probs: np.ndarray, y_train: np.ndarray, table: dict[str, np.ndarray],
-                   names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                   names: tuple[str, ...], bf16: bool) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """embeddings.npz (the members' pooled features of every digit, and a sample of training digits' own
-    unfamiliarity: the percentiles' reference), and the table's unfamiliarity and reasons columns; returns the
-    embeddings (float32) and each test digit's nearest training digits' labels (N, k)."""
+    unfamiliarity: the percentiles' reference; `bf16`: whether the features pass ran under autocast, so that
+    `predict` embeds a user's image the same way), and the table's unfamiliarity and reasons columns; returns
+    the embeddings (float32) and each test digit's nearest training digits' labels (N, k)."""
     embedded = {split: evidence.pool([r.features[key] for r in results]) for split, key in (("train", "train"),
                                                                                           ("test", "eval"))}
     sample, own = evidence.own_unfamiliarity(embedded["train"])
@@ -129,7 +140,7 @@ def write_evidence(out, results, member_probs: np.ndarray, y_train: np.ndarray, 
     rundir.save_npz(out, rundir.EMBEDDINGS_FILE, train=embedded["train"].astype(np.float16),
                     test=embedded["test"].astype(np.float16), calibration_index=sample,
                     calibration_unfamiliarity=own.astype(np.float32),
-                    pooling=np.array(evidence.POOLING))
+                    pooling=np.array(evidence.POOLING), features_bf16=np.array(bf16))
     return embedded, near
 
 
