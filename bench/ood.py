@@ -172,8 +172,7 @@ def per_glyph(seen: Seen, chars: list[str], names: list[str], digit_like: str) -
 def benchmark(run_dir: Path, data_dir: Path | None, other_dir: Path | None, limit: int | None, device) -> dict:
     """The whole report: per kind of input, every score's AUROC and FPR at 95% recall; per glyph, its verdict."""
     models, names, dataset = predict.load_ensemble(run_dir, device)
-    familiar = predict.load_familiar(run_dir, warn=lambda _: None)  # refused just below, in one line
-    precision = predict.features_precision(run_dir)
+    familiar, precision = predict.load_familiar(run_dir, warn=lambda _: None)  # refused just below, in one line
     if familiar is None:
         raise SystemExit(f"bench/ood.py: {run_dir} has no embeddings.npz; re-run it with this version")
     x_test = data.load_dataset(dataset, data_dir, log=lambda _: None, progress=False).x_test

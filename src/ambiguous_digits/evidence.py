@@ -146,7 +146,7 @@ def label_issue_reasons(table: dict[str, np.ndarray], near_labels: np.ndarray, n
     """One short sentence of facts per audited digit: cleanlab's verdict, the suggested class, and its nearest
     training digits. `table` is audit.label_issue_table's; `near_labels` (N, k) the labels of each digit's
     nearest training digits, -1 where none was searched (a row of -1: that part is left out)."""
-    k, out = near_labels.shape[1], []
+    out = []
     for i in range(len(table["index"])):
         given, suggested = names[table["given_label"][i]], names[table["suggested_label"][i]]
         flagged = "cleanlab flags its label" if table["is_label_issue"][i] else "cleanlab keeps its label"

@@ -42,14 +42,17 @@ def load_ensemble(run_dir: Path, device: torch.device) -> tuple[list, list[str],
     return models, data.get("class_names") or [str(c) for c in range(k)], data.get("dataset", "mnist")
 
 
-def load_familiar(run_dir: Path, warn) -> evidence.Familiar | None:
-    """The run's training embeddings, fitted once for every image; None (one warning) where the run has none."""
+def load_familiar(run_dir: Path, warn) -> tuple[evidence.Familiar | None, Precision]:
+    """The run's training embeddings, fitted once for every image, and how the run computed them
+    (embeddings.npz's features_bf16: in bfloat16 where its training ran under autocast; float32 in a run made
+    before 0.8). None and float32 (one warning) where the run has no embeddings."""
     if not manifest.listed(run_dir, rundir.EMBEDDINGS_FILE):
         warn(f"predict: warning: {run_dir} has no {rundir.EMBEDDINGS_FILE} (a run made before it was written); "
              f"how unlike the training data each image is goes unchecked")
-        return None
+        return None, Precision(False)
     with np.load(manifest.verified(run_dir, rundir.EMBEDDINGS_FILE), allow_pickle=False) as z:
-        return evidence.Familiar.fit(z["train"], z["calibration_unfamiliarity"])
+        bf16 = bool(z["features_bf16"]) if "features_bf16" in z.files else False
+        return evidence.Familiar.fit(z["train"], z["calibration_unfamiliarity"]), Precision(bf16)
 
 
 def member_probs_of(models: list, digits: np.ndarray, dev: torch.device) -> np.ndarray:
@@ -57,18 +60,9 @@ def member_probs_of(models: list, digits: np.ndarray, dev: torch.device) -> np.n
     return np.stack([predict_probs(m, digits, dev) for m in models])
 
 
-def features_precision(run_dir: Path) -> Precision:
-    """How the run computed its embeddings (embeddings.npz's features_bf16): in bfloat16 where its training ran
-    under autocast; float32 in a run without the flag (before 0.8) or without embeddings."""
-    if not manifest.listed(run_dir, rundir.EMBEDDINGS_FILE):
-        return Precision(False)
-    with np.load(manifest.verified(run_dir, rundir.EMBEDDINGS_FILE), allow_pickle=False) as z:
-        return Precision(bool(z["features_bf16"]) if "features_bf16" in z.files else False)
-
-
 def embed(models: list, digits: np.ndarray, dev: torch.device, precision: Precision = Precision(False)) -> np.ndarray:
     """(N, 28, 28) uint8 -> (N, D) float32 embedding, pooled over the members as `run` pooled embeddings.npz's
-    (`precision`: features_precision of the run)."""
+    (`precision`: the run's, from load_familiar)."""
     return evidence.pool([predict_features(m, digits, dev, precision=precision) for m in models])
 
 
@@ -120,8 +114,7 @@ def predict_images(images: list[Path], run_dir: Path, out: Path | None = None, d
     if dataset != "mnist":  # the preprocessing is how MNIST's digits were made, not how other images were
         warn(f"predict: warning: {run_dir} was trained on {dataset}; images are prepared the way MNIST's digits "
              f"were (inverted if dark on light, cropped, fitted in 20x20, centred by mass), which may not match")
-    familiar = load_familiar(run_dir, warn)
-    precision = features_precision(run_dir)
+    familiar, precision = load_familiar(run_dir, warn)
     folder = _out_dir(run_dir, out)
     in_run = folder.resolve().is_relative_to(run_dir.resolve())  # then listed in the run's manifest
     spec = data.PUBLISHED.get(dataset)
