@@ -12,16 +12,15 @@ import pytest
 from ambiguous_digits import cli, data, manifest, rundir, validate
 from ambiguous_digits.commands import clean
 
-TINY = ["--train-limit", "600", "--test-limit", "300", "--epochs", "1", "--widths", "8,16,32", "--members", "2",
-        "--top", "5", "--quiet", "--threads", "1"]
 HEADER = ",".join(clean.REVIEW_COLUMNS)
 AT = "2024-05-01T10:00"
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, mnist_dir):
+def tiny_run(report_run, tmp_path_factory):
+    """The session's tiny run (conftest.REPORT_RUN), copied: `clean` writes into its run directory."""
     out = tmp_path_factory.mktemp("clean") / "run"
-    assert cli.main(["run", "--out", str(out), "--data-dir", str(mnist_dir), *TINY]) == 0
+    shutil.copytree(report_run, out)
     return out
 
 
