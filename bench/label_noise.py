@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import average_precision_score
 
-from ambiguous_digits import audit, data, dynamics, members, outputs
-from ambiguous_digits.commands.audit import run_audit
-from ambiguous_digits.commands.crossfit import out_of_sample
+from ambiguous_digits import audit, data, members, outputs, rundir
+from ambiguous_digits.commands.audit import K_FOLD, run_audit
+from ambiguous_digits.commands.crossfit import dynamics_of, out_of_sample
 from ambiguous_digits.commands.run import run
 from ambiguous_digits.config import AuditPlan, Invocation, Recipe, RunOutputs
 
@@ -41,6 +41,7 @@ NOISE_STREAM = 7
 # K-fold reference: the `audit` command's defaults (5 folds, one CNN per fold).
 KFOLD = AuditPlan(folds=5, split="train")
 KFOLD_MEMBERS = 1
+TRAIN_AUDIT = rundir.AUDIT["train"]
 
 
 # ---------------------------------------------------------------------------
@@ -121,6 +122,11 @@ def table_md(summary: dict) -> str:
 # ---------------------------------------------------------------------------
 # The runs
 # ---------------------------------------------------------------------------
+def run_name(model: str, rate: float, seed: int) -> str:
+    """The noisy data set's file stem and run directory under --out."""
+    return f"{model}-{rate:g}-s{seed}"
+
+
 def _write_npz(path: Path, x_train, y_train, x_test, y_test) -> None:
     with open(path, "wb") as f:
         np.savez(f, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
@@ -134,16 +140,16 @@ def analyse(npz: Path, out: Path, seed: int, args, kfold: bool) -> dict:
     start = time.perf_counter()
     run(recipe, RunOutputs(), inv, log=quiet)
     found = {"run_seconds": time.perf_counter() - start,
-             "audit": outputs.read_table(out / "train_label_issues.csv"),
-             "dynamics": outputs.read_table(out / "train_dynamics.csv")}
-    with np.load(out / "cv_probs_train.npz") as z:
+             "audit": outputs.read_table(out / TRAIN_AUDIT.table),
+             "dynamics": outputs.read_table(out / rundir.DYNAMICS_FILE)}
+    with np.load(out / TRAIN_AUDIT.probs) as z:
         found["oos_probs"] = z["probs"]
     if kfold:
         start = time.perf_counter()
         run_audit(Recipe(dataset=f"npz:{npz}", seed=seed, **{**args.recipe, "members": KFOLD_MEMBERS}), KFOLD,
                   inv, log=quiet)
         found["kfold_seconds"] = time.perf_counter() - start
-        found["kfold"] = outputs.read_table(out / "train_label_issues.csv")
+        found["kfold"] = outputs.read_table(out / TRAIN_AUDIT.table)
     return found
 
 
@@ -153,20 +159,20 @@ def rescore(out: Path) -> list[dict]:
     clean = data.load_mnist(progress=False).y_train[: saved["args"]["train_limit"]].astype(np.int64)
     results = []
     for row in saved["results"]:
-        name = f"{row['model']}-{row['rate']:g}-s{row['seed']}"
+        name = run_name(row["model"], row["rate"], row["seed"])
         with np.load(out / f"{name}.npz") as z:
             noisy = z["y_train"].astype(np.int64)
         flipped = np.flatnonzero(noisy != clean)
         run_dir = out / name
         m = saved["args"]["members"]
-        found = [members.load_member(run_dir, f"members/member-{i}", seed)
+        found = [members.load_member(run_dir, rundir.MEMBER_STEM.format(m=i), seed)
                  for i, seed in enumerate(Recipe(seed=row["seed"], members=m).member_seeds())]
         folds = audit.fold_ids(len(noisy), m, row["seed"])
         table = audit.label_issue_table(noisy, out_of_sample(found, folds, 10))
-        dyn = dynamics.dynamics_table([(np.flatnonzero(folds != i), r.dynamics) for i, r in enumerate(found)], noisy)
+        dyn = dynamics_of(found, folds, noisy)
         suspicion = rankings(table, dyn)
-        if (run_dir / "audit_train.json").is_file() and "k-fold" in (run_dir / "audit_train.json").read_text():
-            suspicion["kfold_cleanlab"] = 1 - outputs.read_table(run_dir / "train_label_issues.csv")["label_quality"]
+        if json.loads((run_dir / TRAIN_AUDIT.summary).read_text()).get("method") == K_FOLD:  # the audit ran after
+            suspicion["kfold_cleanlab"] = 1 - outputs.read_table(run_dir / TRAIN_AUDIT.table)["label_quality"]
         results.append({**row, "flipped": len(flipped), "scores": {k: score(v, flipped) for k, v in suspicion.items()}})
     return results
 
@@ -215,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             for rate in rates:
                 rng = np.random.default_rng([seed, NOISE_STREAM, MODELS.index(model), int(rate * 1e6)])
                 noisy, flipped = flip_labels(y_train, rate, model, rng, second)
-                name = f"{model}-{rate:g}-s{seed}"
+                name = run_name(model, rate, seed)
                 npz = args.out / f"{name}.npz"
                 _write_npz(npz, x_train, noisy.astype(np.uint8), x_test, y_test)
                 found = analyse(npz, args.out / name, seed, args, kfold=not args.no_kfold)

@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     from .data import Dataset
     from .report import Run
 
-# Digits in each gallery: as many as the run wrote images for (commands/crossfit.MAP_GALLERY).
-SHOWN = 20
+
+# The galleries' headings, by region.
+TITLES = {dynamics.REGIONS[1]: "Most ambiguous training", dynamics.REGIONS[2]: "Hardest-to-learn training"}
 
 
 def section(run: Run, ds: Dataset) -> dict | None:
@@ -31,13 +32,12 @@ def section(run: Run, ds: Dataset) -> dict | None:
     if n > len(ds.y_train) or not np.array_equal(table["label"].astype(np.int64), ds.y_train[:n]):
         raise ConfigError(f"{run.dir / rundir.DYNAMICS_FILE}: its labels are not this data set's training labels")
     png = manifest.verified(run.dir, rundir.DATA_MAP_FILE).read_bytes()
-    counts = {r: int((table["region"] == r).sum()) for r in dynamics.REGIONS}
-    return {"plot": gallery.png_uri(png), "counts": counts, "n": len(table["index"]),
+    counts = dynamics.region_counts(table)
+    return {"plot": gallery.png_uri(png), "counts": counts, "n": n,
             "ambiguous_at": dynamics.AMBIGUOUS_VARIABILITY, "hard_below": dynamics.HARD_CONFIDENCE,
-            "galleries": [{"id": "map-" + region.split()[0], "title": title, "cards":
-                           _cards(table, dynamics.most(table, region, SHOWN), ds.x_train, run.class_names)}
-                          for region, title in ((dynamics.REGIONS[1], "Most ambiguous training"),
-                                                (dynamics.REGIONS[2], "Hardest-to-learn training"))]}
+            "galleries": [{"id": "map-" + region.split()[0], "title": TITLES[region],
+                           "cards": _cards(table, rows, ds.x_train, run.class_names)}
+                          for region, rows in dynamics.shown(table).items()]}
 
 
 def _cards(table: dict[str, np.ndarray], rows: np.ndarray, x_train: np.ndarray, names: tuple[str, ...]) -> list[dict]:

@@ -24,6 +24,8 @@ import numpy as np
 AMBIGUOUS_VARIABILITY = 0.2
 HARD_CONFIDENCE = 0.5
 REGIONS = ("easy to learn", "ambiguous", "hard to learn")
+# Training digits shown per region that is not "easy to learn" (the report's galleries; their images in the run).
+SHOWN = 20
 COLUMNS = ("confidence", "variability", "correctness", "forgetting", "aum")
 
 
@@ -78,6 +80,16 @@ def dynamics_table(recorded: list[tuple[np.ndarray, np.ndarray]], labels: np.nda
     scores = pool(recorded, len(labels))
     return {"index": np.arange(len(labels)), "label": np.asarray(labels, dtype=np.int64), **scores,
             "region": regions(scores["confidence"], scores["variability"])}
+
+
+def region_counts(table: dict[str, np.ndarray]) -> dict[str, int]:
+    """How many digits sit in each region (REGIONS order)."""
+    return {region: int((table["region"] == region).sum()) for region in REGIONS}
+
+
+def shown(table: dict[str, np.ndarray], k: int = SHOWN) -> dict[str, np.ndarray]:
+    """The galleries' rows: the k most typical digits of the ambiguous and of the hard-to-learn region."""
+    return {region: most(table, region, k) for region in REGIONS[1:]}
 
 
 def most(table: dict[str, np.ndarray], region: str, k: int) -> np.ndarray:

@@ -327,9 +327,9 @@ def recompute_norm_stats(model: Net, x: torch.Tensor, batch: int = NORM_STATS_BA
         model.train(was_training)
 
 
-def eval_batch(device: torch.device) -> int:
-    """Images per chunk when scoring on `device` (see config.EVAL_BATCH_CPU)."""
-    return EVAL_BATCH_CPU if device.type == "cpu" else EVAL_BATCH_GPU
+def eval_batch(device: torch.device, cpu: int = EVAL_BATCH_CPU) -> int:
+    """Images per chunk when scoring on `device` (see config.EVAL_BATCH_CPU), or `cpu` of them on a CPU."""
+    return cpu if device.type == "cpu" else EVAL_BATCH_GPU
 
 
 @torch.no_grad()
@@ -359,7 +359,7 @@ def predict_features(model: Net, images: np.ndarray, device: torch.device, batch
     With `precision`'s autocast, in bfloat16 as training ran (features are saved as float16; 2.6x faster on an
     AMX CPU, docs/lab-notebook.md)."""
     model.eval().to(memory_format=torch.channels_last)
-    batch = batch or (FEATURE_BATCH_CPU if device.type == "cpu" else EVAL_BATCH_GPU)
+    batch = batch or eval_batch(device, FEATURE_BATCH_CPU)
     out = []
     for start in range(0, len(images), batch):
         with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.autocast):

@@ -17,8 +17,6 @@ from ..config import AuditPlan, Recipe
 from .audit import CROSS_FIT, write_audit
 from .common import Log, write_images
 
-# Training digits in each of the report's data-map galleries (the most ambiguous, the hardest to learn).
-MAP_GALLERY = 20
 # What ranks the run's training-set audit (rank_by_training).
 TRAIN_RANKING = "confidence during training (dynamics.py), lowest first"
 
@@ -82,20 +80,24 @@ def rank_by_training(table: dict[str, np.ndarray], learnt: dict[str, np.ndarray]
     table["rank"][order] = np.arange(1, len(order) + 1)
 
 
+def dynamics_of(results, folds: np.ndarray, y_train: np.ndarray) -> dict[str, np.ndarray]:
+    """train_dynamics.csv's table from the cross-fitted members' records (member m trained on folds != m)."""
+    return dynamics.dynamics_table([(np.flatnonzero(folds != m), r.dynamics) for m, r in enumerate(results)],
+                                   y_train)
+
+
 def write_dynamics(out, results, folds: np.ndarray, x_train: np.ndarray,
                    y_train: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """train_dynamics.csv, data_map.png and the images of the report's galleries; returns the table and each
     region's count."""
-    recorded = [(np.flatnonzero(folds != m), r.dynamics) for m, r in enumerate(results)]
-    table = dynamics.dynamics_table(recorded, y_train)
+    table = dynamics_of(results, folds, y_train)
     outputs.write_table(out / rundir.DYNAMICS_FILE, table)
-    counts = {region: int((table["region"] == region).sum()) for region in dynamics.REGIONS}
+    counts = dynamics.region_counts(table)
     heading = (f"Data map of {len(y_train)} training digits: " +
                ", ".join(f"{n} {region}" for region, n in counts.items()))
     outputs.data_map(out / rundir.DATA_MAP_FILE, table["confidence"], table["variability"], table["correctness"],
                      dynamics.AMBIGUOUS_VARIABILITY, dynamics.HARD_CONFIDENCE, heading)
-    shown = np.union1d(dynamics.most(table, dynamics.REGIONS[1], MAP_GALLERY),
-                       dynamics.most(table, dynamics.REGIONS[2], MAP_GALLERY))
-    images = write_images(out, rundir.AUDIT["train"].images, x_train, shown)
+    images = write_images(out, rundir.AUDIT["train"].images, x_train,
+                          np.unique(np.concatenate(list(dynamics.shown(table).values()))))
     manifest.record(out, out / rundir.DYNAMICS_FILE, out / rundir.DATA_MAP_FILE, *images)
     return table, counts
