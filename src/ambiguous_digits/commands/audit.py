@@ -139,16 +139,16 @@ def write_audit(out, split: str, top_k: int, table: dict[str, np.ndarray], x: np
             searched = np.arange(len(x)) if split == "test" else np.union1d(top, np.flatnonzero(table["is_label_issue"]))
             near = _own_neighbours(split, embedded, y_train, searched)
         table["reasons"] = np.array(evidence.label_issue_reasons(table, near, names))
-    _write_results(out, split, top, table, x, table["given_label"], names)
+    _write_results(out, split, top, table, x, names)
     if embedded is not None:
         merge_neighbours(out, _neighbours(split, table, top, embedded, y_train))
     return top
 
 
-def _write_results(out, split: str, top: np.ndarray, table: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
+def _write_results(out, split: str, top: np.ndarray, table: dict[str, np.ndarray], x: np.ndarray,
                    names: tuple[str, ...]) -> None:
     """The label-issue table, the top digits' images and their contact sheet."""
-    f = rundir.AUDIT[split]
+    f, y = rundir.AUDIT[split], table["given_label"]
     outputs.write_table(out / f.table, table)
     written = write_images(out, f.images, x, top)
     titles = [f"#{i}: {names[y[i]]} \u2192 {names[table['suggested_label'][i]]}\nq={table['label_quality'][i]:.2g}"
