@@ -16,7 +16,7 @@ TINY = ["--train-limit", "600", "--test-limit", "300", "--epochs", "1", "--width
 COLUMNS = ["index", "label", "pred", "prob_pred", "prob_label", "margin", "entropy",
            "vote_disagreement", "expected_entropy", "mutual_information", "members_wrong", "ambiguity",
            "rank_confident_wrong", "rank_least_confident", "rank_margin", "rank_entropy", "rank_ambiguity",
-           "unfamiliarity", "unfamiliarity_pct", "reasons"]
+           "unfamiliarity", "unfamiliarity_pct", "reasons", "outlier_score", "is_outlier", "map_x", "map_y"]
 
 
 def _run(out, data_dir, *extra):
@@ -37,7 +37,7 @@ def _rows(path):
 
 def test_every_output_file_is_written(tiny_run):
     for name in ["scores.csv", "summary.json", "config.json", "probs.npz", "models/member-0.pt", "models/member-1.pt",
-                 "report.html", "embeddings.npz", "neighbours.csv",
+                 "report.html", "embeddings.npz", "neighbours.csv", "duplicates.csv", "health.json",
                  *(f"top_{n}.png" for n in scores.RANKINGS)]:
         assert (tiny_run / name).is_file(), name
     assert not list(tiny_run.glob(".*.tmp")), "temporary files left behind"
@@ -101,7 +101,7 @@ def test_summary_reports_accuracy_timings_checksums(tiny_run):
     assert s["data"]["md5"]["t10k-labels-idx1-ubyte"] == "27ae3e4e09519cfbb04c329615203637"
     assert s["environment"]["libraries"]["torch"].startswith("2.13.0")
     config = json.loads((tiny_run / "config.json").read_text())
-    assert set(config) == {"version", "run_id", "recipe", "outputs", "placement"}
+    assert set(config) == {"version", "run_id", "recipe", "recipe_choice", "outputs", "placement"}
     assert set(config["placement"]) == {"device", "threads"}  # a resume keeps them; the recipe holds neither
     assert config["run_id"] == s["run_id"] and len(config["run_id"]) == 32
     assert config["recipe"] == s["recipe"] and config["outputs"] == s["outputs"] == {"top": 5, "rankings": list(scores.RANKINGS)}

@@ -220,6 +220,7 @@ def _following(a: argparse.Namespace, **overrides) -> Recipe:
 
 
 def _cmd_run(a: argparse.Namespace) -> None:
+    from . import recipes
     from .commands import run  # torch is imported only once the flags are known to be good
 
     inv = invocation(a)
@@ -227,7 +228,8 @@ def _cmd_run(a: argparse.Namespace) -> None:
         _refuse_with_resume(a)
         summary = run.resume(inv, log=print)
     else:
-        summary = run.run(Recipe(**_given(a, Recipe)), RunOutputs(**_given(a, RunOutputs)), inv, log=print)
+        recipe, choose = recipes.start(_given(a, Recipe))
+        summary = run.run(recipe, RunOutputs(**_given(a, RunOutputs)), inv, log=print, choose=choose)
     top = ", ".join(f"#{t['index']} ({t['label']} \u2192 {t['pred']})" for t in summary["top_ambiguous"][:3])
     print(f"{summary['data']['dataset']}: test accuracy {summary['test_accuracy']:.2%} ({summary['test_errors']} "
           f"errors in {summary['test_digits']} test images), {summary['seconds']['total']:.0f} s; most ambiguous "

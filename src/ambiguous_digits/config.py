@@ -65,6 +65,8 @@ class Recipe:
     # Member m trains on the training digits outside fold m of `members` folds, so every training digit is
     # out-of-sample for one member: the run audits both splits itself (docs/method.md, "Cross-fitting").
     cross_fit: bool = True
+    # The measured recipe (recipes.RECIPES) the other fields start from, before any typed flag.
+    starts_from: str = "mnist"
 
     def __post_init__(self) -> None:
         for flag, value in (("--members", self.members), ("--epochs", self.epochs),
@@ -136,6 +138,7 @@ class Recipe:
     def from_json(cls, d: dict) -> "Recipe":
         d = dict(d)
         d.setdefault("cross_fit", False)  # saved before 0.8: its members trained on every training digit
+        d.setdefault("starts_from", "mnist")  # saved before 0.9: every run started from MNIST's recipe
         d["widths"] = tuple(d["widths"])
         if d.get("class_names") is not None:
             d["class_names"] = tuple(d["class_names"])

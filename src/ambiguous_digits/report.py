@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from jinja2 import Environment, PackageLoader
 
-from . import (data, datamap, experiment_table, files, gallery, manifest, outputs, report_text, rundir, scores,
+from . import (data, datamap, experiment_table, files, gallery, healthview, manifest, outputs, report_text, rundir, scores,
                unfamiliar)
 from .config import ConfigError
 
@@ -111,6 +111,7 @@ def page_context(run: Run, ds: data.Dataset) -> dict:
         "page_data": page_data,
         "unfamiliar": unfamiliar.section(run, ds),  # None without embeddings.npz: no section
         "datamap": datamap.section(run, ds),  # None without train_dynamics.csv: no section
+        "health": healthview.section(run, ds),  # None without health.json: no section
     }
 
 

@@ -40,6 +40,9 @@ NEIGHBOURS_FILE = "neighbours.csv"
 # The training digits' dynamics (dynamics.py), recorded by the cross-fitted members' training steps, and their map.
 DYNAMICS_FILE = "train_dynamics.csv"
 DATA_MAP_FILE = "data_map.png"
+# The data set's health (health.py): near-duplicate pairs, and the classes' and whole set's numbers.
+DUPLICATES_FILE = "duplicates.csv"
+HEALTH_FILE = "health.json"
 EXPERIMENT_FILE = "experiment.json"
 EXPERIMENT_TABLE_FILE = "experiment.md"
 EXPERIMENT_PROBS_FILE = "experiment_probs.npz"
@@ -166,7 +169,7 @@ def claiming(out: Path) -> Iterator[None]:
 def _earlier_run_names() -> list[str]:
     """The files any command writes at the top of a run directory."""
     names = [SUMMARY_FILE, VALIDATION_FILE, REPORT_FILE, SCORES_FILE, PROBS_FILE, DATA_FILE, EMBEDDINGS_FILE,
-             NEIGHBOURS_FILE, DYNAMICS_FILE, DATA_MAP_FILE, EXPERIMENT_FILE,
+             NEIGHBOURS_FILE, DYNAMICS_FILE, DATA_MAP_FILE, DUPLICATES_FILE, HEALTH_FILE, EXPERIMENT_FILE,
              EXPERIMENT_TABLE_FILE, EXPERIMENT_PROBS_FILE, *map(sheet_file, RANKING_NAMES)]
     for a in AUDIT.values():
         names += [*a.outputs, a.config, a.data]
@@ -231,11 +234,18 @@ def _placement(inv: Invocation) -> dict:
     return {"device": inv.device, "threads": inv.threads}
 
 
-def save_run_config(out: Path, recipe: Recipe, outputs: RunOutputs, inv: Invocation) -> None:
-    """config.json, with a new run id: what a review in the browser is stored under."""
+def save_run_config(out: Path, recipe: Recipe, outputs: RunOutputs, inv: Invocation, choice: dict | None = None) -> None:
+    """config.json, with a new run id (what a review in the browser is stored under) and how the recipe was chosen
+    (recipes.choose)."""
     save_json(out, CONFIG_FILE, {"version": __version__, "run_id": uuid.uuid4().hex, "recipe": recipe.to_json(),
+                                 "recipe_choice": choice or {"by": f"measured for {recipe.starts_from}"},
                                  "outputs": {"top": outputs.top, "rankings": list(outputs.rankings)},
                                  "placement": _placement(inv)})
+
+
+def recipe_choice(run_dir: Path) -> dict:
+    """How the run's recipe was chosen, as config.json recorded it (before 0.9: MNIST's, always)."""
+    return _read_config(run_dir, CONFIG_FILE).get("recipe_choice", {"by": "measured for mnist"})
 
 
 def run_id(run_dir: Path) -> str:

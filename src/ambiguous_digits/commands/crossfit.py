@@ -36,12 +36,13 @@ def out_of_sample(results, folds: np.ndarray, num_classes: int) -> np.ndarray:
 
 def write_analysis(out, recipe: Recipe, record: dict, data: tuple[np.ndarray, ...], results,
                    member_probs: np.ndarray, folds: np.ndarray, embedded: dict[str, np.ndarray], near: np.ndarray,
-                   names: tuple[str, ...], log: Log) -> dict:
+                   names: tuple[str, ...], log: Log, train_columns: dict[str, np.ndarray] | None = None) -> dict:
     """Both splits' label audits, train_dynamics.csv and the data map; returns the run summary's part.
-    `near` (N_test, k): the test digits' nearest training digits' labels, from the evidence stage."""
+    `near` (N_test, k): the test digits' nearest training digits' labels, from the evidence stage;
+    `train_columns`: more per-training-digit columns for train_dynamics.csv (the health stage's)."""
     x_train, y_train, x_test, y_test = data
     start, seconds = time.perf_counter(), {}
-    learnt, regions = write_dynamics(out, results, folds, x_train, y_train)
+    learnt, regions = write_dynamics(out, results, folds, x_train, y_train, train_columns or {})
     seconds["dynamics"] = round(time.perf_counter() - start, 3)
     start, plan = time.perf_counter(), AuditPlan()
     oos = {"test": member_probs.mean(axis=0), "train": out_of_sample(results, folds, len(names))}
@@ -86,11 +87,11 @@ def dynamics_of(results, folds: np.ndarray, y_train: np.ndarray) -> dict[str, np
                                    y_train)
 
 
-def write_dynamics(out, results, folds: np.ndarray, x_train: np.ndarray,
-                   y_train: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """train_dynamics.csv, data_map.png and the images of the report's galleries; returns the table and each
-    region's count."""
-    table = dynamics_of(results, folds, y_train)
+def write_dynamics(out, results, folds: np.ndarray, x_train: np.ndarray, y_train: np.ndarray,
+                   more: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """train_dynamics.csv (with the columns `more`), data_map.png and the images of the report's galleries;
+    returns the table and each region's count."""
+    table = {**dynamics_of(results, folds, y_train), **more}
     outputs.write_table(out / rundir.DYNAMICS_FILE, table)
     counts = dynamics.region_counts(table)
     heading = (f"Data map of {len(y_train)} training digits: " +

@@ -6,14 +6,16 @@ import json
 import time
 
 import numpy as np
+import torch
 
-from .. import data, evidence, jobs, manifest, outputs, report, rundir, scores
+from .. import data, evidence, jobs, manifest, outputs, recipes, report, rundir, scores
 from ..config import ConfigError, Invocation, Recipe, RunOutputs
 from ..ensemble import MemberPlan, train_members, where
 from ..model import describe
-from ..train import new_net
+from ..train import Runtime, new_net
 from .common import Log, begin, check_limits, environment, load, subset, timed, write_images
-from .crossfit import holdout_folds, write_analysis
+from .crossfit import holdout_folds, out_of_sample, write_analysis
+from .health import write_health
 
 
 def check(recipe: Recipe, outputs_: RunOutputs, inv: Invocation) -> None:
@@ -30,23 +32,25 @@ def check_members(recipe: Recipe, train_digits: int | None) -> None:
                           f"digits, but there are only {train_digits}; give fewer --members or --no-cross-fit")
 
 
-def claim(recipe: Recipe, outputs_: RunOutputs, inv: Invocation, ds: data.Dataset, test_images: int) -> None:
+def claim(recipe: Recipe, outputs_: RunOutputs, inv: Invocation, ds: data.Dataset, test_images: int,
+          choice: dict | None = None) -> None:
     """Once the data are loaded and the directory locked: --top against the images scored, then clear (with
     --force) and claim inv.out, checked again (the load may have taken minutes)."""
     outputs_.check_top(test_images)
     rundir.check_out_dir(inv.out, inv.force)
     with rundir.claiming(inv.out):
         rundir.clear_earlier_run(inv.out)
-        rundir.save_run_config(inv.out, recipe, outputs_, inv)
+        rundir.save_run_config(inv.out, recipe, outputs_, inv, choice)
     rundir.save_json(inv.out, rundir.DATA_FILE, ds.record())
 
 
 def run(recipe: Recipe, outputs_: RunOutputs = RunOutputs(), inv: Invocation = Invocation(), log: Log = print,
-        resume: bool = False) -> dict:
+        resume: bool = False, choose: bool = False) -> dict:
     """Run the whole pipeline into inv.out; returns the summary also written as summary.json.
 
     With `resume`, the recipe is the run directory's own (rundir.load_run_config): finished members
-    are loaded, an interrupted one continues from its last epoch, and the rest is redone.
+    are loaded, an interrupted one continues from its last epoch, and the rest is redone. With `choose` (a user's
+    data set with no recipe flag typed), the recipe is first chosen on a validation split (recipes.choose).
     """
     if resume and manifest.listed(inv.out, rundir.SUMMARY_FILE):
         log(f"{inv.out} holds a finished run; nothing to resume")
@@ -57,15 +61,21 @@ def run(recipe: Recipe, outputs_: RunOutputs = RunOutputs(), inv: Invocation = I
     with timed(timings, "data"):
         ds = load(recipe, inv, log)
         x_train, y_train, x_test, y_test = subset(ds, recipe)
+    choice = (rundir.recipe_choice(inv.out) if resume else
+              {"by": f"measured for {recipe.starts_from}, with any recipe flag typed over it"})
     if not resume:
         check_limits(recipe, ds)
         check_members(recipe, len(y_train))
         rundir.prepare_out_dir(inv.out, inv.force)
+        if choose:
+            with timed(timings, "recipe"):
+                recipe, choice = recipes.choose(recipe, x_train, y_train, ds.num_classes,
+                                                Runtime(device, precision, inv.progress), log)
     with rundir.locked(inv.out):
         if resume:
             rundir.check_resume_data(inv.out, rundir.DATA_FILE, ds)
         else:
-            claim(recipe, outputs_, inv, ds, len(y_test))
+            claim(recipe, outputs_, inv, ds, len(y_test), choice)
         folds = holdout_folds(recipe, len(y_train))
         held = (f", each holding out its own 1/{recipe.holdout_folds} of them (cross-fitted)" if folds is not None
                 else "")
@@ -87,18 +97,30 @@ def run(recipe: Recipe, outputs_: RunOutputs = RunOutputs(), inv: Invocation = I
         with timed(timings, "evidence"):
             embedded, near = write_evidence(inv.out, results, member_probs, y_train, table, ds.class_names,
                                             precision.autocast)
+        health_part, train_columns = None, None
+        if folds is not None:
+            with timed(timings, "health"):
+                oos = {"train": out_of_sample(results, folds, ds.num_classes), "test": member_probs.mean(axis=0)}
+                columns, health_part = write_health(inv.out, (x_train, y_train, x_test, y_test), embedded, oos,
+                                                    ds.class_names, recipe.seed, torch.get_num_threads(), log)
+                table.update(columns["test"])
+                train_columns = columns["train"]
         with timed(timings, "write"):
             rundir.save_npz(inv.out, rundir.PROBS_FILE, probs=member_probs.astype(np.float32), labels=y_test,
                             index=np.arange(len(y_test)), seeds=np.array([r.seed for r in results], dtype=np.uint64))
             tops = write_results(inv.out, outputs_, x_test, table, ds.class_names)
             write_neighbours(inv.out, tops, table, embedded, y_train)
         summary = _summary(recipe, outputs_, inv, ds, results, table, tops, device, precision)
+        summary["recipe_choice"] = choice
         if folds is not None:
             summary["cross_fit"] = write_analysis(inv.out, recipe, ds.record(), (x_train, y_train, x_test, y_test),
-                                                  results, member_probs, folds, embedded, near, ds.class_names, log)
+                                                  results, member_probs, folds, embedded, near, ds.class_names, log,
+                                                  train_columns)
             timings.update(summary["cross_fit"].pop("seconds"))
+            summary["health"] = health_part
+            timings.update({f"health_{k}": v for k, v in health_part.pop("seconds").items()})
         else:
-            log("no label audits or training dynamics: they need --members >= 2, cross-fitted (see `audit`)")
+            log("no label audits, training dynamics or health: they need --members >= 2, cross-fitted (see `audit`)")
         summary["seconds"] = {**timings, "total": round(time.perf_counter() - wall, 3)}
         rundir.save_json(inv.out, rundir.SUMMARY_FILE, summary)  # listed last: the run is finished
         report.write_report(inv.out, dataset=ds)

@@ -210,5 +210,5 @@
   });
   render();
   window.ambiguousDigits = { DATA: DATA, DIGITS: DIGITS, NOUN: NOUN, el: el, row: row, probRows: probRows,
-                             evidence: evidence };
+                             evidence: evidence, openDetail: openDetail };
 }());
