@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ambiguous_digits import cli, health, healthview, manifest, recipes
-from ambiguous_digits.config import ConfigError, Recipe
+from ambiguous_digits.config import RECIPES, ConfigError, Recipe, start_recipe
 
 # Slices of real MNIST, with copies planted in them (health_run).
 N_TRAIN, N_TEST = 1500, 400
@@ -99,6 +99,18 @@ def test_report_shows_the_planted_pairs(health_run):
     shown = sum(f'data-pair="{a[0]}:{a[1]}-{b[0]}:{b[1]}"' in html or f'data-pair="{b[0]}:{b[1]}-{a[0]}:{a[1]}"' in html
                 for a, b in planted)
     assert shown == min(len(planted), healthview.PAIRS_SHOWN)
+
+
+def test_aligned_pixels_move_by_a_fraction_as_scipy_does():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    x = rng.random((2, 28, 28)).astype(np.float32)
+    dy, dx = np.array([0.3, -1.7]), np.array([-2.6, 0.45])
+    got = health._shifted(x, dy, dx)
+    for i in range(2):
+        want = ndimage.shift(x[i], (dy[i], dx[i]), order=1, mode="constant", cval=0.0)
+        assert np.allclose(got[i][3:-3, 3:-3], want[3:-3, 3:-3], atol=1e-5)  # scipy's edges differ; the inside not
 
 
 def test_aligned_pixels_undo_a_shift():
@@ -194,28 +206,48 @@ def test_the_map_hovers_and_clicks_in_a_browser(browser, report_run):
 
 
 def test_recipe_starts_from_the_data_sets_measured_one():
-    fashion, choose = recipes.start({"dataset": "fashion-mnist"})
+    fashion, choose = start_recipe({"dataset": "fashion-mnist"})
     assert (fashion.augment, fashion.epochs, fashion.widths, fashion.starts_from) == (False, 12, (24, 48, 128),
                                                                                       "fashion-mnist")
     assert not choose
-    typed, _ = recipes.start({"dataset": "fashion-mnist", "epochs": 3})
-    assert typed.epochs == 3 and not typed.augment
-    assert recipes.start({})[0] == Recipe(starts_from="mnist")
-    assert recipes.start({"dataset": "npz:/x.npz"})[1]
-    assert not recipes.start({"dataset": "npz:/x.npz", "widths": (8, 8, 8)})[1]
+    typed, _ = start_recipe({"dataset": "fashion-mnist", "epochs": 3, "augment": True})
+    assert typed.epochs == 3 and typed.augment and typed.widths == (24, 48, 128)
+    assert start_recipe({})[0] == Recipe(starts_from="mnist")
+    assert start_recipe({"dataset": "npz:/x.npz"})[1]
+    assert not start_recipe({"dataset": "npz:/x.npz", "widths": (8, 8, 8)})[1]
 
 
-def test_recipe_for_users_data_is_chosen_on_a_validation_split(mnist, monkeypatch):
+@pytest.mark.parametrize("fashion_right, chosen", [(400, "fashion-mnist"), (303, "mnist"), (250, "mnist")])
+def test_users_recipe_moves_only_on_a_clear_validation_win(mnist, monkeypatch, fashion_right, chosen):
+    """MNIST's recipe gets the first 300 of 400 held-out images right; Fashion-MNIST's the first `fashion_right`."""
     import torch
 
     from ambiguous_digits.train import Precision, Runtime
 
-    monkeypatch.setitem(recipes.RECIPES, "fashion-mnist", {"augment": False, "epochs": 1, "widths": (4, 8, 8)})
-    monkeypatch.setitem(recipes.RECIPES, "mnist", {"augment": True, "epochs": 1, "widths": (4, 8, 8)})
-    recipe, _ = recipes.start({"dataset": "npz:/x.npz"})
-    chosen, record = recipes.choose(recipe, mnist.x_train[:300], mnist.y_train[:300], 10,
-                                    Runtime(torch.device("cpu"), Precision(False)), lambda _: None)
-    assert set(record["validation_accuracy"]) == {"mnist", "fashion-mnist"}
-    assert chosen.starts_from == record["chosen"] == max(record["validation_accuracy"],
-                                                         key=record["validation_accuracy"].get)
-    assert chosen.augment == recipes.RECIPES[record["chosen"]]["augment"]
+    right = {"mnist": 300, "fashion-mnist": fashion_right}
+    monkeypatch.setattr(recipes, "train", lambda x, y, recipe, *a, **k: (recipe.starts_from, []))
+
+    def predict(model, images, device):  # right on the first right[model] images, wrong after
+        labels = held[: len(images)]
+        probs = np.eye(10)[(labels + (np.arange(len(images)) >= right[model])) % 10]
+        return probs
+
+    recipe, _ = start_recipe({"dataset": "npz:/x.npz"})
+    order = np.random.default_rng(recipes.VALIDATION_SEED).permutation(2000)
+    y = mnist.y_train[:2000]
+    held = y[np.sort(order[:400])]
+    monkeypatch.setattr(recipes, "predict_probs", predict)
+    got, record = recipes.choose(recipe, mnist.x_train[:2000], y, 10, Runtime(torch.device("cpu"), Precision(False)),
+                                 lambda _: None)
+    assert record["chosen"] == got.starts_from == chosen
+    assert record["validation_accuracy"] == {"mnist": 0.75, "fashion-mnist": fashion_right / 400}
+    assert got.augment == RECIPES[chosen].get("augment", True)
+
+
+def test_a_recipe_must_beat_mnists_by_more_than_chance():
+    a = np.zeros(1000, bool)
+    b = a.copy()
+    a[:30] = True  # 30 wins, no losses: well over 2 sigma
+    assert recipes.better(a, b) and not recipes.better(b, a)
+    b[30:50] = True  # 30 wins, 20 losses: 10 < 2 * sqrt(50)
+    assert not recipes.better(a, b)

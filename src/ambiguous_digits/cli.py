@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from . import flags
-from .config import BACKENDS, PRECISIONS, SPLITS, AuditPlan, ConfigError, ExperimentPlan, Invocation, Recipe, RunOutputs
+from .config import (BACKENDS, PRECISIONS, SPLITS, AuditPlan, ConfigError, ExperimentPlan, Invocation, Recipe,
+                     RunOutputs, start_recipe)
 from .data import DataError
 from .files import WriteError
 
@@ -79,8 +80,9 @@ def _add_training_flags(p: argparse.ArgumentParser, follows: str = "", members: 
     _flag(p, "--hidden", type=flags.non_negative_int, default=d(r.hidden), metavar="UNITS",
           help="units of a linear-BN-ReLU layer before the output layer (0: none)")
     if augment:
-        p.add_argument("--no-augment", dest="augment", action="store_false", default=argparse.SUPPRESS,
-                       help="train without random affine augmentation")
+        p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                       help="random affine augmentation in training (default: the data set's recipe: on for mnist, "
+                            "off for fashion-mnist)")
     _flag(p, "--precision", choices=PRECISIONS, default=d(r.precision),
           help="bf16 autocast for training (auto: where the hardware has it)")
 
@@ -206,8 +208,8 @@ def invocation(a: argparse.Namespace) -> Invocation:
 def _refuse_with_resume(a: argparse.Namespace) -> None:
     extra = [k for k in vars(a) if k not in RESUME_FLAGS | {"command"}]
     if extra:
-        flags = ", ".join({"augment": "--no-augment", "cross_fit": "--no-cross-fit"}.get(k, "--" + k.replace("_", "-"))
-                          for k in extra)
+        named = {"augment": "--augment" if getattr(a, "augment", True) else "--no-augment", "cross_fit": "--no-cross-fit"}
+        flags = ", ".join(named.get(k, "--" + k.replace("_", "-")) for k in extra)
         raise ConfigError(f"--resume: the run continues with the settings saved in {a.resume}; drop {flags}")
 
 
@@ -215,12 +217,12 @@ def _following(a: argparse.Namespace, **overrides) -> Recipe:
     """The recipe of the run in --out (defaults where there is none), with these overrides and the typed flags."""
     from .rundir import run_recipe
 
-    base = run_recipe(getattr(a, "out", INVOCATION.out)) or RECIPE
+    base = run_recipe(getattr(a, "out", INVOCATION.out)) or start_recipe({k: v for k, v in _given(a, Recipe).items()
+                                                                          if k == "dataset"})[0]
     return dataclasses.replace(base, **{**overrides, **_given(a, Recipe)})  # a typed flag wins over the override
 
 
 def _cmd_run(a: argparse.Namespace) -> None:
-    from . import recipes
     from .commands import run  # torch is imported only once the flags are known to be good
 
     inv = invocation(a)
@@ -228,7 +230,7 @@ def _cmd_run(a: argparse.Namespace) -> None:
         _refuse_with_resume(a)
         summary = run.resume(inv, log=print)
     else:
-        recipe, choose = recipes.start(_given(a, Recipe))
+        recipe, choose = start_recipe(_given(a, Recipe))
         summary = run.run(recipe, RunOutputs(**_given(a, RunOutputs)), inv, log=print, choose=choose)
     top = ", ".join(f"#{t['index']} ({t['label']} \u2192 {t['pred']})" for t in summary["top_ambiguous"][:3])
     print(f"{summary['data']['dataset']}: test accuracy {summary['test_accuracy']:.2%} ({summary['test_errors']} "

@@ -26,8 +26,8 @@ DUPLICATE_THRESHOLD = 0.13
 INK_FLOOR = 0.1
 # Largest centring shift, in pixels: a digit is centred by its mass already, a copy is off by a few pixels.
 MAX_SHIFT = 4
-# The duplicate search runs on this many principal components of the aligned pixels (a distance there is never
-# more than the full one, so no copy is lost), and each candidate's full distance is measured after.
+# The duplicate search finds its candidates on this many principal components of the aligned pixels (a copy stays
+# close there), then measures each candidate in full; recall is measured by bench/duplicates.py.
 DUPLICATE_COMPONENTS = 48
 # Neighbours behind Datalab's outlier score (its default) and the map's affinities.
 OUTLIER_K = 10
@@ -41,8 +41,8 @@ IVF_PROBES = 8
 # 400 within 0.025 at two thirds of the time (docs/lab-notebook.md).
 MAP_ITERATIONS = (100, 200)
 MAP_EXAGGERATION = 12.0
-MAP_METHOD = (f"t-SNE (openTSNE: FFT gradients, Barnes-Hut under 10,000 images) on the embedding's {MAP_K} nearest neighbours, "
-              f"{sum(MAP_ITERATIONS)} iterations, PCA start")
+MAP_METHOD = (f"t-SNE (openTSNE: FFT gradients, Barnes-Hut under 10,000 images) on the embedding's {MAP_K} "
+              f"nearest neighbours, {sum(MAP_ITERATIONS)} iterations, PCA start")
 DUPLICATE_METHOD = (f"Datalab's near_duplicate (threshold {DUPLICATE_THRESHOLD} x the median nearest-neighbour "
                     f"distance) on pixels centred by their mass and lightly blurred, {DUPLICATE_K} neighbours")
 OUTLIER_METHOD = f"Datalab's outlier score on the embedding's {OUTLIER_K} nearest neighbours (cosine)"
@@ -64,8 +64,9 @@ def place(rows: np.ndarray, n_train: int) -> tuple[np.ndarray, np.ndarray]:
 # Features and neighbour graphs
 # ---------------------------------------------------------------------------
 def aligned(images: np.ndarray) -> np.ndarray:
-    """(N, H, W) images (0-255) -> (N, H*W) float32 in [0, 1]: ink under INK_FLOOR dropped, each moved (bilinear, at most MAX_SHIFT pixels) so
-    its centre of mass sits at the centre, then blurred by a 3-tap [1, 2, 1] / 4 kernel, which damps pixel noise."""
+    """(N, H, W) images (0-255) -> (N, H*W) float32 in [0, 1]: ink under INK_FLOOR dropped, each moved (bilinear,
+    at most MAX_SHIFT pixels) so its centre of mass sits at the centre, then blurred by a 3-tap [1, 2, 1] / 4
+    kernel, which damps pixel noise."""
     x = np.maximum(np.asarray(images, dtype=np.float32) / 255.0 - INK_FLOOR, 0) / (1 - INK_FLOOR)
     n, h, w = x.shape
     mass = x.sum(axis=(1, 2))
@@ -130,8 +131,10 @@ def _components(x: np.ndarray, k: int) -> np.ndarray:
 
 
 def _full_distances(x: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate neighbours (N, k) re-measured in the full rows x (N, D): (N, k) indices and distances, nearest first."""
-    dist = np.stack([np.linalg.norm(x[idx[:, j]] - x, axis=1) for j in range(idx.shape[1])], axis=1)  # a column at a time: (N, k, D) would take GBs
+    """Candidate neighbours (N, k) re-measured in the full rows x (N, D): (N, k) indices and distances, nearest
+    first."""
+    # a column at a time: all (N, k, D) at once would take GBs
+    dist = np.stack([np.linalg.norm(x[idx[:, j]] - x, axis=1) for j in range(idx.shape[1])], axis=1)
     order = np.argsort(dist, axis=1, kind="stable")
     return np.take_along_axis(idx, order, axis=1), np.take_along_axis(dist, order, axis=1)
 
@@ -172,7 +175,8 @@ def near_duplicates(images: np.ndarray, labels: np.ndarray, n_train: int) -> tup
     pairs, gap = pairs[order], gap[order]
     (split_a, index_a), (split_b, index_b) = place(pairs[:, 0], n_train), place(pairs[:, 1], n_train)
     table = {"split_a": split_a, "index_a": index_a, "split_b": split_b, "index_b": index_b,
-             "distance": gap.astype(np.float32), "same_label": (labels[pairs[:, 0]] == labels[pairs[:, 1]]).astype(np.int8)}
+             "distance": gap.astype(np.float32),
+             "same_label": (labels[pairs[:, 0]] == labels[pairs[:, 1]]).astype(np.int8)}
     return table, {"median_nearest_distance": float(info["median_distance_to_nearest_neighbor"]),
                    "threshold": DUPLICATE_THRESHOLD}
 
@@ -203,13 +207,19 @@ def class_health(labels: np.ndarray, probs: np.ndarray, names: tuple[str, ...]) 
     overlap = find_overlapping_classes(labels, probs, confident_joint=joint)
     return {
         "label_health_score": float(overall_label_health_score(labels, probs, verbose=False)),
-        "classes": [{"class": names[int(r["Class Index"])], "label_quality": float(r["Label Quality Score"]),
-                     "label_noise": float(r["Label Noise"]), "label_issues": int(r["Label Issues"])}
+        "classes": [{"class": names[int(r["Class Index"])], "label_quality": _finite(r["Label Quality Score"]),
+                     "label_noise": _finite(r["Label Noise"]), "label_issues": int(r["Label Issues"])}
                     for _, r in ranked.sort_values("Class Index").iterrows()],
         "overlapping": [{"a": names[int(r["Class Index A"])], "b": names[int(r["Class Index B"])],
-                         "examples": int(r["Num Overlapping Examples"]), "joint_probability": float(r["Joint Probability"])}
+                         "examples": int(r["Num Overlapping Examples"]),
+                         "joint_probability": float(r["Joint Probability"])}
                         for _, r in overlap.head(10).iterrows() if r["Num Overlapping Examples"] > 0],
     }
+
+
+def _finite(x) -> float | None:
+    """A float for JSON, None where cleanlab gives NaN (a class with no image)."""
+    return float(x) if np.isfinite(x) else None
 
 
 def layout(embedding: np.ndarray, near: tuple[np.ndarray, np.ndarray], seed: int, threads: int) -> np.ndarray:
@@ -220,7 +230,7 @@ def layout(embedding: np.ndarray, near: tuple[np.ndarray, np.ndarray], seed: int
     idx, dist = near[0][:, :MAP_K], near[1][:, :MAP_K]
     similar = affinity.Uniform(knn_index=nearest_neighbors.PrecomputedNeighbors(idx, dist), verbose=False)
     start = initialization.pca(unit, random_state=seed)
-    rate = max(len(unit) / MAP_EXAGGERATION, 50.0)
+    rate = max(len(unit) / MAP_EXAGGERATION, 50.0)  # openTSNE's "auto" rule: N / exaggeration, at least 50
     mapped = TSNEEmbedding(start, similar, n_jobs=threads, random_state=seed, negative_gradient_method="auto",
                            verbose=False)
     mapped = mapped.optimize(n_iter=MAP_ITERATIONS[0], exaggeration=MAP_EXAGGERATION, learning_rate=rate)

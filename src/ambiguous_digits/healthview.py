@@ -22,14 +22,19 @@ if TYPE_CHECKING:
     from .data import Dataset
     from .report import Run
 
-HEALTH_KEYS = ("duplicates", "outliers", "map", "label_health_score", "classes", "overlapping")
+# health.json's keys the section reads (commands/health.summary writes them).
+HEALTH_KEYS = {"duplicates": ("pairs", "train-train", "test-test", "leaks", "different_labels", "method"),
+               "outliers": ("flagged", "train", "test", "method"), "map": ("method",), "label_health_score": (),
+               "classes": (), "overlapping": ()}
+# The per-image columns the map reads, in scores.csv and train_dynamics.csv.
+MAP_COLUMNS = ("outlier_score", "is_outlier", "map_x", "map_y")
 DUPLICATE_COLUMNS = ("split_a", "index_a", "split_b", "index_b", "distance", "same_label")
 # Pairs and outliers shown as cards; every pair is in duplicates.csv.
 PAIRS_SHOWN = 24
 OUTLIERS_SHOWN = 16
 # The map's marks, one bit each (health.js reads the same bits).
 MARKS = {"test": 1, "suspect": 2, "duplicate": 4, "outlier": 8}
-# Audit ranks up to this count as "suspected label error" on the map: the audit's own top-K.
+# Audit ranks up to this count are "suspected label error" on the map: the depth `validate` reads an audit to.
 SUSPECT_TOP = 100
 THUMB_SIDE = 14
 THUMB_LEVELS = 4
@@ -40,9 +45,7 @@ def section(run: Run, ds: Dataset) -> dict | None:
     if not manifest.listed(run.dir, rundir.HEALTH_FILE):
         return None
     found = manifest.listed_json(run.dir, rundir.HEALTH_FILE)
-    missing = [k for k in HEALTH_KEYS if not isinstance(found, dict) or k not in found]
-    if missing:
-        raise ConfigError(f"{run.dir / rundir.HEALTH_FILE}: no {', '.join(missing)}; re-run with this version")
+    _check_health(run.dir / rundir.HEALTH_FILE, found)
     sizes = {"train": int(run.summary["train_digits"]), "test": len(run.table["index"])}
     pairs = read_duplicates(run.dir, sizes)
     train = _train_table(run, sizes["train"])
@@ -50,7 +53,14 @@ def section(run: Run, ds: Dataset) -> dict | None:
     return {"found": found, "pairs": _pair_cards(pairs, ds, names), "pairs_total": len(pairs["distance"]),
             "outliers": {"test": _outlier_cards(run.table, ds.x_test, names, "test"),
                          "train": _outlier_cards(train, ds.x_train, names, "train")},
-            "map": map_data(run, ds, train, pairs, sizes), "marks": MARKS}
+            "map": map_data(run, ds, train, pairs, sizes), "suspect_top": SUSPECT_TOP}
+
+
+def _check_health(path, found) -> None:
+    missing = [k for k, inner in HEALTH_KEYS.items() if not isinstance(found, dict) or k not in found
+               or any(not isinstance(found[k], dict) or i not in found[k] for i in inner)]
+    if missing:
+        raise ConfigError(f"{path}: no {', '.join(missing)} (or not all of its parts); re-run with this version")
 
 
 def read_duplicates(run_dir, size: dict[str, int]) -> dict[str, np.ndarray]:
@@ -65,10 +75,9 @@ def read_duplicates(run_dir, size: dict[str, int]) -> dict[str, np.ndarray]:
         raise ConfigError(f"{path}: expected the columns {','.join(DUPLICATE_COLUMNS)}")
     try:
         cols = {c: [r[k] for r in rows[1:]] for k, c in enumerate(DUPLICATE_COLUMNS)}
-        table = {"split_a": np.array(cols["split_a"], dtype=object), "index_a": np.array(cols["index_a"], dtype=np.int64),
-                 "split_b": np.array(cols["split_b"], dtype=object), "index_b": np.array(cols["index_b"], dtype=np.int64),
-                 "distance": np.array(cols["distance"], dtype=np.float64),
-                 "same_label": np.array(cols["same_label"], dtype=np.int64)}
+        kinds = {"split_a": object, "index_a": np.int64, "split_b": object, "index_b": np.int64,
+                 "distance": np.float64, "same_label": np.int64}
+        table = {c: np.array(cols[c], dtype=kind) for c, kind in kinds.items()}
     except (ValueError, IndexError) as e:
         raise ConfigError(f"{path}: a malformed row ({e})") from None
     for side in ("a", "b"):
@@ -82,8 +91,13 @@ def read_duplicates(run_dir, size: dict[str, int]) -> dict[str, np.ndarray]:
 
 def _train_table(run: Run, n_train: int) -> dict[str, np.ndarray]:
     table = outputs.read_table(manifest.verified(run.dir, rundir.DYNAMICS_FILE))
-    if len(table["index"]) != n_train or "outlier_score" not in table:
-        raise ConfigError(f"{run.dir / rundir.DYNAMICS_FILE}: not one row with an outlier score per training image")
+    n_test = len(run.table["index"])
+    for name, t, n in ((rundir.DYNAMICS_FILE, table, n_train), (rundir.SCORES_FILE, run.table, n_test)):
+        if len(t["index"]) != n or any(c not in t for c in MAP_COLUMNS):
+            raise ConfigError(f"{run.dir / name}: not one row per image with {', '.join(MAP_COLUMNS)}")
+    if run.train_issues is not None and len(run.train_issues["index"]) != n_train:
+        raise ConfigError(f"{run.dir / rundir.AUDIT['train'].table}: {len(run.train_issues['index'])} rows, but the "
+                          f"run trained on {n_train} images")
     return table
 
 
@@ -125,7 +139,8 @@ def map_data(run: Run, ds: Dataset, train: dict[str, np.ndarray], pairs: dict[st
     labels = health.joined(train["label"], run.table["label"]).astype(np.uint8)
     marks = np.zeros(len(labels), dtype=np.uint8)
     marks[n_train:] |= MARKS["test"]
-    marks |= np.where(health.joined(train["is_outlier"], run.table["is_outlier"]) == 1, MARKS["outlier"], 0).astype(np.uint8)
+    outlier = health.joined(train["is_outlier"], run.table["is_outlier"]) == 1
+    marks[outlier] |= MARKS["outlier"]
     for side in ("a", "b"):
         rows = np.where(pairs[f"split_{side}"] == "test", n_train, 0) + pairs[f"index_{side}"]
         marks[rows.astype(np.int64)] |= MARKS["duplicate"]
@@ -133,9 +148,11 @@ def map_data(run: Run, ds: Dataset, train: dict[str, np.ndarray], pairs: dict[st
         issues = run.train_issues if split == "train" else run.label_issues
         if issues is not None:
             marks[offset + np.flatnonzero(issues["rank"] <= SUSPECT_TOP)] |= MARKS["suspect"]
-    return {"n": len(labels), "n_train": n_train, "side": THUMB_SIDE, "classes": list(run.class_names),
+    return {"n": len(labels), "n_train": n_train, "side": THUMB_SIDE, "levels": THUMB_LEVELS, "marks": MARKS,
+            "classes": list(run.class_names),
             "xy": _b64(scaled.tobytes()), "labels": _b64(labels.tobytes()), "marks": _b64(marks.tobytes()),
-            "thumbs": _b64(gzip.compress(thumbnails(health.joined(ds.x_train[:n_train], ds.x_test[:n_test])).tobytes(), 9, mtime=0))}
+            "thumbs": _b64(gzip.compress(thumbnails(health.joined(ds.x_train[:n_train], ds.x_test[:n_test])).tobytes(),
+                                         9, mtime=0))}
 
 
 def thumbnails(images: np.ndarray) -> np.ndarray:

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from jinja2 import Environment, PackageLoader
 
-from . import (data, datamap, experiment_table, files, gallery, healthview, manifest, outputs, report_text, rundir, scores,
-               unfamiliar)
+from . import (data, datamap, experiment_table, files, gallery, healthview, manifest, outputs, report_text, rundir,
+               scores, unfamiliar)
 from .config import ConfigError
 
 REPORT_FILE = rundir.REPORT_FILE

@@ -23,7 +23,7 @@ import numpy as np
 from filelock import Timeout
 
 from . import __version__, files, manifest
-from .config import RANKING_NAMES, AuditPlan, ConfigError, Invocation, Recipe, RunOutputs
+from .config import RANKING_NAMES, AuditPlan, ConfigError, Invocation, Recipe, RunOutputs, measured_choice
 
 CONFIG_FILE = "config.json"
 PROBS_FILE = "probs.npz"
@@ -234,18 +234,19 @@ def _placement(inv: Invocation) -> dict:
     return {"device": inv.device, "threads": inv.threads}
 
 
-def save_run_config(out: Path, recipe: Recipe, outputs: RunOutputs, inv: Invocation, choice: dict | None = None) -> None:
+def save_run_config(out: Path, recipe: Recipe, outputs: RunOutputs, inv: Invocation,
+                    choice: dict | None = None) -> None:
     """config.json, with a new run id (what a review in the browser is stored under) and how the recipe was chosen
     (recipes.choose)."""
     save_json(out, CONFIG_FILE, {"version": __version__, "run_id": uuid.uuid4().hex, "recipe": recipe.to_json(),
-                                 "recipe_choice": choice or {"by": f"measured for {recipe.starts_from}"},
+                                 "recipe_choice": choice or measured_choice(recipe),
                                  "outputs": {"top": outputs.top, "rankings": list(outputs.rankings)},
                                  "placement": _placement(inv)})
 
 
 def recipe_choice(run_dir: Path) -> dict:
     """How the run's recipe was chosen, as config.json recorded it (before 0.9: MNIST's, always)."""
-    return _read_config(run_dir, CONFIG_FILE).get("recipe_choice", {"by": "measured for mnist"})
+    return _read_config(run_dir, CONFIG_FILE).get("recipe_choice", measured_choice(Recipe()))  # before 0.9: MNIST's
 
 
 def run_id(run_dir: Path) -> str:

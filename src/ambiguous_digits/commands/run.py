@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .. import data, evidence, jobs, manifest, outputs, recipes, report, rundir, scores
-from ..config import ConfigError, Invocation, Recipe, RunOutputs
+from ..config import ConfigError, Invocation, Recipe, RunOutputs, measured_choice
 from ..ensemble import MemberPlan, train_members, where
 from ..model import describe
 from ..train import Runtime, new_net
@@ -61,8 +61,7 @@ def run(recipe: Recipe, outputs_: RunOutputs = RunOutputs(), inv: Invocation = I
     with timed(timings, "data"):
         ds = load(recipe, inv, log)
         x_train, y_train, x_test, y_test = subset(ds, recipe)
-    choice = (rundir.recipe_choice(inv.out) if resume else
-              {"by": f"measured for {recipe.starts_from}, with any recipe flag typed over it"})
+    choice = rundir.recipe_choice(inv.out) if resume else measured_choice(recipe)
     if not resume:
         check_limits(recipe, ds)
         check_members(recipe, len(y_train))

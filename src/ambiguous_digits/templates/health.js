@@ -6,7 +6,7 @@
   const D = JSON.parse(node.textContent);
   const canvas = document.getElementById("health-map"), ctx = canvas.getContext("2d");
   const tip = document.getElementById("health-map-tip"), detail = document.getElementById("health-map-detail");
-  const MARK = {test: 1, suspect: 2, duplicate: 4, outlier: 8};
+  const MARK = D.marks;
   const RING = [[MARK.suspect, "#111827"], [MARK.duplicate, "#7c3aed"], [MARK.outlier, "#0d9488"]];
   const PALETTE = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c",
                    "#ccb974", "#64b5cd"];
@@ -67,7 +67,7 @@
     small.width = small.height = s;
     const img = small.getContext("2d").createImageData(s, s);
     for (let p = 0; p < s * s; p++) {
-      const v = Math.round(thumbs[i * s * s + p] * 255 / 3);
+      const v = Math.round(thumbs[i * s * s + p] * 255 / (D.levels - 1));
       img.data[4 * p] = img.data[4 * p + 1] = img.data[4 * p + 2] = v; img.data[4 * p + 3] = 255;
     }
     small.getContext("2d").putImageData(img, 0, 0);
@@ -121,6 +121,10 @@
     dot.style.background = PALETTE[k % PALETTE.length]; s.append(dot, c); return s;
   }));
   draw();
+  if (typeof DecompressionStream === "undefined") {  // an older browser: the map without the images
+    state.ready = true; canvas.dataset.ready = "1";
+    return;
+  }
   new Response(new Blob([bytes(D.thumbs)]).stream().pipeThrough(new DecompressionStream("gzip"))).arrayBuffer()
     .then(function (buf) { thumbs = new Uint8Array(buf); state.ready = true; canvas.dataset.ready = "1"; });
 })();
