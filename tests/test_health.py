@@ -175,6 +175,13 @@ def test_bad_health_json_is_refused_in_one_line(report_run, mnist, tmp_path):
     assert "\n" not in str(e.value)
 
 
+def test_report_shows_how_the_recipe_was_chosen(report_run):
+    config = json.loads((report_run / "config.json").read_text())
+    assert config["recipe"]["starts_from"] == "mnist" and config["recipe_choice"]["by"].startswith("measured for mnist")
+    html = (report_run / "report.html").read_text()
+    assert 'id="recipe-choice"' in html and "measured for mnist" in html
+
+
 def test_the_map_hovers_and_clicks_in_a_browser(browser, report_run):
     page = browser.new_page(viewport={"width": 1300, "height": 1000})
     errors = []
