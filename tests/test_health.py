@@ -122,6 +122,17 @@ def test_aligned_pixels_undo_a_shift():
     assert np.all(a[2] == 0)  # a blank stays blank
 
 
+@pytest.mark.parametrize("levels", [2, 3, 4])
+def test_thumbnails_pack_four_pixels_a_byte(levels):
+    rng = np.random.default_rng(levels)
+    images = rng.integers(0, 256, (3, 28, 28)).astype(np.uint8)
+    packed = healthview.thumbnails(images, levels)
+    assert len(packed) == 3 * 196 // 4
+    unpacked = (packed[:, None] >> np.array([6, 4, 2, 0], np.uint8)) & 3
+    means = images.reshape(3, 14, 2, 14, 2).astype(np.float32).mean(axis=(2, 4))
+    assert np.array_equal(unpacked.ravel(), np.minimum(means * levels / 256, levels - 1).astype(np.uint8).ravel())
+
+
 def test_place_splits_joined_rows():
     split, index = health.place(np.array([0, 4, 5, 9]), 5)
     assert split.tolist() == ["train", "train", "test", "test"] and index.tolist() == [0, 4, 0, 4]
@@ -197,7 +208,12 @@ def test_the_map_hovers_and_clicks_in_a_browser(browser, report_run):
     canvas = page.locator("#health-map")
     canvas.hover(position={"x": x, "y": y})
     tip = page.locator("#health-map-tip")
-    assert tip.is_visible() and tip.locator("span").text_content().startswith("test #")
+    said = tip.locator("span").text_content()
+    assert tip.is_visible() and said.startswith("test #")
+    marks = page.evaluate(f"window.healthMap.marks({test_point})")
+    assert ("suspected label error" in said) == bool(marks & healthview.MARKS["suspect"])
+    rings = page.evaluate("window.healthMap.find(function (l, m) { return m & 2; })")
+    assert rings >= 0  # the audits' top 100 are marked
     canvas.click(position={"x": x, "y": y})
     chosen = page.locator("#health-map-selected")
     assert chosen.get_attribute("data-split") == "test"

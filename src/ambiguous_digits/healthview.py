@@ -37,7 +37,9 @@ MARKS = {"test": 1, "suspect": 2, "duplicate": 4, "outlier": 8}
 # Audit ranks up to this count are "suspected label error" on the map: the depth `validate` reads an audit to.
 SUSPECT_TOP = 100
 THUMB_SIDE = 14
-THUMB_LEVELS = 4
+THUMB_LEVELS = 4  # at most 4: two bits a pixel
+# The page's size the map's images give way to (the issue's bound): Fashion-MNIST's galleries alone take 4.4 MB.
+PAGE_LIMIT = 6_000_000
 
 
 def section(run: Run, ds: Dataset) -> dict | None:
@@ -148,18 +150,29 @@ def map_data(run: Run, ds: Dataset, train: dict[str, np.ndarray], pairs: dict[st
         issues = run.train_issues if split == "train" else run.label_issues
         if issues is not None:
             marks[offset + np.flatnonzero(issues["rank"] <= SUSPECT_TOP)] |= MARKS["suspect"]
-    return {"n": len(labels), "n_train": n_train, "side": THUMB_SIDE, "levels": THUMB_LEVELS, "marks": MARKS,
-            "classes": list(run.class_names),
-            "xy": _b64(scaled.tobytes()), "labels": _b64(labels.tobytes()), "marks": _b64(marks.tobytes()),
-            "thumbs": _b64(gzip.compress(thumbnails(health.joined(ds.x_train[:n_train], ds.x_test[:n_test])).tobytes(),
-                                         9, mtime=0))}
+    found = {"n": len(labels), "n_train": n_train, "side": THUMB_SIDE, "bits": MARKS, "classes": list(run.class_names),
+             "xy": _b64(scaled.tobytes()), "labels": _b64(labels.tobytes()), "marks": _b64(marks.tobytes())}
+    return {**found, **_thumbs(ds, n_train, n_test, THUMB_LEVELS)}
 
 
-def thumbnails(images: np.ndarray) -> np.ndarray:
-    """(N, 28, 28) uint8 -> (N, 14, 14) uint8 in 0..THUMB_LEVELS-1: 2 x 2 means, quantised."""
+def set_thumbnails(section: dict, run: Run, ds: Dataset, levels: int) -> None:
+    """The map's images again, at `levels` grey levels (render's fallback for a large page)."""
+    section["map"].update(_thumbs(ds, section["map"]["n_train"], len(run.table["index"]), levels))
+
+
+def _thumbs(ds: Dataset, n_train: int, n_test: int, levels: int) -> dict:
+    packed = thumbnails(health.joined(ds.x_train[:n_train], ds.x_test[:n_test]), levels)
+    return {"levels": levels, "thumbs": _b64(gzip.compress(packed.tobytes(), 9, mtime=0))}
+
+
+def thumbnails(images: np.ndarray, levels: int = THUMB_LEVELS) -> np.ndarray:
+    """(N, 28, 28) uint8 -> (ceil(N * 196 / 4),) uint8: each image's 2 x 2 means quantised to 0..levels-1, row-major,
+    image after image, four pixels to a byte, the first in the top two bits."""
     n, h, w = images.shape
     small = images.reshape(n, h // 2, 2, w // 2, 2).astype(np.float32).mean(axis=(2, 4))
-    return np.minimum(small * THUMB_LEVELS / 256, THUMB_LEVELS - 1).astype(np.uint8)
+    flat = np.minimum(small * levels / 256, levels - 1).astype(np.uint8).ravel()
+    flat = np.concatenate([flat, np.zeros(-len(flat) % 4, np.uint8)])
+    return (flat.reshape(-1, 4) << np.array([6, 4, 2, 0], np.uint8)).sum(axis=1, dtype=np.uint8)
 
 
 def _b64(raw: bytes) -> str:

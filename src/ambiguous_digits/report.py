@@ -86,10 +86,19 @@ def write_report(run_dir: Path, dataset: data.Dataset | None = None) -> Path:
 
 
 def render(run: Run, ds: data.Dataset) -> str:
-    """The whole page as one HTML string."""
+    """The whole page as one HTML string: the health map's images at the most grey levels that keep the page under
+    healthview.PAGE_LIMIT bytes (fewer, down to two, where the rest of the page is large)."""
     env = Environment(loader=PackageLoader("ambiguous_digits", "templates"), autoescape=True)
     env.filters["pct"] = report_text.pct
-    return env.get_template(TEMPLATE).render(**page_context(run, ds))
+    template, context = env.get_template(TEMPLATE), page_context(run, ds)
+    html = template.render(**context)
+    if context["health"] is not None:
+        for levels in range(healthview.THUMB_LEVELS - 1, 1, -1):
+            if len(html.encode()) <= healthview.PAGE_LIMIT:
+                break
+            healthview.set_thumbnails(context["health"], run, ds, levels)
+            html = template.render(**context)
+    return html
 
 
 def page_context(run: Run, ds: data.Dataset) -> dict:

@@ -6,7 +6,7 @@
   const D = JSON.parse(node.textContent);
   const canvas = document.getElementById("health-map"), ctx = canvas.getContext("2d");
   const tip = document.getElementById("health-map-tip"), detail = document.getElementById("health-map-detail");
-  const MARK = D.marks;
+  const MARK = D.bits;
   const RING = [[MARK.suspect, "#111827"], [MARK.duplicate, "#7c3aed"], [MARK.outlier, "#0d9488"]];
   const PALETTE = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c",
                    "#ccb974", "#64b5cd"];
@@ -23,7 +23,7 @@
     if (!grid.has(key)) grid.set(key, []);
     grid.get(key).push(i);
   }
-  let thumbs = null;  // Uint8Array (N * side * side), once unzipped
+  let thumbs = null;  // Uint8Array, four 2-bit pixels a byte (healthview.thumbnails), once unzipped
   const state = {ready: false, hovered: -1, selected: -1, drawMs: 0};
   window.healthMap = {state: state, point: function (i) { return [px[i], py[i]]; }, n: D.n,
                       find: function (pred) { for (let i = 0; i < D.n; i++) if (pred(labels[i], marks[i], i)) return i; return -1; },
@@ -67,7 +67,7 @@
     small.width = small.height = s;
     const img = small.getContext("2d").createImageData(s, s);
     for (let p = 0; p < s * s; p++) {
-      const v = Math.round(thumbs[i * s * s + p] * 255 / (D.levels - 1));
+      const f = i * s * s + p, v = Math.round(((thumbs[f >> 2] >> (6 - 2 * (f & 3))) & 3) * 255 / (D.levels - 1));
       img.data[4 * p] = img.data[4 * p + 1] = img.data[4 * p + 2] = v; img.data[4 * p + 3] = 255;
     }
     small.getContext("2d").putImageData(img, 0, 0);
