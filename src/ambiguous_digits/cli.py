@@ -217,8 +217,8 @@ def _following(a: argparse.Namespace, **overrides) -> Recipe:
     """The recipe of the run in --out (defaults where there is none), with these overrides and the typed flags."""
     from .rundir import run_recipe
 
-    base = run_recipe(getattr(a, "out", INVOCATION.out)) or start_recipe({k: v for k, v in _given(a, Recipe).items()
-                                                                          if k == "dataset"})[0]
+    base = run_recipe(getattr(a, "out", INVOCATION.out)) or start_recipe({"dataset": a.dataset} if "dataset" in a
+                                                                         else {})[0]
     return dataclasses.replace(base, **{**overrides, **_given(a, Recipe)})  # a typed flag wins over the override
 
 

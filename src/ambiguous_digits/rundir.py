@@ -246,7 +246,7 @@ def save_run_config(out: Path, recipe: Recipe, outputs: RunOutputs, inv: Invocat
 
 def recipe_choice(run_dir: Path) -> dict:
     """How the run's recipe was chosen, as config.json recorded it (before 0.9: MNIST's, always)."""
-    return _read_config(run_dir, CONFIG_FILE).get("recipe_choice", measured_choice(Recipe()))  # before 0.9: MNIST's
+    return _read_config(run_dir, CONFIG_FILE).get("recipe_choice", measured_choice(Recipe()))
 
 
 def run_id(run_dir: Path) -> str:

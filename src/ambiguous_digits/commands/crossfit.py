@@ -35,17 +35,17 @@ def out_of_sample(results, folds: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def write_analysis(out, recipe: Recipe, record: dict, data: tuple[np.ndarray, ...], results,
-                   member_probs: np.ndarray, folds: np.ndarray, embedded: dict[str, np.ndarray], near: np.ndarray,
+                   oos: dict[str, np.ndarray], folds: np.ndarray, embedded: dict[str, np.ndarray], near: np.ndarray,
                    names: tuple[str, ...], log: Log, train_columns: dict[str, np.ndarray] | None = None) -> dict:
     """Both splits' label audits, train_dynamics.csv and the data map; returns the run summary's part.
-    `near` (N_test, k): the test digits' nearest training digits' labels, from the evidence stage;
+    `oos`: each split's out-of-sample probabilities (N, K) (out_of_sample's for training, the members' mean for
+    test); `near` (N_test, k): the test digits' nearest training digits' labels, from the evidence stage;
     `train_columns`: more per-training-digit columns for train_dynamics.csv (the health stage's)."""
     x_train, y_train, x_test, y_test = data
     start, seconds = time.perf_counter(), {}
     learnt, regions = write_dynamics(out, results, folds, x_train, y_train, train_columns or {})
     seconds["dynamics"] = round(time.perf_counter() - start, 3)
     start, plan = time.perf_counter(), AuditPlan()
-    oos = {"test": member_probs.mean(axis=0), "train": out_of_sample(results, folds, len(names))}
     found = {}
     for split, x, y in (("test", x_test, y_test), ("train", x_train, y_train)):
         table = audit.label_issue_table(y, oos[split])

@@ -98,8 +98,8 @@ def run(recipe: Recipe, outputs_: RunOutputs = RunOutputs(), inv: Invocation = I
                                             precision.autocast)
         health_part, train_columns = None, None
         if folds is not None:
+            oos = {"train": out_of_sample(results, folds, ds.num_classes), "test": member_probs.mean(axis=0)}
             with timed(timings, "health"):
-                oos = {"train": out_of_sample(results, folds, ds.num_classes), "test": member_probs.mean(axis=0)}
                 columns, health_part = write_health(inv.out, (x_train, y_train, x_test, y_test), embedded, oos,
                                                     ds.class_names, recipe.seed, torch.get_num_threads(), log)
                 table.update(columns["test"])
@@ -113,7 +113,7 @@ def run(recipe: Recipe, outputs_: RunOutputs = RunOutputs(), inv: Invocation = I
         summary["recipe_choice"] = choice
         if folds is not None:
             summary["cross_fit"] = write_analysis(inv.out, recipe, ds.record(), (x_train, y_train, x_test, y_test),
-                                                  results, member_probs, folds, embedded, near, ds.class_names, log,
+                                                  results, oos, folds, embedded, near, ds.class_names, log,
                                                   train_columns)
             timings.update(summary["cross_fit"].pop("seconds"))
             summary["health"] = health_part
