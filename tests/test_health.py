@@ -230,7 +230,7 @@ def test_the_map_hovers_and_clicks_in_a_browser(browser, report_run):
 
 def test_recipe_starts_from_the_data_sets_measured_one():
     fashion, choose = start_recipe({"dataset": "fashion-mnist"})
-    assert (fashion.augment, fashion.epochs, fashion.widths, fashion.starts_from) == (False, 12, (24, 48, 128),
+    assert (fashion.augment, fashion.epochs, fashion.widths, fashion.starts_from) == (False, 10, (24, 48, 128),
                                                                                       "fashion-mnist")
     assert not choose
     typed, _ = start_recipe({"dataset": "fashion-mnist", "epochs": 3, "augment": True})

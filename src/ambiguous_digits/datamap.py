@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import dynamics, gallery, manifest, outputs, rundir
+from . import dynamics, gallery, manifest, rundir
 from .config import ConfigError
 
 if TYPE_CHECKING:
@@ -25,9 +25,9 @@ TITLES = {dynamics.REGIONS[1]: "Most ambiguous training", dynamics.REGIONS[2]: "
 
 def section(run: Run, ds: Dataset) -> dict | None:
     """What datamap.html shows; None without train_dynamics.csv (no cross-fitted members, or an older run)."""
-    if not (manifest.listed(run.dir, rundir.DYNAMICS_FILE) and manifest.listed(run.dir, rundir.DATA_MAP_FILE)):
+    if run.dynamics is None or not manifest.listed(run.dir, rundir.DATA_MAP_FILE):
         return None
-    table = outputs.read_table(manifest.verified(run.dir, rundir.DYNAMICS_FILE))
+    table = run.dynamics
     n = len(table["index"])
     if n > len(ds.y_train) or not np.array_equal(table["label"].astype(np.int64), ds.y_train[:n]):
         raise ConfigError(f"{run.dir / rundir.DYNAMICS_FILE}: its labels are not this data set's training labels")

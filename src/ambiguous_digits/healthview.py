@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import gallery, health, manifest, outputs, rundir
+from . import gallery, health, manifest, rundir
 from .config import ConfigError
 
 if TYPE_CHECKING:
@@ -92,7 +92,9 @@ def read_duplicates(run_dir, size: dict[str, int]) -> dict[str, np.ndarray]:
 
 
 def _train_table(run: Run, n_train: int) -> dict[str, np.ndarray]:
-    table = outputs.read_table(manifest.verified(run.dir, rundir.DYNAMICS_FILE))
+    table = run.dynamics
+    if table is None:  # health.json listed without the training table it was written beside
+        raise ConfigError(f"{run.dir}: {rundir.HEALTH_FILE} is listed but {rundir.DYNAMICS_FILE} is not")
     n_test = len(run.table["index"])
     for name, t, n in ((rundir.DYNAMICS_FILE, table, n_train), (rundir.SCORES_FILE, run.table, n_test)):
         if len(t["index"]) != n or any(c not in t for c in MAP_COLUMNS):

@@ -48,6 +48,7 @@ class Run:
     validation: dict | None
     train_issues: dict[str, np.ndarray] | None
     experiment: dict | None = None  # experiment.json, from `experiment`
+    dynamics: dict[str, np.ndarray] | None = None  # train_dynamics.csv (row i = training digit i), read once
 
     @property
     def labels(self) -> np.ndarray:
@@ -154,7 +155,7 @@ def load_run(run_dir: Path) -> Run:
     train_issues = _optional_table(run_dir / rundir.AUDIT["train"].table, None)
     return Run(run_dir, summary, table, member_probs, seeds, names, label_issues,
                manifest.listed_json(run_dir, rundir.VALIDATION_FILE), train_issues,
-               manifest.listed_json(run_dir, rundir.EXPERIMENT_FILE))
+               manifest.listed_json(run_dir, rundir.EXPERIMENT_FILE), _optional_table(run_dir / rundir.DYNAMICS_FILE, None))
 
 
 def _class_names(summary: dict, member_probs: np.ndarray) -> tuple[str, ...]:
