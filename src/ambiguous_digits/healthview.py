@@ -9,13 +9,12 @@ DecompressionStream unpacks it), which keeps 70,000 of them near 2 MB.
 from __future__ import annotations
 
 import base64
-import csv
 import gzip
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import gallery, health, manifest, rundir
+from . import gallery, health, manifest, outputs, rundir
 from .config import ConfigError
 
 if TYPE_CHECKING:
@@ -68,11 +67,7 @@ def _check_health(path, found) -> None:
 def read_duplicates(run_dir, size: dict[str, int]) -> dict[str, np.ndarray]:
     """duplicates.csv, checked: its columns, and splits and indices within the run's images (`size`: by split)."""
     path = manifest.verified(run_dir, rundir.DUPLICATES_FILE)
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ConfigError(f"{path}: cannot read it as a CSV table ({e})") from None
+    rows = outputs.read_rows(path)
     if not rows or tuple(rows[0]) != DUPLICATE_COLUMNS:
         raise ConfigError(f"{path}: expected the columns {','.join(DUPLICATE_COLUMNS)}")
     try:

@@ -59,13 +59,18 @@ def write_table(path: Path, table: dict[str, np.ndarray]) -> None:
     files.write_text(path, table_csv(table))
 
 
-def read_table(path: Path) -> dict[str, np.ndarray]:
-    """A per-digit CSV as float columns (empty cell = NaN); rows must be in canonical index order."""
+def read_rows(path: Path) -> list[list[str]]:
+    """A CSV file's rows as text, header first; one ConfigError where it cannot be read as CSV."""
     try:
         with open(path, newline="") as f:
-            rows = list(csv.reader(f))
+            return list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise ConfigError(f"{path}: cannot read it as a CSV table ({e})") from None
+
+
+def read_table(path: Path) -> dict[str, np.ndarray]:
+    """A per-digit CSV as float columns (empty cell = NaN); rows must be in canonical index order."""
+    rows = read_rows(path)
     if len(rows) < 2:
         raise ConfigError(f"{path}: no rows")
     short = next((i for i, row in enumerate(rows[1:], start=2) if len(row) != len(rows[0])), None)

@@ -155,7 +155,8 @@ def load_run(run_dir: Path) -> Run:
     train_issues = _optional_table(run_dir / rundir.AUDIT["train"].table, None)
     return Run(run_dir, summary, table, member_probs, seeds, names, label_issues,
                manifest.listed_json(run_dir, rundir.VALIDATION_FILE), train_issues,
-               manifest.listed_json(run_dir, rundir.EXPERIMENT_FILE), _optional_table(run_dir / rundir.DYNAMICS_FILE, None))
+               manifest.listed_json(run_dir, rundir.EXPERIMENT_FILE),
+               _optional_table(run_dir / rundir.DYNAMICS_FILE, None))
 
 
 def _class_names(summary: dict, member_probs: np.ndarray) -> tuple[str, ...]:
@@ -165,8 +166,8 @@ def _class_names(summary: dict, member_probs: np.ndarray) -> tuple[str, ...]:
 
 
 def _optional_table(path: Path, rows: int | None) -> dict[str, np.ndarray] | None:
-    """An optional output (an audit's), or None when it was never written: not listed in the manifest (a
-    command killed before it listed the file leaves it unlisted). A listed one must be there, unchanged."""
+    """An optional output (an audit's, train_dynamics.csv), or None when it was never written: not listed in the
+    manifest (a command killed before it listed the file leaves it unlisted). A listed one must be there, unchanged."""
     if not manifest.listed(path.parent, path.name):
         return None
     table = outputs.read_table(manifest.verified(path.parent, path.name))
