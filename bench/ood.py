@@ -74,10 +74,9 @@ class Seen:
         return Seen(self.member_probs[:, keep], self.unfamiliarity[keep], self.pct[keep])
 
 
-def look(models: list, familiar: evidence.Familiar, images: np.ndarray, device, precision) -> Seen:
+def look(ensemble: predict.Ensemble, familiar: evidence.Familiar, images: np.ndarray) -> Seen:
     """(N, 28, 28) uint8 images through the ensemble, as `predict` puts a user's digit through it."""
-    return Seen(predict.member_probs_of(models, images, device),
-                *familiar.score(predict.embed(models, images, device, precision)))
+    return Seen(ensemble.member_probs(images), *familiar.score(predict.embed(ensemble, familiar, images)))
 
 
 def _entropy(s: Seen) -> np.ndarray:
@@ -171,21 +170,22 @@ def per_glyph(seen: Seen, chars: list[str], names: list[str], digit_like: str) -
 
 def benchmark(run_dir: Path, data_dir: Path | None, other_dir: Path | None, limit: int | None, device) -> dict:
     """The whole report: per kind of input, every score's AUROC and FPR at 95% recall; per glyph, its verdict."""
-    models, names, dataset = predict.load_ensemble(run_dir, device)
-    familiar, precision = predict.load_familiar(run_dir, warn=lambda _: None)  # refused just below, in one line
+    familiar = predict.load_familiar(run_dir, warn=lambda _: None)  # refused just below, in one line
+    # torch, as the run did; `predict`'s float32 numpy pass moves a percentile by 0.05 on average (lab-notebook.md).
+    ensemble, names, dataset = predict.load_ensemble(run_dir, str(device), in_numpy=False)
     if familiar is None:
         raise SystemExit(f"bench/ood.py: {run_dir} has no embeddings.npz; re-run it with this version")
     x_test = data.load_dataset(dataset, data_dir, log=lambda _: None, progress=False).x_test
     neither = review_neither(dataset)
     inside_rows = np.setdiff1d(np.arange(len(x_test))[:limit], neither)  # the reviewed "neither" digits apart
-    inside = look(models, familiar, x_test[inside_rows], device, precision)
+    inside = look(ensemble, familiar, x_test[inside_rows])
     kinds = {**other_data_set(dataset, other_dir, limit), **transformed(x_test[inside_rows])}
     if len(neither):
         kinds["review: neither label"] = x_test[neither]
-    seen = {name: look(models, familiar, x, device, precision) for name, x in kinds.items()}
+    seen = {name: look(ensemble, familiar, x) for name, x in kinds.items()}
     made, refused = glyphs()
     digit_like = DIGIT_LIKE if dataset == "mnist" else ""
-    seen_glyphs = look(models, familiar, np.stack(list(made.values())), device, precision)
+    seen_glyphs = look(ensemble, familiar, np.stack(list(made.values())))
     seen["glyphs (not digit-like)"] = seen_glyphs.rows(np.array([c not in digit_like for c in made]))
     return {"run": str(run_dir), "dataset": dataset, "in_distribution": f"{dataset} test ({len(inside_rows)})",
             "predict_threshold_pct": evidence.PREDICT_UNFAMILIAR_PCT,

@@ -37,7 +37,7 @@ def _rows(path):
 
 def test_every_output_file_is_written(tiny_run):
     for name in ["scores.csv", "summary.json", "config.json", "probs.npz", "models/member-0.pt", "models/member-1.pt",
-                 "report.html", "embeddings.npz", "neighbours.csv", "duplicates.csv", "health.json",
+                 "models/member-0.npz", "models/member-1.npz", "report.html", "embeddings.npz", "neighbours.csv", "duplicates.csv", "health.json",
                  *(f"top_{n}.png" for n in scores.RANKINGS)]:
         assert (tiny_run / name).is_file(), name
     assert not list(tiny_run.glob(".*.tmp")), "temporary files left behind"
@@ -58,7 +58,9 @@ def test_embeddings_hold_every_digit_of_both_splits_and_neighbours_list_the_top_
         assert z["train"].shape == (600, 32) and z["test"].shape == (300, 32) and z["train"].dtype == np.float16
         assert z["calibration_index"].tolist() == list(range(600))  # fewer training digits than the sample: all
         assert z["calibration_unfamiliarity"].shape == (600,)
-        bf16 = bool(z["features_bf16"])  # how predict must embed a user's image
+        # unfamiliarity's own embedding of the training digits, from the 32 x 3 x 3 maps projected on 128 of 288
+        assert z["layout_train"].shape == (600, 128) and z["layout_basis"].shape == (288, 128)
+        bf16 = bool(z["features_bf16"])  # how predict's torch path embeds a user's image
     assert bf16 == json.loads((tiny_run / "summary.json").read_text())["environment"]["bf16_autocast"]
     summary = json.loads((tiny_run / "summary.json").read_text())
     listed = {i for top in summary["top"].values() for i in top}

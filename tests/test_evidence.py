@@ -24,6 +24,26 @@ def test_unfamiliarity_is_the_mean_distance_to_the_k_nearest_training_rows():
     assert own.shape == (100,) and own.max() < 1e-3  # each left out of its own neighbours, still among its cluster
 
 
+def test_the_layout_keeps_the_training_rows_strongest_directions_and_drops_the_rest():
+    """Training rows spread over the first two axes of 6 (the first most; mirrored on the second, so the axes are
+    the Gram matrix's eigenvectors): projected on 2 directions they keep their geometry, and what lies off them
+    does not count."""
+    rng = np.random.default_rng(1)
+    half = np.stack([1 + rng.normal(scale=0.3, size=100), rng.normal(scale=0.2, size=100)], axis=1)
+    train = np.zeros((200, 6))
+    train[:, :2] = np.concatenate([half, half * [1, -1]])
+    layout = evidence.Layout.fit(train, dims=2)
+    assert layout.basis.shape == (6, 2) and layout.basis.dtype == np.float32
+    np.testing.assert_allclose(np.abs(layout.basis[:, 0]), [1, 0, 0, 0, 0, 0], atol=1e-6)  # the strongest first
+    np.testing.assert_allclose(np.abs(layout.basis[:, 1]), [0, 1, 0, 0, 0, 0], atol=1e-6)
+    embedded = layout(train)
+    np.testing.assert_allclose(np.linalg.norm(embedded, axis=1), 1, rtol=1e-6)
+    # like the rows; at right angles to their main direction; like the rows once the off-axis part is dropped
+    queries = layout(np.array([[2.0, 0.1, 0, 0, 0, 0], [0, 1.0, 0, 0, 0, 0], [1.0, 0, 0, 3.0, 3.0, 0]]))
+    score = evidence.unfamiliarity(embedded, queries, k=5)
+    assert score[0] < 0.001 and score[2] < 0.001 and score[1] > 0.2
+
+
 def test_percentiles_count_the_reference_strictly_below():
     reference = np.arange(1000.0)
     assert evidence.percentile_of(np.array([-1.0, 0.0, 500.0, 999.5, 2000.0]), reference).tolist() == \

@@ -83,9 +83,10 @@ def test_run_on_ray_matches_local_byte_for_byte(cluster, local_run, mnist_dir, t
     summary = run(_cfg(tmp_path, mnist_dir, backend="ray", ray_address=cluster), log=lines.append, progress=False)
     assert (tmp_path / "probs.npz").read_bytes() == (local_run / "probs.npz").read_bytes()
     assert summary["backend"] == "ray" and summary["member_seeds"] == Recipe(**TINY).member_seeds()
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["member-0.pt", "member-1.pt"]
+    models = sorted(p.name for p in (tmp_path / "models").iterdir())
+    assert models == ["member-0.npz", "member-0.pt", "member-1.npz", "member-1.pt"]  # torch's, and predict's numpy
     assert len(puts) == 4  # x_train, y_train, x_test and the folds: once each, not once per member
-    for name in ("train_dynamics.csv", "train_label_issues.csv", "label_issues.csv"):  # the cross-fitted analysis
+    for name in ("train_dynamics.csv", "train_label_issues.csv", "label_issues.csv", "embeddings.npz"):  # the analysis
         assert (tmp_path / name).read_bytes() == (local_run / name).read_bytes(), name
     assert sum(", saved" in line for line in lines) == TINY["members"]  # one line as each arrives
 

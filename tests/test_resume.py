@@ -64,14 +64,15 @@ def test_a_killed_run_resumes_to_the_same_bytes(uninterrupted, tmp_path, mnist_d
     done = subprocess.run(_cli("run", "--resume", str(out), "--quiet"), env=_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "member 1/2 (seed" in done.stdout and "resuming after epoch" in done.stdout
-    for name in ("scores.csv", "train_dynamics.csv", "train_label_issues.csv", "label_issues.csv"):
+    for name in ("scores.csv", "train_dynamics.csv", "train_label_issues.csv", "label_issues.csv", "embeddings.npz"):
         assert (out / name).read_bytes() == (uninterrupted / name).read_bytes(), name  # dynamics kept in the state
     with np.load(out / "probs.npz") as a, np.load(uninterrupted / "probs.npz") as b:
         for key in ("probs", "labels", "index", "seeds"):
             np.testing.assert_array_equal(a[key], b[key])
     assert not list(out.rglob("*.epoch-*.pt")) and not list(out.rglob(".*.tmp"))
     listed = manifest.load(out)
-    expected = {"config.json", "scores.csv", "probs.npz", "summary.json", "report.html", "models/member-1.pt"}
+    expected = {"config.json", "scores.csv", "probs.npz", "summary.json", "report.html", "models/member-1.pt",
+                "models/member-1.npz"}
     assert expected <= set(listed)
     assert all(manifest.sha256(out / name) == e["sha256"] for name, e in listed.items())
 
@@ -206,4 +207,5 @@ def test_a_finished_members_left_over_epoch_states_are_dropped_on_resume(uninter
     manifest.record(out, state)
     assert cli.main(["run", "--resume", str(out), "--data-dir", str(mnist_dir), "--quiet"]) == 0
     assert not state.exists() and not manifest.listed(out, "members/member-0.epoch-2.pt")
-    assert (out / "probs.npz").read_bytes() == (uninterrupted / "probs.npz").read_bytes()
+    for name in ("probs.npz", "embeddings.npz"):  # every member's CNN loaded back for the features pass
+        assert (out / name).read_bytes() == (uninterrupted / name).read_bytes(), name

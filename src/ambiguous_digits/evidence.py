@@ -2,8 +2,9 @@
 
 Pure numpy (and scikit-learn's neighbours): the embeddings are the members' penultimate features,
 pooled (POOLING); row i is digit i of its split. Unfamiliarity is the mean cosine distance to the
-UNFAMILIAR_K nearest training digits (HIGHER = less like anything trained on), given also as a
-percentile of the training digits' own scores, each left out of its own neighbours.
+UNFAMILIAR_K nearest training digits (HIGHER = less like anything trained on), in an embedding of its own that
+keeps where the strokes lie (Layout), given also as a percentile of the training digits' own scores, each left
+out of its own neighbours.
 """
 
 from __future__ import annotations
@@ -27,10 +28,14 @@ CONFIDENT_P = 0.9
 # search of every training digit (all 60,000 took a sixth of a run; docs/lab-notebook.md).
 CALIBRATION_DIGITS = 10000
 CALIBRATION_SEED = 0
+# The unfamiliarity's embedding: the members' flattened last-stage maps, pooled as POOLING pools, projected
+# uncentred on their LAYOUT_DIMS strongest directions: it keeps where the strokes lie, which the pooled
+# features average away (docs/lab-notebook.md; centred, as PCA does, it did worse than the pooled features).
+LAYOUT_DIMS = 128
 # Mutual information above this percentile of the test set: "networks disagree".
 DISAGREE_PERCENTILE = 99.0
 # At or above this percentile of the training digits' own unfamiliarity a digit, or a user's image in `predict`,
-# is "unlike any training digit": it flags under 1% of MNIST's own test digits (0.71-0.78% on seeds 0-2,
+# is "unlike any training digit": it flags under 1% of MNIST's own test digits (0.66-0.72% on seeds 0-2,
 # docs/results.md), and bench/ood.py measures what it catches.
 PREDICT_UNFAMILIAR_PCT = 99.5
 
@@ -64,17 +69,51 @@ def own_unfamiliarity(train: np.ndarray, sample: int = CALIBRATION_DIGITS) -> tu
 
 
 @dataclass(frozen=True)
+class Layout:
+    """The unfamiliarity's embedding: pooled flattened maps (N, D) -> (N, min(D, LAYOUT_DIMS)) unit rows, on
+    the strongest directions of the training digits' own (the eigenvectors of their uncentred Gram matrix)."""
+
+    basis: np.ndarray  # (D, LAYOUT_DIMS) float32, strongest first
+
+    @classmethod
+    def fit(cls, reference: np.ndarray, dims: int = LAYOUT_DIMS) -> Layout:
+        """`reference` (N, D): the training digits' pooled flattened maps."""
+        reference = np.asarray(reference, dtype=np.float32)
+        _, vectors = np.linalg.eigh(reference.T @ reference)  # ascending eigenvalues
+        return cls(np.ascontiguousarray(vectors[:, ::-1][:, :dims]))
+
+    def __call__(self, flat: np.ndarray) -> np.ndarray:
+        return neighbours.unit(np.asarray(flat, dtype=np.float32) @ self.basis)
+
+
+@dataclass(frozen=True)
 class Familiar:
-    """The training digits' embeddings fitted once for many queries, and their own unfamiliarity (N,)."""
+    """The training digits' embeddings fitted once for many queries, their own unfamiliarity (S,), the embedding
+    they are in: `layout` (pooled flattened maps) or, in a run made before 0.10, the pooled features (layout
+    None), and whether the run's features pass ran in bfloat16 (`bf16`)."""
 
     index: neighbours.Fitted
     own: np.ndarray  # sorted: percentile_of's reference
+    layout: Layout | None = None
+    bf16: bool = False
     k: int = UNFAMILIAR_K
 
     @classmethod
-    def fit(cls, train: np.ndarray, own: np.ndarray, k: int = UNFAMILIAR_K) -> Familiar:
-        """`train` (N, D) embeddings and `own` (N,) their unfamiliarity, each left out of its own neighbours."""
-        return cls(neighbours.Fitted(train), np.sort(own), k)
+    def fit(cls, reference: np.ndarray, own: np.ndarray, layout: Layout | None = None, bf16: bool = False,
+            k: int = UNFAMILIAR_K) -> Familiar:
+        """`reference` (N, D) embeddings and `own` (S,) the unfamiliarity of (a sample of) them, each left out of
+        its own neighbours."""
+        return cls(neighbours.Fitted(reference), np.sort(own), layout, bf16, k)
+
+    @property
+    def spatial(self) -> str:
+        """The members' features a query is embedded from: "flat" (maps) or "mean" (over space)."""
+        return "mean" if self.layout is None else "flat"
+
+    def embed(self, member_features: list[np.ndarray]) -> np.ndarray:
+        """(M,) arrays (Q, D) of each member's `spatial` features -> (Q, d) queries for `score`."""
+        pooled = pool(member_features)
+        return pooled if self.layout is None else self.layout(pooled)
 
     def score(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(Q, D) embeddings -> (Q,) unfamiliarity (as `unfamiliarity` gives it; HIGHER = less familiar) and (Q,)
@@ -108,19 +147,17 @@ def neighbour_rows(split: str, rows: np.ndarray, classes: dict[str, np.ndarray],
     return {k_: np.array(v) for k_, v in out.items()}
 
 
-def near_and_unfamiliar(train: np.ndarray, train_labels: np.ndarray,
-                        queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """From one search: each query's (Q,) unfamiliarity and the (Q, EVIDENCE_K) labels of its nearest training
-    digits, nearest first."""
-    idx, dist = neighbours.nearest(train, queries, max(UNFAMILIAR_K, EVIDENCE_K))
-    return dist[:, :UNFAMILIAR_K].mean(axis=1), train_labels[idx[:, :EVIDENCE_K]]
+def near_labels(train: np.ndarray, train_labels: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """(Q, EVIDENCE_K) labels of each query's nearest training digits, nearest first."""
+    idx, _ = neighbours.nearest(train, queries, EVIDENCE_K)
+    return train_labels[idx]
 
 
 def reasons(member_probs: np.ndarray, labels: np.ndarray, near_labels: np.ndarray, unfamiliar_pct: np.ndarray,
             names: tuple[str, ...]) -> list[str]:
     """One short sentence of facts per digit: how the networks voted, whether they disagree, what its
     nearest training digits are, whether it is unlike them all. `near_labels` (N, k): the labels of each digit's
-    nearest training digits (near_and_unfamiliar)."""
+    nearest training digits (near_labels)."""
     probs = member_probs.mean(axis=0)
     pred, votes = probs.argmax(axis=1), member_probs.argmax(axis=2)
     mi = scores.mutual_information(member_probs)

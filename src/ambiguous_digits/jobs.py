@@ -20,11 +20,11 @@ from .train import Runtime, setup
 
 def member_job(recipe: Recipe, device: str, threads: int | None, seed: int, num_classes: int, x_train: np.ndarray,
                y_train: np.ndarray, x_eval: np.ndarray, state: dict | None = None, on_epoch=None,
-               progress: bool = True, features: bool = False, folds: np.ndarray | None = None,
+               progress: bool = True, folds: np.ndarray | None = None,
                fold: int | None = None) -> members.MemberResult:
-    """Train one CNN with `seed` on (x_train, y_train) and predict x_eval: probabilities (N, K), row i = image i
-    (with `features`, also every digit's penultimate features). Cross-fitted (`folds`, (N_train,) fold of each
-    training digit), it trains on the digits outside `fold` and predicts those inside it too.
+    """Train one CNN with `seed` on (x_train, y_train) and predict x_eval: probabilities (N, K), row i = image i.
+    Cross-fitted (`folds`, (N_train,) fold of each training digit), it trains on the digits outside `fold` and
+    predicts those inside it too.
 
     The model comes back on the CPU, whatever device trained it.
     """
@@ -32,7 +32,7 @@ def member_job(recipe: Recipe, device: str, threads: int | None, seed: int, num_
     rt = Runtime(resolved, precision, progress, on_epoch)
     held_out = None if folds is None else folds == fold
     result = members.train_member(recipe, seed, x_train, y_train, x_eval, num_classes, rt, state=state,
-                                  features=features, held_out=held_out)
+                                  held_out=held_out)
     return dataclasses.replace(result, model=result.model.cpu())
 
 

@@ -8,11 +8,12 @@ training state after every epoch (save_state), so an interrupted run loses at
 most the epoch in progress and `--resume` gives the same result as no interruption.
 
 Files, for a stem such as `members/member-3` (all listed in manifest.json):
-  <stem>.npz          probs (N, K) float32 (row i = evaluation digit i), seed, history (JSON text); a run
-                      member's also features_train/features_eval, and, cross-fitted, holdout_probs (row j =
-                      the j-th training digit of its held-out fold) and dynamics (epochs, 2, its training digits)
+  <stem>.npz          probs (N, K) float32 (row i = evaluation digit i), seed, history (JSON text); a
+                      cross-fitted run member's also holdout_probs (row j = the j-th training digit of its
+                      held-out fold) and dynamics (epochs, 2, its training digits)
   <stem>.epoch-E.pt   training state after epoch E (train.training_state); deleted when the member is done
   models/member-M.pt  the trained CNN (run members only; model.checkpoint)
+  models/member-M.npz the same CNN's weights for forward.NumpyNet (model.arrays), which `predict` reads
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ import torch
 
 from . import files, manifest
 from .config import ConfigError, Recipe
-from .model import Net, checkpoint
-from .train import Dynamics, Runtime, predict_features, predict_probs, train
+from .model import Net, arrays, checkpoint, from_checkpoint
+from .train import Dynamics, Runtime, predict_probs, train
 
 
 @dataclass
@@ -42,9 +43,6 @@ class MemberResult:
     history: list[dict]
     model: Net | None = None
     predict_seconds: float = 0.0
-    # Penultimate features (float16), row i = digit i: {"train": (N_train, D), "eval": (N, D)}; run members only.
-    features: dict[str, np.ndarray] | None = None
-    feature_seconds: float = 0.0
     # Cross-fitted run members: the held-out training digits' probabilities (H, K) float32, and the training
     # steps' record of the digits it trained on (train.Dynamics.numpy: (epochs, 2, N_train - H) float16).
     holdout_probs: np.ndarray | None = None
@@ -52,12 +50,11 @@ class MemberResult:
 
 
 def train_member(recipe: Recipe, seed: int, x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray,
-                 num_classes: int, rt: Runtime, state: dict | None = None, features: bool = False,
+                 num_classes: int, rt: Runtime, state: dict | None = None,
                  held_out: np.ndarray | None = None) -> MemberResult:
-    """Train one CNN with `seed` (continuing from `state` when given) and predict x_eval (N, 28, 28) -> (N, K);
-    with `features`, also the penultimate features of every training and evaluation digit. With `held_out`
-    ((N_train,) bool), it trains on the other training digits only, recording their dynamics, and also
-    predicts the held-out ones."""
+    """Train one CNN with `seed` (continuing from `state` when given) and predict x_eval (N, 28, 28) -> (N, K).
+    With `held_out` ((N_train,) bool), it trains on the other training digits only, recording their dynamics,
+    and also predicts the held-out ones."""
     dynamics = None
     x_fit, y_fit = x_train, y_train
     if held_out is not None:
@@ -70,13 +67,8 @@ def train_member(recipe: Recipe, seed: int, x_train: np.ndarray, y_train: np.nda
     if not np.isfinite(probs).all():  # a finite loss but overflowing weights; refused before it is saved
         raise ConfigError(f"--lr: training diverged (the CNN of seed {seed} gives NaN probabilities); "
                           f"try a lower --lr than {recipe.lr}")
-    predict_seconds, start = time.perf_counter() - start, time.perf_counter()
-    found = None
-    if features:
-        found = {split: predict_features(model, x, rt.device, precision=rt.precision).astype(np.float16)
-                 for split, x in (("train", x_train), ("eval", x_eval))}
-    return MemberResult(seed, probs, history, model, predict_seconds, found, time.perf_counter() - start,
-                        holdout_probs, None if dynamics is None else dynamics.numpy())
+    return MemberResult(seed, probs, history, model, time.perf_counter() - start, holdout_probs,
+                        None if dynamics is None else dynamics.numpy())
 
 
 # ---------------------------------------------------------------------------
@@ -87,16 +79,22 @@ def save_member(run_dir: Path, stem: str, result: MemberResult, model_name: str 
     paths = []
     if model_name is not None:
         paths.append(_save_torch(run_dir / model_name, checkpoint(result.model)))
+        paths.append(_save_arrays(run_dir / weights_name(model_name), arrays(result.model)))
     path = run_dir / f"{stem}.npz"
     files.make_dirs(path.parent)
-    extra = {f"features_{k}": v for k, v in (result.features or {}).items()}
-    if result.holdout_probs is not None:
-        extra.update(holdout_probs=result.holdout_probs.astype(np.float32), dynamics=result.dynamics)
+    extra = ({} if result.holdout_probs is None else
+             {"holdout_probs": result.holdout_probs.astype(np.float32), "dynamics": result.dynamics})
     with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, probs=result.probs.astype(np.float32), seed=np.uint64(result.seed),
                  history=np.array(json.dumps(result.history)), **extra)
     manifest.record(run_dir, *paths, path)  # one update: listed together, or not at all
     drop_states(run_dir, stem)
+
+
+def load_model(run_dir: Path, model_name: str) -> Net:
+    """A run member's CNN saved as `model_name` (checked against the manifest, loaded weights-only)."""
+    path = manifest.verified(run_dir, model_name)
+    return from_checkpoint(torch.load(path, weights_only=True, map_location="cpu"))
 
 
 def load_member(run_dir: Path, stem: str, seed: int) -> MemberResult | None:
@@ -107,11 +105,10 @@ def load_member(run_dir: Path, stem: str, seed: int) -> MemberResult | None:
     path = manifest.verified(run_dir, name)
     with np.load(path, allow_pickle=False) as z:
         probs, saved_seed, history = z["probs"], int(z["seed"]), json.loads(str(z["history"]))
-        features = {k.removeprefix("features_"): z[k] for k in z.files if k.startswith("features_")} or None
         holdout = (z["holdout_probs"], z["dynamics"]) if "holdout_probs" in z.files else (None, None)
     if saved_seed != seed:
         raise ConfigError(f"{path}: trained with seed {saved_seed}, but this run's member has seed {seed}")
-    return MemberResult(seed, probs, history, features=features, holdout_probs=holdout[0], dynamics=holdout[1])
+    return MemberResult(seed, probs, history, holdout_probs=holdout[0], dynamics=holdout[1])
 
 
 # ---------------------------------------------------------------------------
@@ -150,6 +147,19 @@ def drop_states(run_dir: Path, stem: str, keep: str | None = None) -> None:
     manifest.forget(run_dir, *stale)
     for name in stale:
         (run_dir / name).unlink(missing_ok=True)
+
+
+def weights_name(model_name: str) -> str:
+    """models/member-M.pt -> models/member-M.npz (rundir.WEIGHTS_FILE): the same CNN for forward.NumpyNet."""
+    return str(Path(model_name).with_suffix(".npz"))
+
+
+def _save_arrays(path: Path, named: dict[str, np.ndarray]) -> Path:
+    buf = io.BytesIO()
+    np.savez(buf, **named)
+    files.make_dirs(path.parent)
+    files.write_bytes(path, buf.getvalue())
+    return path
 
 
 def _save_torch(path: Path, obj: dict) -> Path:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -62,6 +64,13 @@ def describe(model: Net) -> str:
 
 def checkpoint(model: Net) -> dict:
     return {"shape": asdict(model.shape), "state_dict": model.state_dict()}
+
+
+def arrays(model: Net) -> dict[str, np.ndarray]:
+    """The net for forward.NumpyNet (np.savez's keywords): each float tensor of its state dict, and its shape as
+    JSON under "shape"."""
+    state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items() if v.is_floating_point()}
+    return {**state, "shape": np.array(json.dumps(asdict(model.shape)))}
 
 
 def from_checkpoint(ckpt: dict) -> Net:

@@ -4,7 +4,8 @@ Each image is made MNIST-style (preprocess.py), run through every member CNN,
 and reported with the same measures `run` computes (scores.py), and with how unlike
 the run's training digits its embedding is (evidence.Familiar): at or above a
 percentile of the training digits' own unfamiliarity, its prediction is not to be
-trusted. A run without embeddings.npz is scored without it. The 28x28 digit
+trusted. A run without embeddings.npz is scored without it. With --device cpu (the
+default) the members run in numpy (forward.py), so a call never imports torch. The 28x28 digit
 the ensemble saw is written to OUT/<stem>.png (default RUN_DIR/predictions/), or
 OUT/<stem>-2.png, -3, ... when that name is taken: no file is ever overwritten.
 """
@@ -14,56 +15,108 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 
 from . import data, evidence, files, manifest, outputs, rundir, scores
 from .config import ConfigError
-from .model import from_checkpoint
+from .forward import NumpyNet
 from .preprocess import ImageError, preprocess
-from .train import Precision, predict_features, predict_probs, resolve_device
+
+if TYPE_CHECKING:
+    import torch
 
 
-def load_ensemble(run_dir: Path, device: torch.device) -> tuple[list, list[str], str]:
-    """The finished run's member CNNs (each checked against the manifest, loaded weights-only), class names
-    and data set."""
+class Ensemble(Protocol):
+    """A finished run's member CNNs, as `predict` runs them."""
+
+    def member_probs(self, digits: np.ndarray) -> np.ndarray:
+        """(N, 28, 28) uint8 -> (M, N, K) float32 probabilities of each member."""
+
+    def member_features(self, digits: np.ndarray, spatial: str, bf16: bool) -> list[np.ndarray]:
+        """(M,) arrays (N, D): each member's penultimate features ("mean" or "flat", as train.predict_features
+        gives them), in bfloat16 where `bf16` and the ensemble can."""
+
+
+@dataclass(frozen=True)
+class NumpyEnsemble:
+    """The members run in numpy (forward.NumpyNet), always in float32: no torch to import. Against a run's bf16
+    features, MNIST's test digits land 0.05 percentile points from the run's own on average (docs/lab-notebook.md)."""
+
+    nets: list[NumpyNet]
+
+    def member_probs(self, digits: np.ndarray) -> np.ndarray:
+        return np.stack([net.probs(digits) for net in self.nets])
+
+    def member_features(self, digits: np.ndarray, spatial: str, bf16: bool = False) -> list[np.ndarray]:
+        return [net.features(digits, spatial) for net in self.nets]
+
+
+@dataclass(frozen=True)
+class TorchEnsemble:
+    """The members run by torch on `device`."""
+
+    models: list
+    device: torch.device
+
+    def member_probs(self, digits: np.ndarray) -> np.ndarray:
+        from .train import predict_probs
+
+        return np.stack([predict_probs(m, digits, self.device) for m in self.models])
+
+    def member_features(self, digits: np.ndarray, spatial: str, bf16: bool = False) -> list[np.ndarray]:
+        from .train import Precision, predict_features
+
+        return [predict_features(m, digits, self.device, spatial=spatial, precision=Precision(bf16))
+                for m in self.models]
+
+
+def load_ensemble(run_dir: Path, device: str = "cpu", in_numpy: bool = True) -> tuple[Ensemble, list[str], str]:
+    """The finished run's members (each file checked against the manifest), class names and data set. With
+    `--device cpu`, in numpy where the run saved its weights for it (`in_numpy`; a run made before 0.10 did not),
+    else by torch on `device` (auto, cpu, cuda[:N])."""
     if not manifest.listed(run_dir, rundir.SUMMARY_FILE):
         raise ConfigError(f"--run: {run_dir} holds no finished run (no {rundir.SUMMARY_FILE}); finish it with --resume")
     summary = json.loads(manifest.verified(run_dir, rundir.SUMMARY_FILE).read_text())
-    models = []
-    for m in range(summary["members"]):
-        path = manifest.verified(run_dir, rundir.MODEL_FILE.format(m=m))
-        models.append(from_checkpoint(torch.load(path, weights_only=True, map_location="cpu")).to(device).eval())
-    k = models[0].shape.num_classes
-    data = summary.get("data", {})
-    return models, data.get("class_names") or [str(c) for c in range(k)], data.get("dataset", "mnist")
+    weights = [rundir.WEIGHTS_FILE.format(m=m) for m in range(summary["members"])]
+    if in_numpy and device == "cpu" and all(manifest.listed(run_dir, w) for w in weights):
+        ensemble: Ensemble = NumpyEnsemble([NumpyNet.load(manifest.verified(run_dir, w)) for w in weights])
+        k = ensemble.nets[0].num_classes
+    else:
+        from .members import load_model
+        from .train import resolve_device
+
+        dev = resolve_device(device)
+        models = [load_model(run_dir, rundir.MODEL_FILE.format(m=m)).to(dev).eval() for m in range(summary["members"])]
+        ensemble, k = TorchEnsemble(models, dev), models[0].shape.num_classes
+    found = summary.get("data", {})
+    return ensemble, found.get("class_names") or [str(c) for c in range(k)], found.get("dataset", "mnist")
 
 
-def load_familiar(run_dir: Path, warn) -> tuple[evidence.Familiar | None, Precision]:
-    """The run's training embeddings, fitted once for every image, and how the run computed them
-    (embeddings.npz's features_bf16: in bfloat16 where its training ran under autocast; float32 in a run made
-    before 0.8). None and float32 (one warning) where the run has no embeddings."""
+def load_familiar(run_dir: Path, warn) -> evidence.Familiar | None:
+    """The run's training digits in unfamiliarity's embedding, fitted once for every image, with how the run
+    computed them (in bfloat16: embeddings.npz's features_bf16, as its training ran under autocast). A run made
+    before 0.10 measured unfamiliarity on the pooled features (no layout_basis); one made before 0.8 has no
+    embeddings: None, with one warning."""
     if not manifest.listed(run_dir, rundir.EMBEDDINGS_FILE):
         warn(f"predict: warning: {run_dir} has no {rundir.EMBEDDINGS_FILE} (a run made before it was written); "
              f"how unlike the training data each image is goes unchecked")
-        return None, Precision(False)
+        return None
     with np.load(manifest.verified(run_dir, rundir.EMBEDDINGS_FILE), allow_pickle=False) as z:
         bf16 = bool(z["features_bf16"]) if "features_bf16" in z.files else False
-        return evidence.Familiar.fit(z["train"], z["calibration_unfamiliarity"]), Precision(bf16)
+        if "layout_basis" in z.files:
+            layout = evidence.Layout(z["layout_basis"].astype(np.float32))
+            return evidence.Familiar.fit(z["layout_train"], z["calibration_unfamiliarity"], layout, bf16)
+        return evidence.Familiar.fit(z["train"], z["calibration_unfamiliarity"], bf16=bf16)
 
 
-def member_probs_of(models: list, digits: np.ndarray, dev: torch.device) -> np.ndarray:
-    """(N, 28, 28) uint8 -> (M, N, K) float32 probabilities of each member."""
-    return np.stack([predict_probs(m, digits, dev) for m in models])
-
-
-def embed(models: list, digits: np.ndarray, dev: torch.device, precision: Precision = Precision(False)) -> np.ndarray:
-    """(N, 28, 28) uint8 -> (N, D) float32 embedding, pooled over the members as `run` pooled embeddings.npz's
-    (`precision`: the run's, from load_familiar)."""
-    return evidence.pool([predict_features(m, digits, dev, precision=precision) for m in models])
+def embed(ensemble: Ensemble, familiar: evidence.Familiar, digits: np.ndarray) -> np.ndarray:
+    """(N, 28, 28) uint8 -> (N, d) float32 queries for familiar.score, embedded as the run embedded its own."""
+    return familiar.embed(ensemble.member_features(digits, familiar.spatial, familiar.bf16))
 
 
 def measures(member_probs: np.ndarray) -> dict[str, np.ndarray]:
@@ -109,23 +162,21 @@ def predict_images(images: list[Path], run_dir: Path, out: Path | None = None, d
     unfamiliar_above = evidence.PREDICT_UNFAMILIAR_PCT if unfamiliar_above is None else unfamiliar_above
     if not 0 <= unfamiliar_above <= 100:  # also refuses nan
         raise ConfigError(f"--unfamiliar-above: expected a percentile from 0 to 100, got {unfamiliar_above}")
-    dev = resolve_device(device)
-    models, names, dataset = load_ensemble(run_dir, dev)
+    ensemble, names, dataset = load_ensemble(run_dir, device)
+    familiar = load_familiar(run_dir, warn)
     if dataset != "mnist":  # the preprocessing is how MNIST's digits were made, not how other images were
         warn(f"predict: warning: {run_dir} was trained on {dataset}; images are prepared the way MNIST's digits "
              f"were (inverted if dark on light, cropped, fitted in 20x20, centred by mass), which may not match")
-    familiar, precision = load_familiar(run_dir, warn)
     folder = _out_dir(run_dir, out)
     in_run = folder.resolve().is_relative_to(run_dir.resolve())  # then listed in the run's manifest
     spec = data.PUBLISHED.get(dataset)
     show = partial(describe, names=names, unfamiliar_above=unfamiliar_above, noun=spec.noun if spec else "image")
     with rundir.locked(run_dir, flag="--run") if in_run else contextlib.nullcontext():
-        return _score(images, models, familiar, dev, folder, run_dir if in_run else None, log, warn,
-                      partial(embed, precision=precision), show)
+        return _score(images, ensemble, familiar, folder, run_dir if in_run else None, log, warn, show)
 
 
-def _score(images: list[Path], models: list, familiar: evidence.Familiar | None, dev, folder: Path,
-           run_dir: Path | None, log, warn, embed_, show) -> list[Path]:
+def _score(images: list[Path], ensemble: Ensemble, familiar: evidence.Familiar | None, folder: Path,
+           run_dir: Path | None, log, warn, show) -> list[Path]:
     """Each image's result (or its one-line error); the digits saved in folder, listed in run_dir's manifest."""
     failed = []
     for path in images:
@@ -138,10 +189,9 @@ def _score(images: list[Path], models: list, familiar: evidence.Familiar | None,
             warn(f"predict: error: {e}")
             failed.append(path)
             continue
-        member_probs = member_probs_of(models, digit[None], dev)
+        member_probs = ensemble.member_probs(digit[None])
         m = {k: v[0] for k, v in measures(member_probs).items()}
         if familiar is not None:
-            (m["unfamiliarity"],), (m["unfamiliarity_pct"],) = familiar.score(embed_(models, digit[None], dev))
+            (m["unfamiliarity"],), (m["unfamiliarity_pct"],) = familiar.score(embed(ensemble, familiar, digit[None]))
         log(show(path, member_probs.mean(axis=0)[0], m, saved))
     return failed
-

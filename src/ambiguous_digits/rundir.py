@@ -34,7 +34,8 @@ REPORT_FILE = "report.html"
 # What a run was started on: the data set's record with the MD5 of every file or array, so --resume
 # never mixes members trained on old data with members trained on new.
 DATA_FILE = "data.json"
-# The members' pooled penultimate features of every digit (evidence.pool), and the evidence drawn from them.
+# The members' pooled penultimate features of every digit (evidence.pool), and unfamiliarity's embedding of the
+# training digits (layout_train, layout_basis: evidence.Layout) with their own unfamiliarity.
 EMBEDDINGS_FILE = "embeddings.npz"
 NEIGHBOURS_FILE = "neighbours.csv"
 # The training digits' dynamics (dynamics.py), recorded by the cross-fitted members' training steps, and their map.
@@ -52,6 +53,7 @@ CLEANED_FILE = "cleaned.npz"
 CLEANING_FILE = "cleaning.json"
 MEMBER_STEM = "members/member-{m}"
 MODEL_FILE = "models/member-{m}.pt"
+WEIGHTS_FILE = "models/member-{m}.npz"  # the same CNN for forward.NumpyNet (members.weights_name of MODEL_FILE)
 FOLD_STEM = "folds/{split}-fold-{f}-member-{m}"
 IMAGES_DIR = "imgs"
 PREDICTIONS_DIR = "predictions"

@@ -7,7 +7,7 @@ import math
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -352,17 +352,22 @@ def predict_probs(model: Net, images: np.ndarray, device: torch.device, batch: i
 
 
 @torch.no_grad()
+def feature_maps(model: Net, images: np.ndarray, device: torch.device, batch: int | None = None,
+                 precision: Precision = Precision(False)) -> Iterator[np.ndarray]:
+    """(N, 28, 28) uint8 -> the last stage's maps (B, C, side, side) float32, a chunk of images at a time, in
+    order; a pass can reduce each chunk as it comes. With `precision`'s autocast, in bfloat16 as training ran
+    (2.6x faster on an AMX CPU, docs/lab-notebook.md)."""
+    model.eval().to(memory_format=torch.channels_last)
+    batch = batch or eval_batch(device, FEATURE_BATCH_CPU)
+    for start in range(0, len(images), batch):
+        with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.autocast):
+            maps = model.features(to_tensor(images[start : start + batch], device))
+        yield maps.float().cpu().numpy()
+
+
 def predict_features(model: Net, images: np.ndarray, device: torch.device, batch: int | None = None,
                      spatial: str = "mean", precision: Precision = Precision(False)) -> np.ndarray:
     """(N, 28, 28) uint8 -> (N, D) float32 penultimate features, row i = image i: the last stage's maps
-    averaged over space (D = its channels) or flattened (the output layer's input, D = C x side x side).
-    With `precision`'s autocast, in bfloat16 as training ran (features are saved as float16; 2.6x faster on an
-    AMX CPU, docs/lab-notebook.md)."""
-    model.eval().to(memory_format=torch.channels_last)
-    batch = batch or eval_batch(device, FEATURE_BATCH_CPU)
-    out = []
-    for start in range(0, len(images), batch):
-        with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.autocast):
-            maps = model.features(to_tensor(images[start : start + batch], device)).float()
-        out.append((maps.mean(dim=(2, 3)) if spatial == "mean" else maps.flatten(1)).cpu().numpy())
-    return np.concatenate(out)
+    averaged over space (D = its channels) or flattened (the output layer's input, D = C x side x side)."""
+    return np.concatenate([maps.mean(axis=(2, 3)) if spatial == "mean" else maps.reshape(len(maps), -1)
+                           for maps in feature_maps(model, images, device, batch, precision)])

@@ -8,11 +8,11 @@ import time
 import numpy as np
 import torch
 
-from .. import data, evidence, jobs, manifest, outputs, recipes, report, rundir, scores
+from .. import data, evidence, jobs, manifest, members, neighbours, outputs, recipes, report, rundir, scores
 from ..config import ConfigError, Invocation, Recipe, RunOutputs, measured_choice
 from ..ensemble import MemberPlan, train_members, where
 from ..model import describe
-from ..train import Runtime, new_net
+from ..train import Precision, Runtime, feature_maps, new_net
 from .common import Log, begin, check_limits, environment, load, subset, timed, write_images
 from .crossfit import holdout_folds, out_of_sample, write_analysis
 from .health import write_health
@@ -81,7 +81,7 @@ def run(recipe: Recipe, outputs_: RunOutputs = RunOutputs(), inv: Invocation = I
         log(f"training {recipe.members} CNN(s) on {len(x_train)} {ds.name} images{held}, {ds.num_classes} classes, "
             f"{where(inv, device, precision)}")
         plan = [MemberPlan(rundir.MEMBER_STEM.format(m=m), seed, f"member {m + 1}/{recipe.members}",
-                           {"num_classes": ds.num_classes, "features": True, "fold": m}, y_test,
+                           {"num_classes": ds.num_classes, "fold": m}, y_test,
                            len(y_train) - (0 if folds is None else int((folds == m).sum())),
                            rundir.MODEL_FILE.format(m=m))
                 for m, seed in enumerate(recipe.member_seeds())]
@@ -89,13 +89,16 @@ def run(recipe: Recipe, outputs_: RunOutputs = RunOutputs(), inv: Invocation = I
             results = train_members(recipe, inv, plan, jobs.member_job,
                                     {"x_train": x_train, "y_train": y_train, "x_eval": x_test, "folds": folds}, log)
         timings["predict"] = round(sum(r.predict_seconds for r in results), 3)  # inside each member's job
-        timings["features"] = round(sum(r.feature_seconds for r in results), 3)  # likewise
         member_probs = np.stack([r.probs for r in results])
         with timed(timings, "scores"):
             table = scores.score_table(member_probs, y_test)
+        with timed(timings, "features"):
+            embedded, flat = features_pass(inv.out, results, x_train, x_test, device, precision)
+        with timed(timings, "unfamiliarity"):
+            familiar = unfamiliarity_columns(flat, table)
         with timed(timings, "evidence"):
-            embedded, near = write_evidence(inv.out, results, member_probs, y_train, table, ds.class_names,
-                                            precision.autocast)
+            near = write_evidence(inv.out, embedded, member_probs, y_train, table, ds.class_names, precision.autocast,
+                                  familiar)
         health_part, train_columns = None, None
         if folds is not None:
             oos = {"train": out_of_sample(results, folds, ds.num_classes), "test": member_probs.mean(axis=0)}
@@ -145,24 +148,54 @@ def write_results(out, outputs_: RunOutputs, x_test: np.ndarray, table: dict[str
     return tops
 
 
-def write_evidence(out, results, member_probs: np.ndarray, y_train: np.ndarray, table: dict[str, np.ndarray],
-                   names: tuple[str, ...], bf16: bool) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """embeddings.npz (the members' pooled features of every digit, and a sample of training digits' own
-    unfamiliarity: the percentiles' reference; `bf16`: whether the features pass ran under autocast, so that
-    `predict` embeds a user's image the same way), and the table's unfamiliarity and reasons columns; returns
-    the embeddings (float32) and each test digit's nearest training digits' labels (N, k)."""
-    embedded = {split: evidence.pool([r.features[key] for r in results]) for split, key in (("train", "train"),
-                                                                                          ("test", "eval"))}
-    sample, own = evidence.own_unfamiliarity(embedded["train"])
-    table["unfamiliarity"], near = evidence.near_and_unfamiliar(embedded["train"], y_train, embedded["test"])
+def features_pass(out, results, x_train: np.ndarray, x_test: np.ndarray, device: torch.device,
+                  precision: Precision) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every member's last-stage maps of every digit, in one pass after training (on the driver, whatever the
+    backend): {"train", "test"} the features averaged over space (evidence.POOLING), and the maps flattened
+    (unfamiliarity's), each pooled over the members (float32, row i = digit i)."""
+    pooled: dict[str, list] = {"train": [], "test": []}
+    flat: dict[str, np.ndarray] = {}
+    for m, r in enumerate(results):  # a member finished before a --resume comes back without its CNN
+        model = (r.model if r.model is not None else members.load_model(out, rundir.MODEL_FILE.format(m=m))).to(device)
+        for split, x in (("train", x_train), ("test", x_test)):
+            means, start = [], 0
+            for maps in feature_maps(model, x, device, precision=precision):  # reduced a chunk at a time: in cache
+                means.append(maps.mean(axis=(2, 3)))
+                rows = maps.reshape(len(maps), -1)
+                if split not in flat:
+                    flat[split] = np.zeros((len(x), rows.shape[1]), dtype=np.float32)
+                flat[split][start : start + len(rows)] += neighbours.unit(rows) / len(results)
+                start += len(rows)
+            pooled[split].append(np.concatenate(means))
+    return {split: evidence.pool(f) for split, f in pooled.items()}, flat
+
+
+def unfamiliarity_columns(flat: dict[str, np.ndarray], table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The table's unfamiliarity columns, in evidence.Layout fitted on the training digits' pooled flattened
+    maps (`flat`, from features_pass); returns what embeddings.npz keeps of it."""
+    layout = evidence.Layout.fit(flat["train"])
+    train, test = layout(flat["train"]), layout(flat["test"])
+    sample, own = evidence.own_unfamiliarity(train)
+    table["unfamiliarity"] = evidence.unfamiliarity(train, test)
     table["unfamiliarity_pct"] = evidence.percentile_of(table["unfamiliarity"], own)
+    return {"layout_train": train.astype(np.float16), "layout_basis": layout.basis, "calibration_index": sample,
+            "calibration_unfamiliarity": own.astype(np.float32)}
+
+
+def write_evidence(out, embedded: dict[str, np.ndarray], member_probs: np.ndarray, y_train: np.ndarray,
+                   table: dict[str, np.ndarray], names: tuple[str, ...], bf16: bool,
+                   familiar: dict[str, np.ndarray]) -> np.ndarray:
+    """embeddings.npz (the members' pooled features of every digit, and `familiar`: unfamiliarity's embedding of
+    the training digits, its basis, and a sample of their own unfamiliarity, the percentiles' reference; `bf16`:
+    whether the features pass ran under autocast, as `predict` runs it through torch), and the table's reasons
+    column; returns each test digit's nearest training digits' labels (N, k)."""
+    near = evidence.near_labels(embedded["train"], y_train, embedded["test"])
     table["reasons"] = np.array(evidence.reasons(member_probs, table["label"], near, table["unfamiliarity_pct"],
                                                  names))
     rundir.save_npz(out, rundir.EMBEDDINGS_FILE, train=embedded["train"].astype(np.float16),
-                    test=embedded["test"].astype(np.float16), calibration_index=sample,
-                    calibration_unfamiliarity=own.astype(np.float32),
-                    pooling=np.array(evidence.POOLING), features_bf16=np.array(bf16))
-    return embedded, near
+                    test=embedded["test"].astype(np.float16), pooling=np.array(evidence.POOLING),
+                    features_bf16=np.array(bf16), **familiar)
+    return near
 
 
 def write_neighbours(out, tops: dict[str, list[int]], table: dict[str, np.ndarray], embedded: dict[str, np.ndarray],
