@@ -3,10 +3,10 @@
 Each member's penultimate features (its last stage's maps averaged over space) come from the run's saved
 CNNs, as the run's features pass computes them (in bf16 where it did). For every test digit, its k nearest
 training digits (cosine) are found in each pooling of them: one member's, the mean of the members'
-L2-normalised features (what the run writes to embeddings.npz), and their concatenation. Reported per pooling: the fraction of the
-neighbours that carry the ensemble's predicted class and the fraction that carry the digit's own
-label, averaged over the test set; the embedding's width and its size in float16 for every digit;
-the seconds the neighbour search took.
+L2-normalised features (what the run writes to embeddings.npz), and their concatenation. Reported per
+pooling: the fraction of the neighbours that carry the ensemble's predicted class and the fraction that carry
+the digit's own label, averaged over the test set; the embedding's width and its size in float16 for every
+digit; the seconds the neighbour search took.
 
     python bench/embeddings.py RUN_DIR [--device cpu]
 """

@@ -37,7 +37,8 @@ def _rows(path):
 
 def test_every_output_file_is_written(tiny_run):
     for name in ["scores.csv", "summary.json", "config.json", "probs.npz", "models/member-0.pt", "models/member-1.pt",
-                 "models/member-0.npz", "models/member-1.npz", "report.html", "embeddings.npz", "neighbours.csv", "duplicates.csv", "health.json",
+                 "models/member-0.npz", "models/member-1.npz",
+                 "report.html", "embeddings.npz", "neighbours.csv", "duplicates.csv", "health.json",
                  *(f"top_{n}.png" for n in scores.RANKINGS)]:
         assert (tiny_run / name).is_file(), name
     assert not list(tiny_run.glob(".*.tmp")), "temporary files left behind"
