@@ -87,9 +87,11 @@ def test_the_training_digits_own_unfamiliarity_is_taken_on_a_seeded_sample():
 
 def test_label_issue_reasons_leave_out_neighbours_not_searched_or_padded():
     table = {"index": np.arange(3), "given_label": np.array([1, 2, 0]), "suggested_label": np.array([7, 2, 0]),
-             "label_quality": np.array([0.1, 0.9, 0.8]), "is_label_issue": np.array([1, 0, 0])}
+             "label_quality": np.array([0.1, 0.9, 0.8]), "is_label_issue": np.array([1, 0, 0]),
+             "rank": np.array([1, 3, 2])}
     near = np.array([[7, 7, -1], [-1, -1, -1], [0, 2, 0]])  # fewer than k training digits; one row not searched
     out = evidence.label_issue_reasons(table, near, tuple("0123456789"))
     assert out[0].endswith("2 of its 2 nearest training digits are 7s") and "given 1" in out[0]
-    assert "nearest" not in out[1] and out[1].startswith("cleanlab keeps its label")
+    assert out[0].startswith("rank 1 of 3; flagged by cleanlab (quality 0.1)")
+    assert "nearest" not in out[1] and out[1].startswith("rank 3 of 3; not flagged at cleanlab's thresholds")
     assert out[2].endswith("2 of its 3 nearest training digits are 0s")

@@ -250,7 +250,8 @@ def _cmd_audit(a: argparse.Namespace) -> None:
         s = audit.run_audit(recipe, AuditPlan(**_given(a, AuditPlan)), inv, log=print)
     top = ", ".join(f"#{i} ({given} \u2192 {suggested})" for i, (given, suggested) in zip(s["top"][:5], s["top_labels"]))
     print(f"{s['data']['dataset']}, {s['split']} set: cross-validated accuracy {s['cv_accuracy']:.2%}; cleanlab flags "
-          f"{s['label_issues_found']} label issues; most suspect (given \u2192 suggested): {top}; results in {inv.out}/")
+          f"{s['label_issues_found']} at its default thresholds; most suspect (given \u2192 suggested): {top}; results in "
+          f"{inv.out}/")
 
 
 def _cmd_experiment(a: argparse.Namespace) -> None:

@@ -180,14 +180,16 @@ def reasons(member_probs: np.ndarray, labels: np.ndarray, near_labels: np.ndarra
 
 
 def label_issue_reasons(table: dict[str, np.ndarray], near_labels: np.ndarray, names: tuple[str, ...]) -> list[str]:
-    """One short sentence of facts per audited digit: cleanlab's verdict, the suggested class, and its nearest
-    training digits. `table` is audit.label_issue_table's; `near_labels` (N, k) the labels of each digit's
+    """One short sentence of facts per audited digit: its rank in the audit, cleanlab's verdict, the suggested class,
+    and its nearest training digits. `table` is audit.label_issue_table's; `near_labels` (N, k) the labels of each digit's
     nearest training digits, -1 where none was searched (a row of -1: that part is left out)."""
     out = []
     for i in range(len(table["index"])):
         given, suggested = names[table["given_label"][i]], names[table["suggested_label"][i]]
-        flagged = "cleanlab flags its label" if table["is_label_issue"][i] else "cleanlab keeps its label"
-        parts = [f"{flagged} (quality {table['label_quality'][i]:.2g})"]
+        # cleanlab's default thresholds flag few on a clean test set: the rank is what to read, not the flag
+        flagged = "flagged by cleanlab" if table["is_label_issue"][i] else "not flagged at cleanlab's thresholds"
+        parts = [f"rank {int(table['rank'][i]):,} of {len(table['index']):,}; {flagged} "
+                 f"(quality {table['label_quality'][i]:.2g})"]
         if suggested != given:
             parts.append(f"given {given}, the out-of-sample networks suggest {suggested}")
         near = near_labels[i][near_labels[i] >= 0]  # fewer training digits than k: padded with -1

@@ -63,8 +63,8 @@ def write_analysis(out, recipe: Recipe, record: dict, data: tuple[np.ndarray, ..
             "quality_method": audit.QUALITY_METHOD, "data": record, "recipe": recipe.to_json(),
             "ranked_by": TRAIN_RANKING if split == "train" else "label_quality",
             "audit": {"folds": recipe.holdout_folds, "split": split, "top": plan.top}})
-        log(f"{split}-set audit: {found[split]} suspected label errors (cleanlab on out-of-sample probabilities, "
-            f"accuracy {(oos[split].argmax(1) == y).mean():.2%})")
+        log(f"{split}-set audit: {len(y):,} labels ranked in {rundir.AUDIT[split].table}, {found[split]} flagged at "
+            f"cleanlab's default thresholds (out-of-sample accuracy {(oos[split].argmax(1) == y).mean():.2%})")
     seconds["audits"] = round(time.perf_counter() - start, 3)
     return {"folds": recipe.holdout_folds, "holdout_accuracy": float((oos["train"].argmax(1) == y_train).mean()),
             "label_issues_found": found, "regions": regions, "seconds": seconds}
