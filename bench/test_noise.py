@@ -36,14 +36,19 @@ def rankings(member_probs: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarr
     """Every ranking of the test labels (HIGHER = more suspect) from the members' (M, N, K) probabilities: the
     run's own test audit (cleanlab's normalized margin on the members' mean), self-confidence on the mean,
     cleanlab's ensemble score over the members, and the share of members that read another class."""
-    mean = member_probs.mean(axis=0).astype(np.float64)
-    mean /= mean.sum(axis=1, keepdims=True)
+    mean = ensemble_mean(member_probs)
     votes = member_probs.argmax(axis=2)
     return {"run_audit": 1 - audit.label_issue_table(labels, mean)["label_quality"],
             "self_confidence": 1 - get_label_quality_scores(labels, mean, method="self_confidence"),
             "ensemble_margin": 1 - get_label_quality_ensemble_scores(
                 labels, [p.astype(np.float64) for p in member_probs], method="normalized_margin", verbose=False),
             "members_disagree": (votes != labels).mean(axis=0) + 1e-3 * (1 - mean[np.arange(len(labels)), labels])}
+
+
+def ensemble_mean(member_probs: np.ndarray) -> np.ndarray:
+    """(N, K) the members' mean in float64, rows summing to 1 as cleanlab checks."""
+    mean = member_probs.mean(axis=0).astype(np.float64)
+    return mean / mean.sum(axis=1, keepdims=True)
 
 
 def flag_score(flagged: np.ndarray, flipped: np.ndarray) -> dict[str, float]:
@@ -69,7 +74,7 @@ def read_score(suspicion: np.ndarray, flipped: np.ndarray, read: np.ndarray) -> 
 def one_run(member_probs: np.ndarray, labels: np.ndarray, seed: int, rates: list[float], draws: int,
             models: list[str], review: list[dict]) -> list[dict]:
     """Rows (model, rate, draw, scores, flags) for one run, plus one row of the clean labels' review check."""
-    mean = member_probs.mean(axis=0)
+    mean = ensemble_mean(member_probs)
     second = np.argsort(-mean, axis=1, kind="stable")[:, 1]
     read = mean.argmax(axis=1) == labels  # the digits the ensemble reads as their (clean) label
     rows = []
@@ -79,7 +84,7 @@ def one_run(member_probs: np.ndarray, labels: np.ndarray, seed: int, rates: list
                 rng = np.random.default_rng([seed, NOISE_STREAM, MODELS.index(model), int(rate * 1e6), d])
                 noisy, flipped = flip_labels(labels, rate, model, rng, second)
                 found = rankings(member_probs, noisy)
-                flagged = audit.label_issue_table(noisy, mean.astype(np.float64))["is_label_issue"].astype(bool)
+                flagged = audit.label_issue_table(noisy, mean)["is_label_issue"].astype(bool)
                 rows.append({"model": model, "rate": rate, "draw": d, "flipped": len(flipped),
                              "scores": {k: read_score(v, flipped, read) for k, v in found.items()},
                              "flags": flag_score(flagged, flipped)})
@@ -122,17 +127,20 @@ def summarise(per_run: list[list[dict]]) -> dict:
     return summary
 
 
-def table_md(summary: dict) -> str:
-    """Markdown: AP (and ap_read) per noise model and rate for every ranking, the flags, then the review check."""
+def table_md(summary: dict, runs: int) -> str:
+    """Markdown: AP (and ap_read) per noise model and rate for every ranking, the flags, then the review check;
+    with one run, no spread."""
     keys = [k for k in summary if k[0] != "human review"]
     names = [n for n in summary[keys[0]] if n != "flags"] if keys else []
-    lines = ["AP mean ± std over the runs (in brackets: ap_read, over the digits the ensemble reads as labelled)", "",
+    spread = (lambda sd: f" ± {sd:.3f}") if runs > 1 else (lambda sd: "")  # noqa: E731
+    what = f"AP mean ± std over {runs} runs" if runs > 1 else "AP of one run (one seed: no spread)"
+    lines = [f"{what} (in brackets: ap_read, over the digits the ensemble reads as labelled)", "",
              "| noise | rate | " + " | ".join(names) + " | cleanlab's flags: precision / recall / flagged |",
              "|---|---|" + "---|" * (len(names) + 1)]
     for key in keys:
         v = summary[key]
         f = v["flags"]
-        lines.append(f"| {key[0]} | {key[1]:g} | " + " | ".join(f"{v[n]['ap'][0]:.3f} ± {v[n]['ap'][1]:.3f} "
+        lines.append(f"| {key[0]} | {key[1]:g} | " + " | ".join(f"{v[n]['ap'][0]:.3f}{spread(v[n]['ap'][1])} "
                                                             f"({v[n]['ap_read'][0]:.3f})" for n in names)
                      + f" | {f['precision'][0]:.2f} / {f['recall'][0]:.2f} / {f['flagged'][0]:.0f} |")
     checks = [(k[1], v) for k, v in summary.items() if k[0] == "human review"]
@@ -169,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
         per_run.append(one_run(member_probs, labels, seed, rates, args.draws, models, review))
         print(f"{run_dir}: seed {seed}, {len(labels)} test digits", flush=True)
     summary = summarise(per_run)
-    text = table_md(summary)
+    text = table_md(summary, len(per_run))
     print(text)
     if args.out is not None:
         args.out.write_text(json.dumps({"runs": [str(r) for r in args.runs], "rows": per_run,

@@ -111,7 +111,8 @@ def test_without_an_audit_the_answers_name_the_commands_that_would_measure_it(fa
 def test_with_an_audit_the_answers_quote_the_flagged_labels_and_the_review(audited_facts, audited_run):
     v = json.loads((audited_run / "validation.json").read_text())["rankings"]["label_issues"]
     sentence = report_text.label_issue_sentence(audited_facts, "digit")
-    assert f"flags {audited_facts['label_issues_found']} test digits" in sentence
+    n = audited_facts["label_issues_found"]
+    assert f"flags {n} test digit{'' if n == 1 else 's'} as likely label error" in sentence
     assert f"{len(v['errors'])} confirmed label errors among {v['reviewed']} reviewed test digits" in sentence
     assert f"{v['errors_in_top_10']} of them in its top 10" in sentence
     assert f"{v['errors_in_top_100']} in its top 100" in sentence
@@ -129,3 +130,12 @@ def test_every_sentence_speaks_of_the_data_sets_items(facts, audited_facts):
         assert "digit" not in images.lower().replace("ambiguous-digits", "")
         assert re.sub(r"\b([Ii])mage", lambda m: ("D" if m.group(1) == "I" else "d") + "igit", images) == digits
     assert "test images" in _text(facts, "image") and "training images" in _text(facts, "image")
+
+
+@pytest.mark.parametrize("n, words", [(0, "flags 0 test digits as likely label errors at its default thresholds"),
+                                      (1, "flags 1 test digit as likely label error at its default thresholds"),
+                                      (2, "flags 2 test digits as likely label errors at its default thresholds")])
+def test_the_flag_count_reads_as_english_and_points_to_the_ranking(n, words):
+    sentence = report_text.label_issue_sentence({"label_issues_found": n, "validation": None, "dataset": "mnist"},
+                                                "digit")
+    assert words in sentence and "ranked by its label quality" in sentence

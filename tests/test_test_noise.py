@@ -58,4 +58,5 @@ def test_one_run_finds_planted_flips_and_summarise_averages_draws_then_runs():
     rows[0]["scores"]["run_audit"]["ap"], rows[1]["scores"]["run_audit"]["ap"] = 0.2, 0.4  # run 0, uniform: mean 0.3
     mean, std = tn.summarise(per_run)[("uniform", 0.01)]["run_audit"]["ap"]
     assert mean == pytest.approx((0.3 + 1.0) / 2) and std == pytest.approx(np.std([0.3, 1.0], ddof=1))
-    assert "run_audit" in tn.table_md(summary)
+    assert "run_audit" in tn.table_md(summary, 2) and "1.000 ± 0.000" in tn.table_md(summary, 2)
+    assert "±" not in tn.table_md(tn.summarise(per_run[:1]), 1)  # one run: no spread to show

@@ -154,8 +154,9 @@ def label_issue_sentence(f: dict, noun: str) -> str:
         return (f"Whether some of these {noun}s carry a wrong label is not measured in this run (one member, "
                 f"--no-cross-fit, or a run made before 0.8): run 'ambiguous-digits audit'{validate_too} into this directory and re-render "
                 f"the report.")
-    text = (f"cleanlab flags {f['label_issues_found']} test {noun}s as likely label errors at its default "
-            f"thresholds; every test {noun} is ranked by its label quality, the most suspect first.")
+    n = f["label_issues_found"]
+    text = (f"cleanlab flags {n} test {noun}{'' if n == 1 else 's'} as likely label error{'' if n == 1 else 's'} "
+            f"at its default thresholds; every test {noun} is ranked by its label quality, the most suspect first.")
     if f["validation"]:
         v0 = next(iter(f["validation"].values()))
         found = "; ".join(f"the {name.replace('_', ' ')} ranking holds {v['errors_in_top_10']} of them in its top 10 "
