@@ -76,7 +76,8 @@ class Seen:
 
 def look(ensemble: predict.Ensemble, familiar: evidence.Familiar, images: np.ndarray) -> Seen:
     """(N, 28, 28) uint8 images through the ensemble, as `predict` puts a user's digit through it."""
-    return Seen(ensemble.member_probs(images), *familiar.score(predict.embed(ensemble, familiar, images)))
+    member_probs, unfamiliar = predict.see(ensemble, familiar, images)
+    return Seen(member_probs, *unfamiliar)
 
 
 def _entropy(s: Seen) -> np.ndarray:

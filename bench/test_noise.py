@@ -32,13 +32,14 @@ from ambiguous_digits import audit, manifest, rundir, scores, validate  # noqa: 
 from bench.label_noise import MODELS, NOISE_STREAM, flip_labels, score  # noqa: E402
 
 
-def rankings(member_probs: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+def rankings(member_probs: np.ndarray, labels: np.ndarray, table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every ranking of the test labels (HIGHER = more suspect) from the members' (M, N, K) probabilities: the
-    run's own test audit (cleanlab's normalized margin on the members' mean), self-confidence on the mean,
-    cleanlab's ensemble score over the members, and the share of members that read another class."""
+    run's own test audit (`table`: audit.label_issue_table on the members' mean, as the run makes it),
+    self-confidence on the mean, cleanlab's ensemble score over the members, and the share of members that read
+    another class."""
     mean = ensemble_mean(member_probs)
     votes = member_probs.argmax(axis=2)
-    return {"run_audit": 1 - audit.label_issue_table(labels, mean)["label_quality"],
+    return {"run_audit": 1 - table["label_quality"],
             "self_confidence": 1 - get_label_quality_scores(labels, mean, method="self_confidence"),
             "ensemble_margin": 1 - get_label_quality_ensemble_scores(
                 labels, [p.astype(np.float64) for p in member_probs], method="normalized_margin", verbose=False),
@@ -83,14 +84,15 @@ def one_run(member_probs: np.ndarray, labels: np.ndarray, seed: int, rates: list
             for d in range(draws):
                 rng = np.random.default_rng([seed, NOISE_STREAM, MODELS.index(model), int(rate * 1e6), d])
                 noisy, flipped = flip_labels(labels, rate, model, rng, second)
-                found = rankings(member_probs, noisy)
-                flagged = audit.label_issue_table(noisy, mean)["is_label_issue"].astype(bool)
+                table = audit.label_issue_table(noisy, mean)
+                found = rankings(member_probs, noisy, table)
+                flagged = table["is_label_issue"].astype(bool)
                 rows.append({"model": model, "rate": rate, "draw": d, "flipped": len(flipped),
                              "scores": {k: read_score(v, flipped, read) for k, v in found.items()},
                              "flags": flag_score(flagged, flipped)})
     if review:
         checks = {}
-        for name, s in rankings(member_probs, labels).items():
+        for name, s in rankings(member_probs, labels, audit.label_issue_table(labels, mean)).items():
             v = validate.validate_ranking(scores.rank(s), review)
             checks[name] = {"errors_in_top_100": v["errors_in_top_100"], "average_precision": v["average_precision"]}
         rows.append({"model": "human review", "checks": checks})
@@ -98,8 +100,9 @@ def one_run(member_probs: np.ndarray, labels: np.ndarray, seed: int, rates: list
 
 
 def summarise(per_run: list[list[dict]]) -> dict:
-    """(model, rate) -> {ranking: (mean, std) of AP, recall at k and ap_read; "flags": (mean, std) of precision, recall and
-    the count}, where each run's value is the mean over its draws; and the review check's per-run values."""
+    """(model, rate) -> {ranking: (mean, std) of AP, recall at k and ap_read; "flags": (mean, std) of precision,
+    recall and the count}, where each run's value is the mean over its draws; and the review check's per-run
+    values."""
     out: dict = {}
     for rows in per_run:
         by_key: dict = {}
@@ -110,8 +113,8 @@ def summarise(per_run: list[list[dict]]) -> dict:
                 continue
             by_key.setdefault((r["model"], r["rate"]), []).append(r)
         for key, rs in by_key.items():
-            run_means = {name: {m: float(np.mean([r["scores"][name][m] for r in rs])) for m in ("ap", "recall_at_k", "ap_read")}
-                         for name in rs[0]["scores"]}
+            run_means = {name: {m: float(np.mean([r["scores"][name][m] for r in rs]))
+                                for m in ("ap", "recall_at_k", "ap_read")} for name in rs[0]["scores"]}
             run_means["flags"] = {m: float(np.mean([r["flags"][m] for r in rs])) for m in ("precision", "recall",
                                                                                           "flagged")}
             for name, v in run_means.items():

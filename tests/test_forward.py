@@ -52,6 +52,6 @@ def test_the_saved_weights_leave_out_the_batch_counters_and_keep_the_shape():
 
 
 def test_the_weights_file_predict_reads_is_the_one_a_member_saves():
-    from ambiguous_digits import members, rundir
+    from ambiguous_digits import rundir
 
-    assert members.weights_name(rundir.MODEL_FILE.format(m=3)) == rundir.WEIGHTS_FILE.format(m=3)
+    assert rundir.weights_file(rundir.MODEL_FILE.format(m=3)) == "models/member-3.npz"

@@ -290,6 +290,11 @@ def test_predict_runs_the_members_in_numpy_as_torch_runs_them(trained, mnist):
     np.testing.assert_allclose(numpy_.member_probs(x), torch_.member_probs(x), atol=1e-5)
     found = [familiar.score(predict.embed(e, familiar, x))[0] for e in (numpy_, torch_)]
     np.testing.assert_allclose(found[0], found[1], rtol=1e-3, atol=1e-5)
+    # predict.see's one pass gives what the two separate passes give, byte for byte
+    probs, (unfamiliarity, pct) = predict.see(numpy_, familiar, x)
+    assert probs.tobytes() == numpy_.member_probs(x).tobytes() and unfamiliarity.tobytes() == found[0].tobytes()
+    assert pct.tobytes() == familiar.score(predict.embed(numpy_, familiar, x))[1].tobytes()
+    assert predict.see(numpy_, None, x)[1] is None
 
 
 def test_predict_embeds_a_training_digit_where_the_run_put_it(trained, mnist):

@@ -78,18 +78,29 @@ class NumpyNet:
 
     def features(self, digits: np.ndarray, spatial: str = "mean") -> np.ndarray:
         """(N, D) penultimate features, as train.predict_features gives in float32 (`spatial` the same)."""
-        maps = self.maps(digits)
-        return maps.mean(axis=(2, 3)) if spatial == "mean" else maps.reshape(len(maps), -1)
+        return _features(self.maps(digits), spatial)
 
     def probs(self, digits: np.ndarray) -> np.ndarray:
         """(N, K) float32 class probabilities, as train.predict_probs gives."""
-        x = self.maps(digits).reshape(len(digits), -1)
+        return self._probs(self.maps(digits))
+
+    def outputs(self, digits: np.ndarray, spatial: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+        """probs and features of the same digits from one pass through the stages."""
+        maps = self.maps(digits)
+        return self._probs(maps), _features(maps, spatial)
+
+    def _probs(self, maps: np.ndarray) -> np.ndarray:
+        x = maps.reshape(len(maps), -1)
         for weight, bias, norm in self.head:
             x = x @ weight if bias is None else x @ weight + bias
             if norm is not None:
                 x = np.maximum(norm(x), 0)
         x = np.exp(x - x.max(axis=1, keepdims=True))
         return (x / x.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _features(maps: np.ndarray, spatial: str) -> np.ndarray:
+    return maps.mean(axis=(2, 3)) if spatial == "mean" else maps.reshape(len(maps), -1)
 
 
 def _conv3x3(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:

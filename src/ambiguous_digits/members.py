@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import files, manifest
+from . import files, manifest, rundir
 from .config import ConfigError, Recipe
 from .model import Net, arrays, checkpoint, from_checkpoint
 from .train import Dynamics, Runtime, predict_probs, train
@@ -79,7 +79,7 @@ def save_member(run_dir: Path, stem: str, result: MemberResult, model_name: str 
     paths = []
     if model_name is not None:
         paths.append(_save_torch(run_dir / model_name, checkpoint(result.model)))
-        paths.append(_save_arrays(run_dir / weights_name(model_name), arrays(result.model)))
+        paths.append(_save_arrays(run_dir / rundir.weights_file(model_name), arrays(result.model)))
     path = run_dir / f"{stem}.npz"
     files.make_dirs(path.parent)
     extra = ({} if result.holdout_probs is None else
@@ -147,11 +147,6 @@ def drop_states(run_dir: Path, stem: str, keep: str | None = None) -> None:
     manifest.forget(run_dir, *stale)
     for name in stale:
         (run_dir / name).unlink(missing_ok=True)
-
-
-def weights_name(model_name: str) -> str:
-    """models/member-M.pt -> models/member-M.npz (rundir.WEIGHTS_FILE): the same CNN for forward.NumpyNet."""
-    return str(Path(model_name).with_suffix(".npz"))
 
 
 def _save_arrays(path: Path, named: dict[str, np.ndarray]) -> Path:

@@ -41,6 +41,9 @@ class Ensemble(Protocol):
         """(M,) arrays (N, D): each member's penultimate features ("mean" or "flat", as train.predict_features
         gives them), in bfloat16 where `bf16` and the ensemble can."""
 
+    def member_outputs(self, digits: np.ndarray, spatial: str, bf16: bool) -> tuple[np.ndarray, list[np.ndarray]]:
+        """member_probs and member_features of the same digits, in one pass where the ensemble can."""
+
 
 @dataclass(frozen=True)
 class NumpyEnsemble:
@@ -54,6 +57,11 @@ class NumpyEnsemble:
 
     def member_features(self, digits: np.ndarray, spatial: str, bf16: bool = False) -> list[np.ndarray]:
         return [net.features(digits, spatial) for net in self.nets]
+
+    def member_outputs(self, digits: np.ndarray, spatial: str,
+                       bf16: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
+        found = [net.outputs(digits, spatial) for net in self.nets]  # float32 both: one pass serves both
+        return np.stack([probs for probs, _ in found]), [features for _, features in found]
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,11 @@ class TorchEnsemble:
         return [predict_features(m, digits, self.device, spatial=spatial, precision=Precision(bf16))
                 for m in self.models]
 
+    def member_outputs(self, digits: np.ndarray, spatial: str,
+                       bf16: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
+        # Two passes: the probabilities in float32, the features in bfloat16 where the run's were.
+        return self.member_probs(digits), self.member_features(digits, spatial, bf16)
+
 
 def load_ensemble(run_dir: Path, device: str = "cpu", in_numpy: bool = True) -> tuple[Ensemble, list[str], str]:
     """The finished run's members (each file checked against the manifest), class names and data set. With
@@ -82,7 +95,7 @@ def load_ensemble(run_dir: Path, device: str = "cpu", in_numpy: bool = True) -> 
     if not manifest.listed(run_dir, rundir.SUMMARY_FILE):
         raise ConfigError(f"--run: {run_dir} holds no finished run (no {rundir.SUMMARY_FILE}); finish it with --resume")
     summary = json.loads(manifest.verified(run_dir, rundir.SUMMARY_FILE).read_text())
-    weights = [rundir.WEIGHTS_FILE.format(m=m) for m in range(summary["members"])]
+    weights = [rundir.weights_file(rundir.MODEL_FILE.format(m=m)) for m in range(summary["members"])]
     if in_numpy and device == "cpu" and all(manifest.listed(run_dir, w) for w in weights):
         ensemble: Ensemble = NumpyEnsemble([NumpyNet.load(manifest.verified(run_dir, w)) for w in weights])
         k = ensemble.nets[0].num_classes
@@ -117,6 +130,16 @@ def load_familiar(run_dir: Path, warn) -> evidence.Familiar | None:
 def embed(ensemble: Ensemble, familiar: evidence.Familiar, digits: np.ndarray) -> np.ndarray:
     """(N, 28, 28) uint8 -> (N, d) float32 queries for familiar.score, embedded as the run embedded its own."""
     return familiar.embed(ensemble.member_features(digits, familiar.spatial, familiar.bf16))
+
+
+def see(ensemble: Ensemble, familiar: evidence.Familiar | None,
+        digits: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """(N, 28, 28) uint8 -> (M, N, K) member probabilities and, with `familiar`, each digit's (N,) unfamiliarity
+    and (N,) percentile (familiar.score), from one pass through a numpy ensemble."""
+    if familiar is None:
+        return ensemble.member_probs(digits), None
+    member_probs, features = ensemble.member_outputs(digits, familiar.spatial, familiar.bf16)
+    return member_probs, familiar.score(familiar.embed(features))
 
 
 def measures(member_probs: np.ndarray) -> dict[str, np.ndarray]:
@@ -189,9 +212,9 @@ def _score(images: list[Path], ensemble: Ensemble, familiar: evidence.Familiar |
             warn(f"predict: error: {e}")
             failed.append(path)
             continue
-        member_probs = ensemble.member_probs(digit[None])
+        member_probs, unfamiliar = see(ensemble, familiar, digit[None])
         m = {k: v[0] for k, v in measures(member_probs).items()}
-        if familiar is not None:
-            (m["unfamiliarity"],), (m["unfamiliarity_pct"],) = familiar.score(embed(ensemble, familiar, digit[None]))
+        if unfamiliar is not None:
+            (m["unfamiliarity"],), (m["unfamiliarity_pct"],) = unfamiliar
         log(show(path, member_probs.mean(axis=0)[0], m, saved))
     return failed

@@ -53,7 +53,6 @@ CLEANED_FILE = "cleaned.npz"
 CLEANING_FILE = "cleaning.json"
 MEMBER_STEM = "members/member-{m}"
 MODEL_FILE = "models/member-{m}.pt"
-WEIGHTS_FILE = "models/member-{m}.npz"  # the same CNN for forward.NumpyNet (members.weights_name of MODEL_FILE)
 FOLD_STEM = "folds/{split}-fold-{f}-member-{m}"
 IMAGES_DIR = "imgs"
 PREDICTIONS_DIR = "predictions"
@@ -89,6 +88,11 @@ AUDIT = {
     "train": AuditFiles("train_label_issues.csv", "cv_probs_train.npz", "top_train_label_issues.png",
                         f"{IMAGES_DIR}/train", "audit_train.json", "audit_train_config.json", "audit_train_data.json"),
 }
+
+
+def weights_file(model_name: str) -> str:
+    """models/member-M.pt (MODEL_FILE) -> models/member-M.npz: the same CNN's weights for forward.NumpyNet."""
+    return str(Path(model_name).with_suffix(".npz"))
 
 
 def sheet_file(ranking: str) -> str:
