@@ -64,14 +64,16 @@ def fpr_at_recall(inside: np.ndarray, outside: np.ndarray, recall: float = RECAL
 # ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Seen:
-    """One batch's member probabilities (M, N, K), unfamiliarity (N,) and its training percentile (N,)."""
+    """One batch's member probabilities (M, N, K), unfamiliarity (N,), its training percentile (N,), and the
+    unfamiliarity as given (N,), no turn looked at (evidence.upright)."""
 
     member_probs: np.ndarray
     unfamiliarity: np.ndarray
     pct: np.ndarray
+    as_given: np.ndarray
 
     def rows(self, keep: np.ndarray) -> Seen:
-        return Seen(self.member_probs[:, keep], self.unfamiliarity[keep], self.pct[keep])
+        return Seen(self.member_probs[:, keep], self.unfamiliarity[keep], self.pct[keep], self.as_given[keep])
 
 
 def look(ensemble: predict.Ensemble, familiar: evidence.Familiar, images: np.ndarray) -> Seen:
@@ -91,13 +93,15 @@ def _either(s: Seen, ref: Seen) -> np.ndarray:
 
 
 # name -> score(seen, in-distribution test set's seen): (N,), HIGHER = less like the training data. The first four
-# from the ensemble's probabilities (scores.py), "combined" the higher of two percentiles (_either).
+# from the ensemble's probabilities (scores.py), "as given" the unfamiliarity without its turns (0.10's score),
+# "combined" the higher of two percentiles (_either).
 SCORES = {
     "1 - max prob": lambda s, ref: 1 - s.member_probs.mean(axis=0).max(axis=1),
     "entropy": lambda s, ref: _entropy(s),
     "mutual info": lambda s, ref: scores.mutual_information(s.member_probs),
     "disagreement": lambda s, ref: scores.vote_disagreement(s.member_probs),
     "unfamiliarity": lambda s, ref: s.unfamiliarity,
+    "as given": lambda s, ref: s.as_given,
     "combined": _either,
 }
 

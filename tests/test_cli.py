@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ambiguous_digits import cli, manifest, rundir, scores
+from ambiguous_digits import cli, evidence, manifest, rundir, scores
 from ambiguous_digits.commands import run as run_command
 from ambiguous_digits.config import ConfigError, Invocation, Recipe, RunOutputs
 
@@ -59,6 +59,10 @@ def test_embeddings_hold_every_digit_of_both_splits_and_neighbours_list_the_top_
         assert z["train"].shape == (600, 32) and z["test"].shape == (300, 32) and z["train"].dtype == np.float16
         assert z["calibration_index"].tolist() == list(range(600))  # fewer training digits than the sample: all
         assert z["calibration_unfamiliarity"].shape == (600,)
+        # its scores look at the quarter turns where few training digits are more familiar turned
+        upright = float(z["turned_more_familiar"]) <= evidence.UPRIGHT_SHARE
+        assert ("unfamiliarity_turns" in z.files) == upright
+        assert not upright or z["unfamiliarity_turns"].tolist() == list(evidence.TURNS)
         # unfamiliarity's own embedding of the training digits, from the 32 x 3 x 3 maps projected on 128 of 288
         assert z["layout_train"].shape == (600, 128) and z["layout_basis"].shape == (288, 128)
         bf16 = bool(z["features_bf16"])  # how predict's torch path embeds a user's image

@@ -77,12 +77,48 @@ def test_neighbour_rows_give_one_row_per_digit_role_and_rank():
 def test_the_training_digits_own_unfamiliarity_is_taken_on_a_seeded_sample():
     rng = np.random.default_rng(5)
     train = rng.normal(size=(300, 8))
-    rows, own = evidence.own_unfamiliarity(train, sample=50)
-    again, same = evidence.own_unfamiliarity(train, sample=50)
-    assert len(rows) == 50 and (np.diff(rows) > 0).all() and (rows == again).all() and (own == same).all()
+    rows, again = evidence.calibration_rows(300, sample=50), evidence.calibration_rows(300, sample=50)
+    own = evidence.own_unfamiliarity(train, rows)
+    assert len(rows) == 50 and (np.diff(rows) > 0).all() and (rows == again).all()
     np.testing.assert_allclose(own, evidence.unfamiliarity(train)[rows])  # as scored over every training digit
-    all_rows, _ = evidence.own_unfamiliarity(train, sample=1000)
-    assert all_rows.tolist() == list(range(300))
+    assert evidence.calibration_rows(300, sample=1000).tolist() == list(range(300))
+
+
+def test_a_training_digit_turned_is_scored_without_itself():
+    rng = np.random.default_rng(6)
+    train = np.abs(rng.normal(size=(200, 8)))  # all in one orthant: a digit's negative is far from every one
+    rows = np.array([3, 40])
+    as_given = evidence.own_unfamiliarity(train, rows)
+    itself = np.tile(train[rows], (len(evidence.TURNS), 1))  # turned, each is itself: left out, so no gain
+    np.testing.assert_allclose(evidence.own_turned(train, rows, itself), np.tile(as_given, 2), rtol=1e-5)
+    near = np.tile(train[[7, 8]], (len(evidence.TURNS), 1))  # turned, each is another training digit
+    np.testing.assert_allclose(evidence.own_turned(train, rows, near)[:2],
+                               evidence.unfamiliarity(train, train[[7, 8]]), rtol=1e-5)  # 7, 8 kept: not their own
+    far = np.tile(-train[rows], (len(evidence.TURNS), 1))
+    assert evidence.more_familiar_turned(as_given, evidence.own_turned(train, rows, far)) == 0.0
+    assert evidence.more_familiar_turned(as_given, evidence.own_turned(train, rows, near)) == 1.0
+
+
+def test_turns_count_only_where_few_training_digits_are_more_familiar_turned():
+    own = np.full(100, 0.1)
+    turns = np.full(200, 0.2)  # every digit less familiar turned: an upright
+    assert evidence.has_upright(own, turns)
+    turns[:round(100 * evidence.UPRIGHT_SHARE)] = 0.05  # the share at the line still counts
+    assert evidence.more_familiar_turned(own, turns) == evidence.UPRIGHT_SHARE and evidence.has_upright(own, turns)
+    turns[150:] = 0.05  # half the digits are more familiar in their second turn: nothing upright to check
+    assert evidence.more_familiar_turned(own, turns) == pytest.approx(0.5 + evidence.UPRIGHT_SHARE)
+    assert not evidence.has_upright(own, turns)
+
+
+def test_upright_adds_the_best_turns_gain_and_turned_keeps_each_turns_block():
+    np.testing.assert_allclose(evidence.upright(np.array([0.5, 0.2]), np.array([0.3, 0.4, 0.6, 0.1])),
+                               [0.7, 0.3])  # digit 0: best turn 0.3 (gain 0.2); digit 1: best 0.1 (gain 0.1)
+    np.testing.assert_allclose(evidence.upright(np.array([0.1]), np.array([0.3, 0.4])), [0.1])  # no turn helps
+    images = np.arange(2 * 3 * 3).reshape(2, 3, 3)
+    turned = evidence.turned(images)
+    assert turned.shape == (len(evidence.TURNS) * 2, 3, 3)
+    assert np.array_equal(turned[1], np.rot90(images[1], evidence.TURNS[0]))
+    assert np.array_equal(turned[3], np.rot90(images[1], evidence.TURNS[1]))
 
 
 def test_label_issue_reasons_leave_out_neighbours_not_searched_or_padded():

@@ -45,8 +45,8 @@ def test_fpr_at_95_recall_of_a_score_with_ties_flags_the_whole_tie():
 def test_every_score_ranks_confident_familiar_images_below_unsure_unfamiliar_ones():
     sure = np.array([[[0.98, 0.01, 0.01]] * 3, [[0.97, 0.02, 0.01]] * 3])  # 2 members, 3 images
     unsure = np.array([[[0.4, 0.3, 0.3]] * 3, [[0.2, 0.5, 0.3]] * 3])
-    familiar = ood.Seen(sure, np.full(3, 0.01), np.full(3, 50.0))
-    strange = ood.Seen(unsure, np.full(3, 0.5), np.full(3, 100.0))
+    familiar = ood.Seen(sure, np.full(3, 0.01), np.full(3, 50.0), np.full(3, 0.01))
+    strange = ood.Seen(unsure, np.full(3, 0.5), np.full(3, 100.0), np.full(3, 0.4))
     report = ood.compare(familiar, strange)
     assert report["n"] == 3 and report["flagged_by_predict"] == 1.0
     for name in ood.SCORES:
@@ -91,6 +91,26 @@ def test_familiar_scores_as_unfamiliarity_does_and_gives_training_percentiles():
     assert pct[1] == 100.0 and pct[0] < 50  # above every training row's own; on a cluster, typical of it
 
 
+def test_a_query_more_familiar_turned_scores_above_one_that_is_not():
+    """Two queries as unfamiliar as given; the first is on a training cluster when turned, the second is not."""
+    rng = np.random.default_rng(1)
+    train = np.concatenate([[1.0, 0.0, 0.0] + rng.normal(scale=0.01, size=(50, 3)),
+                            [0.0, 1.0, 0.0] + rng.normal(scale=0.01, size=(50, 3))])
+    familiar = evidence.Familiar.fit(train, evidence.unfamiliarity(train), turns=True)
+    queries = np.array([[1.0, 1.0, 0.6], [1.0, 1.0, 0.6]])
+    turns = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0],  # first turn of each query (evidence.turned's order)
+                      [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])  # second turn
+    found, pct = familiar.score(queries, turns)
+    as_given = familiar.as_given(queries)
+    assert as_given[0] == pytest.approx(as_given[1])
+    gain = as_given[0] - familiar.as_given(turns[:1])[0]
+    assert found[0] == pytest.approx(as_given[0] + gain, rel=1e-5) and found[1] == pytest.approx(as_given[1])
+    assert pct[0] >= pct[1]
+    with pytest.raises(ValueError, match="turned embeddings"):
+        familiar.score(queries)
+    assert evidence.Familiar.fit(train, evidence.unfamiliarity(train)).score(queries)[0] == pytest.approx(as_given)
+
+
 # ---------------------------------------------------------------- the report's section
 def _unfamiliar_section(html: str) -> str | None:
     found = re.search(r'<section id="unfamiliar">.*?</section>', html, re.DOTALL)
@@ -103,6 +123,22 @@ def test_the_report_shows_the_least_familiar_digits_apart_and_one_plot(report_ru
     assert section.count("data-unfamiliar-test=") == section.count("data-unfamiliar-train=") == unfamiliar.SHOWN
     shown = [float(p) for p in re.findall(r"percentile ([\d.]+)", section)[: unfamiliar.SHOWN]]
     assert shown == sorted(shown, reverse=True)  # least familiar test digit first
+    with np.load(report_run / "embeddings.npz") as z:  # says whether the turns counted, and why
+        share, turns = float(z["turned_more_familiar"]), "unfamiliarity_turns" in z.files
+    assert f"{100 * share:.1f}% of them are more familiar turned" in section
+    assert ("also looked at turned" in section) == turns and ("scored as given" in section) == (not turns)
+
+
+def test_a_run_made_before_0_11_is_reported_without_the_turns(report_run, mnist, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(report_run, run)
+    with np.load(run / "embeddings.npz") as z:
+        kept = {k: z[k] for k in z.files if k not in ("turned_more_familiar", "unfamiliarity_turns")}
+    np.savez(run / "embeddings.npz", **kept)
+    manifest.record(run, run / "embeddings.npz")
+    report.write_report(run, dataset=mnist)
+    section = _unfamiliar_section((run / "report.html").read_text())
+    assert section is not None and "turned" not in section
 
 
 def test_a_run_without_embeddings_has_no_unfamiliar_section(report_run, mnist, tmp_path):

@@ -6,6 +6,7 @@ import dataclasses
 import shutil
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, PngImagePlugin
 
-from ambiguous_digits import cli, files, manifest, predict, preprocess, train
+from ambiguous_digits import cli, evidence, files, manifest, predict, preprocess, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is a script folder, not part of the package
 from bench.ood import glyph_page  # noqa: E402  (the glyphs the benchmark renders, as a user's picture of one)
@@ -283,18 +284,40 @@ def test_predict_runs_the_members_in_numpy_as_torch_runs_them(trained, mnist):
     """With --device cpu the saved weights go through forward.NumpyNet: the same probabilities and unfamiliarity
     as the checkpoints through torch, to float32's rounding (the features pass in float32 both ways)."""
     x = mnist.x_test[100:140]
-    familiar = dataclasses.replace(predict.load_familiar(trained, warn=pytest.fail), bf16=False)
+    # the digits' quarter turns go through the same pass (evidence.upright), whatever this tiny run's share
+    familiar = dataclasses.replace(predict.load_familiar(trained, warn=pytest.fail), bf16=False, turns=True)
     numpy_, _, _ = predict.load_ensemble(trained, "cpu")
     torch_, _, _ = predict.load_ensemble(trained, "cpu", in_numpy=False)
     assert isinstance(numpy_, predict.NumpyEnsemble) and isinstance(torch_, predict.TorchEnsemble)
     np.testing.assert_allclose(numpy_.member_probs(x), torch_.member_probs(x), atol=1e-5)
-    found = [familiar.score(predict.embed(e, familiar, x))[0] for e in (numpy_, torch_)]
+    turns = evidence.turned(x)
+    found = [familiar.score(predict.embed(e, familiar, x), predict.embed(e, familiar, turns))[0]
+             for e in (numpy_, torch_)]
     np.testing.assert_allclose(found[0], found[1], rtol=1e-3, atol=1e-5)
-    # predict.see's one pass gives what the two separate passes give, byte for byte
-    probs, (unfamiliarity, pct) = predict.see(numpy_, familiar, x)
-    assert probs.tobytes() == numpy_.member_probs(x).tobytes() and unfamiliarity.tobytes() == found[0].tobytes()
-    assert pct.tobytes() == familiar.score(predict.embed(numpy_, familiar, x))[1].tobytes()
+    # predict.see's one pass gives what the separate passes give, to float32's rounding (a batch of 3 x 40 digits)
+    probs, unfamiliar = predict.see(numpy_, familiar, x)
+    np.testing.assert_allclose(probs, numpy_.member_probs(x), atol=1e-6)
+    np.testing.assert_allclose(unfamiliar.score, found[0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(unfamiliar.as_given, familiar.as_given(predict.embed(numpy_, familiar, x)), rtol=1e-5)
+    assert (unfamiliar.score >= unfamiliar.as_given).all()
     assert predict.see(numpy_, None, x)[1] is None
+
+
+def test_a_run_made_before_0_11_scores_a_digit_as_given(trained, mnist, tmp_path):
+    """embeddings.npz without unfamiliarity_turns: its calibration scored no turn, so neither does predict."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    with np.load(run / "embeddings.npz") as z:
+        kept = {k: z[k] for k in z.files if k != "unfamiliarity_turns"}
+    np.savez(run / "embeddings.npz", **kept)
+    manifest.record(run, run / "embeddings.npz")
+    familiar = predict.load_familiar(run, warn=pytest.fail)
+    ensemble, _, _ = predict.load_ensemble(run, "cpu")
+    x = mnist.x_test[:10]
+    assert not familiar.turns
+    unfamiliar = predict.see(ensemble, familiar, x)[1]
+    np.testing.assert_allclose(unfamiliar.score, familiar.as_given(predict.embed(ensemble, familiar, x)), rtol=1e-6)
+    np.testing.assert_array_equal(unfamiliar.as_given, unfamiliar.score)
 
 
 def test_predict_embeds_a_training_digit_where_the_run_put_it(trained, mnist):
@@ -317,7 +340,7 @@ def test_a_run_made_before_0_10_predicts_through_torch_on_its_pooled_features(tr
         manifest.forget(run, f"models/member-{m}.npz")
         (run / f"models/member-{m}.npz").unlink()
     with np.load(run / "embeddings.npz") as z:
-        kept = {k: z[k] for k in z.files if not k.startswith("layout_")}
+        kept = {k: z[k] for k in z.files if not k.startswith("layout_") and k != "unfamiliarity_turns"}
     np.savez(run / "embeddings.npz", **kept)
     manifest.record(run, run / "embeddings.npz")
     ensemble, _, _ = predict.load_ensemble(run, "cpu")
@@ -384,6 +407,18 @@ def test_a_threshold_of_zero_flags_every_image(trained, mnist, tmp_path, capsys)
     Image.fromarray(mnist.x_test[100]).save(image)
     assert cli.main(["predict", str(image), "--run", str(trained), "--out", str(tmp_path), "--unfamiliar-above", "0"]) == 0
     assert len(_flag_lines(capsys.readouterr().out)) == 1
+
+
+def test_a_flagged_image_more_familiar_turned_is_asked_whether_it_lies_on_its_side():
+    m = {"pred": 4, "prob_pred": 0.9, "margin": 0.8, "entropy": 0.3, "vote_disagreement": 0.0,
+         "mutual_information": 0.01, "unfamiliarity": 0.05, "unfamiliarity_pct": 99.8}
+    names = [str(c) for c in range(10)]
+    show = partial(predict.describe, probs=np.full(10, 0.1), saved=Path("s.png"), names=names)
+    turned = show(Path("a.png"), m={**m, "unfamiliarity_as_given": 0.03})
+    upright = show(Path("a.png"), m={**m, "unfamiliarity_as_given": 0.05})
+    assert "is it on its side?" in turned and "unlike any training digit" in turned
+    assert "unlike any training digit" in upright and "on its side" not in upright
+    assert "on its side" not in show(Path("a.png"), m={**m, "unfamiliarity_pct": 50.0, "unfamiliarity_as_given": 0.03})
 
 
 @pytest.mark.parametrize("value", ["100.5", "-1", "nan", "inf"])

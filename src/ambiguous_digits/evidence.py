@@ -3,8 +3,8 @@
 Pure numpy (and scikit-learn's neighbours): the embeddings are the members' penultimate features,
 pooled (POOLING); row i is digit i of its split. Unfamiliarity is the mean cosine distance to the
 UNFAMILIAR_K nearest training digits (HIGHER = less like anything trained on), in an embedding of its own that
-keeps where the strokes lie (Layout), given also as a percentile of the training digits' own scores, each left
-out of its own neighbours.
+keeps where the strokes lie (Layout), raised by however much a quarter turn lowers it (`upright`), given also as
+a percentile of the training digits' own scores, each left out of its own neighbours.
 """
 
 from __future__ import annotations
@@ -28,6 +28,12 @@ CONFIDENT_P = 0.9
 # search of every training digit (all 60,000 took a sixth of a run; docs/lab-notebook.md).
 CALIBRATION_DIGITS = 10000
 CALIBRATION_SEED = 0
+# Quarter turns (np.rot90's k, each way) a digit is also looked at in: one that is more familiar turned than as
+# given is not upright, which the stroke layout alone misses for a turned 0 (docs/lab-notebook.md, 0.11).
+TURNS = (1, 3)
+# Turns are looked at only where at most this share of the sampled training images is more familiar turned: an
+# upright to check. MNIST: 0.9%; Fashion-MNIST: 16.7% (coats, shirts, pullovers), where turns cost 0.026 AUROC on MNIST.
+UPRIGHT_SHARE = 0.05
 # The unfamiliarity's embedding: the members' flattened last-stage maps, pooled as POOLING pools, projected
 # uncentred on their LAYOUT_DIMS strongest directions: it keeps where the strokes lie, which the pooled
 # features average away (docs/lab-notebook.md; centred, as PCA does, it did worse than the pooled features).
@@ -35,7 +41,7 @@ LAYOUT_DIMS = 128
 # Mutual information above this percentile of the test set: "networks disagree".
 DISAGREE_PERCENTILE = 99.0
 # At or above this percentile of the training digits' own unfamiliarity a digit, or a user's image in `predict`,
-# is "unlike any training digit": it flags under 1% of MNIST's own test digits (0.66-0.72% on seeds 0-2,
+# is "unlike any training digit": it flags under 1% of MNIST's own test digits (0.60-0.76% on seeds 0-2,
 # docs/results.md), and bench/ood.py measures what it catches.
 PREDICT_UNFAMILIAR_PCT = 99.5
 
@@ -58,14 +64,47 @@ def unfamiliarity(train: np.ndarray, queries: np.ndarray | None = None, k: int =
     return dist.mean(axis=1)
 
 
-def own_unfamiliarity(train: np.ndarray, sample: int = CALIBRATION_DIGITS) -> tuple[np.ndarray, np.ndarray]:
-    """The training digits' own unfamiliarity, each left out of its own neighbours, on a seeded sample of them
-    (the reference a percentile is taken against): (S,) sorted training indices and (S,) scores."""
-    rows = np.arange(len(train))
-    if sample < len(train):
-        rows = np.sort(np.random.default_rng(CALIBRATION_SEED).choice(len(train), sample, replace=False))
-    _, dist = neighbours.nearest(train, train[rows], UNFAMILIAR_K, own=rows)
-    return rows, dist.mean(axis=1)
+def turned(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) images -> (len(TURNS) * N, H, W): every image in each quarter turn of TURNS, turn by turn."""
+    return np.concatenate([np.rot90(images, k, axes=(1, 2)) for k in TURNS])
+
+
+def upright(as_given: np.ndarray, turns: np.ndarray) -> np.ndarray:
+    """(N,) unfamiliarity as given and (len(TURNS) * N,) of the same digits turned (turned's order) -> (N,) the
+    score: as given, plus however much the most familiar turn lowers it (nothing where no turn does)."""
+    best_turn = np.asarray(turns).reshape(len(TURNS), -1).min(axis=0)
+    return as_given + np.maximum(as_given - best_turn, 0)
+
+
+def calibration_rows(n: int, sample: int = CALIBRATION_DIGITS) -> np.ndarray:
+    """Sorted indices of the seeded sample of n training digits whose own unfamiliarity is the percentiles'
+    reference (all n when n <= sample)."""
+    if sample >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(CALIBRATION_SEED).choice(n, sample, replace=False))
+
+
+def own_unfamiliarity(train: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(S,) the training digits `rows`' own unfamiliarity, each left out of its own neighbours; `train` (N, D)
+    every training digit's embedding."""
+    return neighbours.nearest(train, train[rows], UNFAMILIAR_K, own=rows)[1].mean(axis=1)
+
+
+def own_turned(train: np.ndarray, rows: np.ndarray, turns: np.ndarray) -> np.ndarray:
+    """(len(TURNS) * S,) the unfamiliarity of the training digits `rows` turned, `turns` (len(TURNS) * S, D) their
+    turned embeddings (turned's order), each searched with its own digit left out (as own_unfamiliarity does)."""
+    return neighbours.nearest(train, turns, UNFAMILIAR_K, own=np.tile(rows, len(TURNS)))[1].mean(axis=1)
+
+
+def more_familiar_turned(own: np.ndarray, turns: np.ndarray) -> float:
+    """The share of training digits, (S,) `own` unfamiliarity and (len(TURNS) * S,) theirs turned, that some quarter
+    turn makes more familiar."""
+    return float((np.asarray(turns).reshape(len(TURNS), -1).min(axis=0) < own).mean())
+
+
+def has_upright(own: np.ndarray, turns: np.ndarray) -> bool:
+    """Whether the training digits have an upright to check (more_familiar_turned at most UPRIGHT_SHARE)."""
+    return more_familiar_turned(own, turns) <= UPRIGHT_SHARE
 
 
 @dataclass(frozen=True)
@@ -90,20 +129,22 @@ class Layout:
 class Familiar:
     """The training digits' embeddings fitted once for many queries, their own unfamiliarity (S,), the embedding
     they are in: `layout` (pooled flattened maps) or, in a run made before 0.10, the pooled features (layout
-    None), and whether the run's features pass ran in bfloat16 (`bf16`)."""
+    None), whether the run's features pass ran in bfloat16 (`bf16`), and whether its scores look at the quarter
+    turns too (`turns`: `upright`; False in a run made before 0.11)."""
 
     index: neighbours.Fitted
     own: np.ndarray  # sorted: percentile_of's reference
     layout: Layout | None = None
     bf16: bool = False
+    turns: bool = False
     k: int = UNFAMILIAR_K
 
     @classmethod
     def fit(cls, reference: np.ndarray, own: np.ndarray, layout: Layout | None = None, bf16: bool = False,
-            k: int = UNFAMILIAR_K) -> Familiar:
+            turns: bool = False, k: int = UNFAMILIAR_K) -> Familiar:
         """`reference` (N, D) embeddings and `own` (S,) the unfamiliarity of (a sample of) them, each left out of
         its own neighbours."""
-        return cls(neighbours.Fitted(reference), np.sort(own), layout, bf16, k)
+        return cls(neighbours.Fitted(reference), np.sort(own), layout, bf16, turns, k)
 
     @property
     def spatial(self) -> str:
@@ -115,12 +156,26 @@ class Familiar:
         pooled = pool(member_features)
         return pooled if self.layout is None else self.layout(pooled)
 
-    def score(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(Q, D) embeddings -> (Q,) unfamiliarity (as `unfamiliarity` gives it; HIGHER = less familiar) and (Q,)
-        its percentile of the training digits' own, in [0, 100]."""
-        _, dist = self.index.search(queries, self.k)
-        found = dist.mean(axis=1)
-        return found, percentile_of(found, self.own)
+    def score(self, queries: np.ndarray, turns: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, D) embeddings, and with `self.turns` (len(TURNS) * Q, D) theirs turned (turned's order) -> (Q,)
+        unfamiliarity (HIGHER = less familiar; `upright` where turns count) and (Q,) its percentile of the
+        training digits' own, in [0, 100]."""
+        return self.scored(queries, turns)[:2]
+
+    def scored(self, queries: np.ndarray,
+               turns: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`score`'s two, and the (Q,) unfamiliarity as given (no turn looked at: `as_given`)."""
+        as_given = self.as_given(queries)
+        if not self.turns:
+            return as_given, percentile_of(as_given, self.own), as_given
+        if turns is None or len(turns) != len(TURNS) * len(queries):
+            raise ValueError(f"Familiar.score: {len(TURNS)} turned embeddings a query expected")
+        found = upright(as_given, self.as_given(turns))
+        return found, percentile_of(found, self.own), as_given
+
+    def as_given(self, queries: np.ndarray) -> np.ndarray:
+        """(Q, D) embeddings -> (Q,) mean cosine distance to their k nearest training digits, no turn looked at."""
+        return self.index.search(queries, self.k)[1].mean(axis=1)
 
 
 def percentile_of(values: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 
@@ -123,7 +123,8 @@ def load_familiar(run_dir: Path, warn) -> evidence.Familiar | None:
         bf16 = bool(z["features_bf16"]) if "features_bf16" in z.files else False
         if "layout_basis" in z.files:
             layout = evidence.Layout(z["layout_basis"].astype(np.float32))
-            return evidence.Familiar.fit(z["layout_train"], z["calibration_unfamiliarity"], layout, bf16)
+            return evidence.Familiar.fit(z["layout_train"], z["calibration_unfamiliarity"], layout, bf16,
+                                         turns="unfamiliarity_turns" in z.files)
         return evidence.Familiar.fit(z["train"], z["calibration_unfamiliarity"], bf16=bf16)
 
 
@@ -132,14 +133,26 @@ def embed(ensemble: Ensemble, familiar: evidence.Familiar, digits: np.ndarray) -
     return familiar.embed(ensemble.member_features(digits, familiar.spatial, familiar.bf16))
 
 
+class Unfamiliar(NamedTuple):
+    """How unlike the run's training digits each of N images is (evidence.Familiar): (N,) each."""
+
+    score: np.ndarray  # the unfamiliarity: as given, raised where a quarter turn is more familiar (evidence.upright)
+    pct: np.ndarray  # its percentile of the training digits' own, in [0, 100]
+    as_given: np.ndarray  # no turn looked at; equal to score in a run made before 0.11
+
+
 def see(ensemble: Ensemble, familiar: evidence.Familiar | None,
-        digits: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
-    """(N, 28, 28) uint8 -> (M, N, K) member probabilities and, with `familiar`, each digit's (N,) unfamiliarity
-    and (N,) percentile (familiar.score), from one pass through a numpy ensemble."""
+        digits: np.ndarray) -> tuple[np.ndarray, Unfamiliar | None]:
+    """(N, 28, 28) uint8 -> (M, N, K) member probabilities and, with `familiar`, each digit's unfamiliarity, from one
+    pass through the ensemble (each digit's quarter turns in the same pass, where the run looked at them)."""
     if familiar is None:
         return ensemble.member_probs(digits), None
+    n = len(digits)
+    if familiar.turns:
+        digits = np.concatenate([digits, evidence.turned(digits)])
     member_probs, features = ensemble.member_outputs(digits, familiar.spatial, familiar.bf16)
-    return member_probs, familiar.score(familiar.embed(features))
+    queries = familiar.embed(features)
+    return member_probs[:, :n], Unfamiliar(*familiar.scored(queries[:n], queries[n:] if familiar.turns else None))
 
 
 def measures(member_probs: np.ndarray) -> dict[str, np.ndarray]:
@@ -166,7 +179,9 @@ def describe(path: Path, probs: np.ndarray, m: dict[str, float], saved: Path, na
             f"{m['entropy']:.3f}, vote disagreement {m['vote_disagreement']:.2f}, mutual information "
             f"{m['mutual_information']:.3f}{familiar}); saw {saved}\n  probabilities {ranked}")
     if measured and m["unfamiliarity_pct"] >= unfamiliar_above:
-        text += (f"\n  unlike any training {noun} (unfamiliarity at the {m['unfamiliarity_pct']:.1f}th percentile); "
+        turned = m["unfamiliarity"] > m.get("unfamiliarity_as_given", m["unfamiliarity"])
+        text += (f"\n  unlike any training {noun} (unfamiliarity at the {m['unfamiliarity_pct']:.1f}th percentile"
+                 f"{'; a quarter turn makes it more familiar: is it on its side?' if turned else ''}); "
                  f"the prediction {names[int(m['pred'])]} is not to be trusted")
     return text
 
@@ -215,6 +230,6 @@ def _score(images: list[Path], ensemble: Ensemble, familiar: evidence.Familiar |
         member_probs, unfamiliar = see(ensemble, familiar, digit[None])
         m = {k: v[0] for k, v in measures(member_probs).items()}
         if unfamiliar is not None:
-            (m["unfamiliarity"],), (m["unfamiliarity_pct"],) = unfamiliar
+            (m["unfamiliarity"],), (m["unfamiliarity_pct"],), (m["unfamiliarity_as_given"],) = unfamiliar
         log(show(path, member_probs.mean(axis=0)[0], m, saved))
     return failed

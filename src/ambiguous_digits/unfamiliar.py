@@ -30,9 +30,13 @@ def section(run: Run, ds: Dataset) -> dict | None:
         return None
     with np.load(manifest.verified(run.dir, rundir.EMBEDDINGS_FILE), allow_pickle=False) as z:
         sample, own = z["calibration_index"], z["calibration_unfamiliarity"].astype(np.float64)
+        # a run made before 0.11 looked at no turn and kept no share
+        share = float(z["turned_more_familiar"]) if "turned_more_familiar" in z.files else None
+        turns = "unfamiliarity_turns" in z.files
     threshold = float(np.percentile(own, evidence.PREDICT_UNFAMILIAR_PCT))
     return {"test": test_cards(run, ds.x_test), "train": train_cards(sample, own, ds, run.class_names), "shown": SHOWN,
-            "plot": plot_png(run, threshold), "threshold_pct": evidence.PREDICT_UNFAMILIAR_PCT}
+            "plot": plot_png(run, threshold), "threshold_pct": evidence.PREDICT_UNFAMILIAR_PCT,
+            "turned_share": share, "turns": turns}
 
 
 def test_cards(run: Run, x_test: np.ndarray) -> list[dict]:

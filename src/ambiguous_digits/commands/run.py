@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
+from typing import Callable
 
 import numpy as np
 import torch
@@ -93,9 +95,10 @@ def run(recipe: Recipe, outputs_: RunOutputs = RunOutputs(), inv: Invocation = I
         with timed(timings, "scores"):
             table = scores.score_table(member_probs, y_test)
         with timed(timings, "features"):
-            embedded, flat = features_pass(inv.out, results, x_train, x_test, device, precision)
+            embedded, flat = features_pass(inv.out, results, {"train": x_train, "test": x_test}, device, precision)
         with timed(timings, "unfamiliarity"):
-            familiar = unfamiliarity_columns(flat, table)
+            turned = partial(turned_maps, inv.out, results, device=device, precision=precision)
+            familiar = unfamiliarity_columns(flat, table, x_train, x_test, turned, log)
         with timed(timings, "evidence"):
             near = write_evidence(inv.out, embedded, member_probs, y_train, table, ds.class_names, precision.autocast,
                                   familiar)
@@ -148,38 +151,62 @@ def write_results(out, outputs_: RunOutputs, x_test: np.ndarray, table: dict[str
     return tops
 
 
-def features_pass(out, results, x_train: np.ndarray, x_test: np.ndarray, device: torch.device,
-                  precision: Precision) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Every member's last-stage maps of every digit, in one pass after training (on the driver, whatever the
-    backend): {"train", "test"} the features averaged over space (evidence.POOLING), and the maps flattened
-    (unfamiliarity's), each pooled over the members (float32, row i = digit i)."""
-    pooled: dict[str, list] = {"train": [], "test": []}
-    flat: dict[str, np.ndarray] = {}
+def features_pass(out, results, sets: dict[str, np.ndarray], device: torch.device, precision: Precision,
+                  pooled: tuple[str, ...] = ("train", "test")) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every member's last-stage maps of each set of images, in one pass after training (on the driver, whatever
+    the backend): for the sets named in `pooled` the features averaged over space (evidence.POOLING), and for every
+    set the maps flattened (unfamiliarity's), each pooled over the members (float32, row i = image i of its set)."""
+    means: dict[str, list] = {name: [] for name in pooled}
+    flat = {name: np.zeros((len(x), 0), dtype=np.float32) for name, x in sets.items()}
     for m, r in enumerate(results):  # a member finished before a --resume comes back without its CNN
         model = (r.model if r.model is not None else members.load_model(out, rundir.MODEL_FILE.format(m=m))).to(device)
-        for split, x in (("train", x_train), ("test", x_test)):
-            means, start = [], 0
+        for name, x in sets.items():
+            chunks, start = [], 0
             for maps in feature_maps(model, x, device, precision=precision):  # reduced a chunk at a time: in cache
-                means.append(maps.mean(axis=(2, 3)))
+                if name in means:
+                    chunks.append(maps.mean(axis=(2, 3)))
                 rows = maps.reshape(len(maps), -1)
-                if split not in flat:
-                    flat[split] = np.zeros((len(x), rows.shape[1]), dtype=np.float32)
-                flat[split][start : start + len(rows)] += neighbours.unit(rows) / len(results)
+                if not flat[name].shape[1]:
+                    flat[name] = np.zeros((len(x), rows.shape[1]), dtype=np.float32)
+                flat[name][start : start + len(rows)] += neighbours.unit(rows) / len(results)
                 start += len(rows)
-            pooled[split].append(np.concatenate(means))
-    return {split: evidence.pool(f) for split, f in pooled.items()}, flat
+            if name in means:
+                means[name].append(np.concatenate(chunks))
+    return {name: evidence.pool(f) for name, f in means.items()}, flat
 
 
-def unfamiliarity_columns(flat: dict[str, np.ndarray], table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def turned_maps(out, results, images: np.ndarray, device: torch.device, precision: Precision) -> np.ndarray:
+    """(N, d) the members' flattened maps of `images` turned (evidence.turned's order: N = len(TURNS) x images)."""
+    return features_pass(out, results, {"turned": evidence.turned(images)}, device, precision, pooled=())[1]["turned"]
+
+
+def unfamiliarity_columns(flat: dict[str, np.ndarray], table: dict[str, np.ndarray], x_train: np.ndarray,
+                          x_test: np.ndarray, turned: Callable[[np.ndarray], np.ndarray],
+                          log: Log) -> dict[str, np.ndarray]:
     """The table's unfamiliarity columns, in evidence.Layout fitted on the training digits' pooled flattened
-    maps (`flat`, from features_pass); returns what embeddings.npz keeps of it."""
+    maps (`flat`, from features_pass), each digit also looked at turned (evidence.upright) where the training
+    digits have an upright (evidence.has_upright); `turned` (turned_maps) gives images' maps turned.
+    Returns what embeddings.npz keeps of it."""
     layout = evidence.Layout.fit(flat["train"])
     train, test = layout(flat["train"]), layout(flat["test"])
-    sample, own = evidence.own_unfamiliarity(train)
+    sample = evidence.calibration_rows(len(train))
+    own = evidence.own_unfamiliarity(train, sample)
+    own_turned = evidence.own_turned(train, sample, layout(turned(x_train[sample])))
+    share = evidence.more_familiar_turned(own, own_turned)
+    upright = evidence.has_upright(own, own_turned)
+    log(f"unfamiliarity: {share:.1%} of {len(sample):,} sampled training images are more familiar turned a quarter "
+        + ("turn: each image is also looked at turned" if upright else
+           f"turn (over {evidence.UPRIGHT_SHARE:.0%}): no upright to check, images are scored as given"))
     table["unfamiliarity"] = evidence.unfamiliarity(train, test)
+    kept = {"turned_more_familiar": np.array(share)}
+    if upright:
+        own = evidence.upright(own, own_turned)
+        table["unfamiliarity"] = evidence.upright(table["unfamiliarity"],
+                                                  evidence.unfamiliarity(train, layout(turned(x_test))))
+        kept["unfamiliarity_turns"] = np.array(evidence.TURNS)
     table["unfamiliarity_pct"] = evidence.percentile_of(table["unfamiliarity"], own)
     return {"layout_train": train.astype(np.float16), "layout_basis": layout.basis, "calibration_index": sample,
-            "calibration_unfamiliarity": own.astype(np.float32)}
+            "calibration_unfamiliarity": own.astype(np.float32), **kept}
 
 
 def write_evidence(out, embedded: dict[str, np.ndarray], member_probs: np.ndarray, y_train: np.ndarray,
