@@ -102,12 +102,13 @@ def test_a_training_digit_turned_is_scored_without_itself():
 def test_turns_count_only_where_few_training_digits_are_more_familiar_turned():
     own = np.full(100, 0.1)
     turns = np.full(200, 0.2)  # every digit less familiar turned: an upright
-    assert evidence.has_upright(own, turns)
+    assert evidence.has_upright(evidence.more_familiar_turned(own, turns))
     turns[:round(100 * evidence.UPRIGHT_SHARE)] = 0.05  # the share at the line still counts
-    assert evidence.more_familiar_turned(own, turns) == evidence.UPRIGHT_SHARE and evidence.has_upright(own, turns)
+    share = evidence.more_familiar_turned(own, turns)
+    assert share == evidence.UPRIGHT_SHARE and evidence.has_upright(share)
     turns[150:] = 0.05  # half the digits are more familiar in their second turn: nothing upright to check
     assert evidence.more_familiar_turned(own, turns) == pytest.approx(0.5 + evidence.UPRIGHT_SHARE)
-    assert not evidence.has_upright(own, turns)
+    assert not evidence.has_upright(evidence.more_familiar_turned(own, turns))
 
 
 def test_upright_adds_the_best_turns_gain_and_turned_keeps_each_turns_block():

@@ -69,11 +69,16 @@ def turned(images: np.ndarray) -> np.ndarray:
     return np.concatenate([np.rot90(images, k, axes=(1, 2)) for k in TURNS])
 
 
+def best_turn(turns: np.ndarray) -> np.ndarray:
+    """(len(TURNS) * N,) unfamiliarity of N digits turned (turned's order) -> (N,) that of each digit's most
+    familiar turn."""
+    return np.asarray(turns).reshape(len(TURNS), -1).min(axis=0)
+
+
 def upright(as_given: np.ndarray, turns: np.ndarray) -> np.ndarray:
     """(N,) unfamiliarity as given and (len(TURNS) * N,) of the same digits turned (turned's order) -> (N,) the
     score: as given, plus however much the most familiar turn lowers it (nothing where no turn does)."""
-    best_turn = np.asarray(turns).reshape(len(TURNS), -1).min(axis=0)
-    return as_given + np.maximum(as_given - best_turn, 0)
+    return as_given + np.maximum(as_given - best_turn(turns), 0)
 
 
 def calibration_rows(n: int, sample: int = CALIBRATION_DIGITS) -> np.ndarray:
@@ -99,12 +104,13 @@ def own_turned(train: np.ndarray, rows: np.ndarray, turns: np.ndarray) -> np.nda
 def more_familiar_turned(own: np.ndarray, turns: np.ndarray) -> float:
     """The share of training digits, (S,) `own` unfamiliarity and (len(TURNS) * S,) theirs turned, that some quarter
     turn makes more familiar."""
-    return float((np.asarray(turns).reshape(len(TURNS), -1).min(axis=0) < own).mean())
+    return float((best_turn(turns) < own).mean())
 
 
-def has_upright(own: np.ndarray, turns: np.ndarray) -> bool:
-    """Whether the training digits have an upright to check (more_familiar_turned at most UPRIGHT_SHARE)."""
-    return more_familiar_turned(own, turns) <= UPRIGHT_SHARE
+def has_upright(share: float) -> bool:
+    """Whether training digits of which `share` (more_familiar_turned) is more familiar turned have an upright to
+    check: at most UPRIGHT_SHARE."""
+    return share <= UPRIGHT_SHARE
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,7 @@ def features_pass(out, results, sets: dict[str, np.ndarray], device: torch.devic
     the backend): for the sets named in `pooled` the features averaged over space (evidence.POOLING), and for every
     set the maps flattened (unfamiliarity's), each pooled over the members (float32, row i = image i of its set)."""
     means: dict[str, list] = {name: [] for name in pooled}
-    flat = {name: np.zeros((len(x), 0), dtype=np.float32) for name, x in sets.items()}
+    flat: dict[str, np.ndarray] = {}
     for m, r in enumerate(results):  # a member finished before a --resume comes back without its CNN
         model = (r.model if r.model is not None else members.load_model(out, rundir.MODEL_FILE.format(m=m))).to(device)
         for name, x in sets.items():
@@ -166,7 +166,7 @@ def features_pass(out, results, sets: dict[str, np.ndarray], device: torch.devic
                 if name in means:
                     chunks.append(maps.mean(axis=(2, 3)))
                 rows = maps.reshape(len(maps), -1)
-                if not flat[name].shape[1]:
+                if name not in flat:
                     flat[name] = np.zeros((len(x), rows.shape[1]), dtype=np.float32)
                 flat[name][start : start + len(rows)] += neighbours.unit(rows) / len(results)
                 start += len(rows)
@@ -193,7 +193,7 @@ def unfamiliarity_columns(flat: dict[str, np.ndarray], table: dict[str, np.ndarr
     own = evidence.own_unfamiliarity(train, sample)
     own_turned = evidence.own_turned(train, sample, layout(turned(x_train[sample])))
     share = evidence.more_familiar_turned(own, own_turned)
-    upright = evidence.has_upright(own, own_turned)
+    upright = evidence.has_upright(share)
     log(f"unfamiliarity: {share:.1%} of {len(sample):,} sampled training images are more familiar turned a quarter "
         + ("turn: each image is also looked at turned" if upright else
            f"turn (over {evidence.UPRIGHT_SHARE:.0%}): no upright to check, images are scored as given"))
