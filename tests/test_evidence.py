@@ -99,6 +99,49 @@ def test_a_training_digit_turned_is_scored_without_itself():
     assert evidence.more_familiar_turned(as_given, evidence.own_turned(train, rows, near)) == 1.0
 
 
+def test_the_upright_check_turns_an_evenly_spaced_share_of_the_sample():
+    rows = evidence.check_rows(10000)
+    assert len(rows) == evidence.CHECK_DIGITS and (np.diff(rows) == 10000 // evidence.CHECK_DIGITS).all()
+    spread = evidence.check_rows(3000)
+    assert len(spread) == evidence.CHECK_DIGITS and (np.diff(spread) >= 1).all() and spread[-1] >= 2998
+    assert evidence.check_rows(1500).tolist() == list(range(1500))  # a small sample is checked whole
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_leaving_out_the_turns_of_digits_out_of_reach_keeps_every_percentile_at_the_line_exact(seed):
+    rng = np.random.default_rng(seed)
+    own = rng.gamma(3.0, 0.01, size=2000)  # as given, skewed as the real scores are
+    gain = np.where(rng.random(2000) < 0.3, rng.random(2000) * own, 0)  # a turn adds at most the score itself
+    pct = evidence.PREDICT_UNFAMILIAR_PCT
+    reach = evidence.within_reach(own, pct)
+    assert 0 < reach.mean() < 0.5  # most of the sample is left as given
+    exact, left = own + gain, np.where(reach, own + gain, own)
+    scores = np.sort(np.concatenate([rng.gamma(3.0, 0.012, size=5000), exact, left]))
+    at_line = evidence.percentile_of(scores, exact) >= pct
+    np.testing.assert_array_equal(evidence.percentile_of(scores, left) >= pct, at_line)  # the same flags
+    line = scores[at_line][0]
+    np.testing.assert_array_equal(evidence.percentile_of(scores[scores >= line], left),
+                                  evidence.percentile_of(scores[scores >= line], exact))
+    assert (evidence.percentile_of(scores, left) >= evidence.percentile_of(scores, exact)).all()  # below: high
+
+
+def test_digits_at_the_edge_of_reach_are_turned_and_those_just_under_it_cannot_reach_the_line():
+    rng = np.random.default_rng(3)
+    edge = 0.0251  # the line: 10 digits at it fill the sample's 99.5th percentile (the lower one) of 2,000
+    own = np.concatenate([rng.uniform(0.010, 0.020, 1960), np.full(10, edge / 2), np.full(10, edge / 2 - 1e-6),
+                          np.full(10, edge), rng.uniform(0.03, 0.05, 10)])
+    assert np.percentile(own, evidence.PREDICT_UNFAMILIAR_PCT, method="lower") == edge
+    reach = evidence.within_reach(own)
+    assert reach[1960:1970].all() and not reach[1970:1980].any()  # twice the score at the line: in reach
+    exact = 2 * own  # the most a turn adds: the score itself
+    left = np.where(reach, exact, own)
+    scores = np.unique(np.concatenate([exact, own, np.linspace(0.02, 0.06, 400)]))
+    high = scores[scores >= edge]
+    np.testing.assert_array_equal(evidence.percentile_of(high, left), evidence.percentile_of(high, exact))
+    flagged = evidence.percentile_of(scores, exact) >= evidence.PREDICT_UNFAMILIAR_PCT
+    np.testing.assert_array_equal(evidence.percentile_of(scores, left) >= evidence.PREDICT_UNFAMILIAR_PCT, flagged)
+
+
 def test_turns_count_only_where_few_training_digits_are_more_familiar_turned():
     own = np.full(100, 0.1)
     turns = np.full(200, 0.2)  # every digit less familiar turned: an upright

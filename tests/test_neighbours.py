@@ -65,3 +65,33 @@ def test_a_sample_of_rows_leaves_each_its_own_row_out():
     idx, _ = neighbours.nearest(x, x[rows], k=4, own=rows)
     every, _ = neighbours.nearest(x, x, k=4, own=np.arange(60))
     assert (idx == every[rows]).all()
+
+
+def test_a_large_reference_gives_the_same_neighbours_as_sorting_every_distance():
+    rng = np.random.default_rng(5)
+    reference = _unit(rng, 4 * 10 * neighbours.BLOCK + 123)  # the blocks' path, with a tail past the last block
+    queries = _unit(rng, 40)
+    reference[-5:] = queries[0] + rng.normal(0, 0.01, size=(5, 16))  # the nearest of one query in the tail
+    reference[700:705] = queries[1] + rng.normal(0, 0.01, size=(5, 16))  # and of another, all in one block
+    reference /= np.linalg.norm(reference, axis=1, keepdims=True)
+    idx, dist = neighbours.nearest(reference, queries, k=8)
+    every = 1 - queries @ reference.T
+    expected = np.argsort(every, axis=1, kind="stable")[:, :8]
+    assert (np.sort(idx, axis=1) == np.sort(expected, axis=1)).all()
+    np.testing.assert_allclose(dist, np.take_along_axis(every, expected, axis=1), atol=1e-6)
+    assert set(idx[0, :5]) == set(range(len(reference) - 5, len(reference))) and set(idx[1, :5]) == set(range(700, 705))
+
+
+def test_own_rows_are_left_out_on_the_blocks_path_over_several_chunks_of_float32_queries():
+    rng = np.random.default_rng(6)
+    k = 10
+    x = _unit(rng, 4 * (k + 1) * neighbours.BLOCK + neighbours.BLOCK + 77).astype(np.float32)
+    assert len(x) // neighbours.BLOCK > 4 * (k + 1)  # k + 1 asked for: still the blocks' path
+    rows = rng.choice(len(x), 3 * neighbours.QUERY_CHUNK + 5, replace=False)
+    idx, dist = neighbours.nearest(x, x[rows], k=k, own=rows)
+    every = 1 - x[rows].astype(np.float64) @ x.T.astype(np.float64)
+    every[np.arange(len(rows)), rows] = np.inf  # its own row left out
+    expected = np.argsort(every, axis=1, kind="stable")[:, :k]
+    assert dist.dtype == np.float32 and not (idx == rows[:, None]).any()
+    assert (np.sort(idx, axis=1) == np.sort(expected, axis=1)).all()
+    np.testing.assert_allclose(dist, np.take_along_axis(every, expected, axis=1), atol=1e-6)

@@ -185,22 +185,33 @@ def unfamiliarity_columns(flat: dict[str, np.ndarray], table: dict[str, np.ndarr
                           log: Log) -> dict[str, np.ndarray]:
     """The table's unfamiliarity columns, in evidence.Layout fitted on the training digits' pooled flattened
     maps (`flat`, from features_pass), each digit also looked at turned (evidence.upright) where the training
-    digits have an upright (evidence.has_upright); `turned` (turned_maps) gives images' maps turned.
+    digits have an upright (evidence.has_upright, on the calibration sample's check_rows); of the rest of the
+    sample, only those within_reach of the line are turned. `turned` (turned_maps) gives images' maps turned.
     Returns what embeddings.npz keeps of it."""
     layout = evidence.Layout.fit(flat["train"])
     train, test = layout(flat["train"]), layout(flat["test"])
     sample = evidence.calibration_rows(len(train))
     own = evidence.own_unfamiliarity(train, sample)
-    own_turned = evidence.own_turned(train, sample, layout(turned(x_train[sample])))
-    share = evidence.more_familiar_turned(own, own_turned)
+
+    def own_upright(at: np.ndarray) -> np.ndarray:  # the sample's digits at these positions, turned (own_turned)
+        if not len(at):  # a small sample is checked whole: none left to reach
+            return np.zeros(0, dtype=np.float32)
+        return evidence.own_turned(train, sample[at], layout(turned(x_train[sample[at]])))
+
+    check = evidence.check_rows(len(sample))
+    checked = own_upright(check)
+    share = evidence.more_familiar_turned(own[check], checked)
     upright = evidence.has_upright(share)
-    log(f"unfamiliarity: {share:.1%} of {len(sample):,} sampled training images are more familiar turned a quarter "
+    log(f"unfamiliarity: {share:.1%} of {len(check):,} sampled training images are more familiar turned a quarter "
         + ("turn: each image is also looked at turned" if upright else
            f"turn (over {evidence.UPRIGHT_SHARE:.0%}): no upright to check, images are scored as given"))
     table["unfamiliarity"] = evidence.unfamiliarity(train, test)
     kept = {"turned_more_familiar": np.array(share)}
     if upright:
-        own = evidence.upright(own, own_turned)
+        reach = np.setdiff1d(np.flatnonzero(evidence.within_reach(own)), check)
+        reached = own_upright(reach)
+        own = own.copy()
+        own[check], own[reach] = evidence.upright(own[check], checked), evidence.upright(own[reach], reached)
         table["unfamiliarity"] = evidence.upright(table["unfamiliarity"],
                                                   evidence.unfamiliarity(train, layout(turned(x_test))))
         kept["unfamiliarity_turns"] = np.array(evidence.TURNS)
