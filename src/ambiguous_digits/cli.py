@@ -170,7 +170,7 @@ def _add_predict(sub) -> None:
     pre.add_argument("--out", type=Path, default=None,
                      help="where the preprocessed 28x28 images go (default: RUN_DIR/predictions)")
     pre.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default: cpu)")
-    # Default None: the constant lives in evidence, which imports scikit-learn, too slow for every command's start.
+    # Default None: predict resolves it to evidence.PREDICT_UNFAMILIAR_PCT, where the constant lives.
     pre.add_argument("--unfamiliar-above", type=float, default=None, metavar="PCT",
                      help="say an image is unlike any training digit, and its prediction not to be trusted, when its "
                           "unfamiliarity is at or above this percentile of the training digits' own (0-100; default: "

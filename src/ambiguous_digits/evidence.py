@@ -1,6 +1,6 @@
 """Why a digit is suspect, from measured facts: its embedding's neighbours, how unfamiliar it is, and the votes.
 
-Pure numpy (and scikit-learn's neighbours): the embeddings are the members' penultimate features,
+Numpy, the neighbour search in torch (neighbours.nearest): the embeddings are the members' penultimate features,
 pooled (POOLING); row i is digit i of its split. Unfamiliarity is the mean cosine distance to the
 UNFAMILIAR_K nearest training digits (HIGHER = less like anything trained on), in an embedding of its own that
 keeps where the strokes lie (Layout), raised by however much a quarter turn lowers it (`upright`), given also as

@@ -210,7 +210,6 @@ def unfamiliarity_columns(flat: dict[str, np.ndarray], table: dict[str, np.ndarr
     if upright:
         reach = np.setdiff1d(np.flatnonzero(evidence.within_reach(own)), check)
         reached = own_upright(reach)
-        own = own.copy()
         own[check], own[reach] = evidence.upright(own[check], checked), evidence.upright(own[reach], reached)
         table["unfamiliarity"] = evidence.upright(table["unfamiliarity"],
                                                   evidence.unfamiliarity(train, layout(turned(x_test))))
