@@ -208,6 +208,24 @@ def test_audit_refuses_to_join_a_run_on_other_data(tmp_path, mnist_dir, capsys):
     assert manifest.load(out) == before and not (out / "label_issues.csv").exists()
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--test-limit", "40"], "--test-limit: {out} holds a run of 60 test digits, not this audit's 40"),
+    (["--split", "train", "--train-limit", "200"],
+     "--train-limit: {out} holds a run of 300 train digits, not this audit's 200"),
+])
+def test_audit_refuses_to_replace_a_runs_table_with_one_of_other_digits(tmp_path, mnist_dir, capsys, flags,
+                                                                        message):
+    out = tmp_path / "run"
+    common = ["--out", str(out), "--data-dir", str(mnist_dir), "--epochs", "1", "--widths", "4,8,8", "--quiet"]
+    assert cli.main(["run", "--members", "2", "--train-limit", "300", "--test-limit", "60", *common]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert cli.main(["audit", "--folds", "2", *common, *flags]) == 2  # the run's own limits are 300 and 60
+    err = capsys.readouterr().err.strip()
+    assert message.format(out=out) in err and len(err.splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # its tables, manifest, report
+
+
 def test_an_audit_refuses_to_join_the_other_splits_audit_on_other_data(tmp_path, mnist_dir, capsys):
     """A folder holding only a test-set audit: a training-set audit of other data must not join it."""
     out = tmp_path / "audits"
@@ -293,3 +311,12 @@ def test_audit_resume_continues_the_split_asked_for_in_the_run_dir(called, tmp_p
     manifest.record(tmp_path)  # a run directory
     got = called("audit", "--resume", tmp_path, *flags, "--quiet")
     assert got["split"] == split and got["inv"] == Invocation(out=tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("split, hint", [("test", "`audit --out {out}`"), ("train", "`audit --out {out} --split train`")])
+def test_resuming_an_audit_that_never_started_says_so(tmp_path, capsys, split, hint):
+    (tmp_path / "manifest.json").write_text(json.dumps({"version": manifest.MANIFEST_VERSION, "files": {}}))
+    assert cli.main(["audit", "--resume", str(tmp_path), "--split", split]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"--resume: {tmp_path} holds no {split}-set audit to resume" in err and hint.format(out=tmp_path) in err

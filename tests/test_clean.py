@@ -238,6 +238,29 @@ def test_a_non_empty_out_needs_force(tiny_run, run_labels, tmp_path, capsys):
         assert len(z["y_test"]) == 300
 
 
+def test_a_failed_force_keeps_the_earlier_cleaning_whole(tiny_run, run_labels, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    first = _review(tmp_path, [_row("test", 0, int(run_labels[0]["test"][0]), "exclude")])
+    assert _clean(tiny_run, first, "--out", out) == 0
+    before = {n: (out / n).read_bytes() for n in (rundir.CLEANED_FILE, rundir.CLEANING_FILE)}
+    real = clean.files.os.replace
+
+    def refuse_json(src, dst):  # cleaning.json cannot be replaced (an undeletable file, say)
+        if str(dst).endswith(rundir.CLEANING_FILE) and str(src).endswith(".tmp"):
+            raise PermissionError(1, "Operation not permitted")
+        return real(src, dst)
+
+    monkeypatch.setattr(clean.files.os, "replace", refuse_json)
+    again = _review(tmp_path, [_row("test", 0, int(run_labels[0]["test"][0]), "correct")])
+    capsys.readouterr()
+    assert _clean(tiny_run, again, "--out", out, "--force") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{out / rundir.CLEANING_FILE}: cannot write it" in err[0]
+    for name, data_ in before.items():  # both files as they were, and still vouched for by the manifest
+        assert manifest.verified(out, name).read_bytes() == data_
+    assert not [p.name for p in out.iterdir() if p.name.endswith((".tmp", ".old"))]  # no temporary, no old copy
+
+
 def test_run_reads_the_cleaned_data_set(cleaned, tmp_path):
     npz = cleaned[0] / rundir.CLEANED_DIR / rundir.CLEANED_FILE
     out = tmp_path / "on-cleaned"

@@ -151,7 +151,8 @@ def _exit_code(argv):
     (["--weight-decay", "nan"], "--weight-decay: must be >= 0"),
     (["--weight-decay", "inf"], "--weight-decay: must be >= 0 and finite"),
     (["--lr", "inf"], "--lr: must be finite"),
-    (["--seed", "-1"], "--seed: must be >= 0"),
+    (["--seed", "-1"], "--seed: must be between 0 and 4294967295, got -1"),
+    (["--seed", "4294967296"], "--seed: must be between 0 and 4294967295, got 4294967296"),  # scikit-learn's bound
     (["--widths", "8,8,8,8,8"], "--widths: at most 4 stages"),
     (["--members", "0"], "--members: must be positive"),
     (["--hidden", "-1"], "--hidden: must be 0 or positive, got -1"),
@@ -299,6 +300,35 @@ def test_a_diverging_learning_rate_is_one_line_and_saves_no_member(tmp_path, mni
     assert len(err) == 1 and "--lr: training diverged (seed" in err[0] and "try a lower --lr than 1e+30" in err[0]
     # no epoch state to resume from, no member, no finished run
     assert not list(out.glob("members/*")) and not (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("error, asked", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 480000000000 bytes. Error code 12 (Cannot allocate memory)"), " (480.0 GB asked for)"),
+    (MemoryError("Unable to allocate 447. GiB for an array with shape (60000, 1000000) and data type float64"),
+     " (447. GiB asked for)"),
+    (MemoryError(), ""),
+])
+def test_running_out_of_memory_is_one_line(monkeypatch, tmp_path, capsys, error, asked):
+    def allocate(*args, **kwargs):  # what --epochs 100000000 or --widths 1000000,16 meet in training
+        raise error
+
+    (tmp_path / "manifest.json").write_text("{}")  # enough of a run directory for report's argument check
+    for command, argv, hint in (("run", ["--out", str(tmp_path / "out")], cli.TRAINING_HINT),
+                                ("report", [str(tmp_path)], "")):  # report has no such flags to name
+        monkeypatch.setitem(cli.COMMANDS, command, allocate)
+        assert cli.main([command, *argv]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f"ambiguous-digits: error: out of memory{asked}{hint}"]
+    assert "lower --widths, --hidden, --batch-size or --epochs" in cli.TRAINING_HINT
+
+
+def test_other_runtime_errors_are_not_taken_for_memory(monkeypatch, tmp_path):
+    def fail(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(cli.COMMANDS, "run", fail)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["run", "--out", str(tmp_path / "out")])
 
 
 def _help(command, capsys):

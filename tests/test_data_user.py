@@ -141,7 +141,11 @@ def test_npz_missing_an_array_names_it(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    (b"not a zip", "unreadable npz"),
+    (b"not a zip", r"not an npz archive \(an npz is a zip file of .npy arrays x_train"),  # never "pickled data"
+    (b"\x89PNG\r\n\x1a\n" + bytes(40), "not an npz archive"),
+    (b"", "not an npz archive"),
+    (b"PKG notes, not a zip", "not an npz archive"),
+    (b"PK\x03\x04 a zip cut short", "unreadable npz"),
     (None, "no such file"),
 ])
 def test_unreadable_or_missing_npz(tmp_path, content, message):

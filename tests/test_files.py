@@ -1,6 +1,7 @@
 """files.atomic_path: a write that fails is one line naming the file, and the old file is kept whole."""
 
 import errno
+import os
 
 import pytest
 
@@ -33,6 +34,87 @@ def test_a_folder_in_the_way_is_a_write_error_and_is_left_alone(tmp_path):
         files.write_text(target, "<html>")
     assert (target / "keep").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+
+
+def _pair(tmp_path):
+    a, b = tmp_path / "a.npz", tmp_path / "b.json"
+    a.write_text("old a")
+    b.write_text("old b")
+    return a, b
+
+
+def test_atomic_paths_replaces_a_set_of_files_together(tmp_path):
+    a, b = _pair(tmp_path)
+    with files.atomic_paths(a, b) as (ta, tb):
+        ta.write_text("new a")
+        tb.write_text("new b")
+    assert (a.read_text(), b.read_text()) == ("new a", "new b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "b.json"]  # no temporary, no old copy left
+
+
+@pytest.mark.parametrize("refused", ["keeping a copy of the old b", "moving the new b in", "an interrupt"])
+def test_atomic_paths_puts_the_old_set_back_when_a_step_fails(tmp_path, monkeypatch, refused):
+    a, b = _pair(tmp_path)
+    real_replace, real_link = os.replace, os.link
+
+    def link(src, dst):  # an undeletable (immutable) b cannot be linked to, nor replaced
+        if refused == "keeping a copy of the old b" and str(src) == str(b):
+            raise OSError(errno.EPERM, "Operation not permitted")
+        return real_link(src, dst)
+
+    def replace(src, dst):  # the second rename, once a's is done
+        if str(dst) == str(b) and str(src).endswith(".tmp"):
+            if refused == "an interrupt":
+                raise KeyboardInterrupt
+            raise OSError(errno.EPERM, "Operation not permitted")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "link", link)
+    monkeypatch.setattr(files.os, "replace", replace)
+    expected = (KeyboardInterrupt if refused == "an interrupt" else files.WriteError)
+    with pytest.raises(expected, match=None if refused == "an interrupt" else
+                       r"b.json: cannot write it \(Operation not permitted\)"):
+        with files.atomic_paths(a, b) as (ta, tb):
+            ta.write_text("new a")
+            tb.write_text("new b")
+    assert (a.read_text(), b.read_text()) == ("old a", "old b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "b.json"]
+
+
+def test_atomic_paths_without_hard_links_keeps_copies(tmp_path, monkeypatch):
+    a, b = _pair(tmp_path)
+
+    def no_links(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(files.os, "link", no_links)
+    with files.atomic_paths(a, b) as (ta, tb):
+        ta.write_text("new a")
+        tb.write_text("new b")
+    assert (a.read_text(), b.read_text()) == ("new a", "new b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "b.json"]
+
+
+def test_atomic_paths_names_the_set_when_a_temporary_cannot_be_written(tmp_path):
+    a, b = _pair(tmp_path)
+    with pytest.raises(files.WriteError, match=r": cannot write a.npz, b.json \(No space left on device\)"):
+        with files.atomic_paths(a, b) as (ta, tb):
+            ta.write_text("new a")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert (a.read_text(), b.read_text()) == ("old a", "old b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "b.json"]
+
+
+def test_atomic_paths_refuses_a_folder_in_the_way_before_moving_anything(tmp_path):
+    a, b = _pair(tmp_path)
+    b.unlink()
+    b.mkdir()
+    with pytest.raises(files.WriteError, match="b.json: cannot write it \\(a folder is in the way\\)"):
+        with files.atomic_paths(a, b) as (ta, tb):
+            ta.write_text("new a")
+            tb.write_text("new b")
+    assert a.read_text() == "old a" and b.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "b.json"]
 
 
 def test_other_errors_pass_through_unchanged(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, PngImagePlugin
 
-from ambiguous_digits import cli, evidence, files, manifest, predict, preprocess, train
+from ambiguous_digits import cli, evidence, files, manifest, predict, preprocess, rundir, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is a script folder, not part of the package
 from bench.ood import glyph_page  # noqa: E402  (the glyphs the benchmark renders, as a user's picture of one)
@@ -244,6 +244,20 @@ def test_a_digit_that_cannot_be_written_is_one_line_and_the_others_are_still_sco
     assert sorted(p.name for p in out.iterdir()) == ["b.png"]  # and no temporary file left behind
 
 
+def test_a_predictions_folder_that_cannot_be_made_names_the_run_not_out(trained, mnist, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    shutil.rmtree(run / rundir.PREDICTIONS_DIR, ignore_errors=True)  # earlier tests may have predicted into it
+    (run / rundir.PREDICTIONS_DIR).write_text("in the way")  # no --out: predictions go into RUN/predictions
+    image = tmp_path / "mine.png"
+    _render(mnist.x_test[0], 0).save(image)
+    capsys.readouterr()
+    assert cli.main(["predict", str(image), "--run", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"--run: {run / rundir.PREDICTIONS_DIR} is a file, not a directory")
+    assert len(err.splitlines()) == 1
+
+
 def test_a_photo_s_exif_rotation_is_applied(tmp_path):
     """A phone stores a portrait photo sideways with an orientation tag; the digit is read upright."""
     page = np.full((40, 60), 255, np.uint8)  # 40 rows x 60 columns as stored
@@ -267,6 +281,11 @@ def test_a_tiny_drawing_is_a_digit_not_specks():
         speckled = np.full((8, 8), 1.0)
         speckled[0, 0] = speckled[6, 6] = speckled[3, 5] = 0.0
         preprocess.to_mnist(speckled, "dust")
+    for side in (1, 2):  # a dot on a page: refused as a dot, not as ink filling the box it is scaled into
+        dotted = np.full((100, 100), 1.0)
+        dotted[50:50 + side, 40:40 + side] = 0.0
+        with pytest.raises(preprocess.ImageError, match=rf"its ink spans only {side}x{side} pixel\(s\) \(a dot"):
+            preprocess.to_mnist(dotted, "dot")
 
 
 def test_the_run_s_saved_models_score_its_test_digits_to_the_same_bytes(trained, mnist):

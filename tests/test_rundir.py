@@ -121,6 +121,22 @@ def test_an_unknown_later_format_names_its_writer(tmp_path):
         manifest.load(tmp_path)
 
 
+@pytest.mark.parametrize("body, message", [
+    ("{not json", r"unreadable manifest \(Expecting property name"),
+    ("[]", r"unreadable manifest \(expected an object with a \"files\" object\)"),
+    ('{"version": 2}', r"unreadable manifest \(expected an object with a \"files\" object\)"),
+    ('{"version": 2, "files": []}', r"unreadable manifest \(expected an object with a \"files\" object\)"),
+    ('{"version": 2, "files": {"a.csv": null}}', r"unreadable manifest \(its entry 'a.csv' has no sha256\)"),
+    ('{"files": {}}', r"no manifest format version \(edited, or not written by ambiguous-digits\)"),
+])
+def test_a_malformed_manifest_is_one_line_naming_what_is_wrong(tmp_path, capsys, body, message):
+    (tmp_path / "manifest.json").write_text(body)
+    with pytest.raises(ConfigError, match=message):
+        manifest.load(tmp_path)
+    assert cli.main(["report", str(tmp_path)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
 def test_save_json_writes_and_lists_in_one_call(tmp_path):
     path = rundir.save_json(tmp_path, rundir.SUMMARY_FILE, {"a": 1})
     assert json.loads(path.read_text()) == {"a": 1}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 from pathlib import Path
 
@@ -315,12 +316,37 @@ COMMANDS = {"run": _cmd_run, "audit": _cmd_audit, "experiment": _cmd_experiment,
             "validate": _cmd_validate, "predict": _cmd_predict, "clean": _cmd_clean}
 
 
+# The commands that train, and what lowers their memory: an allocation they cannot make names these.
+TRAINING_HINT = ("; lower --widths, --hidden, --batch-size or --epochs (a run cut short resumes with --resume, or "
+                 "starts again with --force)")
+
+
+def out_of_memory(e: BaseException) -> str | None:
+    """For an allocation that failed (numpy's MemoryError, torch's allocator on a CPU or a GPU): how much was
+    asked for, as " (480.0 GB asked for)" where the message says, else ""; None for any other error."""
+    text = str(e)
+    if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in text):
+        return None
+    in_bytes = re.search(r"allocate (\d+) bytes", text)  # torch on a CPU
+    if in_bytes:
+        return f" ({int(in_bytes.group(1)) / 1e9:,.1f} GB asked for)"
+    sized = re.search(r"allocate ([\d.]+ ?[KMGTP]i?B)", text)  # numpy: "Unable to allocate 447. GiB"; CUDA: "20.00 GiB"
+    return f" ({sized.group(1)} asked for)" if sized else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args) or 0
     except (ConfigError, DataError, WriteError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        asked = out_of_memory(e)
+        if asked is None:
+            raise
+        hint = TRAINING_HINT if args.command in ("run", "audit", "experiment") else ""
+        print(f"{PROG}: error: out of memory{asked}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -40,6 +40,10 @@ SPLITS = ("test", "train")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
+# numpy's seed sequences take only non-negative integers, scikit-learn's random_state only those below 2**32.
+MAX_SEED = 2**32 - 1
+
+
 class ConfigError(ValueError):
     """A bad setting; the message names the flag and what is wrong."""
 
@@ -74,8 +78,8 @@ class Recipe:
             _check_positive(flag, value)
         if not 0 <= self.weight_decay < math.inf:  # also refuses NaN
             raise ConfigError(f"--weight-decay: must be >= 0 and finite, got {self.weight_decay}")
-        if self.seed < 0:  # numpy's seed sequences take only non-negative integers
-            raise ConfigError(f"--seed: must be >= 0, got {self.seed}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"--seed: must be between 0 and {MAX_SEED}, got {self.seed}")
         _check_dataset(self.dataset)
         if self.class_names is not None:
             _check_class_names(self.class_names)

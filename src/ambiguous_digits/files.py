@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -87,6 +89,74 @@ def atomic_path(path: Path) -> Iterator[Path]:
             os.replace(tmp, path)
     except OSError as e:
         raise WriteError.of(path, e) from None
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths: Path) -> Iterator[list[Path]]:
+    """atomic_path for files that belong together: a temporary beside each, all renamed into place on success.
+    Where one cannot be (a folder or an undeletable file in the way, an interrupt), those already renamed are put
+    back from copies kept until the end: the set is left old or new, never mixed, and every path keeps a file.
+    An OSError becomes a WriteError naming the file, or the set where it cannot tell which."""
+    paths = [Path(p) for p in paths]
+    what = f"{paths[0].parent}: cannot write {', '.join(p.name for p in paths)}"
+    with contextlib.ExitStack() as stack:
+        try:
+            tmps = [stack.enter_context(_temporary(p)) for p in paths]
+        except OSError as e:
+            raise WriteError(f"{what} ({e.strerror or e})") from None
+        try:
+            yield tmps
+        except OSError as e:
+            raise WriteError(f"{what} ({e.strerror or e})") from None
+        _replace_all(tmps, paths)
+
+
+def _replace_all(tmps: list[Path], paths: list[Path]) -> None:
+    """Keep a copy of each old file, rename the new ones in, then drop the copies; undo it all on any error."""
+    for path in paths:
+        if path.is_dir():
+            raise WriteError(f"{path}: cannot write it (a folder is in the way)")
+    kept: dict[Path, Path] = {}  # path -> its old file's copy
+    placed: list[Path] = []
+    path = paths[0]
+    try:
+        for path in paths:
+            if path.exists():
+                kept[path] = _keep(path)
+        for tmp, path in zip(tmps, paths):
+            os.replace(tmp, path)
+            placed.append(path)
+    except BaseException as e:
+        for new in placed:
+            with contextlib.suppress(OSError):
+                if new in kept:
+                    os.replace(kept[new], new)
+                else:
+                    os.unlink(new)
+        for copy in kept.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(copy)
+        if isinstance(e, OSError):
+            raise WriteError.of(path, e) from None
+        raise
+    for copy in kept.values():
+        with contextlib.suppress(OSError):
+            os.unlink(copy)
+
+
+def _keep(path: Path) -> Path:
+    """A copy of `path` beside it (a hard link where the file system has them): the old file, should it be
+    needed back."""
+    copy = path.with_name(f".{path.name}.{os.getpid()}.old")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(copy)
+    try:
+        os.link(path, copy)
+    except OSError as e:
+        if e.errno == errno.EPERM:  # an undeletable (immutable) file: it cannot be replaced either
+            raise
+        shutil.copy2(path, copy)  # no hard links on this file system
+    return copy
 
 
 def write_bytes(path: Path, data: bytes) -> None:

@@ -44,17 +44,26 @@ def load(run_dir: Path) -> dict[str, dict]:
         if not path.is_file():
             return {}
         body = json.loads(path.read_text())
-        version, entries = body.get("version"), body["files"]
-        if not all(isinstance(e, dict) and isinstance(e.get("sha256"), str) for e in entries.values()):
-            raise TypeError("entry without a sha256")
     except OSError as e:  # e.g. a run directory another user owns
         raise ConfigError(f"{path}: unreadable manifest ({e.strerror or e})") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except ValueError as e:
         raise ConfigError(f"{path}: unreadable manifest ({e})") from None
+    if not isinstance(body, dict):
+        raise ConfigError(f"{path}: unreadable manifest (expected an object with a \"files\" object)")
+    version = body.get("version")
+    if version is None:
+        raise ConfigError(f"{path}: no manifest format version (edited, or not written by ambiguous-digits): run "
+                          f"again (a new --out, or --force)")
     if version != MANIFEST_VERSION:  # a format this version does not know: its files may mean something else
         writer = body.get("written_by") or WRITTEN_BY.get(version, "another version")
         raise ConfigError(f"{path}: written by ambiguous-digits {writer} (manifest format {version!r}); this is "
                           f"{__version__}, which reads format {MANIFEST_VERSION}: run again (a new --out, or --force)")
+    entries = body.get("files")
+    if not isinstance(entries, dict):
+        raise ConfigError(f"{path}: unreadable manifest (expected an object with a \"files\" object)")
+    bad = next((n for n, e in entries.items() if not (isinstance(e, dict) and isinstance(e.get("sha256"), str))), None)
+    if bad is not None:
+        raise ConfigError(f"{path}: unreadable manifest (its entry {bad!r} has no sha256)")
     return entries
 
 

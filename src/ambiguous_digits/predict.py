@@ -188,7 +188,8 @@ def describe(path: Path, probs: np.ndarray, m: dict[str, float], saved: Path, na
 
 def _out_dir(run_dir: Path, out: Path | None) -> Path:
     folder = out if out is not None else run_dir / rundir.PREDICTIONS_DIR
-    rundir.prepare_out_dir(folder, force=False, any_folder=True)  # predictions accumulate: a non-empty folder is fine
+    # Predictions accumulate: a non-empty folder is fine. Without --out they go into the run directory.
+    rundir.prepare_out_dir(folder, force=False, any_folder=True, flag="--out" if out is not None else "--run")
     return folder
 
 

@@ -36,6 +36,8 @@ MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA")
 # Ink is what differs from the background by more than this fraction of the
 # darkest-to-lightest range: paper texture and JPEG ringing stay below it.
 INK_THRESHOLD = 0.2
+# Ink spanning fewer pixels than this either way is a dot: scaled into the box it would become a solid square.
+MIN_SPAN = 3
 # An image whose grey levels span less than this (of 0..1) has no digit in it.
 MIN_CONTRAST = 0.1
 # Solid ink: pixels at half intensity or more. Every MNIST digit has 15 to 312 of
@@ -111,6 +113,9 @@ def crop_to_ink(ink_: np.ndarray, name: str) -> np.ndarray:
     if not len(rows):
         raise ImageError(f"{name}: blank image; no digit found")
     crop = ink_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    if max(crop.shape) < MIN_SPAN:
+        raise ImageError(f"{name}: does not look like a digit: its ink spans only {crop.shape[0]}x{crop.shape[1]} "
+                         f"pixel(s) (a dot, not strokes)")
     # A stroke is at least as many pixels as the longer side of the box it spans (a
     # one-pixel line across it); fewer are specks scattered over a page, not a digit.
     if inked.sum() < max(crop.shape):

@@ -153,12 +153,12 @@ def check_out_dir(out: Path, force: bool, flag: str = "--out", any_folder: bool 
         raise ConfigError(f"{flag}: cannot write to {parent}: {e.strerror or e}") from None
 
 
-def prepare_out_dir(out: Path, force: bool, any_folder: bool = False) -> None:
-    check_out_dir(out, force, any_folder=any_folder)
+def prepare_out_dir(out: Path, force: bool, any_folder: bool = False, flag: str = "--out") -> None:
+    check_out_dir(out, force, flag, any_folder=any_folder)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ConfigError(f"--out: cannot create {out}: {e.strerror or e}") from None
+        raise ConfigError(f"{flag}: cannot create {out}: {e.strerror or e}") from None
 
 
 @contextmanager
@@ -332,9 +332,15 @@ def check_resume_data(out: Path, name: str, ds) -> None:
                           f"(MD5s in {out / name}); start a new run (--force) on the new data")
 
 
-def check_same_data(out: Path, ds, split: str) -> None:
-    """An audit joins a run's directory, or the other split's audit, only on the same data (same MD5s)."""
+def check_same_data(out: Path, ds, split: str, images: int) -> None:
+    """An audit joins a run's directory, or the other split's audit, only on the same data (same MD5s), and
+    replaces a finished run's table of `split` only with one of as many digits (`images`)."""
     summary = manifest.listed_json(out, SUMMARY_FILE)
+    held_digits = (summary or {}).get(f"{split}_digits")
+    if held_digits is not None and held_digits != images:
+        flag = "--test-limit" if split == "test" else "--train-limit"
+        raise ConfigError(f"{flag}: {out} holds a run of {held_digits} {split} digits, not this audit's "
+                          f"{images}; use the run's {flag}, or give another --out")
     # A finished run's data are in its summary; a run in progress (or killed) has only DATA_FILE.
     run_data = summary.get("data", {}) if summary is not None else manifest.listed_json(out, DATA_FILE)
     other = next(s for s in AUDIT if s != split)

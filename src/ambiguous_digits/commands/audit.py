@@ -40,7 +40,7 @@ def claim(recipe: Recipe, plan: AuditPlan, inv: Invocation, ds: data.Dataset, im
     minutes). An interrupted audit's folds are dropped (resume them with --resume)."""
     plan.check_folds(images)
     _check_no_audit(plan, inv)
-    rundir.check_same_data(inv.out, ds, plan.split)
+    rundir.check_same_data(inv.out, ds, plan.split, images)
     with rundir.claiming(inv.out):
         rundir.clear_audit(inv.out, plan.split)
         rundir.save_audit_config(inv.out, recipe, plan, inv)
@@ -205,5 +205,10 @@ def _pool_with_run(recipe: Recipe, plan: AuditPlan, inv: Invocation, cv_probs: n
 
 def resume(split: str, inv: Invocation, log: Log = print) -> dict:
     """Continue the interrupted audit of `split` in inv.out with its own saved recipe and plan."""
+    manifest.require(inv.out)
+    if not manifest.listed(inv.out, rundir.AUDIT[split].config):
+        raise ConfigError(f"--resume: {inv.out} holds no {split}-set audit to resume (no "
+                          f"{rundir.AUDIT[split].config}); start one with `audit --out {inv.out}"
+                          f"{' --split train' if split == 'train' else ''}`")
     recipe, plan = rundir.load_audit_config(inv.out, split)
     return run_audit(recipe, plan, rundir.placed_as_before(inv.out, rundir.AUDIT[split].config, inv), log, resume=True)

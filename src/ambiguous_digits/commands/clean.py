@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -280,13 +281,22 @@ def _record(run_dir: Path, summary: dict, review: str, source: str, ds: data.Dat
 
 
 def _write(run_dir: Path, out: Path, cleaned: dict[str, np.ndarray], record: dict) -> None:
-    """cleaned.npz, then cleaning.json (last: the cleaning is complete), each listed in the manifest of the run
+    """cleaned.npz and cleaning.json, both renamed into place or neither, then listed in the manifest of the run
     directory when `out` is inside it, else in out's own."""
     files.make_dirs(out)  # checked already (_check_out): here only created
     base = run_dir if out.resolve().is_relative_to(run_dir.resolve()) else out
     names = [(out / n).resolve().relative_to(base.resolve()).as_posix()
              for n in (rundir.CLEANED_FILE, rundir.CLEANING_FILE)]
     with rundir.locked(base, flag="RUN_DIR" if base == run_dir else "--out"):
-        manifest.forget(base, *names)  # an earlier cleaning (--force) is never half trusted
-        rundir.save_npz(base, names[0], **cleaned)
-        rundir.save_json(base, names[1], record)
+        earlier = [base / n for n in names if manifest.listed(base, n)]
+        manifest.forget(base, *names)  # until the new pair is listed, a kill leaves it unlisted, never misdescribed
+        try:  # both or neither: an earlier cleaning (--force) is put back whole, and listed again, if either fails
+            with files.atomic_paths(base / names[0], base / names[1]) as (npz_tmp, json_tmp):
+                with open(npz_tmp, "wb") as f:
+                    np.savez(f, **cleaned)
+                json_tmp.write_text(json.dumps(record, indent=2) + "\n")
+        except files.WriteError:
+            if earlier:
+                manifest.record(base, *earlier)
+            raise
+        manifest.record(base, base / names[0], base / names[1])

@@ -59,6 +59,10 @@ def _read_npz(path: Path, spec: str) -> tuple[dict, dict, dict]:
     if not path.is_file():
         raise DataError(f"{spec}: {'not a file' if path.exists() else 'no such file'}")
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")):  # else numpy speaks of pickles
+            raise DataError(f"{spec}: not an npz archive (an npz is a zip file of .npy arrays {', '.join(KEYS)})")
         npz = np.load(path, allow_pickle=False)
         if not isinstance(npz, np.lib.npyio.NpzFile):  # a .npy file: one bare array
             raise DataError(f"{spec}: a single {type(npz).__name__} array, expected an npz archive "
