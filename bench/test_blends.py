@@ -44,10 +44,10 @@ def other_class(mean: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return others.argmax(axis=1)
 
 
-def blend(x: np.ndarray, labels: np.ndarray, second: np.ndarray, rate: float, rng: np.random.Generator,
+def blend(x: np.ndarray, labels: np.ndarray, partner: np.ndarray, rate: float, rng: np.random.Generator,
           alpha: tuple[float, float] = ALPHA) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(blended (n, 28, 28) uint8, their sorted positions (n,), the digits blended in (n,)): round(rate * N) digits
-    (at least 1), each blended with a random unchosen digit labelled `second` of it (a class not its own), the
+    (at least 1), each blended with a random unchosen digit labelled `partner` of it (a class not its own), the
     digit's share uniform in `alpha`; labels are kept. ValueError when no unchosen digit of that class is left."""
     count = max(1, round(rate * len(labels)))
     pos = np.sort(rng.choice(len(labels), size=count, replace=False))
@@ -56,9 +56,9 @@ def blend(x: np.ndarray, labels: np.ndarray, second: np.ndarray, rate: float, rn
     share = rng.uniform(*alpha, size=count)[:, None, None]
     others = []
     for i in pos:
-        pool = np.flatnonzero(free & (labels == second[i]))
+        pool = np.flatnonzero(free & (labels == partner[i]))
         if not len(pool):
-            raise ValueError(f"no digit labelled {second[i]} is left to blend digit {i} with; give a lower rate "
+            raise ValueError(f"no digit labelled {partner[i]} is left to blend digit {i} with; give a lower rate "
                              f"or a run of more test digits")
         others.append(rng.choice(pool))
     others = np.array(others, dtype=np.int64)
@@ -88,18 +88,18 @@ def one_run(run_dir: Path, rates: list[float], draws: int, device: str, data_dir
     familiar = predict.load_familiar(run_dir, warn=lambda _: None)
     if familiar is None:
         raise SystemExit(f"bench/test_blends.py: {run_dir} has no embeddings.npz; re-run it with this version")
-    found = data.load_dataset(dataset, data_dir, log=lambda _: None, progress=False)
-    x = found.x_test[:len(labels)]  # a --test-limit run scored the first test digits
-    if not np.array_equal(found.y_test[:len(labels)], labels):
+    ds = data.load_dataset(dataset, data_dir, log=lambda _: None, progress=False)
+    x = ds.x_test[:len(labels)]  # a --test-limit run scored the first test digits
+    if not np.array_equal(ds.y_test[:len(labels)], labels):
         raise SystemExit(f"bench/test_blends.py: {run_dir}'s test labels are not {dataset}'s first {len(labels)}")
     _, clean = predict.see(ensemble, familiar, x)  # every digit's unfamiliarity by the same pass as the blends'
-    second = other_class(test_noise.ensemble_mean(member_probs), labels)
+    partner = other_class(test_noise.ensemble_mean(member_probs), labels)
     rows = []
     for rate in rates:
         for d in range(draws):
             rng = np.random.default_rng([recipe["seed"], BLEND_STREAM, int(rate * 1e6), d])
             try:
-                mixed, pos, _ = blend(x, labels, second, rate, rng)
+                mixed, pos, _ = blend(x, labels, partner, rate, rng)
             except ValueError as e:
                 raise SystemExit(f"bench/test_blends.py: --rates {rate:g} on {run_dir}: {e}") from None
             seen, unfamiliar = predict.see(ensemble, familiar, mixed)
@@ -112,11 +112,7 @@ def one_run(run_dir: Path, rates: list[float], draws: int, device: str, data_dir
                          "scores": {k: test_noise.read_score(v, pos, read) for k, v in found.items()},
                          "flags": test_noise.flag_score(table["is_label_issue"].astype(bool), pos)})
     if dataset == "mnist" and len(labels) == 10000:
-        review, checks = validate.load_review(), {}
-        for name, s in rankings(member_probs, labels, clean.pct)[0].items():
-            v = validate.validate_ranking(scores.rank(s), review)
-            checks[name] = {"errors_in_top_100": v["errors_in_top_100"], "average_precision": v["average_precision"]}
-        rows.append({"model": "human review", "checks": checks})
+        rows.append(test_noise.review_row(rankings(member_probs, labels, clean.pct)[0], validate.load_review()))
     return rows
 
 

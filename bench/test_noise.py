@@ -91,12 +91,18 @@ def one_run(member_probs: np.ndarray, labels: np.ndarray, seed: int, rates: list
                              "scores": {k: read_score(v, flipped, read) for k, v in found.items()},
                              "flags": flag_score(flagged, flipped)})
     if review:
-        checks = {}
-        for name, s in rankings(member_probs, labels, audit.label_issue_table(labels, mean)).items():
-            v = validate.validate_ranking(scores.rank(s), review)
-            checks[name] = {"errors_in_top_100": v["errors_in_top_100"], "average_precision": v["average_precision"]}
-        rows.append({"model": "human review", "checks": checks})
+        rows.append(review_row(rankings(member_probs, labels, audit.label_issue_table(labels, mean)), review))
     return rows
+
+
+def review_row(found: dict[str, np.ndarray], review: list[dict]) -> dict:
+    """The row of the clean labels' check against the human review: each ranking's (HIGHER = more suspect)
+    reviewed errors in the top 100 and average precision."""
+    checks = {}
+    for name, s in found.items():
+        v = validate.validate_ranking(scores.rank(s), review)
+        checks[name] = {"errors_in_top_100": v["errors_in_top_100"], "average_precision": v["average_precision"]}
+    return {"model": "human review", "checks": checks}
 
 
 def summarise(per_run: list[list[dict]]) -> dict:

@@ -15,20 +15,20 @@ from bench import test_noise as tn  # noqa: E402
 from tests.test_test_noise import confident_members  # noqa: E402
 
 
-def test_blend_mixes_each_chosen_digit_with_an_unchosen_digit_of_its_second_class():
+def test_blend_mixes_each_chosen_digit_with_an_unchosen_digit_of_its_partner_class():
     labels = np.arange(300) % 10
-    second = (labels + 3) % 10
+    partner = (labels + 3) % 10
     x = np.zeros((300, 28, 28), dtype=np.uint8)
     x[:, 0, 0] = 250  # every digit: one pixel alike, one apart
-    x[:, 0, 1] = np.where(labels % 2 == 0, 200, 0)  # second is 3 classes on: the other parity, the other value
-    mixed, pos, others = tb.blend(x, labels, second, 0.5, np.random.default_rng(0))  # half: partners hard to find
+    x[:, 0, 1] = np.where(labels % 2 == 0, 200, 0)  # the partner is 3 classes on: the other parity, the other value
+    mixed, pos, others = tb.blend(x, labels, partner, 0.5, np.random.default_rng(0))  # half: partners hard to find
     assert len(pos) == 150 and np.all(np.diff(pos) > 0) and mixed.shape == (150, 28, 28) and mixed.dtype == np.uint8
-    assert np.array_equal(labels[others], second[pos]) and not np.isin(others, pos).any()
+    assert np.array_equal(labels[others], partner[pos]) and not np.isin(others, pos).any()
     assert np.all(mixed[:, 0, 0] == 250)  # a blend of equal pixels is that pixel
     share = np.where(labels[pos] % 2 == 0, mixed[:, 0, 1] / 200, 1 - mixed[:, 0, 1] / 200)
     assert np.all(share >= tb.ALPHA[0] - 0.01) and np.all(share <= tb.ALPHA[1] + 0.01)
     assert share.std() > 0.03  # drawn, not one share for all
-    again = tb.blend(x, labels, second, 0.5, np.random.default_rng(0))
+    again = tb.blend(x, labels, partner, 0.5, np.random.default_rng(0))
     assert all(np.array_equal(a, b) for a, b in zip((mixed, pos, others), again))  # seeded
 
 

@@ -168,8 +168,13 @@ def write_text(path: Path, text: str) -> None:
     write_bytes(path, text.encode())
 
 
+def json_text(obj: object) -> str:
+    """How every JSON output is written: indented, keys in their order, a final newline."""
+    return json.dumps(obj, indent=2, sort_keys=False) + "\n"
+
+
 def write_json(path: Path, obj: object) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    write_text(path, json_text(obj))
 
 
 def write_new(folder: Path, stem: str, suffix: str, data: bytes) -> Path:

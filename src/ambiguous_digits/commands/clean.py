@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -294,7 +293,7 @@ def _write(run_dir: Path, out: Path, cleaned: dict[str, np.ndarray], record: dic
             with files.atomic_paths(base / names[0], base / names[1]) as (npz_tmp, json_tmp):
                 with open(npz_tmp, "wb") as f:
                     np.savez(f, **cleaned)
-                json_tmp.write_text(json.dumps(record, indent=2) + "\n")
+                json_tmp.write_text(files.json_text(record))
         except files.WriteError:
             if earlier:
                 manifest.record(base, *earlier)
