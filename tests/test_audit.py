@@ -208,6 +208,39 @@ def test_audit_refuses_to_join_a_run_on_other_data(tmp_path, mnist_dir, capsys):
     assert manifest.load(out) == before and not (out / "label_issues.csv").exists()
 
 
+def test_an_audit_of_smaller_data_blames_the_data_not_the_limit_it_inherits(tmp_path, mnist_dir, capsys):
+    """The audit inherits the run's --train-limit (300); a data set of 200 training images must be refused as
+    other data, not as a --train-limit the user never typed."""
+    out = tmp_path / "run"
+    common = ["--out", str(out), "--test-limit", "60", "--epochs", "1", "--widths", "4,8,8", "--quiet"]
+    assert cli.main(["run", "--members", "1", "--train-limit", "300", "--data-dir", str(mnist_dir), *common]) == 0
+    ds = data.load_mnist(mnist_dir, log=lambda _: None, progress=False)
+    smaller = tmp_path / "smaller.npz"
+    np.savez(smaller, x_train=ds.x_train[:200], y_train=ds.y_train[:200], x_test=ds.x_test[:60],
+             y_test=ds.y_test[:60])
+    before = manifest.load(out)
+    capsys.readouterr()
+    assert cli.main(["audit", "--dataset", f"npz:{smaller}", "--folds", "2", *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ambiguous-digits: error: --dataset:") and "holds a run on mnist" in err
+    assert "--train-limit" not in err and len(err.splitlines()) == 1
+    assert manifest.load(out) == before and not (out / "label_issues.csv").exists()
+
+
+def test_a_limit_beyond_the_runs_own_data_names_the_data_size(tmp_path, mnist_dir, capsys):
+    """On the run's own data, a typed --train-limit above its images is refused as that, with the number typed."""
+    ds = data.load_mnist(mnist_dir, log=lambda _: None, progress=False)
+    own = tmp_path / "own.npz"
+    np.savez(own, x_train=ds.x_train[:400], y_train=ds.y_train[:400], x_test=ds.x_test[:60], y_test=ds.y_test[:60])
+    out = tmp_path / "run"
+    common = ["--out", str(out), "--dataset", f"npz:{own}", "--epochs", "1", "--widths", "4,8,8", "--quiet"]
+    assert cli.main(["run", "--members", "2", "--train-limit", "300", *common]) == 0
+    capsys.readouterr()
+    assert cli.main(["audit", "--split", "train", "--folds", "2", "--train-limit", "500", *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--train-limit: npz:{own} has 400 training images, got 500" in err and len(err.splitlines()) == 1
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--test-limit", "40"], "--test-limit: {out} holds a run of 60 test digits, not this audit's 40"),
     (["--split", "train", "--train-limit", "200"],

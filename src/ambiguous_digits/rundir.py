@@ -332,15 +332,11 @@ def check_resume_data(out: Path, name: str, ds) -> None:
                           f"(MD5s in {out / name}); start a new run (--force) on the new data")
 
 
-def check_same_data(out: Path, ds, split: str, images: int) -> None:
+def check_same_data(out: Path, ds, split: str, images: int | None = None) -> None:
     """An audit joins a run's directory, or the other split's audit, only on the same data (same MD5s), and
-    replaces a finished run's table of `split` only with one of as many digits (`images`)."""
+    replaces a finished run's table of `split` only with one of as many digits (`images`; None: the data only)."""
     summary = manifest.listed_json(out, SUMMARY_FILE)
-    held_digits = (summary or {}).get(f"{split}_digits")
-    if held_digits is not None and held_digits != images:
-        flag = "--test-limit" if split == "test" else "--train-limit"
-        raise ConfigError(f"{flag}: {out} holds a run of {held_digits} {split} digits, not this audit's "
-                          f"{images}; use the run's {flag}, or give another --out")
+    # Other data first: on another data set, a count that differs follows from the data, not from a limit.
     # A finished run's data are in its summary; a run in progress (or killed) has only DATA_FILE.
     run_data = summary.get("data", {}) if summary is not None else manifest.listed_json(out, DATA_FILE)
     other = next(s for s in AUDIT if s != split)
@@ -350,3 +346,8 @@ def check_same_data(out: Path, ds, split: str, images: int) -> None:
             raise ConfigError(f"--dataset: {out} holds {what} on {record.get('dataset', 'other data')}, and these "
                               f"data ({ds.name}) are not its files (their MD5s differ); audit that data set "
                               f"(its --dataset), or give another --out")
+    held_digits = (summary or {}).get(f"{split}_digits")
+    if images is not None and held_digits is not None and held_digits != images:
+        flag = "--test-limit" if split == "test" else "--train-limit"
+        raise ConfigError(f"{flag}: {out} holds a run of {held_digits} {split} digits, not this audit's "
+                          f"{images}; use the run's {flag}, or give another --out")

@@ -90,6 +90,8 @@ def run_audit(recipe: Recipe, plan: AuditPlan = AuditPlan(), inv: Invocation = I
     else:
         extra, x, y = (x_train[:0], y_train[:0]), x_train, y_train
     if not resume:
+        # Other data before the limits: an audit inherits a run's limits, which another data set may not reach.
+        rundir.check_same_data(inv.out, ds, plan.split)
         check_limits(recipe, ds)
         rundir.prepare_out_dir(inv.out, force=True)
     with rundir.locked(inv.out):
