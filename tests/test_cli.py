@@ -109,7 +109,7 @@ def test_summary_reports_accuracy_timings_checksums(tiny_run):
     assert s["environment"]["libraries"]["torch"].startswith("2.13.0")
     config = json.loads((tiny_run / "config.json").read_text())
     assert set(config) == {"version", "run_id", "recipe", "recipe_choice", "outputs", "placement"}
-    assert set(config["placement"]) == {"device", "threads"}  # a resume keeps them; the recipe holds neither
+    assert set(config["placement"]) == {"device", "threads", "workers"}  # a resume keeps them; the recipe holds none
     assert config["run_id"] == s["run_id"] and len(config["run_id"]) == 32
     assert config["recipe"] == s["recipe"] and config["outputs"] == s["outputs"] == {"top": 5, "rankings": list(scores.RANKINGS)}
     assert s["recipe"]["members"] == 2 and s["recipe"]["widths"] == [8, 16, 32] and s["recipe"]["test_limit"] == 300
@@ -364,10 +364,10 @@ def test_a_relative_data_dir_is_recorded_as_an_absolute_path(tmp_path, monkeypat
 # ---------------------------------------------------------------------------
 def test_run_gets_the_typed_flags_and_the_defaults_for_the_rest(called, tmp_path):
     got = called("run", "--out", tmp_path / "r", "--epochs", "3", "--widths", "4,8,8", "--no-augment", "--top", "7",
-                 "--rankings", "margin,entropy", "--threads", "2", "--quiet")
+                 "--rankings", "margin,entropy", "--threads", "2", "--workers", "3", "--quiet")
     assert got["recipe"] == Recipe(epochs=3, widths=(4, 8, 8), augment=False)
     assert got["outputs_"] == RunOutputs(top=7, rankings=("margin", "entropy"))
-    assert got["inv"] == Invocation(out=tmp_path / "r", threads=2, progress=False)
+    assert got["inv"] == Invocation(out=tmp_path / "r", threads=2, workers=3, progress=False)
     assert called("run")["recipe"] == Recipe() and called("run")["outputs_"] == RunOutputs()
 
 

@@ -41,16 +41,47 @@ def uninterrupted(tmp_path_factory, mnist_dir):
     return out
 
 
-def _kill_mid_training(out: Path, data_dir: Path) -> None:
-    """Start a run in a subprocess and SIGKILL it once its first epoch checkpoint is listed as complete."""
-    proc = subprocess.Popen(_cli("run", "--out", str(out), "--data-dir", str(data_dir), *SMALL), env=_env(),
+def _kill_mid_training(out: Path, data_dir: Path, *extra: str) -> dict[int, bytes]:
+    """Start a run in a subprocess and SIGKILL it once its first epoch checkpoint is listed as complete; returns
+    the processes it had started (local workers), with their command lines, as they were just before the kill."""
+    proc = subprocess.Popen(_cli("run", "--out", str(out), "--data-dir", str(data_dir), *SMALL, *extra), env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not _listed(out, KILL_AFTER) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(POLL_S)
+    below = {pid: _cmdline(pid) for pid in _descendants(proc.pid)}
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be interrupted"
+    return below
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (Linux's /proc/PID/task/TID/children)."""
+    found, todo = set(), [pid]
+    while todo:
+        for children in Path(f"/proc/{todo.pop()}/task").glob("*/children"):
+            try:
+                new = {int(c) for c in children.read_text().split()} - found
+            except OSError:  # the thread ended meanwhile
+                continue
+            found |= new
+            todo += new
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"  # a zombie has ended
+    except OSError:
+        return False
 
 
 def _listed(out: Path, name: str) -> bool:
@@ -75,6 +106,30 @@ def test_a_killed_run_resumes_to_the_same_bytes(uninterrupted, tmp_path, mnist_d
                 "models/member-1.npz"}
     assert expected <= set(listed)
     assert all(manifest.sha256(out / name) == e["sha256"] for name, e in listed.items())
+
+
+@pytest.mark.skipif(not list(Path("/proc/self/task").glob("*/children")), reason="needs Linux's /proc children")
+def test_a_killed_run_with_workers_leaves_none_training_and_resumes_to_the_same_bytes(uninterrupted, tmp_path,
+                                                                                       mnist_dir):
+    """Each member in a worker process of its own: the workers end with the driver (none writes on into the run
+    directory), and the resumed run, side by side again, equals one trained a member at a time."""
+    out = tmp_path / "killed"
+    below = _kill_mid_training(out, mnist_dir, "--workers", "2")
+    workers = [pid for pid, cmdline in below.items() if b"spawn_main" in cmdline]
+    assert len(workers) == 2  # and multiprocessing's resource tracker
+    deadline = time.monotonic() + 30
+    while any(map(_alive, below)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_alive, below))
+    done = subprocess.run(_cli("run", "--resume", str(out), "--quiet"), env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "resuming after epoch" in done.stdout
+    for name in ("scores.csv", "train_dynamics.csv", "train_label_issues.csv", "label_issues.csv"):
+        assert (out / name).read_bytes() == (uninterrupted / name).read_bytes(), name
+    with np.load(out / "probs.npz") as a, np.load(uninterrupted / "probs.npz") as b:
+        for key in ("probs", "labels", "index", "seeds"):
+            np.testing.assert_array_equal(a[key], b[key])
+    assert not list(out.rglob("*.epoch-*.pt")) and not list(out.rglob(".*.tmp"))
 
 
 def test_epoch_checkpoint_continues_training_exactly(mnist):
@@ -103,7 +158,7 @@ def test_resume_of_a_finished_run_changes_nothing(uninterrupted, capsys):
 
 
 @pytest.mark.parametrize("flags", [["--epochs", "5"], ["--seed", "0"], ["--out", "elsewhere"], ["--force"],
-                                   ["--no-augment"], ["--hidden", "16"]])
+                                   ["--no-augment"], ["--hidden", "16"], ["--workers", "1"], ["--threads", "2"]])
 def test_resume_refuses_flags_that_would_change_the_result(uninterrupted, flags, capsys):
     assert cli.main(["run", "--resume", str(uninterrupted), *flags]) == 2
     err = capsys.readouterr().err.strip()

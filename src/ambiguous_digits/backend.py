@@ -1,4 +1,5 @@
-"""Where independent training jobs run: here, one after another, or as Ray tasks on a cluster.
+"""Where independent training jobs run: here (side by side in worker processes, or one after another), or as
+Ray tasks on a cluster.
 
 A job is a call `fn(**shared, **job)`. The shared arrays (the images) go to a
 Ray cluster once, through its object store; each job's own arguments (a seed, a
@@ -11,9 +12,16 @@ caller can write them to disk before the next one arrives; it returns a short no
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import multiprocessing
+import multiprocessing.connection
 import os
 import secrets
+import signal
 import socket
+import threading
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -30,6 +38,13 @@ CONNECT_TIMEOUT_S = 5.0
 # How often Ray re-runs a task whose worker process or node died mid-task (Ray's
 # own retry; an exception raised by the job itself is a bug and is not retried).
 TASK_RETRIES = 3
+# Seconds between the driver's checks that no worker has died (besides the pool's own).
+WORKER_CHECK_S = 1.0
+# prctl's option that has the kernel signal a process when its parent ends (<linux/prctl.h>).
+PR_SET_PDEATHSIG = 1
+# Training digits x epochs of a job below which default local workers do not pay: their start-up (about 2 s, each
+# a fresh process importing torch) outweighs what two 1-thread members side by side save (docs/usage.md).
+POOL_MIN_WORK = 20_000
 # A Ray head node's GCS speaks gRPC (HTTP/2): it answers the HTTP/2 connection preface
 # with a SETTINGS frame (9-byte header, type 0x4). An empty SETTINGS frame of our own
 # follows the preface, as the protocol asks (RFC 9113, section 3.4).
@@ -48,13 +63,18 @@ OnResult = Callable[[int, Any], str]
 
 
 def map_jobs(fn: Callable[..., Any], jobs: Sequence[Job], shared: dict, inv: Invocation, on_result: OnResult,
-             desc: str, progress: bool = True, on_start: Callable[[int], None] = lambda i: None) -> list:
+             desc: str, progress: bool = True, on_start: Callable[[int], None] = lambda i: None,
+             work: int = 0) -> list:
     """Run `fn(**shared, **job)` for every job on inv.backend; returns the results in job order.
 
     `on_start(i)` is called as job i is started (locally) or handed to the cluster (Ray).
     One progress bar over the jobs, advanced as each finishes, with on_result's note.
+    `work`: the training digits times epochs of the largest job, which decides whether local workers pay.
     """
-    run = _run_local if inv.backend == "local" else _run_ray
+    if inv.backend == "ray":
+        run = _run_ray
+    else:  # side by side or not, a job trains with member_threads(inv): the same bytes either way
+        run = _run_pool if side_by_side(inv, len(jobs), work) else _run_local
     results: list = [None] * len(jobs)
     with tqdm(total=len(jobs), desc=desc, unit="job", disable=not progress or not jobs) as bar:
         def started(i: int) -> None:
@@ -74,14 +94,120 @@ def map_jobs(fn: Callable[..., Any], jobs: Sequence[Job], shared: dict, inv: Inv
 
 
 def _run_local(fn, jobs, shared, inv: Invocation, started, arrived: OnResult, progress: bool) -> None:
-    for i, job in enumerate(jobs):
-        started(i)
-        arrived(i, fn(**shared, **job, progress=progress))
+    import torch
+
+    threads = torch.get_num_threads()  # a job sets its own count (member_threads); the driver's stages keep theirs
+    try:
+        for i, job in enumerate(jobs):
+            started(i)
+            arrived(i, fn(**shared, **job, progress=progress))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def cores() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def local_workers(inv: Invocation) -> int:
+    """Jobs trained at once by the local backend: --workers, else as many as the cores hold at --threads each
+    (default 1) on a CPU, and 1 on a GPU. A small CNN's step spreads poorly over threads (docs/usage.md, "Members
+    side by side")."""
+    if inv.workers:
+        return inv.workers
+    from .train import resolve_device
+
+    return max(1, cores() // (inv.threads or 1)) if resolve_device(inv.device).type == "cpu" else 1
+
+
+def side_by_side(inv: Invocation, jobs: int, work: int) -> bool:
+    """Whether local jobs run in worker processes: asked for with --workers, or by default where each job is large
+    enough (POOL_MIN_WORK) to pay for the workers' start-up."""
+    if inv.backend != "local" or local_workers(inv) < 2 or jobs < 2:
+        return False
+    return inv.workers is not None or work >= POOL_MIN_WORK
+
+
+def member_threads(inv: Invocation) -> int | None:
+    """torch threads of each job: --threads; else 1 where jobs run side by side (Ray tasks, local workers), and
+    None (torch's default, every core) where they run one at a time. Decided by the settings alone, never by how
+    many jobs are left, so a resumed run trains its last member as it would have uninterrupted."""
+    if inv.threads:
+        return inv.threads
+    return 1 if inv.backend == "ray" or local_workers(inv) > 1 else None
 
 
 def task_cpus(inv: Invocation) -> int:
     """CPUs each Ray task reserves; it runs torch with as many threads (--threads, default 1)."""
-    return inv.threads or 1
+    return member_threads(inv) or 1
+
+
+# The jobs' shared arrays in a worker process, sent once when it starts (_hold), not once per job.
+_SHARED: dict = {}
+
+
+def _hold(shared: dict, driver: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches every process: the driver stops its workers
+    _die_with(driver)
+    # A thread lock for tqdm's (disabled) bars: its default, a semaphore, is reported leaked by a worker stopped early.
+    tqdm.set_lock(threading.RLock())
+    _SHARED.update(shared)
+
+
+def _die_with(driver: int) -> None:
+    """Linux: the kernel kills this worker when the driver (its parent) ends, even killed outright, so no member
+    trains on into its run directory. Without prctl (not Linux) such a worker may finish the member it is on."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # no prctl: not Linux
+        return
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != driver:  # the driver ended before prctl took effect
+        os._exit(1)
+
+
+def _call_held(fn: Callable[..., Any], job: Job) -> Any:
+    return fn(**_SHARED, **job, progress=False)  # one bar, the driver's, over the jobs
+
+
+def _run_pool(fn, jobs, shared, inv: Invocation, started, arrived: OnResult, progress: bool) -> None:
+    """Up to local_workers(inv) jobs at a time, each in a worker process; each result reaches `arrived` here, in
+    the driver, as it finishes. A job's error stops the others (their epochs so far are saved: --resume goes on)."""
+    workers = min(local_workers(inv), len(jobs))
+    waiting = list(enumerate(jobs))[::-1]
+    # Spawned, not forked: a process forked after torch has run can hang in its thread pool, and a spawned
+    # worker's parent is the driver, with whom it ends (_die_with).
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_hold,
+                               initargs=(shared, os.getpid()))
+    running: dict = {}
+    processes: dict = {}  # kept here: a broken pool forgets its workers before it has ended them all
+    try:
+        while waiting or running:
+            while waiting and len(running) < workers:  # started when it starts, so the log says what runs
+                i, job = waiting.pop()
+                running[pool.submit(_call_held, fn, job)] = i
+                processes.update(pool._processes or {})
+                started(i)
+            done, _ = wait(running, timeout=WORKER_CHECK_S, return_when=FIRST_COMPLETED)
+            if not done and multiprocessing.connection.wait([w.sentinel for w in processes.values()], timeout=0):
+                raise BrokenProcessPool  # a worker ended mid-job: Python 3.11's pool can miss one spawned late
+            for future in done:
+                arrived(running.pop(future), future.result())
+    except BrokenProcessPool:
+        raise ConfigError(f"--workers: a worker process died (killed, out of memory, or failed to start); "
+                          f"--resume {inv.out} goes on from the last saved epochs (a new run with --workers 1 trains "
+                          f"one member at a time, in less memory)") from None
+    finally:
+        if running:  # an error or an interrupt: the other members' workers would train on to their end
+            # No public way to stop them before 3.14. A worker stopped mid-way through sending its result could in
+            # principle leave the pool's reader waiting; the window is the milliseconds of one send.
+            for process in processes.values():
+                process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_ray(fn, jobs, shared, inv: Invocation, started, arrived: OnResult, progress: bool) -> None:

@@ -96,17 +96,24 @@ def _add_invocation_flags(p: argparse.ArgumentParser, backend: bool = True) -> N
           help="cache of a published data set (default: ~/.cache/ambiguous-digits/<dataset>, or under "
                "$XDG_CACHE_HOME where set; for mnist $AMBIGUOUS_DIGITS_DATA when set)")
     _flag(p, "--device", default=i.device, help="auto, cpu, cuda or cuda:N")
-    _flag(p, "--threads", type=flags.positive_int, help="torch CPU threads (default: all cores)")
     if backend:
+        _flag(p, "--threads", type=flags.positive_int,
+              help="torch CPU threads of each member and of this process's own stages (default: 1 a member where "
+                   "members train side by side, else all cores)")
+        _flag(p, "--workers", type=flags.positive_int,
+              help="members (audit: fold members) trained at once here, each in a process of its own "
+                   "(default: as many as the cores hold at --threads each on a CPU, 1 on a GPU)")
         _flag(p, "--backend", choices=BACKENDS, default=i.backend,
-              help="where the ensemble members (audit: folds) train: one after another here, or as Ray "
-                   "tasks of --threads CPUs each (1 unless given; needs pip install '.[ray]')")
+              help="where the ensemble members (audit: folds) train: on this machine (--workers at a time), or as "
+                   "Ray tasks of --threads CPUs each (1 unless given; needs pip install '.[ray]')")
         _flag(p, "--ray-address", metavar="HOST:PORT",
               help="with --backend ray: the head node of an existing Ray cluster "
                    "(default: $RAY_ADDRESS, else a Ray started on this machine)")
         _flag(p, "--resume", type=flags.run_dir, metavar="RUN_DIR",
               help="continue an interrupted run in RUN_DIR with its own saved settings "
                    "(only --data-dir, --quiet, --split, --backend and --ray-address may be given with it)")
+    else:
+        _flag(p, "--threads", type=flags.positive_int, help="torch CPU threads (default: all cores)")
     _flag(p, "--quiet", action="store_true", help="no progress bars")
 
 

@@ -1,7 +1,7 @@
 """The typed settings: the recipe (what decides the numbers) apart from the invocation (where and how it runs).
 
 A `Recipe` is saved beside every output and read back by later commands; an
-`Invocation` (out, force, device, threads, backend) is never part of a result.
+`Invocation` (out, force, device, threads, workers, backend) is never part of a result.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ MAX_STAGES = 4
 # Images per scoring chunk: small on a CPU, where a chunk's activations then stay in cache.
 EVAL_BATCH_CPU = 64
 EVAL_BATCH_GPU = 1000
-# Where training jobs run: one after another in this process, or as tasks on a Ray cluster.
+# Where training jobs run: on this machine (backend.local_workers at a time), or as tasks on a Ray cluster.
 BACKENDS = ("local", "ray")
 # The `experiment` repeats' seeds come from their own stream of the base seed, apart from members and folds.
 EXPERIMENT_STREAM = 2**63
@@ -249,13 +249,17 @@ class Invocation:
     data_dir: Path | None = None  # a published data set's cache
     device: str = "auto"
     threads: int | None = None
+    workers: int | None = None  # members trained at once here (backend.local_workers; None: one per core)
     backend: str = "local"
     ray_address: str | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.threads is not None:
-            _check_positive("--threads", self.threads)
+        for flag, value in (("--threads", self.threads), ("--workers", self.workers)):
+            if value is not None:
+                _check_positive(flag, value)
+        if self.workers is not None and self.backend != "local":
+            raise ConfigError("--workers: only with --backend local (a Ray cluster places its own tasks)")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"--device: expected auto, cpu or cuda[:N], got {self.device!r}")
         if self.backend not in BACKENDS:

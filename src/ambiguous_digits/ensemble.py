@@ -57,7 +57,8 @@ def train_members(recipe: Recipe, inv: Invocation, plan: list[MemberPlan], fn, s
         log(f"{p.label} (seed {p.seed}): training on {p.train_images} images{after}")
 
     member_jobs = [_job(recipe, inv, plan[i]) for i in todo]
-    backend.map_jobs(fn, member_jobs, shared, inv, arrived, desc, inv.progress, on_start=started)
+    work = recipe.epochs * max((plan[i].train_images for i in todo), default=0)
+    backend.map_jobs(fn, member_jobs, shared, inv, arrived, desc, inv.progress, on_start=started, work=work)
     return results
 
 
@@ -68,14 +69,17 @@ def _job(recipe: Recipe, inv: Invocation, p: MemberPlan) -> dict:
     resumes from a saved state but saves none of its own.
     """
     on_epoch = partial(members.save_state, inv.out, p.stem) if inv.backend == "local" else None
-    return {"recipe": recipe, "device": inv.device, "threads": inv.threads, "seed": p.seed, **p.args,
+    return {"recipe": recipe, "device": inv.device, "threads": backend.member_threads(inv), "seed": p.seed, **p.args,
             "state": members.latest_state(inv.out, p.stem), "on_epoch": on_epoch}
 
 
 def where(inv: Invocation, device, precision) -> str:
-    """Where the jobs run, for the log: this process's device and threads, or the Ray cluster."""
+    """Where the jobs run, for the log: this machine's device, workers and threads, or the Ray cluster."""
     if inv.backend == "ray":
         return (f"as Ray tasks of {backend.task_cpus(inv)} CPU(s) each on "
                 f"{inv.ray_address or 'the default Ray cluster'}")
-    return (f"{device}, bf16 autocast {'on' if precision.autocast else 'off'}, "
-            f"{torch.get_num_threads()} threads")
+    threads = backend.member_threads(inv) or torch.get_num_threads()
+    workers = backend.local_workers(inv)
+    at_once = (f"{threads} thread(s) a member, up to {workers} at a time in worker processes (small jobs: here)"
+               if workers > 1 else f"{threads} threads")
+    return f"{device}, bf16 autocast {'on' if precision.autocast else 'off'}, {at_once}"

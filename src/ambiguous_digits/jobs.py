@@ -13,7 +13,7 @@ import dataclasses
 
 import numpy as np
 
-from . import audit, members
+from . import members
 from .config import Recipe
 from .train import Runtime, setup
 
@@ -42,6 +42,8 @@ def fold_member_job(recipe: Recipe, device: str, threads: int | None, seed: int,
     """One member of audit fold `fold`: trained on everything but the fold (plus `extra`), predicting the
     fold's images in index order (the rows of `folds == fold`). The fold's training set is cut here, on
     the worker, from arrays every job shares."""
+    from . import audit  # here: cleanlab's import would double a local worker's start-up for the run's members
+
     x_tr, y_tr = audit.fold_training_set(extra_x, extra_y, x, y, folds, fold)
     return member_job(recipe, device, threads, seed, num_classes, x_tr, y_tr, x[folds == fold], state, on_epoch,
                       progress)

@@ -236,8 +236,9 @@ def save_with(run_dir: Path, name: str, write: Callable[[Path], None]) -> Path:
 # Settings saved beside the results
 # ---------------------------------------------------------------------------
 def _placement(inv: Invocation) -> dict:
-    """Where the jobs ran: the thread count and device change a float's rounding, so a resume keeps them."""
-    return {"device": inv.device, "threads": inv.threads}
+    """Where the jobs ran: the device and each job's thread count (backend.member_threads, which --workers
+    decides too) change a float's rounding, so a resume keeps them."""
+    return {"device": inv.device, "threads": inv.threads, "workers": inv.workers}
 
 
 def save_run_config(out: Path, recipe: Recipe, outputs: RunOutputs, inv: Invocation,
@@ -266,11 +267,15 @@ def save_audit_config(out: Path, recipe: Recipe, plan: AuditPlan, inv: Invocatio
 
 
 def placed_as_before(run_dir: Path, name: str, inv: Invocation) -> Invocation:
-    """`inv` with the device and threads the run (or audit) saved in `name` started with."""
+    """`inv` with the device, threads and workers the run (or audit) saved in `name` started with. A run that
+    saved no workers (before 0.12) trained one member at a time; one resumed on Ray keeps only its threads."""
     d = _read_config(run_dir, name)
     try:
-        return dataclasses.replace(inv, **{k: d["placement"][k] for k in ("device", "threads")})
-    except (KeyError, TypeError) as e:
+        placed = {k: d["placement"][k] for k in ("device", "threads")}
+        if inv.backend == "local":
+            placed["workers"] = d["placement"].get("workers", 1)
+        return dataclasses.replace(inv, **placed)
+    except (KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"{run_dir / name}: not a config this version can read ({e})") from None
 
 

@@ -278,6 +278,7 @@ def _summary(recipe: Recipe, outputs_: RunOutputs, inv: Invocation, ds: data.Dat
 
 
 def resume(inv: Invocation, log: Log = print) -> dict:
-    """Continue the interrupted run in inv.out with its own saved recipe, on the device and threads it started with."""
+    """Continue the interrupted run in inv.out with its own saved recipe, on the device, threads and workers it
+    started with."""
     recipe, outputs_ = rundir.load_run_config(inv.out)
     return run(recipe, outputs_, rundir.placed_as_before(inv.out, rundir.CONFIG_FILE, inv), log, resume=True)
