@@ -142,8 +142,9 @@ def main(argv: list[str] | None = None) -> dict:
     text = test_noise.table_md(summary, len(per_run))
     print(text)
     if args.out is not None:
-        args.out.write_text(json.dumps({"runs": [str(r) for r in args.runs], "alpha": ALPHA, "rows": per_run,
-                                        "table": text}, indent=1, default=str))
+        args.out.write_text(json.dumps(test_noise.as_json({"runs": [str(r) for r in args.runs], "alpha": ALPHA,
+                                                           "rows": per_run, "table": text}),
+                                       indent=1, default=str, allow_nan=False))
     return summary
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -66,10 +67,12 @@ def load(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_score(suspicion: np.ndarray, flipped: np.ndarray, read: np.ndarray) -> dict[str, float]:
-    """label_noise.score, plus `ap_read`: the average precision over the digits in `read` (N,) bool only."""
+    """label_noise.score, plus `ap_read`: the average precision over the digits in `read` (N,) bool only; NaN
+    where no flipped digit is read as labelled (no AP to take, not an AP of 0)."""
     truth = np.zeros(len(suspicion), dtype=bool)
     truth[flipped] = True
-    return {**score(suspicion, flipped), "ap_read": score(suspicion[read], np.flatnonzero(truth[read]))["ap"]}
+    ap_read = score(suspicion[read], np.flatnonzero(truth[read]))["ap"] if truth[read].any() else math.nan
+    return {**score(suspicion, flipped), "ap_read": ap_read}
 
 
 def one_run(member_probs: np.ndarray, labels: np.ndarray, seed: int, rates: list[float], draws: int,
@@ -119,7 +122,7 @@ def summarise(per_run: list[list[dict]]) -> dict:
                 continue
             by_key.setdefault((r["model"], r["rate"]), []).append(r)
         for key, rs in by_key.items():
-            run_means = {name: {m: float(np.mean([r["scores"][name][m] for r in rs]))
+            run_means = {name: {m: _mean([r["scores"][name][m] for r in rs])
                                 for m in ("ap", "recall_at_k", "ap_read")} for name in rs[0]["scores"]}
             run_means["flags"] = {m: float(np.mean([r["flags"][m] for r in rs])) for m in ("precision", "recall",
                                                                                           "flagged")}
@@ -130,10 +133,37 @@ def summarise(per_run: list[list[dict]]) -> dict:
         if key[0] == "human review":
             summary[key] = v
             continue
-        summary[key] = {name: {m: (float(np.mean([x[m] for x in vals])),
-                                   float(np.std([x[m] for x in vals], ddof=1)) if len(vals) > 1 else 0.0)
-                               for m in vals[0]} for name, vals in v.items()}
+        summary[key] = {name: {m: _mean_std([x[m] for x in vals]) for m in vals[0]} for name, vals in v.items()}
     return summary
+
+
+def _mean(values: list[float]) -> float:
+    """The mean of the values that are numbers (ap_read is NaN for a draw with no blend read as labelled); NaN
+    if none is."""
+    kept = [v for v in values if not math.isnan(v)]
+    return float(np.mean(kept)) if kept else math.nan
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Over the runs with a value: a spread needs two of them (NaN where values were left out, 0 for one run)."""
+    kept = [v for v in values if not math.isnan(v)]
+    spread = float(np.std(kept, ddof=1)) if len(kept) > 1 else (0.0 if len(values) == 1 else math.nan)
+    return _mean(kept), spread
+
+
+def as_json(value):
+    """`value` with every NaN as None (JSON's null): strict readers refuse a bare NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: as_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [as_json(v) for v in value]
+    return value
+
+
+def _cell(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
 def table_md(summary: dict, runs: int) -> str:
@@ -150,7 +180,7 @@ def table_md(summary: dict, runs: int) -> str:
         v = summary[key]
         f = v["flags"]
         lines.append(f"| {key[0]} | {key[1]:g} | " + " | ".join(f"{v[n]['ap'][0]:.3f}{spread(v[n]['ap'][1])} "
-                                                            f"({v[n]['ap_read'][0]:.3f})" for n in names)
+                                                            f"({_cell(v[n]['ap_read'][0])})" for n in names)
                      + f" | {f['precision'][0]:.2f} / {f['recall'][0]:.2f} / {f['flagged'][0]:.0f} |")
     checks = [(k[1], v) for k, v in summary.items() if k[0] == "human review"]
     if checks:
@@ -189,8 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
     text = table_md(summary, len(per_run))
     print(text)
     if args.out is not None:
-        args.out.write_text(json.dumps({"runs": [str(r) for r in args.runs], "rows": per_run,
-                                        "table": text}, indent=1, default=str))
+        args.out.write_text(json.dumps(as_json({"runs": [str(r) for r in args.runs], "rows": per_run,
+                                                "table": text}), indent=1, default=str, allow_nan=False))
     return summary
 
 

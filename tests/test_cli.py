@@ -9,6 +9,7 @@ from PIL import Image
 
 from ambiguous_digits import cli, evidence, manifest, rundir, scores
 from ambiguous_digits.commands import run as run_command
+from ambiguous_digits.commands.common import Stages
 from ambiguous_digits.config import ConfigError, Invocation, Recipe, RunOutputs
 
 TINY = ["--train-limit", "600", "--test-limit", "300", "--epochs", "1", "--widths", "8,16,32", "--members", "2",
@@ -109,7 +110,8 @@ def test_summary_reports_accuracy_timings_checksums(tiny_run):
     assert s["environment"]["libraries"]["torch"].startswith("2.13.0")
     config = json.loads((tiny_run / "config.json").read_text())
     assert set(config) == {"version", "run_id", "recipe", "recipe_choice", "outputs", "placement"}
-    assert set(config["placement"]) == {"device", "threads", "workers"}  # a resume keeps them; the recipe holds none
+    # a resume keeps them; the recipe holds none
+    assert set(config["placement"]) == {"device", "threads", "workers", "member_threads"}
     assert config["run_id"] == s["run_id"] and len(config["run_id"]) == 32
     assert config["recipe"] == s["recipe"] and config["outputs"] == s["outputs"] == {"top": 5, "rankings": list(scores.RANKINGS)}
     assert s["recipe"]["members"] == 2 and s["recipe"]["widths"] == [8, 16, 32] and s["recipe"]["test_limit"] == 300
@@ -486,3 +488,24 @@ def test_a_folder_emptied_by_hand_is_not_a_run_directory_any_more(tmp_path):
 def test_a_folder_holding_only_hidden_files_counts_as_empty(tmp_path):
     (tmp_path / ".DS_Store").write_bytes(b"")
     rundir.check_out_dir(tmp_path, force=False)
+
+
+def test_the_stages_after_training_are_named_on_a_bar_of_their_own(capsys):
+    """After the members, a run's stages are silent for up to a minute each: the bar names the one running."""
+    timings, said = {}, []
+    stages = Stages(["features", "health"], True, said.append)
+    with stages("features", timings):
+        stages.log("features: a line printed mid-stage")
+    with stages("health"):
+        pass
+    stages.close()
+    bar = capsys.readouterr().err.replace("\r", "\n")
+    assert "after training: 0/2 stages [00:00, features]" in bar and "1/2 stages [00:00, health]" in bar
+    assert "2/2 stages [00:00, done]" in bar
+    assert said == ["features: a line printed mid-stage"] and set(timings) == {"features"}
+    failing = Stages(["features", "health"], True, said.append)
+    with pytest.raises(RuntimeError), failing("features"):
+        raise RuntimeError("a stage that fails")
+    failing.close()
+    bar = capsys.readouterr().err.replace("\r", "\n")
+    assert "0/2 stages [00:00, features]" in bar and "done" not in bar  # the bar ends on the stage that failed

@@ -4,7 +4,7 @@ import struct
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ambiguous_digits.data import DataError
@@ -57,6 +57,7 @@ IDX_LIKE = st.builds(  # plausible headers, so the search reaches past the magic
 
 @settings(max_examples=300, deadline=None)
 @given(blob=st.one_of(st.binary(max_size=64), IDX_LIKE), name=st.sampled_from(["x", *FILES]))
+@example(blob=b"\x00\x00\x08\x03\x00\x00\x00\x00\xb5\x04\xc4\x17\xb5\x05\"Q", name="x")  # 0 x 3e9 x 3e9
 def test_read_idx_returns_array_or_raises_data_error(blob, name):
     try:
         arr = read_idx(blob, name=name, shape=CANONICAL_SHAPES.get(name))

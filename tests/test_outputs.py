@@ -21,6 +21,9 @@ def test_scores_csv_out_of_order_is_refused(tmp_path):
     (tmp_path / "scores.csv").write_text("index,label\n1,3\n0,2\n")
     with pytest.raises(ConfigError, match="canonical"):
         outputs.read_table(tmp_path / "scores.csv")
+    (tmp_path / "scores.csv").write_text("label,margin\n3,0.5\n")  # a table written without its index column
+    with pytest.raises(ConfigError, match="scores.csv: no 'index' column"):
+        outputs.read_table(tmp_path / "scores.csv")
 
 
 def test_a_contact_sheet_takes_dollar_signs_in_class_names_as_text(tmp_path):

@@ -41,10 +41,10 @@ def uninterrupted(tmp_path_factory, mnist_dir):
     return out
 
 
-def _kill_mid_training(out: Path, data_dir: Path, *extra: str) -> dict[int, bytes]:
+def _kill_mid_training(out: Path, data_dir: Path, *extra: str, flags: list[str] = SMALL) -> dict[int, bytes]:
     """Start a run in a subprocess and SIGKILL it once its first epoch checkpoint is listed as complete; returns
     the processes it had started (local workers), with their command lines, as they were just before the kill."""
-    proc = subprocess.Popen(_cli("run", "--out", str(out), "--data-dir", str(data_dir), *SMALL, *extra), env=_env(),
+    proc = subprocess.Popen(_cli("run", "--out", str(out), "--data-dir", str(data_dir), *flags, *extra), env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not _listed(out, KILL_AFTER) and proc.poll() is None and time.monotonic() < deadline:
@@ -111,19 +111,22 @@ def test_a_killed_run_resumes_to_the_same_bytes(uninterrupted, tmp_path, mnist_d
 @pytest.mark.skipif(not list(Path("/proc/self/task").glob("*/children")), reason="needs Linux's /proc children")
 def test_a_killed_run_with_workers_leaves_none_training_and_resumes_to_the_same_bytes(uninterrupted, tmp_path,
                                                                                        mnist_dir):
-    """Each member in a worker process of its own: the workers end with the driver (none writes on into the run
-    directory), and the resumed run, side by side again, equals one trained a member at a time."""
+    """Each member in a worker process of its own (1 thread each, untyped): the workers end with the driver (none
+    writes on into the run directory), and the run resumed with one worker (as after running out of memory) keeps
+    each member's one thread, so it equals one trained a member at a time on --threads 1."""
     out = tmp_path / "killed"
-    below = _kill_mid_training(out, mnist_dir, "--workers", "2")
+    assert SMALL[:2] == ["--threads", "1"]
+    below = _kill_mid_training(out, mnist_dir, "--workers", "2", flags=SMALL[2:])  # no --threads
     workers = [pid for pid, cmdline in below.items() if b"spawn_main" in cmdline]
     assert len(workers) == 2  # and multiprocessing's resource tracker
     deadline = time.monotonic() + 30
     while any(map(_alive, below)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(map(_alive, below))
-    done = subprocess.run(_cli("run", "--resume", str(out), "--quiet"), env=_env(), capture_output=True, text=True)
+    done = subprocess.run(_cli("run", "--resume", str(out), "--workers", "1"), env=_env(), capture_output=True,
+                          text=True)
     assert done.returncode == 0, done.stderr
-    assert "resuming after epoch" in done.stdout
+    assert "resuming after epoch" in done.stdout and "1 threads" in done.stdout  # one at a time, on 1 thread
     for name in ("scores.csv", "train_dynamics.csv", "train_label_issues.csv", "label_issues.csv"):
         assert (out / name).read_bytes() == (uninterrupted / name).read_bytes(), name
     with np.load(out / "probs.npz") as a, np.load(uninterrupted / "probs.npz") as b:
@@ -158,7 +161,7 @@ def test_resume_of_a_finished_run_changes_nothing(uninterrupted, capsys):
 
 
 @pytest.mark.parametrize("flags", [["--epochs", "5"], ["--seed", "0"], ["--out", "elsewhere"], ["--force"],
-                                   ["--no-augment"], ["--hidden", "16"], ["--workers", "1"], ["--threads", "2"]])
+                                   ["--no-augment"], ["--hidden", "16"], ["--threads", "2"]])
 def test_resume_refuses_flags_that_would_change_the_result(uninterrupted, flags, capsys):
     assert cli.main(["run", "--resume", str(uninterrupted), *flags]) == 2
     err = capsys.readouterr().err.strip()

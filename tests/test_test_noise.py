@@ -1,6 +1,7 @@
 """bench/test_noise.py's bookkeeping on hand-made arrays: the rankings' direction, the flags' precision and recall,
 the AP over the digits the ensemble reads as labelled, and the mean over draws then over runs."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -44,6 +45,20 @@ def test_ap_read_leaves_out_the_digits_the_ensemble_misreads():
     read = np.array([False, True, True, True])
     s = tn.read_score(suspicion, flipped, read)
     assert s["ap"] == pytest.approx(0.5) and s["ap_read"] == 1.0
+
+
+def test_ap_read_is_not_a_number_where_no_flipped_digit_is_read_as_labelled():
+    suspicion, flipped = np.array([0.9, 0.8, 0.1]), np.array([0])
+    for read in (np.array([False, True, True]), np.zeros(3, bool)):  # no flipped digit read; no digit read at all
+        assert np.isnan(tn.read_score(suspicion, flipped, read)["ap_read"])
+    rows = [{"model": "blend", "rate": 0.01, "draw": d, "flipped": 1, "read_as_label": 0.0,
+             "scores": {"run_audit": {"ap": 1.0, "recall_at_k": 1.0, "ap_read": ap_read}},
+             "flags": {"precision": 1.0, "recall": 1.0, "flagged": 1}} for d, ap_read in enumerate((np.nan, 0.5))]
+    summary = tn.summarise([rows, rows[:1]])  # run 0: one draw has an ap_read; run 1: none has
+    mean, spread = summary[("blend", 0.01)]["run_audit"]["ap_read"]
+    assert mean == 0.5 and np.isnan(spread)  # the mean of what there is; no spread from one run of two
+    assert "| blend | 0.01 | 1.000 (n/a) |" in tn.table_md(tn.summarise([rows[:1]]), 1)
+    assert json.loads(json.dumps(tn.as_json(rows), allow_nan=False))[0]["scores"]["run_audit"]["ap_read"] is None
 
 
 def test_one_run_finds_planted_flips_and_summarise_averages_draws_then_runs():

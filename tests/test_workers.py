@@ -35,10 +35,14 @@ def test_two_workers_give_the_bytes_of_one_member_at_a_time(one_at_a_time, tmp_p
     pools = []
     monkeypatch.setattr(backend, "_run_pool", lambda *a, _run=backend._run_pool: pools.append(a) or _run(*a))
     out = tmp_path / "run"
-    assert cli.main(["run", "--out", str(out), "--data-dir", str(mnist_dir), *TINY, "--workers", "2"]) == 0
+    loud = [flag for flag in TINY if flag != "--quiet"]  # the bars too
+    assert cli.main(["run", "--out", str(out), "--data-dir", str(mnist_dir), *loud, "--workers", "2"]) == 0
     assert len(pools) == 1  # the members did train in worker processes
-    log = capsys.readouterr().out
+    said = capsys.readouterr()
+    log, bars = said.out, said.err.replace("\r", "\n")
     assert "1 thread(s) a member, up to 2 at a time" in log and log.count(", saved") == 3
+    assert "3 members: 2 at a time in worker processes" in log
+    assert "epochs=6/6" in bars and "after training: 7/7 stages" in bars  # each member's epochs, from its worker
     for name in SAME:
         assert (out / name).read_bytes() == (one_at_a_time / name).read_bytes(), name
     for m in range(3):  # a member's file also holds its epochs' seconds
@@ -46,7 +50,7 @@ def test_two_workers_give_the_bytes_of_one_member_at_a_time(one_at_a_time, tmp_p
             for key in ("probs", "holdout_probs", "dynamics", "seed"):
                 np.testing.assert_array_equal(a[key], b[key])
     placement = json.loads((out / rundir.CONFIG_FILE).read_text())["placement"]
-    assert placement == {"device": "auto", "threads": None, "workers": 2}
+    assert placement == {"device": "auto", "threads": None, "workers": 2, "member_threads": 1}
 
 
 def test_by_default_each_core_trains_a_member_of_one_thread(monkeypatch):
@@ -103,14 +107,52 @@ def test_the_cli_refuses_bad_workers_on_one_line_and_writes_nothing(argv, messag
 def test_resume_keeps_the_workers_a_run_started_with_and_older_runs_train_one_at_a_time(tmp_path):
     rundir.save_run_config(tmp_path, Recipe(), RunOutputs(), Invocation(workers=3, threads=2))
     placed = rundir.placed_as_before(tmp_path, rundir.CONFIG_FILE, Invocation(out=tmp_path))
-    assert (placed.workers, placed.threads) == (3, 2)
+    assert (placed.workers, placed.threads, placed.member_threads) == (3, 2, 2)
     on_ray = rundir.placed_as_before(tmp_path, rundir.CONFIG_FILE, Invocation(out=tmp_path, backend="ray"))
-    assert (on_ray.workers, on_ray.threads) == (None, 2)  # Ray places its tasks itself
+    assert (on_ray.workers, on_ray.threads, backend.task_cpus(on_ray)) == (None, 2, 2)  # Ray places its tasks
     config = tmp_path / rundir.CONFIG_FILE
     body = json.loads(config.read_text())
-    del body["placement"]["workers"]  # as 0.11 wrote it
+    del body["placement"]["workers"], body["placement"]["member_threads"]  # as 0.11 wrote it
     rundir.save_json(tmp_path, rundir.CONFIG_FILE, body)
-    assert rundir.placed_as_before(tmp_path, rundir.CONFIG_FILE, Invocation(out=tmp_path)).workers == 1
+    older = rundir.placed_as_before(tmp_path, rundir.CONFIG_FILE, Invocation(out=tmp_path))
+    assert (older.workers, older.member_threads) == (1, 2)
+
+
+def test_a_resume_may_change_the_workers_but_never_a_members_threads(tmp_path):
+    """A run whose members trained side by side (1 thread each) resumed one at a time: still 1 thread each, where
+    --workers 1 alone would give every core to a member (other bytes)."""
+    rundir.save_run_config(tmp_path, Recipe(), RunOutputs(), Invocation(workers=2))
+    placed = rundir.placed_as_before(tmp_path, rundir.CONFIG_FILE, Invocation(out=tmp_path, workers=1))
+    assert (placed.workers, backend.member_threads(placed)) == (1, 1)
+    assert backend.member_threads(Invocation(workers=1)) is None  # torch's default: every core
+    body = json.loads((tmp_path / rundir.CONFIG_FILE).read_text())
+    del body["placement"]["member_threads"]  # as 0.12.0 wrote it: resolved from its settings, on this machine
+    rundir.save_json(tmp_path, rundir.CONFIG_FILE, body)
+    placed = rundir.placed_as_before(tmp_path, rundir.CONFIG_FILE, Invocation(out=tmp_path, workers=1))
+    assert (placed.workers, backend.member_threads(placed)) == (1, 1)
+    for bad in (0, 1.5, True):
+        body["placement"]["member_threads"] = bad
+        rundir.save_json(tmp_path, rundir.CONFIG_FILE, body)
+        with pytest.raises(ConfigError, match=f"not a config this version can read \\(member_threads {bad}\\)"):
+            rundir.placed_as_before(tmp_path, rundir.CONFIG_FILE, Invocation(out=tmp_path))
+
+
+def test_a_run_of_one_member_at_a_time_resumed_on_ray_reserves_its_threads_only(tmp_path):
+    """Its members had every core of their machine; a Ray task reserving as many could find no node to run on."""
+    rundir.save_run_config(tmp_path, Recipe(), RunOutputs(), Invocation(workers=1))
+    assert json.loads((tmp_path / rundir.CONFIG_FILE).read_text())["placement"]["member_threads"] == \
+        torch.get_num_threads()
+    on_ray = rundir.placed_as_before(tmp_path, rundir.CONFIG_FILE, Invocation(out=tmp_path, backend="ray"))
+    assert on_ray.member_threads is None and backend.task_cpus(on_ray) == 1
+
+
+def test_the_log_says_whether_the_jobs_train_in_workers_or_here():
+    two = Invocation(device="cpu", workers=None)
+    assert backend.placement_note(Invocation(device="cpu", workers=2), 3, 10) == "2 at a time in worker processes"
+    if backend.local_workers(two) > 1:  # a machine of 2 cores or more: small jobs stay here
+        assert backend.placement_note(two, 3, 6000).startswith("one at a time in this process (the largest, 6,000")
+    assert backend.placement_note(Invocation(device="cpu", workers=1), 3, 10**6) is None  # nothing to choose
+    assert backend.placement_note(Invocation(device="cpu", workers=2), 1, 10**6) is None
 
 
 def test_a_diverging_member_in_a_worker_is_its_own_one_line_error(tmp_path, mnist_dir):
@@ -166,3 +208,23 @@ def test_a_worker_that_dies_is_one_line_naming_resume(tmp_path):
     assert f"--resume {tmp_path / 'run'}" in message and "\n" not in message
     assert all(_ended(int(p.name.split("-")[1])) for p in tmp_path.glob("*-*"))
     assert not (tmp_path / "slept").exists()
+
+
+def _three_epochs(name: str, progress: bool) -> str:
+    """A toy job of three epochs: the first two reported as they end, the last by the job's end."""
+    for _ in range(2):
+        time.sleep(0.2)
+        backend.epoch_done()
+    return name
+
+
+def test_the_bar_counts_the_epochs_the_workers_report(capsys):
+    """Workers show no bars of their own: the driver's counts their epochs, not only the finished jobs."""
+    inv = Invocation(device="cpu", workers=2)
+    got = backend.map_jobs(_three_epochs, [{"name": "a"}, {"name": "b"}], {}, inv, lambda i, r: r, "jobs",
+                           epochs=6)
+    assert got == ["a", "b"]
+    bar = capsys.readouterr().err
+    assert "epochs=6/6" in bar and "2/2" in bar
+    backend.epoch_done()  # in the driver: nothing to tell, and no error
+

@@ -38,7 +38,7 @@ CONNECT_TIMEOUT_S = 5.0
 # How often Ray re-runs a task whose worker process or node died mid-task (Ray's
 # own retry; an exception raised by the job itself is a bug and is not retried).
 TASK_RETRIES = 3
-# Seconds between the driver's checks that no worker has died (besides the pool's own).
+# Seconds between the driver's checks that no worker has died (besides the pool's own), and of its epochs' count.
 WORKER_CHECK_S = 1.0
 # prctl's option that has the kernel signal a process when its parent ends (<linux/prctl.h>).
 PR_SET_PDEATHSIG = 1
@@ -64,12 +64,14 @@ OnResult = Callable[[int, Any], str]
 
 def map_jobs(fn: Callable[..., Any], jobs: Sequence[Job], shared: dict, inv: Invocation, on_result: OnResult,
              desc: str, progress: bool = True, on_start: Callable[[int], None] = lambda i: None,
-             work: int = 0) -> list:
+             work: int = 0, epochs: int = 0) -> list:
     """Run `fn(**shared, **job)` for every job on inv.backend; returns the results in job order.
 
     `on_start(i)` is called as job i is started (locally) or handed to the cluster (Ray).
     One progress bar over the jobs, advanced as each finishes, with on_result's note.
     `work`: the training digits times epochs of the largest job, which decides whether local workers pay.
+    `epochs`: the jobs' epochs in all, shown on the bar as they end where jobs run in worker processes (whose own
+    bars are off): a job reports each but its last through epoch_done, and its end is its last.
     """
     if inv.backend == "ray":
         run = _run_ray
@@ -77,23 +79,38 @@ def map_jobs(fn: Callable[..., Any], jobs: Sequence[Job], shared: dict, inv: Inv
         run = _run_pool if side_by_side(inv, len(jobs), work) else _run_local
     results: list = [None] * len(jobs)
     with tqdm(total=len(jobs), desc=desc, unit="job", disable=not progress or not jobs) as bar:
+        shown: dict = {}  # the bar's postfix
+        ended = [0]  # epochs ended, where the jobs report them (stepped)
+        counting = [False]  # whether they do: jobs in worker processes, whose own bars are off
+
         def started(i: int) -> None:
             with tqdm.external_write_mode():  # the caller's log lines do not tear the bar
                 on_start(i)
+
+        def stepped(n: int) -> None:
+            counting[0] = True
+            ended[0] += n
+            if epochs:
+                shown["epochs"] = f"{ended[0]}/{epochs}"
+                bar.set_postfix(shown)
 
         def arrived(i: int, result) -> None:
             results[i] = result
             with tqdm.external_write_mode():
                 note = on_result(i, result)
-            bar.set_postfix(last=f"{i + 1}: {note}")
+            shown["last"] = f"{i + 1}: {note}"
+            if counting[0]:
+                stepped(1)  # its last epoch: a job reports the others
+            bar.set_postfix(shown)
             bar.update(1)
         if jobs:  # a resumed run may have none left: no cluster to join
-            run(fn, jobs, shared, inv, started, arrived, progress)
+            run(fn, jobs, shared, inv, started, arrived, progress, stepped)
     assert all(r is not None for r in results)
     return results
 
 
-def _run_local(fn, jobs, shared, inv: Invocation, started, arrived: OnResult, progress: bool) -> None:
+def _run_local(fn, jobs, shared, inv: Invocation, started, arrived: OnResult, progress: bool,
+               stepped: Callable[[int], None]) -> None:  # each job shows its own epochs here
     import torch
 
     threads = torch.get_num_threads()  # a job sets its own count (member_threads); the driver's stages keep theirs
@@ -135,10 +152,32 @@ def side_by_side(inv: Invocation, jobs: int, work: int) -> bool:
 def member_threads(inv: Invocation) -> int | None:
     """torch threads of each job: --threads; else 1 where jobs run side by side (Ray tasks, local workers), and
     None (torch's default, every core) where they run one at a time. Decided by the settings alone, never by how
-    many jobs are left, so a resumed run trains its last member as it would have uninterrupted."""
+    many jobs are left, so a resumed run trains its last member as it would have uninterrupted. A resumed local run's
+    saved count (inv.member_threads) comes first, whatever --workers it resumes with."""
+    if inv.member_threads:
+        return inv.member_threads
     if inv.threads:
         return inv.threads
     return 1 if inv.backend == "ray" or local_workers(inv) > 1 else None
+
+
+def resolved_member_threads(inv: Invocation) -> int:
+    """member_threads, with torch's count in this process where it is left to torch (before --threads is applied
+    here, its default), as a run saves it for a resume."""
+    import torch
+
+    return member_threads(inv) or torch.get_num_threads()
+
+
+def placement_note(inv: Invocation, jobs: int, work: int) -> str | None:
+    """For the log, where the local backend has workers to choose: whether these jobs (the largest `work` digit-
+    epochs) train in worker processes or one at a time in this one."""
+    if inv.backend != "local" or jobs < 2 or local_workers(inv) < 2:
+        return None
+    if side_by_side(inv, jobs, work):
+        return f"{min(jobs, local_workers(inv))} at a time in worker processes"
+    return (f"one at a time in this process (the largest, {work:,} digit-epochs, is under the {POOL_MIN_WORK:,} "
+            f"that pay for workers' start-up)")
 
 
 def task_cpus(inv: Invocation) -> int:
@@ -148,14 +187,24 @@ def task_cpus(inv: Invocation) -> int:
 
 # The jobs' shared arrays in a worker process, sent once when it starts (_hold), not once per job.
 _SHARED: dict = {}
+# In a worker process: the queue through which epoch_done tells the driver of an epoch ended (empty in the
+# driver: its jobs show their own bars).
+_EPOCHS: list = []
 
 
-def _hold(shared: dict, driver: int) -> None:
+def epoch_done() -> None:
+    """Tell the driver's bar that an epoch of this job ended (in a worker process; nothing elsewhere)."""
+    if _EPOCHS:
+        _EPOCHS[0].put(1)
+
+
+def _hold(shared: dict, driver: int, epochs) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches every process: the driver stops its workers
     _die_with(driver)
     # A thread lock for tqdm's (disabled) bars: its default, a semaphore, is reported leaked by a worker stopped early.
     tqdm.set_lock(threading.RLock())
     _SHARED.update(shared)
+    _EPOCHS[:] = [epochs]
 
 
 def _die_with(driver: int) -> None:
@@ -174,18 +223,22 @@ def _call_held(fn: Callable[..., Any], job: Job) -> Any:
     return fn(**_SHARED, **job, progress=False)  # one bar, the driver's, over the jobs
 
 
-def _run_pool(fn, jobs, shared, inv: Invocation, started, arrived: OnResult, progress: bool) -> None:
+def _run_pool(fn, jobs, shared, inv: Invocation, started, arrived: OnResult, progress: bool,
+              stepped: Callable[[int], None]) -> None:
     """Up to local_workers(inv) jobs at a time, each in a worker process; each result reaches `arrived` here, in
-    the driver, as it finishes. A job's error stops the others (their epochs so far are saved: --resume goes on)."""
-    workers = min(local_workers(inv), len(jobs))
+    the driver, as it finishes, and each epoch the workers report (epoch_done) `stepped`. A job's error stops the
+    others (their epochs so far are saved: --resume goes on)."""
+    workers = min(local_workers(inv), len(jobs))  # placement_note says the same
     waiting = list(enumerate(jobs))[::-1]
     # Spawned, not forked: a process forked after torch has run can hang in its thread pool, and a spawned
     # worker's parent is the driver, with whom it ends (_die_with).
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_hold,
-                               initargs=(shared, os.getpid()))
+    context = multiprocessing.get_context("spawn")
+    epochs = context.SimpleQueue()
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_hold, initargs=(shared, os.getpid(), epochs))
     running: dict = {}
     processes: dict = {}  # kept here: a broken pool forgets its workers before it has ended them all
     try:
+        stepped(0)
         while waiting or running:
             while waiting and len(running) < workers:  # started when it starts, so the log says what runs
                 i, job = waiting.pop()
@@ -195,12 +248,16 @@ def _run_pool(fn, jobs, shared, inv: Invocation, started, arrived: OnResult, pro
             done, _ = wait(running, timeout=WORKER_CHECK_S, return_when=FIRST_COMPLETED)
             if not done and multiprocessing.connection.wait([w.sentinel for w in processes.values()], timeout=0):
                 raise BrokenProcessPool  # a worker ended mid-job: Python 3.11's pool can miss one spawned late
+            reported = 0
+            while not epochs.empty():  # this loop is its only reader
+                reported += epochs.get()
+            stepped(reported)
             for future in done:
                 arrived(running.pop(future), future.result())
     except BrokenProcessPool:
         raise ConfigError(f"--workers: a worker process died (killed, out of memory, or failed to start); "
-                          f"--resume {inv.out} goes on from the last saved epochs (a new run with --workers 1 trains "
-                          f"one member at a time, in less memory)") from None
+                          f"--resume {inv.out} goes on from the last saved epochs (with --workers 1 one member at a "
+                          f"time, in less memory)") from None
     finally:
         if running:  # an error or an interrupt: the other members' workers would train on to their end
             # No public way to stop them before 3.14. A worker stopped mid-way through sending its result could in
@@ -208,9 +265,11 @@ def _run_pool(fn, jobs, shared, inv: Invocation, started, arrived: OnResult, pro
             for process in processes.values():
                 process.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
+        epochs.close()
 
 
-def _run_ray(fn, jobs, shared, inv: Invocation, started, arrived: OnResult, progress: bool) -> None:
+def _run_ray(fn, jobs, shared, inv: Invocation, started, arrived: OnResult, progress: bool,
+             stepped: Callable[[int], None]) -> None:  # a task's epochs are not reported: the bar counts tasks
     ray = _import_ray()
     with _connected(ray, inv.ray_address):
         _check_versions(ray)

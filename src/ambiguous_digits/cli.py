@@ -26,7 +26,7 @@ AUDIT_MEMBERS = 1
 # Epochs of each experiment variant's first pass: augmentation needs more room than the run's 8.
 EXPERIMENT_EPOCHS = 10
 # What may go with --resume: where the data are read, where the jobs run and what is shown, never the result.
-RESUME_FLAGS = {"resume", "data_dir", "quiet", "split", "backend", "ray_address"}
+RESUME_FLAGS = {"resume", "data_dir", "quiet", "split", "backend", "ray_address", "workers"}
 FIELDS = {cls: {f.name for f in dataclasses.fields(cls)} for cls in (Recipe, RunOutputs, AuditPlan, ExperimentPlan)}
 
 
@@ -111,7 +111,8 @@ def _add_invocation_flags(p: argparse.ArgumentParser, backend: bool = True) -> N
                    "(default: $RAY_ADDRESS, else a Ray started on this machine)")
         _flag(p, "--resume", type=flags.run_dir, metavar="RUN_DIR",
               help="continue an interrupted run in RUN_DIR with its own saved settings "
-                   "(only --data-dir, --quiet, --split, --backend and --ray-address may be given with it)")
+                   "(only --data-dir, --quiet, --split, --backend, --ray-address and --workers may be given with it; "
+                   "its members keep their threads)")
     else:
         _flag(p, "--threads", type=flags.positive_int, help="torch CPU threads (default: all cores)")
     _flag(p, "--quiet", action="store_true", help="no progress bars")

@@ -253,11 +253,15 @@ class Invocation:
     backend: str = "local"
     ray_address: str | None = None
     progress: bool = True
+    # A resumed local run's members' torch threads, as its first members had them (no flag: rundir.placed_as_before
+    # sets it, so --workers may change on a resume and no member's bytes do); None: backend.member_threads decides.
+    member_threads: int | None = None
 
     def __post_init__(self) -> None:
         for flag, value in (("--threads", self.threads), ("--workers", self.workers)):
             if value is not None:
                 _check_positive(flag, value)
+        assert self.member_threads is None or self.member_threads > 0  # checked where it is read
         if self.workers is not None and self.backend != "local":
             raise ConfigError("--workers: only with --backend local (a Ray cluster places its own tasks)")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -275,8 +279,9 @@ class Invocation:
                               f"{recipe.dataset} names its own files")
 
     def to_json(self) -> dict:
+        """What was typed (a resume's member threads are config.json's placement)."""
         d = dataclasses.asdict(self)
-        return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+        return {k: str(v) if isinstance(v, Path) else v for k, v in d.items() if k != "member_threads"}
 
 
 def split_address(address: str, flag: str = "--ray-address") -> tuple[str, int]:

@@ -58,7 +58,12 @@ def train_members(recipe: Recipe, inv: Invocation, plan: list[MemberPlan], fn, s
 
     member_jobs = [_job(recipe, inv, plan[i]) for i in todo]
     work = recipe.epochs * max((plan[i].train_images for i in todo), default=0)
-    backend.map_jobs(fn, member_jobs, shared, inv, arrived, desc, inv.progress, on_start=started, work=work)
+    note = backend.placement_note(inv, len(todo), work)
+    if note:
+        log(f"{len(todo)} {desc}: {note}")
+    epochs = sum(recipe.epochs - (job["state"]["epoch"] if job["state"] else 0) for job in member_jobs)
+    backend.map_jobs(fn, member_jobs, shared, inv, arrived, desc, inv.progress, on_start=started, work=work,
+                     epochs=epochs)
     return results
 
 
@@ -68,9 +73,15 @@ def _job(recipe: Recipe, inv: Invocation, p: MemberPlan) -> dict:
     Locally each epoch's state is saved as it ends; a Ray task runs on another machine, so it
     resumes from a saved state but saves none of its own.
     """
-    on_epoch = partial(members.save_state, inv.out, p.stem) if inv.backend == "local" else None
+    on_epoch = partial(_epoch_ended, inv.out, p.stem) if inv.backend == "local" else None
     return {"recipe": recipe, "device": inv.device, "threads": backend.member_threads(inv), "seed": p.seed, **p.args,
             "state": members.latest_state(inv.out, p.stem), "on_epoch": on_epoch}
+
+
+def _epoch_ended(out, stem: str, state: dict) -> None:
+    """A local member's epoch ended: its state saved, and the driver's bar told where it runs in a worker."""
+    members.save_state(out, stem, state)
+    backend.epoch_done()
 
 
 def where(inv: Invocation, device, precision) -> str:
@@ -80,6 +91,5 @@ def where(inv: Invocation, device, precision) -> str:
                 f"{inv.ray_address or 'the default Ray cluster'}")
     threads = backend.member_threads(inv) or torch.get_num_threads()
     workers = backend.local_workers(inv)
-    at_once = (f"{threads} thread(s) a member, up to {workers} at a time in worker processes (small jobs: here)"
-               if workers > 1 else f"{threads} threads")
+    at_once = f"{threads} thread(s) a member, up to {workers} at a time" if workers > 1 else f"{threads} threads"
     return f"{device}, bf16 autocast {'on' if precision.autocast else 'off'}, {at_once}"

@@ -83,7 +83,9 @@ def read_table(path: Path) -> dict[str, np.ndarray]:
                  np.array([float(v) if v else np.nan for v in col]) for name, col in zip(rows[0], columns)}
     except ValueError as e:
         raise ConfigError(f"{path}: {e}") from None
-    if "index" not in table or not np.array_equal(table["index"], np.arange(len(rows) - 1)):
+    if "index" not in table:
+        raise ConfigError(f"{path}: no 'index' column (the image each row is)")
+    if not np.array_equal(table["index"], np.arange(len(rows) - 1)):
         raise ConfigError(f"{path}: rows are not in canonical index order")
     return table
 

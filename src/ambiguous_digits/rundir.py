@@ -236,9 +236,12 @@ def save_with(run_dir: Path, name: str, write: Callable[[Path], None]) -> Path:
 # Settings saved beside the results
 # ---------------------------------------------------------------------------
 def _placement(inv: Invocation) -> dict:
-    """Where the jobs ran: the device and each job's thread count (backend.member_threads, which --workers
-    decides too) change a float's rounding, so a resume keeps them."""
-    return {"device": inv.device, "threads": inv.threads, "workers": inv.workers}
+    """Where the jobs ran: the device and each job's thread count change a float's rounding, so a resume keeps
+    them; the typed --threads and --workers, and the count they gave each member."""
+    from . import backend  # here: backend imports the data readers, which the run directory's names do not need
+
+    return {"device": inv.device, "threads": inv.threads, "workers": inv.workers,
+            "member_threads": backend.resolved_member_threads(inv)}
 
 
 def save_run_config(out: Path, recipe: Recipe, outputs: RunOutputs, inv: Invocation,
@@ -267,16 +270,27 @@ def save_audit_config(out: Path, recipe: Recipe, plan: AuditPlan, inv: Invocatio
 
 
 def placed_as_before(run_dir: Path, name: str, inv: Invocation) -> Invocation:
-    """`inv` with the device, threads and workers the run (or audit) saved in `name` started with. A run that
-    saved no workers (before 0.12) trained one member at a time; one resumed on Ray keeps only its threads."""
+    """`inv` with the device, threads and workers the run (or audit) saved in `name` started with. Locally also
+    each member's thread count then (member_threads), so a --workers typed on the resume changes how many train at
+    once, never a member's bytes. A run that saved no workers (before 0.12) trained one member at a time; one that
+    saved no member threads (before 0.12.1) had them from its other settings, on this machine. One resumed on Ray
+    keeps only its threads: a task reserves as many CPUs, and one member's machine's every core may be more than a
+    node has."""
+    from . import backend
+
     d = _read_config(run_dir, name)
     try:
         placed = {k: d["placement"][k] for k in ("device", "threads")}
-        if inv.backend == "local":
-            placed["workers"] = d["placement"].get("workers", 1)
-        return dataclasses.replace(inv, **placed)
+        workers, saved = d["placement"].get("workers", 1), d["placement"].get("member_threads")
     except (KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"{run_dir / name}: not a config this version can read ({e})") from None
+    if inv.backend != "local":
+        return dataclasses.replace(inv, **placed)
+    if saved is not None and (isinstance(saved, bool) or not isinstance(saved, int) or saved < 1):
+        raise ConfigError(f"{run_dir / name}: not a config this version can read (member_threads {saved!r})")
+    if saved is None:
+        saved = backend.resolved_member_threads(dataclasses.replace(inv, **placed, workers=workers))
+    return dataclasses.replace(inv, **placed, workers=inv.workers or workers, member_threads=saved)
 
 
 def _read_config(run_dir: Path, name: str) -> dict:

@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .. import backend, data, files, manifest, outputs, report, rundir
 from ..config import ConfigError, Invocation, Recipe
@@ -75,6 +76,40 @@ def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
     timings[stage] = round(time.perf_counter() - start, 3)
+
+
+class Stages:
+    """The stages after training on one bar (each from a tenth of a second to a minute on a CPU, and silent until
+    it ends): the bar names the one running; `log` prints between them without tearing it."""
+
+    def __init__(self, names: list[str], progress: bool, log: Log):
+        self.names, self._next, self._log = names, 0, log
+        # No rate or time left: the stages differ too much for either to mean anything.
+        self.bar = tqdm(total=len(names), desc="after training", disable=not progress,
+                        bar_format="{desc}: {n_fmt}/{total_fmt} stages [{elapsed}{postfix}]")
+
+    def log(self, message: str) -> None:
+        with tqdm.external_write_mode():
+            self._log(message)
+
+    @contextmanager
+    def __call__(self, name: str, timings: dict[str, float] | None = None) -> Iterator[None]:
+        """Stage `name` (the next of `names`), timed into `timings` when given."""
+        assert name == self.names[self._next], (name, self.names)
+        self.bar.set_postfix_str(name)
+        if timings is None:
+            yield
+        else:
+            with timed(timings, name):
+                yield
+        self._next += 1
+        self.bar.update(1)
+
+    def close(self) -> None:
+        """The bar ends naming the stage that failed, or "done"."""
+        if self._next == len(self.names):
+            self.bar.set_postfix_str("done")
+        self.bar.close()
 
 
 def environment(device: torch.device, precision) -> dict:

@@ -15,7 +15,7 @@ from ..config import ConfigError, Invocation, Recipe, RunOutputs, measured_choic
 from ..ensemble import MemberPlan, train_members, where
 from ..model import describe
 from ..train import Precision, Runtime, feature_maps, new_net
-from .common import Log, begin, check_limits, environment, load, subset, timed, write_images
+from .common import Log, Stages, begin, check_limits, environment, load, subset, timed, write_images
 from .crossfit import holdout_folds, out_of_sample, write_analysis
 from .health import write_health
 
@@ -92,43 +92,66 @@ def run(recipe: Recipe, outputs_: RunOutputs = RunOutputs(), inv: Invocation = I
                                     {"x_train": x_train, "y_train": y_train, "x_eval": x_test, "folds": folds}, log)
         timings["predict"] = round(sum(r.predict_seconds for r in results), 3)  # inside each member's job
         member_probs = np.stack([r.probs for r in results])
-        with timed(timings, "scores"):
-            table = scores.score_table(member_probs, y_test)
-        with timed(timings, "features"):
-            embedded, flat = features_pass(inv.out, results, {"train": x_train, "test": x_test}, device, precision)
-        with timed(timings, "unfamiliarity"):
-            turned = partial(turned_maps, inv.out, results, device=device, precision=precision)
-            familiar = unfamiliarity_columns(flat, table, x_train, x_test, turned, log)
-        with timed(timings, "evidence"):
-            near = write_evidence(inv.out, embedded, member_probs, y_train, table, ds.class_names, precision.autocast,
-                                  familiar)
-        health_part, train_columns = None, None
-        if folds is not None:
-            oos = {"train": out_of_sample(results, folds, ds.num_classes), "test": member_probs.mean(axis=0)}
-            with timed(timings, "health"):
-                columns, health_part = write_health(inv.out, (x_train, y_train, x_test, y_test), embedded, oos,
-                                                    ds.class_names, recipe.seed, torch.get_num_threads(), log)
-                table.update(columns["test"])
-                train_columns = columns["train"]
-        with timed(timings, "write"):
-            rundir.save_npz(inv.out, rundir.PROBS_FILE, probs=member_probs.astype(np.float32), labels=y_test,
-                            index=np.arange(len(y_test)), seeds=np.array([r.seed for r in results], dtype=np.uint64))
-            tops = write_results(inv.out, outputs_, x_test, table, ds.class_names)
-            write_neighbours(inv.out, tops, table, embedded, y_train)
-        summary = _summary(recipe, outputs_, inv, ds, results, table, tops, device, precision)
-        summary["recipe_choice"] = choice
-        if folds is not None:
-            summary["cross_fit"] = write_analysis(inv.out, recipe, ds.record(), (x_train, y_train, x_test, y_test),
-                                                  results, oos, folds, embedded, near, ds.class_names, log,
-                                                  train_columns)
-            timings.update(summary["cross_fit"].pop("seconds"))
-            summary["health"] = health_part
-            timings.update({f"health_{k}": v for k, v in health_part.pop("seconds").items()})
-        else:
-            log("no label audits, training dynamics or health: they need --members >= 2, cross-fitted (see `audit`)")
-        summary["seconds"] = {**timings, "total": round(time.perf_counter() - wall, 3)}
-        rundir.save_json(inv.out, rundir.SUMMARY_FILE, summary)  # listed last: the run is finished
-        report.write_report(inv.out, dataset=ds)
+        after = Stages(_stages(folds is not None), inv.progress, log)
+        try:
+            summary = _after_training(recipe, outputs_, inv, ds, (x_train, y_train, x_test, y_test), folds, results,
+                                      member_probs, device, precision, timings, after, choice)
+            summary["seconds"] = {**timings, "total": round(time.perf_counter() - wall, 3)}
+            rundir.save_json(inv.out, rundir.SUMMARY_FILE, summary)  # listed last: the run is finished
+            with after("report"):
+                report.write_report(inv.out, dataset=ds)
+        finally:
+            after.close()
+    return summary
+
+
+def _stages(cross_fitted: bool) -> list[str]:
+    """_after_training's stages, in order, then the report's."""
+    return ["features", "unfamiliarity", "evidence", *(["health"] if cross_fitted else []), "write",
+            *(["audits and dynamics"] if cross_fitted else []), "report"]
+
+
+def _after_training(recipe: Recipe, outputs_: RunOutputs, inv: Invocation, ds: data.Dataset, arrays: tuple,
+                    folds: np.ndarray | None, results, member_probs: np.ndarray, device: torch.device,
+                    precision: Precision, timings: dict[str, float], stage: Stages, choice: dict) -> dict:
+    """Everything the run writes from its trained members, stage by stage on `stage`'s bar (_stages); the summary
+    so far."""
+    x_train, y_train, x_test, y_test = arrays
+    log = stage.log
+    with timed(timings, "scores"):
+        table = scores.score_table(member_probs, y_test)
+    with stage("features", timings):
+        embedded, flat = features_pass(inv.out, results, {"train": x_train, "test": x_test}, device, precision)
+    with stage("unfamiliarity", timings):
+        turned = partial(turned_maps, inv.out, results, device=device, precision=precision)
+        familiar = unfamiliarity_columns(flat, table, x_train, x_test, turned, log)
+    with stage("evidence", timings):
+        near = write_evidence(inv.out, embedded, member_probs, y_train, table, ds.class_names, precision.autocast,
+                              familiar)
+    health_part, train_columns = None, None
+    if folds is not None:
+        oos = {"train": out_of_sample(results, folds, ds.num_classes), "test": member_probs.mean(axis=0)}
+        with stage("health", timings):
+            columns, health_part = write_health(inv.out, arrays, embedded, oos, ds.class_names, recipe.seed,
+                                                torch.get_num_threads(), log)
+            table.update(columns["test"])
+            train_columns = columns["train"]
+    with stage("write", timings):
+        rundir.save_npz(inv.out, rundir.PROBS_FILE, probs=member_probs.astype(np.float32), labels=y_test,
+                        index=np.arange(len(y_test)), seeds=np.array([r.seed for r in results], dtype=np.uint64))
+        tops = write_results(inv.out, outputs_, x_test, table, ds.class_names)
+        write_neighbours(inv.out, tops, table, embedded, y_train)
+    summary = _summary(recipe, outputs_, inv, ds, results, table, tops, device, precision)
+    summary["recipe_choice"] = choice
+    if folds is not None:
+        with stage("audits and dynamics"):
+            summary["cross_fit"] = write_analysis(inv.out, recipe, ds.record(), arrays, results, oos, folds,
+                                                  embedded, near, ds.class_names, log, train_columns)
+        timings.update(summary["cross_fit"].pop("seconds"))
+        summary["health"] = health_part
+        timings.update({f"health_{k}": v for k, v in health_part.pop("seconds").items()})
+    else:
+        log("no label audits, training dynamics or health: they need --members >= 2, cross-fitted (see `audit`)")
     return summary
 
 

@@ -52,7 +52,10 @@ def _idx_body(data: bytes, ndim: int, *, name: str, expected: tuple[int, ...] | 
     want = header + math.prod(shape)
     if len(data) != want:
         raise DataError(f"{name}: {len(data)} bytes, header {shape} needs {want}")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+    try:
+        return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+    except ValueError:  # an empty dimension beside dimensions whose product no array can hold
+        raise DataError(f"{name}: header {shape} is not a shape an array can hold") from None
 
 
 def idx_bytes(arr: np.ndarray) -> bytes:
