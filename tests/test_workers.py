@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ambiguous_digits import backend, cli, rundir, train
+from ambiguous_digits import backend, cli, pool, rundir, train
 from ambiguous_digits.commands.run import run as run_recipe
 from ambiguous_digits.config import ConfigError, Invocation, Recipe, RunOutputs
 
@@ -214,7 +214,7 @@ def _three_epochs(name: str, progress: bool) -> str:
     """A toy job of three epochs: the first two reported as they end, the last by the job's end."""
     for _ in range(2):
         time.sleep(0.2)
-        backend.epoch_done()
+        pool.epoch_done()
     return name
 
 
@@ -226,5 +226,5 @@ def test_the_bar_counts_the_epochs_the_workers_report(capsys):
     assert got == ["a", "b"]
     bar = capsys.readouterr().err
     assert "epochs=6/6" in bar and "2/2" in bar
-    backend.epoch_done()  # in the driver: nothing to tell, and no error
+    pool.epoch_done()  # in the driver: nothing to tell, and no error
 

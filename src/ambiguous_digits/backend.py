@@ -1,5 +1,5 @@
-"""Where independent training jobs run: here (side by side in worker processes, or one after another), or as
-Ray tasks on a cluster.
+"""Where independent training jobs run: here (side by side in worker processes, run by `pool`, or one after
+another), or as Ray tasks on a cluster.
 
 A job is a call `fn(**shared, **job)`. The shared arrays (the images) go to a
 Ray cluster once, through its object store; each job's own arguments (a seed, a
@@ -12,22 +12,15 @@ caller can write them to disk before the next one arrives; it returns a short no
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import multiprocessing
-import multiprocessing.connection
 import os
 import secrets
-import signal
 import socket
-import threading
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, pool
 from .config import ConfigError, Invocation, split_address
 from .data import DataError
 from .files import WriteError
@@ -38,10 +31,6 @@ CONNECT_TIMEOUT_S = 5.0
 # How often Ray re-runs a task whose worker process or node died mid-task (Ray's
 # own retry; an exception raised by the job itself is a bug and is not retried).
 TASK_RETRIES = 3
-# Seconds between the driver's checks that no worker has died (besides the pool's own), and of its epochs' count.
-WORKER_CHECK_S = 1.0
-# prctl's option that has the kernel signal a process when its parent ends (<linux/prctl.h>).
-PR_SET_PDEATHSIG = 1
 # Training digits x epochs of a job below which default local workers do not pay: their start-up (about 2 s, each
 # a fresh process importing torch) outweighs what two 1-thread members side by side save (docs/usage.md).
 POOL_MIN_WORK = 20_000
@@ -71,7 +60,7 @@ def map_jobs(fn: Callable[..., Any], jobs: Sequence[Job], shared: dict, inv: Inv
     One progress bar over the jobs, advanced as each finishes, with on_result's note.
     `work`: the training digits times epochs of the largest job, which decides whether local workers pay.
     `epochs`: the jobs' epochs in all, shown on the bar as they end where jobs run in worker processes (whose own
-    bars are off): a job reports each but its last through epoch_done, and its end is its last.
+    bars are off; pool.run reports them).
     """
     if inv.backend == "ray":
         run = _run_ray
@@ -80,18 +69,17 @@ def map_jobs(fn: Callable[..., Any], jobs: Sequence[Job], shared: dict, inv: Inv
     results: list = [None] * len(jobs)
     with tqdm(total=len(jobs), desc=desc, unit="job", disable=not progress or not jobs) as bar:
         shown: dict = {}  # the bar's postfix
-        ended = [0]  # epochs ended, where the jobs report them (stepped)
-        counting = [False]  # whether they do: jobs in worker processes, whose own bars are off
+        ended = 0  # epochs ended, where the jobs' runner reports them (stepped)
 
         def started(i: int) -> None:
             with tqdm.external_write_mode():  # the caller's log lines do not tear the bar
                 on_start(i)
 
         def stepped(n: int) -> None:
-            counting[0] = True
-            ended[0] += n
+            nonlocal ended
+            ended += n
             if epochs:
-                shown["epochs"] = f"{ended[0]}/{epochs}"
+                shown["epochs"] = f"{ended}/{epochs}"
                 bar.set_postfix(shown)
 
         def arrived(i: int, result) -> None:
@@ -99,8 +87,6 @@ def map_jobs(fn: Callable[..., Any], jobs: Sequence[Job], shared: dict, inv: Inv
             with tqdm.external_write_mode():
                 note = on_result(i, result)
             shown["last"] = f"{i + 1}: {note}"
-            if counting[0]:
-                stepped(1)  # its last epoch: a job reports the others
             bar.set_postfix(shown)
             bar.update(1)
         if jobs:  # a resumed run may have none left: no cluster to join
@@ -141,12 +127,15 @@ def local_workers(inv: Invocation) -> int:
     return max(1, cores() // (inv.threads or 1)) if resolve_device(inv.device).type == "cpu" else 1
 
 
+def _pool_possible(inv: Invocation, jobs: int) -> bool:
+    """Whether local workers are a choice here at all: more than one job, and more than one worker to run them."""
+    return inv.backend == "local" and jobs >= 2 and local_workers(inv) >= 2
+
+
 def side_by_side(inv: Invocation, jobs: int, work: int) -> bool:
     """Whether local jobs run in worker processes: asked for with --workers, or by default where each job is large
     enough (POOL_MIN_WORK) to pay for the workers' start-up."""
-    if inv.backend != "local" or local_workers(inv) < 2 or jobs < 2:
-        return False
-    return inv.workers is not None or work >= POOL_MIN_WORK
+    return _pool_possible(inv, jobs) and (inv.workers is not None or work >= POOL_MIN_WORK)
 
 
 def member_threads(inv: Invocation) -> int | None:
@@ -172,100 +161,22 @@ def resolved_member_threads(inv: Invocation) -> int:
 def placement_note(inv: Invocation, jobs: int, work: int) -> str | None:
     """For the log, where the local backend has workers to choose: whether these jobs (the largest `work` digit-
     epochs) train in worker processes or one at a time in this one."""
-    if inv.backend != "local" or jobs < 2 or local_workers(inv) < 2:
+    if not _pool_possible(inv, jobs):
         return None
     if side_by_side(inv, jobs, work):
-        return f"{min(jobs, local_workers(inv))} at a time in worker processes"
+        return f"{min(jobs, local_workers(inv))} at a time in worker processes"  # _run_pool's count
     return (f"one at a time in this process (the largest, {work:,} digit-epochs, is under the {POOL_MIN_WORK:,} "
             f"that pay for workers' start-up)")
+
+
+def _run_pool(fn, jobs, shared, inv: Invocation, started, arrived: OnResult, progress: bool,
+              stepped: Callable[[int], None]) -> None:  # the jobs' own bars are off: the driver's counts epochs
+    pool.run(fn, jobs, shared, min(local_workers(inv), len(jobs)), inv.out, started, arrived, stepped)
 
 
 def task_cpus(inv: Invocation) -> int:
     """CPUs each Ray task reserves; it runs torch with as many threads (--threads, default 1)."""
     return member_threads(inv) or 1
-
-
-# The jobs' shared arrays in a worker process, sent once when it starts (_hold), not once per job.
-_SHARED: dict = {}
-# In a worker process: the queue through which epoch_done tells the driver of an epoch ended (empty in the
-# driver: its jobs show their own bars).
-_EPOCHS: list = []
-
-
-def epoch_done() -> None:
-    """Tell the driver's bar that an epoch of this job ended (in a worker process; nothing elsewhere)."""
-    if _EPOCHS:
-        _EPOCHS[0].put(1)
-
-
-def _hold(shared: dict, driver: int, epochs) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches every process: the driver stops its workers
-    _die_with(driver)
-    # A thread lock for tqdm's (disabled) bars: its default, a semaphore, is reported leaked by a worker stopped early.
-    tqdm.set_lock(threading.RLock())
-    _SHARED.update(shared)
-    _EPOCHS[:] = [epochs]
-
-
-def _die_with(driver: int) -> None:
-    """Linux: the kernel kills this worker when the driver (its parent) ends, even killed outright, so no member
-    trains on into its run directory. Without prctl (not Linux) such a worker may finish the member it is on."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # no prctl: not Linux
-        return
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != driver:  # the driver ended before prctl took effect
-        os._exit(1)
-
-
-def _call_held(fn: Callable[..., Any], job: Job) -> Any:
-    return fn(**_SHARED, **job, progress=False)  # one bar, the driver's, over the jobs
-
-
-def _run_pool(fn, jobs, shared, inv: Invocation, started, arrived: OnResult, progress: bool,
-              stepped: Callable[[int], None]) -> None:
-    """Up to local_workers(inv) jobs at a time, each in a worker process; each result reaches `arrived` here, in
-    the driver, as it finishes, and each epoch the workers report (epoch_done) `stepped`. A job's error stops the
-    others (their epochs so far are saved: --resume goes on)."""
-    workers = min(local_workers(inv), len(jobs))  # placement_note says the same
-    waiting = list(enumerate(jobs))[::-1]
-    # Spawned, not forked: a process forked after torch has run can hang in its thread pool, and a spawned
-    # worker's parent is the driver, with whom it ends (_die_with).
-    context = multiprocessing.get_context("spawn")
-    epochs = context.SimpleQueue()
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_hold, initargs=(shared, os.getpid(), epochs))
-    running: dict = {}
-    processes: dict = {}  # kept here: a broken pool forgets its workers before it has ended them all
-    try:
-        stepped(0)
-        while waiting or running:
-            while waiting and len(running) < workers:  # started when it starts, so the log says what runs
-                i, job = waiting.pop()
-                running[pool.submit(_call_held, fn, job)] = i
-                processes.update(pool._processes or {})
-                started(i)
-            done, _ = wait(running, timeout=WORKER_CHECK_S, return_when=FIRST_COMPLETED)
-            if not done and multiprocessing.connection.wait([w.sentinel for w in processes.values()], timeout=0):
-                raise BrokenProcessPool  # a worker ended mid-job: Python 3.11's pool can miss one spawned late
-            reported = 0
-            while not epochs.empty():  # this loop is its only reader
-                reported += epochs.get()
-            stepped(reported)
-            for future in done:
-                arrived(running.pop(future), future.result())
-    except BrokenProcessPool:
-        raise ConfigError(f"--workers: a worker process died (killed, out of memory, or failed to start); "
-                          f"--resume {inv.out} goes on from the last saved epochs (with --workers 1 one member at a "
-                          f"time, in less memory)") from None
-    finally:
-        if running:  # an error or an interrupt: the other members' workers would train on to their end
-            # No public way to stop them before 3.14. A worker stopped mid-way through sending its result could in
-            # principle leave the pool's reader waiting; the window is the milliseconds of one send.
-            for process in processes.values():
-                process.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
-        epochs.close()
 
 
 def _run_ray(fn, jobs, shared, inv: Invocation, started, arrived: OnResult, progress: bool,

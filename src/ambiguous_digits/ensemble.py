@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import backend, members
+from . import backend, members, pool
 from .config import Invocation, Recipe
 
 Log = Callable[[str], None]
@@ -81,7 +81,7 @@ def _job(recipe: Recipe, inv: Invocation, p: MemberPlan) -> dict:
 def _epoch_ended(out, stem: str, state: dict) -> None:
     """A local member's epoch ended: its state saved, and the driver's bar told where it runs in a worker."""
     members.save_state(out, stem, state)
-    backend.epoch_done()
+    pool.epoch_done()
 
 
 def where(inv: Invocation, device, precision) -> str:
