@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -31,6 +30,9 @@ from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
+sys.path.insert(0, str(REPO))  # bench/ is a script folder, not the package
+from bench import runs  # noqa: E402
+
 # Seconds a cluster may take to start all its nodes before the benchmark gives up.
 CLUSTER_START_S = 60
 # `ray start --block` takes its time over SIGTERM; nothing in a throwaway cluster needs a clean stop.
@@ -150,15 +152,9 @@ def group_alive(pgid: int) -> bool:
 def timed_run(run_args: list[str], backend_args: list[str]) -> dict:
     """One `ambiguous-digits run` in a subprocess: wall seconds, accuracy and probs.npz's sha256."""
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "ambiguous_digits.cli", "run", "--out", out, "--quiet", *run_args,
-               *backend_args]
-        start = time.perf_counter()
-        subprocess.run(cmd, env=ray_env(), check=True, stdout=subprocess.DEVNULL)
-        wall = time.perf_counter() - start
-        summary = json.loads((Path(out) / "summary.json").read_text())
-        probs_sha = hashlib.sha256((Path(out) / "probs.npz").read_bytes()).hexdigest()
-    return {"wall_s": round(wall, 1), "train_s": summary["seconds"]["train"],
-            "test_accuracy": summary["test_accuracy"], "probs_sha256": probs_sha}
+        result = runs.timed_run(Path(out), [*run_args, *backend_args], env=ray_env())
+        result["probs_sha256"] = hashlib.sha256((Path(out) / "probs.npz").read_bytes()).hexdigest()
+    return result
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
