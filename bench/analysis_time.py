@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import statistics
 import subprocess
@@ -29,7 +28,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 OURS = REPO / "src"
 sys.path.insert(0, str(REPO))  # bench/ is a script folder, not the package
-from bench.runs import timed_run  # noqa: E402
+from ambiguous_digits import files  # noqa: E402
+from ambiguous_digits.flags import positive_int  # noqa: E402
+from bench.runs import pythonpath, timed_run  # noqa: E402
 from bench.train_speed import cpu_model  # noqa: E402
 
 # Version 0.7.0's last commit: members on all 60,000 training digits, no audit inside the run.
@@ -93,19 +94,13 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return int(text)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="analysis_time.py", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="a new folder for the run directories and the report")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--reference", default=REFERENCE, help="the commit whose `run` is the reference")
     for flag in ("--train-limit", "--test-limit", "--epochs", "--members"):  # smoke runs on slices
-        p.add_argument(flag, type=_positive, default=None)
+        p.add_argument(flag, type=positive_int, default=None)
     p.add_argument("--data-dir", type=Path, default=None, help="MNIST cache (as for `run`)")
     a = p.parse_args(argv)
     if len(set(a.seeds)) < len(a.seeds) or min(a.seeds) < 0:
@@ -138,32 +133,22 @@ def main(argv: list[str] | None = None) -> dict:
     except OSError as e:
         raise SystemExit(f"--out {a.out}: cannot create it ({e.strerror})") from None
     rows: list[dict] = []
-    report = {"cpu": cpu_model(), "cores": os.cpu_count(), "reference": a.reference, "flags": passed_flags(a),
+    passed = passed_flags(a)
+    report = {"cpu": cpu_model(), "cores": os.cpu_count(), "reference": a.reference, "flags": passed,
               "seeds": rows}
     with tempfile.TemporaryDirectory(prefix="analysis_time-") as tmp:
         srcs = {"reference": reference_source(a.reference, Path(tmp)), "ours": OURS}
         for seed in a.seeds:
             row = {"seed": seed}
             for side in order(seed):
-                row[side] = timed_run(a.out / f"{side}_{seed}", ["--seed", str(seed), *passed_flags(a)],
-                                      env=_env(srcs[side]))
+                row[side] = timed_run(a.out / f"{side}_{seed}", ["--seed", str(seed), *passed],
+                                      env={**os.environ, "PYTHONPATH": pythonpath(srcs[side])})
                 print(f"seed {seed}, {side}: {row[side]['wall_s']:.1f} s wall", flush=True)
             rows.append(row)
-            report["summary"] = summarize(rows, sliced=bool(passed_flags(a)))
-            _write(a.out / REPORT_FILE, report)  # after every seed: a later failure keeps the finished ones
+            report["summary"] = summarize(rows, sliced=bool(passed))
+            files.write_json(a.out / REPORT_FILE, report)  # after every seed: a later failure keeps the finished ones
     print(render(report))
     return report
-
-
-def _env(src: Path) -> dict[str, str]:
-    """The environment with `src` first on PYTHONPATH (the user's own entries kept after it)."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))}
-
-
-def _write(path: Path, report: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

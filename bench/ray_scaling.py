@@ -52,9 +52,8 @@ def ray_env(home: str | None = None) -> dict:
     """The environment for Ray nodes and drivers: workers import this checkout's package, and Ray's token
     authentication is left to Ray's defaults (none of the caller's RAY_AUTH_* variables). With `home`, the
     processes' $HOME, where Ray looks for .ray/auth_token."""
-    path = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH")) if p)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")}
-    env.update(PYTHONPATH=path, RAY_USAGE_STATS_ENABLED="0")
+    env.update(PYTHONPATH=runs.pythonpath(SRC), RAY_USAGE_STATS_ENABLED="0")
     if home:
         # packages installed with pip --user stay importable under another $HOME
         env.update(HOME=home, PYTHONUSERBASE=os.environ.get("PYTHONUSERBASE") or site.getuserbase())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -10,6 +11,11 @@ from pathlib import Path
 
 # Lines of a failed run's stderr shown before the benchmark's one-line error.
 STDERR_TAIL = 20
+
+
+def pythonpath(src: Path) -> str:
+    """PYTHONPATH with `src` first, so a subprocess imports the package there; the user's own entries after it."""
+    return os.pathsep.join(p for p in (str(src), os.environ.get("PYTHONPATH")) if p)
 
 
 def timed_run(out: Path, args: list[str], env: dict[str, str] | None = None) -> dict:

@@ -88,8 +88,9 @@ def test_bad_flags_are_refused(tmp_path, capsys):
                           (["--out", str(tmp_path / "file")], "not a folder"),
                           (["--out", new, "--seeds", "1", "1"], "distinct non-negative"),
                           (["--out", new, "--seeds", "-1"], "distinct non-negative"),
-                          (["--out", new, "--epochs", "0"], "positive whole number"),
-                          (["--out", new, "--train-limit", "1.5"], "positive whole number"),
+                          (["--out", new, "--epochs", "0"], "--epochs: must be positive, got 0"),
+                          (["--out", new, "--train-limit", "1.5"],
+                           "--train-limit: expected a positive integer, got '1.5'"),
                           (["--out", new, "--reference=--output=x"], "expected a commit")):
         with pytest.raises(SystemExit):
             parse_args(argv)
