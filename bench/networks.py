@@ -1,6 +1,6 @@
 """Which network should the ensemble use? Shapes compared on the same seeds, on the same machine.
 
-For each seed, one member of every `--net WIDTHS:EPOCHS[:fcN]` is trained in turn (alternating,
+For each seed, one member of every `--net WIDTHS:EPOCHS[:fcN][:padP]` is trained in turn (alternating,
 so a slow hour of a shared machine slows every shape alike), at the default recipe
 otherwise, and scores the test digits. Reported per shape: member accuracy and NLL
 (mean ± std over the seeds), training and scoring seconds, and what a
@@ -12,9 +12,10 @@ mean, min and max. Writes a JSON report and each member's probabilities (float32
     python bench/networks.py --net 32,64,128:4 --net 16,32,128:6 --seeds 8
     python bench/networks.py --net 16,32,128:8 --net 16,32,128:8:fc128 --seeds 8
     python bench/networks.py --net 16,32,128:8 --net 16,32,96,192:8 --seeds 8
+    python bench/networks.py --net 16,32,128:8:pad1 --net 16,32,128:8:pad0 --seeds 5
 
 fcN: N units in a linear-BN-ReLU layer before the output layer (default: the
-recipe's, none: fc0).
+recipe's, none: fc0). padP: the first convolution's zero padding, 0 or 1 (default: the recipe's).
 """
 
 from __future__ import annotations
@@ -42,27 +43,32 @@ REPO = Path(__file__).resolve().parents[1]
 MAX_ENSEMBLES = 1000
 
 
-def parse_net(text: str) -> tuple[tuple[int, ...], int, int]:
-    """'16,32,128:6' -> ((16, 32, 128), 6, 0); '16,32,128:8:fc128' -> (..., 8, 128); argparse's error otherwise."""
+def parse_net(text: str) -> tuple[tuple[int, ...], int, int, int]:
+    """'16,32,128:6' -> ((16, 32, 128), 6, 0, the recipe's pad_first); '16,32,128:8:fc128:pad1' -> (..., 8, 128, 0);
+    argparse's error otherwise."""
     widths, sep, rest = text.partition(":")
     epochs, *options = rest.split(":")
-    expected = f"expected WIDTHS:EPOCHS[:fcN] such as 16,32,128:6 or 16,32,128:8:fc128, got {text!r}"
-    units = [o[2:] for o in options if o.startswith("fc") and o[2:].isdigit()]
-    if not sep or len(units) < len(options) or len(units) > 1:
+    expected = (f"expected WIDTHS:EPOCHS[:fcN][:padP] such as 16,32,128:6, 16,32,128:8:fc128 or 16,32,128:8:pad1, "
+                f"got {text!r}")
+    given = {key: [o[len(key):] for o in options if o.startswith(key) and o[len(key):].isdigit()]
+             for key in ("fc", "pad")}
+    if not sep or sum(map(len, given.values())) < len(options) or any(len(v) > 1 for v in given.values()):
         raise argparse.ArgumentTypeError(expected)
     try:
         shape = tuple(int(w) for w in widths.split(","))
         n = int(epochs)
-        hidden = int(units[0]) if units else Recipe().hidden
-        Recipe(widths=shape, epochs=n, hidden=hidden)  # Recipe checks widths, epochs and units
+        hidden = int(given["fc"][0]) if given["fc"] else Recipe().hidden
+        pad = int(given["pad"][0]) if given["pad"] else Recipe().pad_first
+        Recipe(widths=shape, epochs=n, hidden=hidden, pad_first=pad)  # Recipe checks widths, epochs, units, pad
     except (ValueError, ConfigError) as e:
         raise argparse.ArgumentTypeError(f"{expected} ({e})") from None
-    return shape, n, hidden
+    return shape, n, hidden, pad
 
 
-def net_name(widths: tuple[int, ...], epochs: int, hidden: int = Recipe().hidden) -> str:
+def net_name(widths: tuple[int, ...], epochs: int, hidden: int = Recipe().hidden, pad: int = Recipe().pad_first) -> str:
     fc = f"+fc{hidden}" if hidden else ""
-    return f"{'/'.join(map(str, widths))}{fc} x {epochs} epochs"
+    cut = f" pad {pad}" if pad != Recipe().pad_first else ""
+    return f"{'/'.join(map(str, widths))}{fc}{cut} x {epochs} epochs"
 
 
 def npz_key(name: str) -> str:
@@ -166,9 +172,9 @@ def main(argv: list[str] | None = None) -> dict:
     rows: dict[str, list[dict]] = {net_name(*n): [] for n in a.net}
     probs: dict[str, list[np.ndarray]] = {name: [] for name in rows}
     for seed in range(1, a.seeds + 1):
-        for widths, epochs, hidden in a.net:
-            name = net_name(widths, epochs, hidden)
-            recipe = Recipe(widths=widths, epochs=epochs, hidden=hidden)
+        for widths, epochs, hidden, pad in a.net:
+            name = net_name(widths, epochs, hidden, pad)
+            recipe = Recipe(widths=widths, epochs=epochs, hidden=hidden, pad_first=pad)
             start = time.perf_counter()
             model, _ = train(x, y, recipe, seed, Runtime(device, precision), num_classes=ds.num_classes)
             trained = time.perf_counter()

@@ -8,7 +8,7 @@ import pytest
 
 from ambiguous_digits import scores
 from ambiguous_digits.config import (RANKING_NAMES, AuditPlan, ConfigError, ExperimentPlan, Invocation, Recipe,
-                                     RunOutputs, split_address)
+                                     RunOutputs, last_side, split_address)
 
 
 # ---------------------------------------------------------------------------
@@ -44,6 +44,11 @@ from ambiguous_digits.config import (RANKING_NAMES, AuditPlan, ConfigError, Expe
     ({"widths": ()}, "--widths: expected positive channel counts"),
     ({"widths": (8, 0, 8)}, "--widths: expected positive channel counts"),
     ({"widths": (8, 8, 8, 8, 8)}, "--widths: at most 4 stages fit a 28-pixel digit, got 5"),
+    ({"widths": (8, 8, 8, 8, 8), "pad_first": 1}, "--widths: at most 4 stages fit a 28-pixel digit, got 5"),
+    ({"pad_first": 2}, "--pad-first: expected 0 or 1, got 2"),
+    ({"pad_first": -1}, "--pad-first: expected 0 or 1, got -1"),
+    ({"pad_first": True}, "--pad-first: expected 0 or 1, got True"),
+    ({"pad_first": "0"}, "--pad-first: expected 0 or 1, got '0'"),  # a hand-edited config.json
     ({"batch_size": 1, "hidden": 16}, "--batch-size: must be at least 2 with --hidden or 4 --widths stages"),
     ({"batch_size": 1, "widths": (8, 8, 8, 8)}, "--batch-size: must be at least 2"),
 ])
@@ -56,6 +61,18 @@ def test_a_bad_recipe_is_refused_naming_its_flag(fields, message):
 def test_a_batch_of_one_trains_where_no_batch_norm_sees_one_value_per_channel():
     assert not Recipe(batch_size=1).norm_needs_two  # 3 stages: the last is 3 x 3
     assert Recipe(hidden=8).norm_needs_two and Recipe(widths=(4, 4, 4, 4)).norm_needs_two
+    assert Recipe(widths=(4, 4, 4, 4), pad_first=1).norm_needs_two  # 28 -> 14 -> 7 -> 3 -> 1
+
+
+@pytest.mark.parametrize("stages, pad_first, side", [(3, 0, 3), (3, 1, 3), (2, 0, 6), (2, 1, 7), (4, 0, 1), (1, 0, 13)])
+def test_the_last_stage_side_follows_the_first_padding(stages, pad_first, side):
+    assert last_side(stages, pad_first) == side  # 28 -> 26 (unpadded) or 28, then halved, rounding down
+
+
+def test_a_recipe_saved_before_0_13_reads_back_with_the_first_convolution_padded():
+    saved = Recipe().to_json()
+    del saved["pad_first"]
+    assert Recipe.from_json(saved).pad_first == 1 and Recipe.from_json(Recipe().to_json()).pad_first == 0
 
 
 def test_user_data_have_no_published_limits():

@@ -31,10 +31,11 @@ def _saved(net: model.Net, tmp_path) -> NumpyNet:
     return NumpyNet.load(tmp_path / "w.npz")
 
 
-@pytest.mark.parametrize("widths, hidden", [((16, 32, 128), 0), ((4, 8), 16), ((3, 5, 7, 6), 0)])
-def test_numpy_gives_what_torch_gives(widths, hidden, tmp_path):
-    """Odd sides (7 -> 3, 3 -> 1) drop a row and column in pooling as torch's MaxPool2d does."""
-    net = _trained_looking(model.NetShape(10, widths=widths, hidden=hidden), seed=len(widths))
+@pytest.mark.parametrize("widths, hidden, pad_first", [((16, 32, 128), 0, 0), ((16, 32, 128), 0, 1), ((4, 8), 16, 0),
+                                                       ((4, 8), 16, 1), ((3, 5, 7, 6), 0, 1), ((3, 5, 7, 6), 0, 0)])
+def test_numpy_gives_what_torch_gives(widths, hidden, pad_first, tmp_path):
+    """Odd sides (7 -> 3, 13 -> 6, 3 -> 1) drop a row and column in pooling as torch's MaxPool2d does."""
+    net = _trained_looking(model.NetShape(10, widths=widths, hidden=hidden, pad_first=pad_first), seed=len(widths))
     digits = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
     cpu = torch.device("cpu")
     mine = _saved(net, tmp_path)
@@ -48,7 +49,19 @@ def test_numpy_gives_what_torch_gives(widths, hidden, tmp_path):
 def test_the_saved_weights_leave_out_the_batch_counters_and_keep_the_shape():
     named = model.arrays(model.Net(model.NetShape(4, widths=(2,), hidden=3)))
     assert not any(k.endswith("num_batches_tracked") for k in named)
-    assert str(named["shape"]) == '{"num_classes": 4, "widths": [2], "hidden": 3}'
+    assert str(named["shape"]) == '{"num_classes": 4, "widths": [2], "hidden": 3, "pad_first": 0}'
+
+
+def test_weights_saved_before_0_13_load_with_the_first_convolution_padded(tmp_path):
+    """A 0.12 member's file has no "pad_first": its first convolution padded."""
+    net = _trained_looking(model.NetShape(10, pad_first=1), seed=0)
+    named = model.arrays(net)
+    named["shape"] = np.array('{"num_classes": 10, "widths": [16, 32, 128], "hidden": 0}')
+    np.savez(tmp_path / "old.npz", **named)
+    digits = np.random.default_rng(1).integers(0, 256, size=(3, 28, 28), dtype=np.uint8)
+    old = NumpyNet.load(tmp_path / "old.npz")
+    assert old.pad_first == 1
+    np.testing.assert_allclose(old.probs(digits), predict_probs(net, digits, torch.device("cpu")), atol=1e-5)
 
 
 def test_the_weights_file_predict_reads_is_the_one_a_member_saves():

@@ -45,10 +45,32 @@ def test_a_hidden_layer_is_linear_bn_relu_before_the_output_layer_and_off_by_def
 def test_each_stage_pools_before_its_batch_norm():
     kinds = [type(m).__name__ for m in Net(NetShape(10, widths=(4, 8))).features]
     assert kinds == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"] * 2
-    assert "conv3x3(16)+pool+BN+ReLU" in describe(Net(NetShape(10)))
+    assert "conv3x3(16, unpadded)+pool+BN+ReLU -> conv3x3(32)+pool+BN+ReLU" in describe(Net(NetShape(10)))
 
 
 def test_a_recipe_builds_the_network_of_its_shape():
     recipe = Recipe(widths=(4, 8), hidden=16)
     assert new_net(recipe, 7).shape == NetShape(7, widths=(4, 8), hidden=16)
     assert new_net(Recipe(), 10).shape == NetShape(10)  # the recipe's defaults are the network's
+    assert new_net(Recipe(pad_first=1), 10).shape == NetShape(10, pad_first=1)
+
+
+@pytest.mark.parametrize("pad_first, sides", [(0, [13, 6, 3]), (1, [14, 7, 3])])
+def test_only_the_first_convolution_may_go_unpadded(pad_first, sides):
+    net = Net(NetShape(10, widths=(4, 8, 16), pad_first=pad_first))
+    assert [c.padding for c in net.features if isinstance(c, torch.nn.Conv2d)] == [(pad_first,) * 2, (1, 1), (1, 1)]
+    x, seen = _digits(2), []
+    for layer in net.features:
+        x = layer(x)
+        if isinstance(layer, torch.nn.MaxPool2d):
+            seen.append(x.shape[-1])
+    assert seen == sides
+    assert ("conv3x3(4, unpadded)" in describe(net)) == (pad_first == 0) and describe(net).count("unpadded") <= 1
+
+
+def test_a_checkpoint_saved_before_0_13_loads_with_the_first_convolution_padded():
+    net = Net(NetShape(10, widths=(4, 8), pad_first=1)).eval()
+    old = checkpoint(net)
+    del old["shape"]["pad_first"]
+    again = from_checkpoint(old).eval()
+    assert again.shape.pad_first == 1 and torch.equal(again(_digits(2)), net(_digits(2)))

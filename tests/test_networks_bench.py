@@ -49,7 +49,9 @@ def test_ensembles_beyond_the_cap_are_a_random_sample_not_the_first_in_order():
                                  ["--net", "8:1:sideways"], ["--net", "8:1:"], ["--net", "8:1:norm-pool"],
                                  ["--net", "8:1:fc"], ["--net", "8:1:fcx"], ["--net", "8:1:fc-1"],
                                  ["--net", "8:1:fc0:fc8"], ["--net", "8:1:fc+8"], ["--net", "8:1:fc 8"],
-                                 ["--net", "8:1", "--net", "8:1:fc0"], ["--net", "8:1:running"]])
+                                 ["--net", "8:1", "--net", "8:1:fc0"], ["--net", "8:1:running"],
+                                 ["--net", "8:1:pad"], ["--net", "8:1:pad2"], ["--net", "8:1:pad-1"],
+                                 ["--net", "8:1:pad1:pad0"], ["--net", "8:1", "--net", "8:1:pad0"]])
 def test_bad_flags_are_refused(bad, capsys):
     with pytest.raises(SystemExit):
         parse_args(bad)
@@ -58,11 +60,13 @@ def test_bad_flags_are_refused(bad, capsys):
 
 def test_a_tiny_comparison_writes_its_report_and_probabilities(tmp_path, mnist_dir):
     out = tmp_path / "networks.json"
-    report = main(["--net", "4,8,8:1", "--net", "8,8:1", "--net", "8,8:1:fc16", "--seeds", "2", "--members", "2",
+    report = main(["--net", "4,8,8:1", "--net", "8,8:1", "--net", "8,8:1:fc16", "--net", "8,8:1:pad1",
+                   "--seeds", "2", "--members", "2",
                    "--threads", "2", "--data-dir", str(mnist_dir), "--train-limit", "512", "--test-limit", "100",
                    "--out", str(out)])
     assert json.loads(out.read_text()) == report
-    assert list(report["networks"]) == ["4/8/8 x 1 epochs", "8/8 x 1 epochs", "8/8+fc16 x 1 epochs"]
+    assert list(report["networks"]) == ["4/8/8 x 1 epochs", "8/8 x 1 epochs", "8/8+fc16 x 1 epochs",
+                                        "8/8 pad 1 x 1 epochs"]
     saved = np.load(tmp_path / "networks.npz")
     for name, r in report["networks"].items():
         probs = saved[r["npz_key"]]
@@ -73,8 +77,9 @@ def test_a_tiny_comparison_writes_its_report_and_probabilities(tmp_path, mnist_d
         assert r["ensembles"]["ensembles"] == 1
         assert r["ensembles"]["accuracy_mean"] == (probs.mean(0).argmax(1) == saved["labels"]).mean()
     # The same widths with a hidden layer are another network: other probabilities, same seeds.
-    plain, hidden = (saved[report["networks"][n]["npz_key"]] for n in ("8/8 x 1 epochs", "8/8+fc16 x 1 epochs"))
-    assert not np.allclose(plain, hidden, atol=1e-4)
+    plain, hidden, whole = (saved[report["networks"][n]["npz_key"]]
+                            for n in ("8/8 x 1 epochs", "8/8+fc16 x 1 epochs", "8/8 pad 1 x 1 epochs"))
+    assert not np.allclose(plain, hidden, atol=1e-4) and not np.allclose(plain, whole, atol=1e-4)
 
 
 def test_a_limit_beyond_the_data_is_refused_in_one_line(tmp_path, capsys):

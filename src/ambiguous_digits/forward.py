@@ -45,6 +45,7 @@ class NumpyNet:
     convs: list[np.ndarray]  # (C_out, C_in * 9) each, the conv kernels unrolled as the windows are
     norms: list[Norm]
     head: list[tuple[np.ndarray, np.ndarray | None, Norm | None]]  # (weight.T, bias, norm after it) per layer
+    pad_first: int = 1  # model.NetShape.pad_first
 
     @classmethod
     def load(cls, path: Path) -> NumpyNet:
@@ -60,7 +61,7 @@ class NumpyNet:
             head = [(w["head.0.weight"].T, None, Norm.of(w, "head.1")), (w["head.3.weight"].T, w["head.3.bias"], None)]
         else:
             head = [(w["head.weight"].T, w["head.bias"], None)]
-        return cls(convs, norms, head)
+        return cls(convs, norms, head, shape.get("pad_first", 1))  # saved before 0.13: padded
 
     @property
     def num_classes(self) -> int:
@@ -72,8 +73,8 @@ class NumpyNet:
 
     def _maps(self, digits: np.ndarray) -> np.ndarray:
         x = ((digits.astype(np.float32) / 255 - PIXEL_MEAN) / PIXEL_STD)[..., None]  # channels last
-        for kernel, norm in zip(self.convs, self.norms):
-            x = np.maximum(norm(_pool(_conv3x3(x, kernel))), 0)
+        for s, (kernel, norm) in enumerate(zip(self.convs, self.norms)):
+            x = np.maximum(norm(_pool(_conv3x3(x, kernel, self.pad_first if s == 0 else 1))), 0)
         return x.transpose(0, 3, 1, 2)
 
     def features(self, digits: np.ndarray, spatial: str = "mean") -> np.ndarray:
@@ -103,11 +104,11 @@ def _features(maps: np.ndarray, spatial: str) -> np.ndarray:
     return maps.mean(axis=(2, 3)) if spatial == "mean" else maps.reshape(len(maps), -1)
 
 
-def _conv3x3(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """(N, H, W, C) -> (N, H, W, C_out): a 3x3 convolution, zero padding 1, no bias."""
-    n, h, w, c = x.shape
-    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(1, 2))  # (N, H, W, C, 3, 3)
+def _conv3x3(x: np.ndarray, kernel: np.ndarray, pad: int = 1) -> np.ndarray:
+    """(N, H, W, C) -> (N, H', W', C_out): a 3x3 convolution, zero padding `pad` (1: H' = H; 0: H' = H - 2), no bias."""
+    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(1, 2))  # (N, H', W', C, 3, 3)
+    n, h, w, c = windows.shape[:4]
     return (windows.reshape(n * h * w, c * 9) @ kernel.T).reshape(n, h, w, -1)
 
 

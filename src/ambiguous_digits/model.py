@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import last_side
+
 
 @dataclass(frozen=True)
 class NetShape:
@@ -17,11 +19,12 @@ class NetShape:
     num_classes: int  # K, from the data set (10 for MNIST)
     widths: tuple[int, ...] = (16, 32, 128)
     hidden: int = 0  # units of a linear-BN-ReLU layer before the output layer; 0: none
+    pad_first: int = 0  # the first convolution's zero padding (config.Recipe.pad_first); nets before 0.13: 1
 
 
-def _stage(c_in: int, c_out: int) -> list[nn.Module]:
+def _stage(c_in: int, c_out: int, padding: int = 1) -> list[nn.Module]:
     # No conv bias: the batch norm has its own shift. Pooling first normalises a quarter of the values.
-    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(c_out),
+    return [nn.Conv2d(c_in, c_out, 3, padding=padding, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(c_out),
             nn.ReLU(inplace=True)]
 
 
@@ -40,12 +43,11 @@ class Net(nn.Module):
         super().__init__()
         self.shape = shape
         layers: list[nn.Module] = []
-        c_in, side = 1, 28
-        for width in shape.widths:
-            layers += _stage(c_in, width)
-            c_in, side = width, side // 2
+        for s, width in enumerate(shape.widths):
+            layers += _stage(shape.widths[s - 1] if s else 1, width, shape.pad_first if s == 0 else 1)
         self.features = nn.Sequential(*layers)
-        self.head = _head(c_in * side * side, shape.hidden, shape.num_classes)
+        side = last_side(len(shape.widths), shape.pad_first)
+        self.head = _head(shape.widths[-1] * side * side, shape.hidden, shape.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).flatten(1))
@@ -57,7 +59,8 @@ def count_parameters(model: nn.Module) -> int:
 
 def describe(model: Net) -> str:
     """One line: the stages and the parameter count, for summaries and reports."""
-    stages = " -> ".join(f"conv3x3({w})+pool+BN+ReLU" for w in model.shape.widths)
+    stages = " -> ".join(f"conv3x3({w}{'' if s or model.shape.pad_first else ', unpadded'})+pool+BN+ReLU"
+                         for s, w in enumerate(model.shape.widths))
     hidden = f" -> linear({model.shape.hidden})+BN+ReLU" if model.shape.hidden else ""
     return f"{stages}{hidden} -> linear({model.shape.num_classes}); {count_parameters(model):,} parameters"
 
@@ -75,6 +78,7 @@ def arrays(model: Net) -> dict[str, np.ndarray]:
 
 def from_checkpoint(ckpt: dict) -> Net:
     saved = ckpt["shape"]
-    model = Net(NetShape(num_classes=saved["num_classes"], widths=tuple(saved["widths"]), hidden=saved["hidden"]))
+    model = Net(NetShape(num_classes=saved["num_classes"], widths=tuple(saved["widths"]), hidden=saved["hidden"],
+                           pad_first=saved.get("pad_first", 1)))  # saved before 0.13: padded
     model.load_state_dict(ckpt["state_dict"])
     return model

@@ -239,7 +239,7 @@ def _restore(state: dict, loop: _Loop) -> list[dict]:
 
 def new_net(recipe: Recipe, num_classes: int) -> Net:
     """An untrained network of the recipe's shape with num_classes outputs."""
-    return Net(NetShape(num_classes, recipe.widths, recipe.hidden))
+    return Net(NetShape(num_classes, recipe.widths, recipe.hidden, recipe.pad_first))
 
 
 def _start(images: np.ndarray, recipe: Recipe, seed: int, rt: Runtime, num_classes: int, init: Net | None) -> _Loop:
