@@ -44,7 +44,7 @@ MAX_ENSEMBLES = 1000
 
 
 def parse_net(text: str) -> tuple[tuple[int, ...], int, int, int]:
-    """'16,32,128:6' -> ((16, 32, 128), 6, 0, the recipe's pad_first); '16,32,128:8:fc128:pad1' -> (..., 8, 128, 0);
+    """'16,32,128:6' -> ((16, 32, 128), 6, 0, the recipe's pad_first); '16,32,128:8:fc128:pad1' -> (..., 8, 128, 1);
     argparse's error otherwise."""
     widths, sep, rest = text.partition(":")
     epochs, *options = rest.split(":")
@@ -122,8 +122,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="networks.py", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--net", type=parse_net, action="append", required=True,
-                   help="WIDTHS:EPOCHS[:fcN] of a shape to compare, e.g. 16,32,128:8 or 16,32,128:8:fc128 "
-                        "(give two or more)")
+                   help="WIDTHS:EPOCHS[:fcN][:padP] of a shape to compare, e.g. 16,32,128:8, 16,32,128:8:fc128 "
+                        "or 16,32,128:8:pad1 (give two or more)")
     p.add_argument("--seeds", type=int, default=8, help="members per shape: seeds 1..N")
     p.add_argument("--members", type=int, default=Recipe().members, help="ensemble size to score")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all CPUs)")
@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     x, y = ds.x_train[: a.train_limit], ds.y_train[: a.train_limit]
     x_test, y_test = ds.x_test[: a.test_limit], ds.y_test[: a.test_limit]
     rows: dict[str, list[dict]] = {net_name(*n): [] for n in a.net}
+    pads = {net_name(*n): n[3] for n in a.net}  # in the report: a name without "pad" means the default of its version
     probs: dict[str, list[np.ndarray]] = {name: [] for name in rows}
     for seed in range(1, a.seeds + 1):
         for widths, epochs, hidden, pad in a.net:
@@ -187,8 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"seed {seed}, {name}: {rows[name][-1]}", flush=True)
     report = {"ensemble_size": a.members, "test_digits": len(y_test), "train_digits": len(y),
               "torch_threads": torch.get_num_threads(), "bf16_autocast": precision.autocast,
-              "networks": {name: summarize(name, rows[name], np.stack(probs[name]), y_test, a.members)
-                           for name in rows}}
+              "networks": {name: {**summarize(name, rows[name], np.stack(probs[name]), y_test, a.members),
+                                  "pad_first": pads[name]} for name in rows}}
     print(render(report))
     try:  # the probabilities first: a report is never left beside another run's probabilities
         with files.atomic_path(a.out.with_suffix(".npz")) as tmp, open(tmp, "wb") as f:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from ambiguous_digits import scores
-from ambiguous_digits.config import (RANKING_NAMES, AuditPlan, ConfigError, ExperimentPlan, Invocation, Recipe,
-                                     RunOutputs, last_side, split_address)
+from ambiguous_digits.config import (RANKING_NAMES, RECIPE_KNOBS, RECIPES, AuditPlan, ConfigError, ExperimentPlan,
+                                     Invocation, Recipe, RunOutputs, last_side, split_address, start_recipe)
 
 
 # ---------------------------------------------------------------------------
@@ -49,6 +49,7 @@ from ambiguous_digits.config import (RANKING_NAMES, AuditPlan, ConfigError, Expe
     ({"pad_first": -1}, "--pad-first: expected 0 or 1, got -1"),
     ({"pad_first": True}, "--pad-first: expected 0 or 1, got True"),
     ({"pad_first": "0"}, "--pad-first: expected 0 or 1, got '0'"),  # a hand-edited config.json
+    ({"pad_first": 1.0}, "--pad-first: expected 0 or 1, got 1.0"),
     ({"batch_size": 1, "hidden": 16}, "--batch-size: must be at least 2 with --hidden or 4 --widths stages"),
     ({"batch_size": 1, "widths": (8, 8, 8, 8)}, "--batch-size: must be at least 2"),
 ])
@@ -67,6 +68,12 @@ def test_a_batch_of_one_trains_where_no_batch_norm_sees_one_value_per_channel():
 @pytest.mark.parametrize("stages, pad_first, side", [(3, 0, 3), (3, 1, 3), (2, 0, 6), (2, 1, 7), (4, 0, 1), (1, 0, 13)])
 def test_the_last_stage_side_follows_the_first_padding(stages, pad_first, side):
     assert last_side(stages, pad_first) == side  # 28 -> 26 (unpadded) or 28, then halved, rounding down
+
+
+def test_every_knob_a_recipe_sets_is_one_that_skips_the_validation_choice():
+    assert {k for knobs in RECIPES.values() for k in knobs} <= set(RECIPE_KNOBS)
+    assert start_recipe({"dataset": "npz:/x.npz"})[1] and not start_recipe({"dataset": "npz:/x.npz", "pad_first": 1})[1]
+    assert start_recipe({"dataset": "fashion-mnist"})[0].pad_first == 1 and start_recipe({})[0].pad_first == 0
 
 
 def test_a_recipe_saved_before_0_13_reads_back_with_the_first_convolution_padded():

@@ -80,6 +80,7 @@ def test_a_tiny_comparison_writes_its_report_and_probabilities(tmp_path, mnist_d
     plain, hidden, whole = (saved[report["networks"][n]["npz_key"]]
                             for n in ("8/8 x 1 epochs", "8/8+fc16 x 1 epochs", "8/8 pad 1 x 1 epochs"))
     assert not np.allclose(plain, hidden, atol=1e-4) and not np.allclose(plain, whole, atol=1e-4)
+    assert [r["pad_first"] for r in report["networks"].values()] == [0, 0, 0, 1]
 
 
 def test_a_limit_beyond_the_data_is_refused_in_one_line(tmp_path, capsys):

@@ -147,3 +147,14 @@ def test_a_config_without_its_recipe_is_one_line(tmp_path):
     rundir.save_json(tmp_path, rundir.CONFIG_FILE, {"epochs": 8})
     with pytest.raises(ConfigError, match=r"config.json: not a config this version can read"):
         rundir.load_run_config(tmp_path)
+
+
+def test_a_hand_edited_recipe_names_the_config_file(tmp_path):
+    from ambiguous_digits.config import Recipe
+
+    bad = {**Recipe().to_json(), "pad_first": 2}
+    rundir.save_json(tmp_path, rundir.CONFIG_FILE, {"recipe": bad, "outputs": {"top": 10, "rankings": ["margin"]}})
+    with pytest.raises(ConfigError) as e:
+        rundir.load_run_config(tmp_path)
+    assert str(e.value).startswith(f"{tmp_path / rundir.CONFIG_FILE}: not a config this version can read")
+    assert "--pad-first: expected 0 or 1, got 2" in str(e.value) and "\n" not in str(e.value)

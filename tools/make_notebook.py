@@ -40,11 +40,11 @@ for name, md5 in ds.checksums.items():
 test digit and writes the run directory. The recipe (what decides the numbers) is kept apart
 from the invocation (where it writes and runs). A finished run is reused, never retrained."""),
     ("code", """from ambiguous_digits.commands import run
-from ambiguous_digits.config import Invocation, Recipe, RunOutputs
+from ambiguous_digits.config import Invocation, RunOutputs, start_recipe
 
 if not (RUN_DIR / "summary.json").is_file():
     tiny = dict(train_limit=600, test_limit=300, epochs=1, widths=(8, 16, 32), members=2)
-    recipe = Recipe(dataset=DATASET, **(tiny if TINY else {}))
+    recipe, _ = start_recipe({"dataset": DATASET, **(tiny if TINY else {})})  # the data set's own recipe, as `run`
     where = Invocation(out=RUN_DIR, data_dir=Path(DATA_DIR) if DATA_DIR else None, progress=False)
     run.run(recipe, RunOutputs(top=5) if TINY else RunOutputs(), where, log=lambda _: None)
 

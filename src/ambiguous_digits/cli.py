@@ -81,8 +81,8 @@ def _add_training_flags(p: argparse.ArgumentParser, follows: str = "", members: 
     _flag(p, "--hidden", type=flags.non_negative_int, default=d(r.hidden), metavar="UNITS",
           help="units of a linear-BN-ReLU layer before the output layer (0: none)")
     _flag(p, "--pad-first", type=int, choices=PAD_FIRST, metavar="{0,1}",
-          help="zero padding of the first convolution: 0 leaves its outputs 26 x 26, a fifth less arithmetic "
-               "(default: the data set's recipe: 0 for mnist, 1 for fashion-mnist)")
+          default=d("the data set's recipe: 0 for mnist, 1 for fashion-mnist"),
+          help="zero padding of the first convolution: 0 leaves its outputs 26 x 26, a fifth less arithmetic")
     if augment:
         p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                        help="random affine augmentation in training (default: the data set's recipe: on for mnist, "

@@ -22,7 +22,8 @@ IMAGE_SIDE = 28
 # absorbs any other offset and scale.
 PIXEL_MEAN = 0.1307
 PIXEL_STD = 0.3081
-# Each conv stage halves the image side (28 -> 14 -> 7 -> 3 -> 1): at most 4 stages.
+# Each conv stage halves the image side (28 -> 14 -> 7 -> 3 -> 1; the first convolution unpadded: 26 -> 13 -> 6 -> 3
+# -> 1): at most 4 stages.
 MAX_STAGES = 4
 # The first convolution's zero padding (Recipe.pad_first): 0 ("valid", 28 -> 26 -> pooled 13) or 1 (28 -> 28 -> 14).
 PAD_FIRST = (0, 1)
@@ -95,7 +96,7 @@ class Recipe:
             raise ConfigError(f"--hidden: expected 0 (none) or a positive number of units, got {self.hidden!r}")
         if not self.widths or any(w <= 0 for w in self.widths):
             raise ConfigError(f"--widths: expected positive channel counts, got {self.widths}")
-        if isinstance(self.pad_first, bool) or self.pad_first not in PAD_FIRST:
+        if isinstance(self.pad_first, bool) or not isinstance(self.pad_first, int) or self.pad_first not in PAD_FIRST:
             raise ConfigError(f"--pad-first: expected 0 or 1, got {self.pad_first!r}")
         if self.last_side < 1:
             raise ConfigError(f"--widths: at most {MAX_STAGES} stages fit a {IMAGE_SIDE}-pixel digit, "

@@ -17,7 +17,7 @@ from .config import PIXEL_MEAN, PIXEL_STD
 
 # torch's BatchNorm default, which model.Net keeps.
 BN_EPS = 1e-5
-# Digits a pass unrolls at once: the windows of stage 2 take 9 x 28 x 28 x width floats per digit.
+# Digits a pass unrolls at once: a stage's windows take 9 x side x side x its input's width floats per digit.
 CHUNK = 256
 
 
@@ -45,7 +45,7 @@ class NumpyNet:
     convs: list[np.ndarray]  # (C_out, C_in * 9) each, the conv kernels unrolled as the windows are
     norms: list[Norm]
     head: list[tuple[np.ndarray, np.ndarray | None, Norm | None]]  # (weight.T, bias, norm after it) per layer
-    pad_first: int = 1  # model.NetShape.pad_first
+    pad_first: int  # model.NetShape.pad_first
 
     @classmethod
     def load(cls, path: Path) -> NumpyNet:

@@ -306,7 +306,7 @@ def load_run_config(run_dir: Path) -> tuple[Recipe, RunOutputs]:
     d = _read_config(run_dir, CONFIG_FILE)
     try:
         return Recipe.from_json(d["recipe"]), RunOutputs.from_json(d["outputs"])
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, ConfigError) as e:
         raise ConfigError(f"{run_dir / CONFIG_FILE}: not a config this version can read ({e})") from None
 
 
@@ -314,7 +314,7 @@ def load_audit_config(run_dir: Path, split: str) -> tuple[Recipe, AuditPlan]:
     d = _read_config(run_dir, AUDIT[split].config)
     try:
         return Recipe.from_json(d["recipe"]), AuditPlan(**d["audit"])
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, ConfigError) as e:
         raise ConfigError(f"{run_dir / AUDIT[split].config}: not a config this version can read ({e})") from None
 
 
