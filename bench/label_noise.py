@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "label_noise.md").write_text(table_md(summarise(results)))
         print(table_md(summarise(results)))
         return 0
-    args.recipe = {"members": args.members, "epochs": args.epochs, "widths": tuple(map(int, args.widths.split(",")))}
+    args.recipe = {"members": args.members, "epochs": args.epochs, "widths": tuple(map(int, args.widths.split(","))),
+                   "pad_first": Recipe.pad_first}  # recorded: the network's first padding changed in 0.13
     seeds, rates = [int(s) for s in args.seeds.split(",")], [float(r) for r in args.rates.split(",")]
     models = args.models.split(",")
     unknown = [m for m in models if m not in MODELS]
