@@ -172,12 +172,17 @@ RECIPES: dict[str, dict] = {"mnist": {}, "fashion-mnist": {"augment": False, "ep
 RECIPE_KNOBS = ("augment", "epochs", "widths", "pad_first")
 
 
+def paddings(stages: int, pad_first: int) -> tuple[int, ...]:
+    """Each stage's 3 x 3 convolution's zero padding: the first's is pad_first, every later one's 1."""
+    return (pad_first,) + (1,) * (stages - 1)
+
+
 def last_side(stages: int, pad_first: int) -> int:
-    """The side of the last stage's maps: each 3 x 3 convolution keeps the side (the first loses 2 unpadded), each
-    2 x 2 pool halves it, rounding down."""
-    side = IMAGE_SIDE - 2 * (1 - pad_first)
-    for _ in range(stages):
-        side //= 2
+    """The side of the last stage's maps: each 3 x 3 convolution loses 2 - 2 x its padding, each 2 x 2 pool halves
+    the side, rounding down."""
+    side = IMAGE_SIDE
+    for pad in paddings(stages, pad_first):
+        side = (side - 2 + 2 * pad) // 2
     return side
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import PIXEL_MEAN, PIXEL_STD
+from .config import PIXEL_MEAN, PIXEL_STD, paddings
 
 # torch's BatchNorm default, which model.Net keeps.
 BN_EPS = 1e-5
@@ -73,8 +73,8 @@ class NumpyNet:
 
     def _maps(self, digits: np.ndarray) -> np.ndarray:
         x = ((digits.astype(np.float32) / 255 - PIXEL_MEAN) / PIXEL_STD)[..., None]  # channels last
-        for s, (kernel, norm) in enumerate(zip(self.convs, self.norms)):
-            x = np.maximum(norm(_pool(_conv3x3(x, kernel, self.pad_first if s == 0 else 1))), 0)
+        for kernel, norm, pad in zip(self.convs, self.norms, paddings(len(self.convs), self.pad_first)):
+            x = np.maximum(norm(_pool(_conv3x3(x, kernel, pad))), 0)
         return x.transpose(0, 3, 1, 2)
 
     def features(self, digits: np.ndarray, spatial: str = "mean") -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import last_side
+from .config import last_side, paddings
 
 
 @dataclass(frozen=True)
@@ -43,11 +43,13 @@ class Net(nn.Module):
         super().__init__()
         self.shape = shape
         layers: list[nn.Module] = []
-        for s, width in enumerate(shape.widths):
-            layers += _stage(shape.widths[s - 1] if s else 1, width, shape.pad_first if s == 0 else 1)
+        c_in = 1
+        for width, pad in zip(shape.widths, paddings(len(shape.widths), shape.pad_first)):
+            layers += _stage(c_in, width, pad)
+            c_in = width
         self.features = nn.Sequential(*layers)
         side = last_side(len(shape.widths), shape.pad_first)
-        self.head = _head(shape.widths[-1] * side * side, shape.hidden, shape.num_classes)
+        self.head = _head(c_in * side * side, shape.hidden, shape.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).flatten(1))
@@ -59,10 +61,11 @@ def count_parameters(model: nn.Module) -> int:
 
 def describe(model: Net) -> str:
     """One line: the stages and the parameter count, for summaries and reports."""
-    stages = " -> ".join(f"conv3x3({w}{'' if s or model.shape.pad_first else ', unpadded'})+pool+BN+ReLU"
-                         for s, w in enumerate(model.shape.widths))
-    hidden = f" -> linear({model.shape.hidden})+BN+ReLU" if model.shape.hidden else ""
-    return f"{stages}{hidden} -> linear({model.shape.num_classes}); {count_parameters(model):,} parameters"
+    shape = model.shape
+    stages = " -> ".join(f"conv3x3({w}{'' if pad else ', unpadded'})+pool+BN+ReLU"
+                         for w, pad in zip(shape.widths, paddings(len(shape.widths), shape.pad_first)))
+    hidden = f" -> linear({shape.hidden})+BN+ReLU" if shape.hidden else ""
+    return f"{stages}{hidden} -> linear({shape.num_classes}); {count_parameters(model):,} parameters"
 
 
 def checkpoint(model: Net) -> dict:
