@@ -74,6 +74,9 @@ def test_every_knob_a_recipe_sets_is_one_that_skips_the_validation_choice():
     assert {k for knobs in RECIPES.values() for k in knobs} <= set(RECIPE_KNOBS)
     assert start_recipe({"dataset": "npz:/x.npz"})[1] and not start_recipe({"dataset": "npz:/x.npz", "pad_first": 1})[1]
     assert start_recipe({"dataset": "fashion-mnist"})[0].pad_first == 1 and start_recipe({})[0].pad_first == 0
+    assert start_recipe({"dataset": "fashion-mnist"})[0].members == 6 and start_recipe({})[0].members == 4
+    assert start_recipe({"dataset": "fashion-mnist", "members": 3})[0].members == 3
+    assert not start_recipe({"dataset": "npz:/x.npz", "members": 3})[1]
 
 
 def test_a_recipe_saved_before_0_13_reads_back_with_the_first_convolution_padded():

@@ -152,7 +152,7 @@ def test_the_default_run_writes_both_audits_and_the_dynamics(report_run):
 def test_no_cross_fit_trains_every_member_on_every_digit(called, tmp_path):
     recipe = called("run", "--out", tmp_path / "r", "--no-cross-fit")["recipe"]
     assert recipe.cross_fit is False and recipe.holdout_folds == 0
-    assert Recipe(members=1).holdout_folds == 0 and Recipe().holdout_folds == 6
+    assert Recipe(members=1).holdout_folds == 0 and Recipe().holdout_folds == 4
 
 
 def test_a_config_from_before_cross_fitting_reads_as_not_cross_fitted():

@@ -265,6 +265,7 @@ def test_users_recipe_moves_only_on_a_clear_validation_win(mnist, monkeypatch, f
     assert record["chosen"] == got.starts_from == chosen
     assert record["validation_accuracy"] == {"mnist": 0.75, "fashion-mnist": fashion_right / 400}
     assert got.augment == RECIPES[chosen].get("augment", True)
+    assert got.members == RECIPES[chosen].get("members", Recipe.members)  # Fashion-MNIST's six, MNIST's four
 
 
 def test_a_recipe_must_beat_mnists_by_more_than_chance():

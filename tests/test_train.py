@@ -38,7 +38,7 @@ def test_to_tensor_normalises_and_keeps_order():
 
 
 def test_more_members_keep_the_first_members_seeds():
-    # A run with one more member trains the same members plus one (README, *Why six members*); the
+    # A run with one more member gives the first members the seeds they had (cross-fitted, their folds change); the
     # audit's folds draw from streams of their own.
     five, six = Recipe(seed=3, members=5).member_seeds(), Recipe(seed=3, members=6).member_seeds()
     assert six[:5] == five and six[5] not in five and len(set(six)) == 6

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import flags
 from .config import (BACKENDS, PAD_FIRST, PRECISIONS, SPLITS, AuditPlan, ConfigError, ExperimentPlan, Invocation,
-                     Recipe, RunOutputs, start_recipe)
+                     RECIPES, Recipe, RunOutputs, start_recipe)
 from .data import DataError
 from .files import WriteError
 
@@ -71,7 +71,9 @@ def _add_training_flags(p: argparse.ArgumentParser, follows: str = "", members: 
         return follows or value
     _flag(p, "--seed", type=int, default=d(r.seed), help="base random seed")
     if members != "":
-        _flag(p, "--members", type=flags.positive_int, default=None if members else r.members,
+        _flag(p, "--members", type=flags.positive_int,
+              default=None if members else d(f"the data set's recipe: {r.members} for mnist, "
+                                             f"{RECIPES['fashion-mnist']['members']} for fashion-mnist"),
               help=members or "CNNs in the ensemble, each with its own seed")
     _flag(p, "--epochs", type=flags.positive_int, default=None if epochs else d(r.epochs), help=epochs or "training epochs")
     _flag(p, "--batch-size", type=flags.positive_int, default=d(r.batch_size), help="training batch size")
