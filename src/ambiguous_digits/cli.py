@@ -41,6 +41,12 @@ def _default(value) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
+def _by_recipe(knob: str, shown=_default) -> str:
+    """A recipe knob's default in the help, read from each measured recipe (RECIPES)."""
+    return "the data set's recipe: " + ", ".join(f"{shown(getattr(Recipe(**knobs), knob))} for {name}"
+                                                 for name, knobs in RECIPES.items())
+
+
 # ---------------------------------------------------------------------------
 # Flag groups: each command takes the ones it uses
 # ---------------------------------------------------------------------------
@@ -72,8 +78,7 @@ def _add_training_flags(p: argparse.ArgumentParser, follows: str = "", members: 
     _flag(p, "--seed", type=int, default=d(r.seed), help="base random seed")
     if members != "":
         _flag(p, "--members", type=flags.positive_int,
-              default=None if members else d(f"the data set's recipe: {r.members} for mnist, "
-                                             f"{RECIPES['fashion-mnist']['members']} for fashion-mnist"),
+              default=None if members else d(_by_recipe("members")),
               help=members or "CNNs in the ensemble, each with its own seed")
     _flag(p, "--epochs", type=flags.positive_int, default=None if epochs else d(r.epochs), help=epochs or "training epochs")
     _flag(p, "--batch-size", type=flags.positive_int, default=d(r.batch_size), help="training batch size")
@@ -83,12 +88,12 @@ def _add_training_flags(p: argparse.ArgumentParser, follows: str = "", members: 
     _flag(p, "--hidden", type=flags.non_negative_int, default=d(r.hidden), metavar="UNITS",
           help="units of a linear-BN-ReLU layer before the output layer (0: none)")
     _flag(p, "--pad-first", type=int, choices=PAD_FIRST, metavar="{0,1}",
-          default=d("the data set's recipe: 0 for mnist, 1 for fashion-mnist"),
+          default=d(_by_recipe("pad_first")),
           help="zero padding of the first convolution: 0 leaves its outputs 26 x 26, a fifth less arithmetic")
     if augment:
         p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                       help="random affine augmentation in training (default: the data set's recipe: on for mnist, "
-                            "off for fashion-mnist)")
+                       help="random affine augmentation in training "
+                            f"(default: {_by_recipe('augment', lambda on: 'on' if on else 'off')})")
     _flag(p, "--precision", choices=PRECISIONS, default=d(r.precision),
           help="bf16 autocast for training (auto: where the hardware has it)")
 
