@@ -8,6 +8,7 @@ import pytest
 
 from ambiguous_digits import audit, cli, data, manifest, rundir, validate
 from ambiguous_digits.config import AuditPlan, Invocation, Recipe, RunOutputs
+from ambiguous_digits.commands import run as run_command
 
 
 @pytest.mark.parametrize("n, k", [(10, 2), (10000, 5), (101, 7)])
@@ -259,6 +260,23 @@ def test_audit_refuses_to_replace_a_runs_table_with_one_of_other_digits(tmp_path
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # its tables, manifest, report
 
 
+def test_audit_refuses_to_join_a_killed_run_of_other_digits(tmp_path, mnist_dir, capsys):
+    """A run killed after it claimed its folder has no summary yet: its config's limits say how many digits it holds."""
+    ds = data.load_mnist(mnist_dir, log=lambda _: None, progress=False)
+    out = tmp_path / "run"
+    recipe = Recipe(train_limit=300, test_limit=60, epochs=1, widths=(4, 8, 8), members=2)
+    out.mkdir()  # as `run` makes it before claiming it
+    run_command.claim(recipe, RunOutputs(), Invocation(out=out, data_dir=mnist_dir), ds, 60)
+    def held():  # the run's files; the directory's lock files come and go
+        return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.suffix != ".lock"}
+    before = held()
+    assert cli.main(["audit", "--folds", "2", "--out", str(out), "--data-dir", str(mnist_dir), "--test-limit", "40",
+                     "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--test-limit: {out} holds a run of 60 test digits, not this audit's 40" in err
+    assert len(err.splitlines()) == 1 and held() == before and rundir.CONFIG_FILE in before
+
+
 def test_an_audit_refuses_to_join_the_other_splits_audit_on_other_data(tmp_path, mnist_dir, capsys):
     """A folder holding only a test-set audit: a training-set audit of other data must not join it."""
     out = tmp_path / "audits"
@@ -330,6 +348,26 @@ def test_a_typed_flag_wins_over_the_runs_recipe(called, tmp_path, flags, field, 
     rundir.save_run_config(tmp_path, RUN, RunOutputs(), Invocation())
     got = called("audit", "--out", tmp_path, *flags)["recipe"]
     assert got == dataclasses.replace(RUN, **{"members": cli.AUDIT_MEMBERS, field: value})
+
+
+@pytest.mark.parametrize("command", ["audit", "experiment"])
+@pytest.mark.parametrize("spoil", ["edited", "unreadable"])
+def test_a_command_refuses_a_run_whose_config_it_cannot_read_instead_of_guessing_its_network(
+        called, tmp_path, capsys, monkeypatch, spoil, command):  # `called`: a command that went on fails at once
+    """audit and experiment train the network of the run in --out: a config they cannot read is an error."""
+    rundir.save_run_config(tmp_path, RUN, RunOutputs(), Invocation())
+    path = tmp_path / rundir.CONFIG_FILE
+    if spoil == "edited":
+        path.write_text(path.read_text().replace('"epochs": 2', '"epochs": 3'))
+        expected = f"{path}: sha256 differs from manifest.json"
+    else:
+        def denied(run_dir):
+            raise PermissionError(13, "Permission denied")  # root reads any file, so chmod cannot show it
+        monkeypatch.setattr(rundir, "load_run_config", denied)
+        expected = f"{path}: cannot be read (Permission denied)"
+    assert cli.main([command, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1
 
 
 def test_without_a_run_in_out_the_audit_trains_the_default_network(called, tmp_path):

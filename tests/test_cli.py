@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ambiguous_digits import cli, evidence, manifest, rundir, scores
+from ambiguous_digits import cli, config, evidence, manifest, rundir, scores
 from ambiguous_digits.commands import run as run_command
 from ambiguous_digits.commands.common import Stages
 from ambiguous_digits.config import ConfigError, Invocation, Recipe, RunOutputs
@@ -341,9 +341,19 @@ def _help(command, capsys):
 
 def test_help_shows_each_default_once_as_it_would_be_typed(capsys):
     text = _help("run", capsys)
-    assert "(default: 16,32,128)" in text and "(default: 0)" in text
+    assert "(default: 0)" in text  # --seed
     assert "(default: True)" not in text and "(default: None)" not in text and "(default: (" not in text
     assert text.count("(default:") == text.count("default")  # no help that already names its default gets a second
+
+
+def test_help_names_every_recipe_default_of_the_knobs_a_recipe_sets(capsys, monkeypatch):
+    """--members, --epochs, --widths, --pad-first and --augment: one default per measured recipe (config.RECIPES)."""
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse would break "fashion-mnist" at its hyphen
+    text = _help("run", capsys)
+    assert "(default: the data set's recipe: 8 for mnist, 10 for fashion-mnist)" in text  # --epochs
+    assert "(default: the data set's recipe: 16,32,128 for mnist, 24,48,128 for fashion-mnist)" in text  # --widths
+    assert "(default: the data set's recipe: 4 for mnist, 6 for fashion-mnist)" in text  # --members
+    assert text.count("the data set's recipe:") == len(config.RECIPE_KNOBS)
 
 
 def test_help_leaves_out_the_flags_a_command_refuses(capsys):

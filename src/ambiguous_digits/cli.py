@@ -80,11 +80,13 @@ def _add_training_flags(p: argparse.ArgumentParser, follows: str = "", members: 
         _flag(p, "--members", type=flags.positive_int,
               default=None if members else d(_by_recipe("members")),
               help=members or "CNNs in the ensemble, each with its own seed")
-    _flag(p, "--epochs", type=flags.positive_int, default=None if epochs else d(r.epochs), help=epochs or "training epochs")
+    _flag(p, "--epochs", type=flags.positive_int, default=None if epochs else d(_by_recipe("epochs")),
+          help=epochs or "training epochs")
     _flag(p, "--batch-size", type=flags.positive_int, default=d(r.batch_size), help="training batch size")
     _flag(p, "--lr", type=float, default=d(r.lr), help="peak learning rate of the one-cycle schedule")
     _flag(p, "--weight-decay", type=float, default=d(r.weight_decay), help="SGD weight decay")
-    _flag(p, "--widths", type=flags.widths, default=d(r.widths), help="channels of each conv stage, e.g. 16,32,128")
+    _flag(p, "--widths", type=flags.widths, default=d(_by_recipe("widths")),
+          help="channels of each conv stage, e.g. 16,32,128")
     _flag(p, "--hidden", type=flags.non_negative_int, default=d(r.hidden), metavar="UNITS",
           help="units of a linear-BN-ReLU layer before the output layer (0: none)")
     _flag(p, "--pad-first", type=int, choices=PAD_FIRST, metavar="{0,1}",

@@ -319,13 +319,15 @@ def load_audit_config(run_dir: Path, split: str) -> tuple[Recipe, AuditPlan]:
 
 
 def run_recipe(run_dir: Path) -> Recipe | None:
-    """The recipe of the run in run_dir, or None where there is no readable one."""
-    try:
-        if not manifest.listed(run_dir, CONFIG_FILE):
-            return None
-        return load_run_config(run_dir)[0]
-    except (ConfigError, OSError):
+    """The recipe of the run in run_dir; None where no run started there. ConfigError (one line) where its
+    config.json cannot be read: a command that follows the run must not guess its network."""
+    if not manifest.listed(run_dir, CONFIG_FILE):
         return None
+    try:
+        return load_run_config(run_dir)[0]
+    except OSError as e:
+        raise ConfigError(f"{run_dir / CONFIG_FILE}: cannot be read ({e.strerror or e}); give another --out, "
+                          "or start the run again (`run --force`)") from None
 
 
 def run_dataset(run_dir: Path) -> str:
@@ -353,7 +355,8 @@ def check_resume_data(out: Path, name: str, ds) -> None:
 
 def check_same_data(out: Path, ds, split: str, images: int | None = None) -> None:
     """An audit joins a run's directory, or the other split's audit, only on the same data (same MD5s), and
-    replaces a finished run's table of `split` only with one of as many digits (`images`; None: the data only)."""
+    replaces a run's table of `split` (finished, or still to come) only with one of as many digits (`images`;
+    None: the data only)."""
     summary = manifest.listed_json(out, SUMMARY_FILE)
     # Other data first: on another data set, a count that differs follows from the data, not from a limit.
     # A finished run's data are in its summary; a run in progress (or killed) has only DATA_FILE.
@@ -366,6 +369,12 @@ def check_same_data(out: Path, ds, split: str, images: int | None = None) -> Non
                               f"data ({ds.name}) are not its files (their MD5s differ); audit that data set "
                               f"(its --dataset), or give another --out")
     held_digits = (summary or {}).get(f"{split}_digits")
+    if images is not None and summary is None and run_data is not None:  # a killed run: its limit on these data
+        started = run_recipe(out)
+        if started is not None:
+            have = len(ds.y_test if split == "test" else ds.y_train)
+            limit = started.test_limit if split == "test" else started.train_limit
+            held_digits = have if limit is None else min(limit, have)
     if images is not None and held_digits is not None and held_digits != images:
         flag = "--test-limit" if split == "test" else "--train-limit"
         raise ConfigError(f"{flag}: {out} holds a run of {held_digits} {split} digits, not this audit's "
