@@ -371,10 +371,8 @@ def check_same_data(out: Path, ds, split: str, images: int | None = None) -> Non
     held_digits = (summary or {}).get(f"{split}_digits")
     if images is not None and summary is None and run_data is not None:  # a killed run: its limit on these data
         started = run_recipe(out)
-        if started is not None:
-            have = len(ds.y_test if split == "test" else ds.y_train)
-            limit = started.test_limit if split == "test" else started.train_limit
-            held_digits = have if limit is None else min(limit, have)
+        if started is not None:  # the digits commands.common.subset takes: the first N (all where N is None)
+            held_digits = len(ds.y_test[:started.test_limit] if split == "test" else ds.y_train[:started.train_limit])
     if images is not None and held_digits is not None and held_digits != images:
         flag = "--test-limit" if split == "test" else "--train-limit"
         raise ConfigError(f"{flag}: {out} holds a run of {held_digits} {split} digits, not this audit's "
