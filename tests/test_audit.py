@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -119,8 +120,9 @@ def test_audit_smoke_on_a_tiny_slice(tmp_path, mnist_dir, capsys):
     summary = json.loads((out / "audit_test.json").read_text())
     assert len(summary["top"]) == 30 and (out / "top_label_issues.png").is_file()
     config = json.loads((out / "audit_test_config.json").read_text())
-    assert set(config) == {"version", "recipe", "audit", "placement"} and "config" not in summary
+    assert set(config) == {"version", "audit_id", "recipe", "audit", "placement"} and "config" not in summary
     assert summary["recipe"] == config["recipe"] and summary["audit"] == config["audit"]
+    assert summary["audit_id"] == config["audit_id"] and len(config["audit_id"]) == 32
     assert config["audit"] == {"folds": 3, "split": "test", "top": 30} and config["recipe"]["members"] == 1
     assert config["recipe"]["test_limit"] == 90 and summary["invocation"]["out"] == str(out)
     assert {int(p.stem) for p in (out / "imgs").glob("*.png")} == set(summary["top"])
@@ -310,6 +312,40 @@ def test_an_audit_killed_before_its_manifest_leaves_a_directory_it_may_claim_aga
     assert (out / "audit_test_config.json").is_file() and not (out / manifest.MANIFEST_FILE).exists()
     assert cli.main(argv) == 0
     assert manifest.listed(out, "label_issues.csv") and not (out / rundir.CLEARING_FILE).exists()
+
+
+def test_an_interrupted_audit_keeps_the_runs_own_audit_and_says_how_to_resume(report_run, tmp_path, mnist_dir,
+                                                                               monkeypatch, capsys):
+    """The run's cross-fitted audit (and the validation that scored it) stays listed while a K-fold audit trains;
+    only the new audit's own results replace it. Before, Ctrl-C or a full disk mid-training left no test audit."""
+    from ambiguous_digits.commands import audit as audit_command
+
+    out = tmp_path / "run"
+    shutil.copytree(report_run, out)
+    (out / "validation.json").write_text('{"rankings": {}}')  # a stand-in: the review needs all 10,000 digits
+    manifest.record(out, out / "validation.json")
+    kept = {name: manifest.verified(out, name).read_bytes()
+            for name in ("label_issues.csv", "cv_probs_test.npz", "audit_test.json", "validation.json")}
+    capsys.readouterr()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(audit_command, "cross_val_probs", interrupted)
+        assert cli.main(["audit", "--out", str(out), "--data-dir", str(mnist_dir), "--folds", "2", "--quiet"]) == 130
+    assert capsys.readouterr().err.strip() == (f"ambiguous-digits: interrupted; `ambiguous-digits audit --resume "
+                                               f"{out}` continues it")
+    assert {name: manifest.verified(out, name).read_bytes() for name in kept} == kept
+    assert json.loads(kept["audit_test.json"])["method"] == "cross-fit"
+    assert cli.main(["audit", "--resume", str(out), "--data-dir", str(mnist_dir), "--quiet"]) == 0
+    summary = manifest.listed_json(out, "audit_test.json")
+    started = json.loads(manifest.verified(out, "audit_test_config.json").read_text())["audit_id"]
+    assert summary["method"] == "k-fold" and summary["audit_id"] == started
+    assert not manifest.listed(out, "validation.json")  # it scored the run's audit
+    capsys.readouterr()
+    assert cli.main(["audit", "--resume", str(out), "--quiet"]) == 0
+    assert "holds a finished test-set audit; nothing to resume" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------

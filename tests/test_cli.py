@@ -176,6 +176,18 @@ def test_out_that_is_a_file_is_refused(tmp_path, mnist_dir, capsys):
     assert "is a file" in capsys.readouterr().err and f.read_text() == "keep me"
 
 
+@pytest.mark.parametrize("command", ["run", "audit"])
+def test_an_out_path_that_is_not_utf8_is_refused_before_training(tmp_path, mnist_dir, capsys, command):
+    """A byte that is not UTF-8 in --out (os.fsdecode's surrogate) left the run without its report, after training:
+    the page records the path as text."""
+    out = tmp_path / "r\udce9s"
+    assert _exit_code([command, "--out", str(out), "--data-dir", str(mnist_dir), "--train-limit", "200",
+                       "--test-limit", "100", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--out: " in err and "\\udce9s is not a UTF-8 path" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_report_is_written_by_run_and_recreated_without_retraining(tiny_run, capsys):
     report = tiny_run / "report.html"
     first = report.read_bytes()
@@ -268,6 +280,18 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, mnist_dir, ar
     assert _tree(tmp_path) == before  # nothing created, nothing changed
 
 
+@pytest.mark.parametrize("variable, cache", [("AMBIGUOUS_DIGITS_DATA", "{file}"), ("XDG_CACHE_HOME", "{file}/c")])
+def test_a_data_cache_set_in_the_environment_is_blamed_by_its_variable(tmp_path, monkeypatch, capsys, variable, cache):
+    """No --data-dir typed: the message names the variable that chose the cache, not the flag."""
+    (tmp_path / "file").write_text("keep me")
+    monkeypatch.delenv("AMBIGUOUS_DIGITS_DATA", raising=False)
+    monkeypatch.setenv(variable, cache.format(file=tmp_path / "file"))
+    assert _exit_code(["run", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"ambiguous-digits: error: {variable}: {tmp_path / 'file'} is a file, not a directory"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
 def test_unwritable_out_is_refused_before_anything_is_written(tmp_path, mnist_dir, monkeypatch, capsys):
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
@@ -302,6 +326,18 @@ def test_a_diverging_learning_rate_is_one_line_and_saves_no_member(tmp_path, mni
     assert len(err) == 1 and "--lr: training diverged (seed" in err[0] and "try a lower --lr than 1e+30" in err[0]
     # no epoch state to resume from, no member, no finished run
     assert not list(out.glob("members/*")) and not (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("lr, says", [(None, "--weight-decay: training diverged (seed"),
+                                      ("0.5", "--lr: training diverged (seed")])
+def test_a_diverging_weight_decay_is_blamed_with_the_flags_typed_above_their_defaults(tmp_path, mnist_dir, capsys,
+                                                                                       lr, says):
+    """A huge --weight-decay used to be blamed on the default --lr."""
+    lrs = [] if lr is None else ["--lr", lr]
+    assert _run(tmp_path / "out", mnist_dir, "--weight-decay", "1e30", *lrs, "--members", "1", "--epochs", "2") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    tail = "try a lower --weight-decay than 1e+30" if lr is None else "try a lower --lr than 0.5 or --weight-decay than 1e+30"
+    assert len(err) == 1 and says in err[0] and err[0].endswith(tail)
 
 
 @pytest.mark.parametrize("error, asked", [

@@ -402,3 +402,32 @@ def test_resume_refuses_user_data_changed_since_the_run_started(three_classes, t
     assert cli.main(["run", "--resume", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--resume: " in err and "y_test changed since this run started" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["run", "audit"])
+@pytest.mark.parametrize("split, names, says", [
+    ("test", [], "test images are all of one class (0)"),
+    ("train", ["--class-names", "a,b"], "training images are all of one class (a)")])
+def test_a_split_of_one_class_is_refused_before_anything_trains(tmp_path, capsys, command, split, names, says):
+    """cleanlab ranks a label against the other classes: one class left it raising after the members trained."""
+    a = arrays(k=2)
+    a[f"y_{split}"] = np.zeros_like(a[f"y_{split}"])
+    spec = save_npz(tmp_path / "d.npz", **a)
+    argv = [command, "--out", str(tmp_path / "o"), "--dataset", spec, *names, "--quiet"]
+    assert cli.main(argv + (["--split", "train"] if command == "audit" and split == "train" else [])) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--dataset: {spec}'s {says}; the label audit needs two or more" in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command, says", [
+    ("run", "--test-limit: the first 1 test images of mnist are all of one class (7); the label audit needs two or "
+            "more: give a larger --test-limit"),
+    ("audit", "--test-limit: 1 test image(s) to audit; K-fold cross-validation needs 2 or more")])
+def test_a_test_limit_that_leaves_one_digit_names_the_limit(tmp_path, capsys, mnist_dir, command, says):
+    argv = [command, "--out", str(tmp_path / "o"), "--data-dir", str(mnist_dir), "--test-limit", "1", "--top", "1",
+            "--quiet"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err
+    assert not (tmp_path / "o").exists()

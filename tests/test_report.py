@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ambiguous_digits import cli, gallery, manifest, report, rundir, scores
+from ambiguous_digits import __version__, cli, gallery, manifest, report, rundir, scores
 from ambiguous_digits.config import ConfigError
 
 MEMBERS = 2  # conftest.REPORT_RUN
@@ -198,8 +198,10 @@ def test_a_manifest_from_another_version_is_refused(report_run, tmp_path, capsys
     (other / "manifest.json").write_text(json.dumps({**body, "version": 99}))
     assert cli.main(["report", str(other)]) == 2
     err = capsys.readouterr().err.strip()
-    assert f"{other / 'manifest.json'}: written by" in err and "(manifest format 99)" in err
-    assert f"reads format {manifest.MANIFEST_VERSION}" in err and "--force" in err and len(err.splitlines()) == 1
+    # its writer is this version, which writes one format only: edited (it used to say "written by X ...; this is X")
+    assert f"{other / 'manifest.json'}: manifest format 99, but ambiguous-digits {__version__}, named as its " in err
+    assert f"writes format {manifest.MANIFEST_VERSION} (edited?)" in err and "--force" in err
+    assert len(err.splitlines()) == 1
 
 
 def test_a_report_that_cannot_be_written_is_one_line_and_changes_nothing(report_run, tmp_path, capsys):
@@ -358,3 +360,20 @@ def test_screenshot(page, tmp_path):
     with Image.open(shot) as im:
         assert im.width == VIEWPORT["width"] and im.height > VIEWPORT["height"]
         assert len(np.unique(np.asarray(im.convert("L").resize((64, 64))))) > 10, "not a blank page"
+
+
+def test_a_report_that_cannot_be_refreshed_says_it_still_shows_the_earlier_results(report_run, monkeypatch):
+    """`audit`, `validate` and `experiment` keep their results when the page cannot be re-written (a full disk, say),
+    and say the page is stale and how to re-write it."""
+    from ambiguous_digits import files
+    from ambiguous_digits.commands import common
+
+    def full(*args, **kwargs):
+        raise files.WriteError("report.html: cannot write it (No space left on device)")
+
+    monkeypatch.setattr(common.report, "write_report", full)
+    said = []
+    common.refresh_report(report_run, log=said.append)
+    assert said == ["report.html not refreshed, so it still shows the earlier results (report.html: cannot write it "
+                    f"(No space left on device)); once that is mended, `ambiguous-digits report {report_run}` "
+                    "re-writes it"]

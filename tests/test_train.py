@@ -11,7 +11,7 @@ import torch
 from ambiguous_digits import train as training
 from ambiguous_digits.config import PIXEL_MEAN, PIXEL_STD, ConfigError, Recipe
 from ambiguous_digits.model import Net, NetShape
-from ambiguous_digits.train import (Precision, Runtime, augment, eval_batch, one_cycle, predict_probs,
+from ambiguous_digits.train import (Dynamics, Precision, Runtime, augment, eval_batch, one_cycle, predict_probs,
                                     recompute_norm_stats, setup, steps_per_epoch, to_tensor, train)
 
 CPU = Runtime(torch.device("cpu"), Precision(False))
@@ -82,7 +82,7 @@ NEEDS_TWO = [Recipe(hidden=8), Recipe(widths=(4, 4, 4, 4))]  # a hidden layer; a
 
 @pytest.mark.parametrize("recipe", NEEDS_TWO)
 @pytest.mark.parametrize("n, steps", [(512, 2), (513, 2), (514, 3), (2, 1), (257, 1)])
-def test_an_epoch_leaves_out_a_last_batch_of_one_digit_where_batch_norm_needs_two(recipe, n, steps):
+def test_a_last_batch_of_one_digit_joins_the_one_before_where_batch_norm_needs_two(recipe, n, steps):
     assert recipe.norm_needs_two and steps_per_epoch(n, replace(recipe, batch_size=256)) == steps
     with pytest.raises(ConfigError, match="--train-limit: a network with --hidden or four --widths stages trains on at "
                                           "least 2 digits, got 1"):
@@ -107,15 +107,18 @@ def test_a_hidden_layer_of_other_than_a_whole_number_of_units_is_refused(bad):
         Recipe(hidden=bad)
 
 
-def test_training_on_a_set_whose_last_batch_would_be_one_digit_works(mnist):
-    """Batch norm cannot train on one value per channel (a hidden layer's, or a last stage of 1 x 1):
-    before the last batch of one digit was left out, this raised ValueError in the second step."""
+def test_training_on_a_set_whose_last_batch_would_be_one_digit_trains_every_digit(mnist):
+    """Batch norm cannot train on one value per channel (a hidden layer's, or a last stage of 1 x 1): a batch of
+    one digit raised ValueError. The lone digit then sat its epoch out, and a one-epoch member never trained on it
+    (the run's dynamics failed); now it joins the last batch."""
     x, y = mnist.x_train[:65], mnist.y_train[:65]
     recipe = Recipe(epochs=1, batch_size=32, widths=(4, 4, 4, 4), hidden=8)
     steps = []
     rt = replace(CPU, hook=lambda model, done: steps.append(done), hooks_per_epoch=2)
-    model, history = train(x, y, recipe, 0, rt, num_classes=10)
-    assert steps == [0.5, 1.0] and len(history) == 1  # 2 steps of 32 digits; the 65th sat the epoch out
+    recorded = Dynamics(1, len(y))
+    model, history = train(x, y, recipe, 0, rt, num_classes=10, dynamics=recorded)
+    assert steps == [0.5, 1.0] and len(history) == 1  # 2 steps: 32 digits, then 33
+    assert not torch.isnan(recorded.values).any()  # every digit trained in the epoch
 
 
 def test_scoring_in_small_chunks_gives_the_same_probabilities_row_for_row():

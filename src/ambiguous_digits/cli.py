@@ -354,6 +354,24 @@ def out_of_memory(e: BaseException) -> str | None:
     return f" ({sized.group(1)} asked for)" if sized else ""
 
 
+def resume_hint(a: argparse.Namespace) -> str:
+    """For a run or an audit cut short after it claimed its directory: "; `... --resume DIR` continues it"."""
+    if a.command not in ("run", "audit"):
+        return ""
+    from . import manifest, rundir
+
+    out, split = invocation(a).out, getattr(a, "split", AUDIT.split)
+    try:
+        if a.command == "run":
+            started = manifest.listed(out, rundir.CONFIG_FILE) and not manifest.listed(out, rundir.SUMMARY_FILE)
+        else:
+            started = manifest.listed(out, rundir.AUDIT[split].config) and not rundir.audit_finished(out, split)
+    except (ConfigError, OSError, ValueError):  # no hint from a directory it cannot read
+        return ""
+    train = " --split train" if a.command == "audit" and split == "train" else ""
+    return f"; `{PROG} {a.command} --resume {out}{train}` continues it" if started else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -369,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: out of memory{asked}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        print(f"{PROG}: interrupted{resume_hint(args)}", file=sys.stderr)
         return 130
 
 

@@ -244,6 +244,9 @@ class AuditPlan:
 
     def check_folds(self, images: int | None) -> None:
         """Each of the K folds must hold an image of the split (None: not known yet)."""
+        if images is not None and images < 2:  # no K fits: the limit (or the data) is what is short
+            flag, word = ("--test-limit", "test") if self.split == "test" else ("--train-limit", "training")
+            raise ConfigError(f"{flag}: {images} {word} image(s) to audit; K-fold cross-validation needs 2 or more")
         if images is not None and self.folds > images:
             raise ConfigError(f"--folds: need 2 <= K <= {images} images, got {self.folds}")
 

@@ -30,8 +30,9 @@ COLUMNS = ("confidence", "variability", "correctness", "forgetting", "aum")
 
 
 def member_dynamics(values: np.ndarray) -> dict[str, np.ndarray]:
-    """(epochs, 2, n) recorded values (NaN: an epoch a digit sat out) -> the five per-digit scores of one member,
-    and `seen`: whether it saw the digit at all (a digit can sit out every epoch of a one-epoch training)."""
+    """(epochs, 2, n) recorded values (NaN: an epoch with no record of a digit; before 0.14.1 a lone last digit sat
+    its epoch out, and a resumed member keeps its earlier epochs) -> the five per-digit scores of one member, and
+    `seen`: whether it saw the digit at all."""
     values = np.asarray(values, dtype=np.float64)
     prob, margin = values[:, 0], values[:, 1]
     seen = ~np.isnan(prob)

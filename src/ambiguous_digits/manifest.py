@@ -56,6 +56,9 @@ def load(run_dir: Path) -> dict[str, dict]:
                           f"again (a new --out, or --force)")
     if version != MANIFEST_VERSION:  # a format this version does not know: its files may mean something else
         writer = body.get("written_by") or WRITTEN_BY.get(version, "another version")
+        if writer == __version__:  # this version writes MANIFEST_VERSION only: the file was edited
+            raise ConfigError(f"{path}: manifest format {version!r}, but ambiguous-digits {writer}, named as its "
+                              f"writer, writes format {MANIFEST_VERSION} (edited?): run again (a new --out, or --force)")
         raise ConfigError(f"{path}: written by ambiguous-digits {writer} (manifest format {version!r}); this is "
                           f"{__version__}, which reads format {MANIFEST_VERSION}: run again (a new --out, or --force)")
     entries = body.get("files")

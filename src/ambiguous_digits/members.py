@@ -31,7 +31,7 @@ import torch
 from . import files, manifest, rundir
 from .config import ConfigError, Recipe
 from .model import Net, arrays, checkpoint, from_checkpoint
-from .train import Dynamics, Runtime, predict_probs, train
+from .train import Dynamics, Runtime, diverged, predict_probs, train
 
 
 @dataclass
@@ -65,8 +65,7 @@ def train_member(recipe: Recipe, seed: int, x_train: np.ndarray, y_train: np.nda
     probs = predict_probs(model, x_eval, rt.device)
     holdout_probs = None if held_out is None else predict_probs(model, x_train[held_out], rt.device)
     if not np.isfinite(probs).all():  # a finite loss but overflowing weights; refused before it is saved
-        raise ConfigError(f"--lr: training diverged (the CNN of seed {seed} gives NaN probabilities); "
-                          f"try a lower --lr than {recipe.lr}")
+        raise diverged(recipe, f"the CNN of seed {seed} gives NaN probabilities")
     return MemberResult(seed, probs, history, model, time.perf_counter() - start, holdout_probs,
                         None if dynamics is None else dynamics.numpy())
 

@@ -128,6 +128,11 @@ def check_out_dir(out: Path, force: bool, flag: str = "--out", any_folder: bool 
     directory (--force overwrites only a run's directory: one with a manifest.json); creates nothing.
     With `any_folder` (predictions accumulate) any directory will do."""
     try:
+        str(out).encode("utf-8")  # the report and the JSON files record the path as text
+    except UnicodeEncodeError:
+        shown = str(out).encode("utf-8", "backslashreplace").decode()
+        raise ConfigError(f"{flag}: {shown} is not a UTF-8 path (the run records it as text); give another") from None
+    try:
         if out.exists() and not out.is_dir():
             raise ConfigError(f"{flag}: {out} is a file, not a directory")
         entries = set()
@@ -198,15 +203,35 @@ def remove_temp_files(out: Path) -> None:
 
 
 def clear_audit(out: Path, split: str) -> None:
-    """Unlist an earlier audit of `split` (and, for the test split, the validation that scored it) and
-    delete its interrupted folds, before a new audit of that split starts."""
+    """Delete an interrupted audit's folds of `split` before a new audit of that split starts. The earlier audit's
+    results stay listed until the new one has its own to write (forget_audit): an interrupted audit loses nothing."""
     a, prefix = AUDIT[split], f"folds/{split}-fold-"
     stale = {p.relative_to(out).as_posix() for p in out.glob(f"{prefix}*")}
     stale |= {name for name in manifest.load(out) if name.startswith(prefix)}
-    unlist = [a.data] + ([VALIDATION_FILE] if split == "test" else [])
-    manifest.forget(out, *a.outputs, *unlist, *stale)
+    manifest.forget(out, a.data, *stale)
     for name in stale:
         (out / name).unlink(missing_ok=True)
+
+
+def forget_audit(out: Path, split: str) -> None:
+    """Unlist the earlier audit of `split` (and, for the test split, the validation that scored it), just before
+    the new audit writes its own."""
+    manifest.forget(out, *AUDIT[split].outputs, *([VALIDATION_FILE] if split == "test" else []))
+
+
+def audit_finished(out: Path, split: str) -> bool:
+    """Whether the audit of `split` that audit_test_config.json (or the train one) started has written its summary:
+    the summary carries the config's audit id. An audit started before 0.14.1 has none: its summary is its own."""
+    a = AUDIT[split]
+    if not manifest.listed(out, a.summary):
+        return False
+    started = _read_config(out, a.config).get("audit_id") if manifest.listed(out, a.config) else None
+    return started is None or manifest.listed_json(out, a.summary).get("audit_id") == started
+
+
+def audit_id(out: Path, split: str) -> str | None:
+    """The id save_audit_config gave the audit of `split` in progress (None: one started before 0.14.1)."""
+    return _read_config(out, AUDIT[split].config).get("audit_id")
 
 
 # ---------------------------------------------------------------------------
@@ -264,7 +289,8 @@ def run_id(run_dir: Path) -> str:
 
 
 def save_audit_config(out: Path, recipe: Recipe, plan: AuditPlan, inv: Invocation) -> None:
-    save_json(out, AUDIT[plan.split].config, {"version": __version__, "recipe": recipe.to_json(),
+    save_json(out, AUDIT[plan.split].config, {"version": __version__, "audit_id": uuid.uuid4().hex,
+                                              "recipe": recipe.to_json(),
                                               "audit": {"folds": plan.folds, "split": plan.split, "top": plan.top},
                                               "placement": _placement(inv)})
 

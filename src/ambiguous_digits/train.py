@@ -117,14 +117,23 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def steps_per_epoch(n: int, recipe: Recipe) -> int:
     """Batches in an epoch of n digits. Where the network's batch norm cannot train on one digit
-    (Recipe.norm_needs_two), a last batch of a single digit is left out (that digit, a different
-    one each epoch, sits the epoch out); a training set of one digit is refused."""
+    (Recipe.norm_needs_two), a last batch of a single digit joins the batch before it (_epoch), so every digit
+    trains in every epoch; a training set of one digit is refused."""
     if recipe.norm_needs_two and n % recipe.batch_size == 1:
         if n == 1:
             raise ConfigError("--train-limit: a network with --hidden or four --widths stages trains on at least "
                               "2 digits, got 1")
         return n // recipe.batch_size
     return math.ceil(n / recipe.batch_size)
+
+
+def diverged(recipe: Recipe, why: str) -> ConfigError:
+    """Training that diverged, blamed on the step-size flags typed above their defaults (--lr where none is)."""
+    raised = [(flag, value) for flag, value, default in (("--lr", recipe.lr, Recipe.lr),
+                                                         ("--weight-decay", recipe.weight_decay, Recipe.weight_decay))
+              if value > default] or [("--lr", recipe.lr)]
+    lower = " or ".join(f"{flag} than {value}" for flag, value in raised)
+    return ConfigError(f"{raised[0][0]}: training diverged ({why}); try a lower {lower}")
 
 
 # A function called during training with the model and the epochs done so far
@@ -150,7 +159,7 @@ class Runtime:
 class Dynamics:
     """What each training step already computes, kept per training digit and epoch (Dataset Cartography, AUM):
     values[e, 0, i] = the given label's probability, values[e, 1, i] = its logit minus the largest other
-    logit, for digit i in epoch e; NaN where a digit sat an epoch out (steps_per_epoch). Filled in place."""
+    logit, for digit i in epoch e; NaN where a digit has not been trained on (yet). Filled in place."""
 
     def __init__(self, epochs: int, n: int, device: torch.device | str = "cpu"):
         self.values = torch.full((epochs, 2, n), math.nan, device=device)
@@ -189,7 +198,8 @@ def _epoch(loop: _Loop, x: torch.Tensor, y: torch.Tensor, bar, epoch: int) -> tu
     hook_at = {round(steps * (j + 1) / rt.hooks_per_epoch) for j in range(rt.hooks_per_epoch)} if rt.hook else set()
     loss_sum = correct = 0.0
     for i in range(steps):
-        idx = perm[i * batch : (i + 1) * batch]
+        # The last step takes the rest: one digit more than a batch where a lone digit joins it (steps_per_epoch).
+        idx = perm[i * batch : len(x) if i == steps - 1 else (i + 1) * batch]
         xb, yb = x[idx], y[idx]
         if loop.recipe.augment:
             xb = augment(xb, loop.gen)
@@ -210,8 +220,7 @@ def _epoch(loop: _Loop, x: torch.Tensor, y: torch.Tensor, bar, epoch: int) -> tu
         if i + 1 in hook_at:
             rt.hook(model, epoch + (i + 1) / steps)
             model.train()
-    seen = min(len(x), steps * batch)  # all but a left-out last digit (steps_per_epoch)
-    return loss_sum / seen, correct / seen
+    return loss_sum / len(x), correct / len(x)
 
 
 def training_state(epoch: int, loop: _Loop, history: list[dict]) -> dict:
@@ -278,8 +287,7 @@ def train(images: np.ndarray, labels: np.ndarray, recipe: Recipe, seed: int, rt:
                   mininterval=PROGRESS_SECONDS) as bar:
             loss, acc = _epoch(loop, x, y, bar, epoch - 1)
         if not math.isfinite(loss):  # before on_epoch: a diverged state is never saved to resume from
-            raise ConfigError(f"--lr: training diverged (seed {seed}: the loss of epoch {epoch} is {loss}); "
-                              f"try a lower --lr than {recipe.lr}")
+            raise diverged(recipe, f"seed {seed}: the loss of epoch {epoch} is {loss}")
         history.append({"epoch": epoch, "loss": loss, "train_acc": acc, "seconds": time.perf_counter() - start})
         if rt.progress:
             tqdm.write(f"epoch {epoch}/{recipe.epochs}: loss {loss:.4f}, train accuracy {acc:.2%}")

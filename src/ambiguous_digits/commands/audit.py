@@ -10,7 +10,7 @@ import numpy as np
 from .. import audit, data, evidence, jobs, manifest, neighbours, outputs, rundir, scores
 from ..config import AuditPlan, ConfigError, Invocation, Recipe
 from ..ensemble import MemberPlan, train_members, where
-from .common import (Log, begin, check_limits, environment, load, merge_neighbours, refresh_report, subset,
+from .common import (Log, begin, check_classes, check_limits, environment, load, merge_neighbours, refresh_report, subset,
                      write_images)
 
 # How an audit's out-of-sample probabilities were made: this command's K folds, or the run's cross-fitted members.
@@ -78,7 +78,7 @@ def run_audit(recipe: Recipe, plan: AuditPlan = AuditPlan(), inv: Invocation = I
     members are loaded.
     """
     files_ = rundir.AUDIT[plan.split]
-    if resume and manifest.listed(inv.out, files_.summary):
+    if resume and rundir.audit_finished(inv.out, plan.split):
         log(f"{inv.out} holds a finished {plan.split}-set audit; nothing to resume")
         return json.loads(manifest.verified(inv.out, files_.summary).read_text())
     device, precision = begin(recipe, inv, resume, lambda: check(recipe, plan, inv))
@@ -93,6 +93,7 @@ def run_audit(recipe: Recipe, plan: AuditPlan = AuditPlan(), inv: Invocation = I
         # Other data before the limits: an audit inherits a run's limits, which another data set may not reach.
         rundir.check_same_data(inv.out, ds, plan.split)
         check_limits(recipe, ds)
+        check_classes(recipe, ds, (plan.split,))
         rundir.prepare_out_dir(inv.out, force=True)
     with rundir.locked(inv.out):
         if resume:
@@ -101,6 +102,7 @@ def run_audit(recipe: Recipe, plan: AuditPlan = AuditPlan(), inv: Invocation = I
             claim(recipe, plan, inv, ds, len(y))  # a user data set's size is known only now
         log(f"{plan.folds} folds of {recipe.members} CNN(s), {where(inv, device, precision)}")
         probs, folds = cross_val_probs(recipe, plan, inv, extra, x, y, ds.num_classes, log)
+        rundir.forget_audit(inv.out, plan.split)  # the earlier audit (the run's, say) stayed until now
         rundir.save_npz(inv.out, files_.probs, probs=probs, labels=y, folds=folds, index=np.arange(len(y)))
         pooled, run_members = _pool_with_run(recipe, plan, inv, probs, y)
         if run_members:
@@ -111,7 +113,7 @@ def run_audit(recipe: Recipe, plan: AuditPlan = AuditPlan(), inv: Invocation = I
         top = write_audit(inv.out, plan.split, plan.top, table, x, names, _embeddings(inv.out, len(y_train),
                                                                                      len(y_test)), y_train)
         summary = {
-            "split": plan.split, "method": K_FOLD, "digits": len(y), "folds": plan.folds,
+            "split": plan.split, "method": K_FOLD, "audit_id": rundir.audit_id(inv.out, plan.split), "digits": len(y), "folds": plan.folds,
             "members_per_fold": recipe.members,
             "run_members_pooled": run_members,
             "cv_accuracy": float((probs.argmax(1) == y).mean()),

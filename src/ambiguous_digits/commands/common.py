@@ -29,12 +29,13 @@ def check_data_dir(recipe: Recipe, inv: Invocation) -> None:
     if recipe.dataset not in data.PUBLISHED:
         return
     path = Path(inv.data_dir).expanduser() if inv.data_dir else data.default_data_dir(recipe.dataset)
+    source = "--data-dir" if inv.data_dir else data.cache_source(recipe.dataset)  # the name a user can change
     try:
         existing = next(p for p in (path, *path.parents) if p.exists())
     except OSError as e:
-        raise ConfigError(f"--data-dir: cannot read {path}: {e.strerror or e}") from None
+        raise ConfigError(f"{source}: cannot read {path}: {e.strerror or e}") from None
     if not existing.is_dir():
-        raise ConfigError(f"--data-dir: {existing} is a file, not a directory")
+        raise ConfigError(f"{source}: {existing} is a file, not a directory")
 
 
 def begin(recipe: Recipe, inv: Invocation, resume: bool, check: Callable[[], None]):
@@ -63,6 +64,23 @@ def check_limits(recipe: Recipe, ds: data.Dataset) -> None:
                                      ("--test-limit", recipe.test_limit, len(ds.y_test), "test")):
         if limit is not None and limit > have:
             raise ConfigError(f"{flag}: {ds.name} has {have} {where} images, got {limit}")
+
+
+def check_classes(recipe: Recipe, ds: data.Dataset, splits: tuple[str, ...]) -> None:
+    """Each split to be audited holds two classes or more: cleanlab ranks a label against the other classes."""
+    for split in splits:
+        flag, limit, word = (("--test-limit", recipe.test_limit, "test") if split == "test" else
+                             ("--train-limit", recipe.train_limit, "training"))
+        labels = ds.y_test if split == "test" else ds.y_train
+        present = np.unique(labels[:limit])
+        if len(present) >= 2:
+            continue
+        which = ", ".join(ds.class_names[c] for c in present) or "none"
+        if len(np.unique(labels)) >= 2:  # the limit cut the others off
+            raise ConfigError(f"{flag}: the first {limit} {word} images of {ds.name} are all of one class ({which}); "
+                              f"the label audit needs two or more: give a larger {flag}")
+        raise ConfigError(f"--dataset: {ds.name}'s {word} images are all of one class ({which}); the label audit "
+                          "needs two or more")
 
 
 def subset(ds: data.Dataset, recipe: Recipe) -> tuple[np.ndarray, ...]:
@@ -134,7 +152,8 @@ def refresh_report(run_dir: Path, ds: data.Dataset | None = None, log: Log = pri
     try:
         report.write_report(run_dir, dataset=ds)
     except (ConfigError, data.DataError, files.WriteError) as e:  # e.g. an audit over other images: keep the results
-        log(f"report.html not refreshed: {e}")
+        log(f"report.html not refreshed, so it still shows the earlier results ({e}); once that is mended, "
+            f"`ambiguous-digits report {run_dir}` re-writes it")
 
 
 def merge_neighbours(run_dir: Path, rows: dict[str, np.ndarray]) -> None:

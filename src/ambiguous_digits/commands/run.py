@@ -11,11 +11,11 @@ import numpy as np
 import torch
 
 from .. import data, evidence, jobs, manifest, members, neighbours, outputs, recipes, report, rundir, scores
-from ..config import ConfigError, Invocation, Recipe, RunOutputs, measured_choice
+from ..config import SPLITS, ConfigError, Invocation, Recipe, RunOutputs, measured_choice
 from ..ensemble import MemberPlan, train_members, where
 from ..model import describe
 from ..train import Precision, Runtime, feature_maps, new_net
-from .common import Log, Stages, begin, check_limits, environment, load, subset, timed, write_images
+from .common import Log, Stages, begin, check_classes, check_limits, environment, load, subset, timed, write_images
 from .crossfit import holdout_folds, out_of_sample, write_analysis
 from .health import write_health
 
@@ -66,6 +66,7 @@ def run(recipe: Recipe, outputs_: RunOutputs = RunOutputs(), inv: Invocation = I
     choice = rundir.recipe_choice(inv.out) if resume else measured_choice(recipe)
     if not resume:
         check_limits(recipe, ds)
+        check_classes(recipe, ds, SPLITS if recipe.holdout_folds else ())  # what the run's own audits rank
         check_members(recipe, len(y_train))
         rundir.prepare_out_dir(inv.out, inv.force)
         if choose:

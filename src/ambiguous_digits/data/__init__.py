@@ -12,11 +12,11 @@ from typing import Callable, Sequence
 
 from .dataset import DataError, Dataset
 from .idx import FILES, idx_bytes, read_idx
-from .published import PUBLISHED, default_data_dir, load_mnist, load_published
+from .published import PUBLISHED, cache_source, default_data_dir, load_mnist, load_published
 from .user import load_user
 
 __all__ = ["Dataset", "DataError", "load_dataset", "load_published", "load_mnist", "PUBLISHED", "FILES",
-           "default_data_dir", "idx_bytes", "read_idx"]
+           "cache_source", "default_data_dir", "idx_bytes", "read_idx"]
 
 
 def load_dataset(name: str, data_dir: Path | None = None, *, class_names: Sequence[str] | None = None,

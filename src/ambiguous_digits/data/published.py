@@ -245,6 +245,13 @@ def default_data_dir(name: str = MNIST.name) -> Path:
     return Path(cache).expanduser() / "ambiguous-digits" / name
 
 
+def cache_source(name: str = MNIST.name) -> str:
+    """What chose default_data_dir(name), for an error about it: an environment variable, else --data-dir's default."""
+    if name == MNIST.name and os.environ.get("AMBIGUOUS_DIGITS_DATA"):
+        return "AMBIGUOUS_DIGITS_DATA"
+    return "XDG_CACHE_HOME" if os.environ.get("XDG_CACHE_HOME") else "--data-dir"
+
+
 def _try(spec: Published, label: str, fetch: Callable, log: Callable[[str], None]) -> dict[str, bytes] | str:
     """Fetched and verified contents, or the one-line reason it failed."""
     try:
