@@ -338,6 +338,16 @@ def test_an_interrupted_audit_keeps_the_runs_own_audit_and_says_how_to_resume(re
                                                f"{out}` continues it")
     assert {name: manifest.verified(out, name).read_bytes() for name in kept} == kept
     assert json.loads(kept["audit_test.json"])["method"] == "cross-fit"
+    # a new audit would drop the folds trained so far: refused without --force, naming --resume
+    assert cli.main(["audit", "--out", str(out), "--data-dir", str(mnist_dir), "--folds", "3", "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == (f"ambiguous-digits: error: --out: {out} holds a test-set audit in "
+                                               f"progress; `ambiguous-digits audit --resume {out}` continues it, "
+                                               "--force starts another")
+    with monkeypatch.context() as m:  # stopped before it claims the folder: the audit there is not its to resume
+        m.setattr(audit_command, "load", interrupted)
+        assert cli.main(["audit", "--out", str(out), "--data-dir", str(mnist_dir), "--folds", "3", "--force",
+                         "--quiet"]) == 130
+    assert capsys.readouterr().err.strip() == "ambiguous-digits: interrupted"
     assert cli.main(["audit", "--resume", str(out), "--data-dir", str(mnist_dir), "--quiet"]) == 0
     summary = manifest.listed_json(out, "audit_test.json")
     started = json.loads(manifest.verified(out, "audit_test_config.json").read_text())["audit_id"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -361,6 +362,8 @@ def resume_hint(a: argparse.Namespace) -> str:
     from . import manifest, rundir
 
     out, split = invocation(a).out, getattr(a, "split", AUDIT.split)
+    if out not in rundir.CLAIMED:  # stopped before it claimed the folder: what is there is not this command's
+        return ""
     try:
         if a.command == "run":
             started = manifest.listed(out, rundir.CONFIG_FILE) and not manifest.listed(out, rundir.SUMMARY_FILE)
@@ -369,11 +372,14 @@ def resume_hint(a: argparse.Namespace) -> str:
     except (ConfigError, OSError, ValueError):  # no hint from a directory it cannot read
         return ""
     train = " --split train" if a.command == "audit" and split == "train" else ""
-    return f"; `{PROG} {a.command} --resume {out}{train}` continues it" if started else ""
+    return f"; `{PROG} {a.command} --resume {shlex.quote(str(out))}{train}` continues it" if started else ""
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from . import rundir
+
+    rundir.CLAIMED.clear()  # one command a call: what an earlier call in this process claimed is not this one's
     try:
         return COMMANDS[args.command](args) or 0
     except (ConfigError, DataError, WriteError) as e:

@@ -65,6 +65,10 @@ LOCK_FILE = ".rundir.lock"
 RUN_FOLDERS = ("members", "models", "folds", IMAGES_DIR, PREDICTIONS_DIR, CLEANED_DIR)
 
 
+# The directories this process claimed for a run or an audit (or resumes): an interrupted one is theirs to resume.
+CLAIMED: set[Path] = set()
+
+
 @dataclass(frozen=True)
 class AuditFiles:
     """The files of one split's audit."""

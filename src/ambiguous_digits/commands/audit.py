@@ -32,6 +32,11 @@ def _check_no_audit(plan: AuditPlan, inv: Invocation) -> None:
     earlier = manifest.listed_json(inv.out, files_.summary) if (inv.out / manifest.MANIFEST_FILE).is_file() else None
     if table.exists() and not inv.force and (earlier or {}).get("method") != CROSS_FIT:
         raise ConfigError(f"--out: {table} exists; pass --force to overwrite it")
+    in_progress = earlier is not None and manifest.listed(inv.out, files_.config)
+    if in_progress and not inv.force and not rundir.audit_finished(inv.out, plan.split):  # its folds would go
+        train = " --split train" if plan.split == "train" else ""
+        raise ConfigError(f"--out: {inv.out} holds a {plan.split}-set audit in progress; `ambiguous-digits audit "
+                          f"--resume {inv.out}{train}` continues it, --force starts another")
 
 
 def claim(recipe: Recipe, plan: AuditPlan, inv: Invocation, ds: data.Dataset, images: int) -> None:
@@ -44,6 +49,7 @@ def claim(recipe: Recipe, plan: AuditPlan, inv: Invocation, ds: data.Dataset, im
     with rundir.claiming(inv.out):
         rundir.clear_audit(inv.out, plan.split)
         rundir.save_audit_config(inv.out, recipe, plan, inv)
+        rundir.CLAIMED.add(inv.out)
     rundir.save_json(inv.out, rundir.AUDIT[plan.split].data, ds.record())
 
 
@@ -215,4 +221,5 @@ def resume(split: str, inv: Invocation, log: Log = print) -> dict:
                           f"{rundir.AUDIT[split].config}); start one with `audit --out {inv.out}"
                           f"{' --split train' if split == 'train' else ''}`")
     recipe, plan = rundir.load_audit_config(inv.out, split)
+    rundir.CLAIMED.add(inv.out)
     return run_audit(recipe, plan, rundir.placed_as_before(inv.out, rundir.AUDIT[split].config, inv), log, resume=True)

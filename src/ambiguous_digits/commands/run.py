@@ -43,6 +43,7 @@ def claim(recipe: Recipe, outputs_: RunOutputs, inv: Invocation, ds: data.Datase
     with rundir.claiming(inv.out):
         rundir.clear_earlier_run(inv.out)
         rundir.save_run_config(inv.out, recipe, outputs_, inv, choice)
+        rundir.CLAIMED.add(inv.out)
     rundir.save_json(inv.out, rundir.DATA_FILE, ds.record())
 
 
@@ -305,4 +306,5 @@ def resume(inv: Invocation, log: Log = print) -> dict:
     """Continue the interrupted run in inv.out with its own saved recipe, on the device, threads and workers it
     started with."""
     recipe, outputs_ = rundir.load_run_config(inv.out)
+    rundir.CLAIMED.add(inv.out)
     return run(recipe, outputs_, rundir.placed_as_before(inv.out, rundir.CONFIG_FILE, inv), log, resume=True)
