@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
-import shlex
 import sys
 from pathlib import Path
 
@@ -371,8 +370,7 @@ def resume_hint(a: argparse.Namespace) -> str:
             started = manifest.listed(out, rundir.AUDIT[split].config) and not rundir.audit_finished(out, split)
     except (ConfigError, OSError, ValueError):  # no hint from a directory it cannot read
         return ""
-    train = " --split train" if a.command == "audit" and split == "train" else ""
-    return f"; `{PROG} {a.command} --resume {shlex.quote(str(out))}{train}` continues it" if started else ""
+    return f"; `{rundir.resume_command(out, split if a.command == 'audit' else None)}` continues it" if started else ""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,6 +40,9 @@ PUBLISHED_TEST_IMAGES = 10000
 # The top-K rankings (scores.RANKINGS), named here so settings are checked without the scoring code.
 RANKING_NAMES = ("confident_wrong", "least_confident", "margin", "entropy", "ambiguity")
 SPLITS = ("test", "train")
+# Each split's limit flag, and what the messages call its images.
+LIMIT_FLAGS = {"test": "--test-limit", "train": "--train-limit"}
+IMAGES_OF = {"test": "test", "train": "training"}
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -115,6 +118,10 @@ class Recipe:
     def test_digits(self) -> int | None:
         """How many test images a run scores, when known before any data are loaded (None: user data)."""
         return self.test_limit or (PUBLISHED_TEST_IMAGES if self.published else None)
+
+    def limit(self, split: str) -> int | None:
+        """--test-limit or --train-limit, by split (SPLITS)."""
+        return self.test_limit if split == "test" else self.train_limit
 
     @property
     def train_digits(self) -> int | None:
@@ -245,8 +252,8 @@ class AuditPlan:
     def check_folds(self, images: int | None) -> None:
         """Each of the K folds must hold an image of the split (None: not known yet)."""
         if images is not None and images < 2:  # no K fits: the limit (or the data) is what is short
-            flag, word = ("--test-limit", "test") if self.split == "test" else ("--train-limit", "training")
-            raise ConfigError(f"{flag}: {images} {word} image(s) to audit; K-fold cross-validation needs 2 or more")
+            raise ConfigError(f"{LIMIT_FLAGS[self.split]}: {images} {IMAGES_OF[self.split]} image(s) to audit; K-fold "
+                              "cross-validation needs 2 or more")
         if images is not None and self.folds > images:
             raise ConfigError(f"--folds: need 2 <= K <= {images} images, got {self.folds}")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import shutil
 import tempfile
 import uuid
@@ -23,7 +24,7 @@ import numpy as np
 from filelock import Timeout
 
 from . import __version__, files, manifest
-from .config import RANKING_NAMES, AuditPlan, ConfigError, Invocation, Recipe, RunOutputs, measured_choice
+from .config import LIMIT_FLAGS, RANKING_NAMES, AuditPlan, ConfigError, Invocation, Recipe, RunOutputs, measured_choice
 
 CONFIG_FILE = "config.json"
 PROBS_FILE = "probs.npz"
@@ -233,6 +234,12 @@ def audit_finished(out: Path, split: str) -> bool:
     return started is None or manifest.listed_json(out, a.summary).get("audit_id") == started
 
 
+def resume_command(out: Path, split: str | None = None) -> str:
+    """The command that continues the run in `out` (split None), or its audit of `split`."""
+    what = "run" if split is None else "audit"
+    return f"ambiguous-digits {what} --resume {shlex.quote(str(out))}{' --split train' if split == 'train' else ''}"
+
+
 def audit_id(out: Path, split: str) -> str | None:
     """The id save_audit_config gave the audit of `split` in progress (None: one started before 0.14.1)."""
     return _read_config(out, AUDIT[split].config).get("audit_id")
@@ -402,8 +409,8 @@ def check_same_data(out: Path, ds, split: str, images: int | None = None) -> Non
     if images is not None and summary is None and run_data is not None:  # a killed run: its limit on these data
         started = run_recipe(out)
         if started is not None:  # the digits commands.common.subset takes: the first N (all where N is None)
-            held_digits = len(ds.y_test[:started.test_limit] if split == "test" else ds.y_train[:started.train_limit])
+            held_digits = len((ds.y_test if split == "test" else ds.y_train)[:started.limit(split)])
     if images is not None and held_digits is not None and held_digits != images:
-        flag = "--test-limit" if split == "test" else "--train-limit"
+        flag = LIMIT_FLAGS[split]
         raise ConfigError(f"{flag}: {out} holds a run of {held_digits} {split} digits, not this audit's "
                           f"{images}; use the run's {flag}, or give another --out")

@@ -10,8 +10,8 @@ import numpy as np
 from .. import audit, data, evidence, jobs, manifest, neighbours, outputs, rundir, scores
 from ..config import AuditPlan, ConfigError, Invocation, Recipe
 from ..ensemble import MemberPlan, train_members, where
-from .common import (Log, begin, check_classes, check_limits, environment, load, merge_neighbours, refresh_report, subset,
-                     write_images)
+from .common import (Log, begin, check_classes, check_limits, environment, load, merge_neighbours, refresh_report,
+                     subset, write_images)
 
 # How an audit's out-of-sample probabilities were made: this command's K folds, or the run's cross-fitted members.
 K_FOLD, CROSS_FIT = "k-fold", "cross-fit"
@@ -34,9 +34,8 @@ def _check_no_audit(plan: AuditPlan, inv: Invocation) -> None:
         raise ConfigError(f"--out: {table} exists; pass --force to overwrite it")
     in_progress = earlier is not None and manifest.listed(inv.out, files_.config)
     if in_progress and not inv.force and not rundir.audit_finished(inv.out, plan.split):  # its folds would go
-        train = " --split train" if plan.split == "train" else ""
-        raise ConfigError(f"--out: {inv.out} holds a {plan.split}-set audit in progress; `ambiguous-digits audit "
-                          f"--resume {inv.out}{train}` continues it, --force starts another")
+        raise ConfigError(f"--out: {inv.out} holds a {plan.split}-set audit in progress; "
+                          f"`{rundir.resume_command(inv.out, plan.split)}` continues it, --force starts another")
 
 
 def claim(recipe: Recipe, plan: AuditPlan, inv: Invocation, ds: data.Dataset, images: int) -> None:
@@ -119,7 +118,8 @@ def run_audit(recipe: Recipe, plan: AuditPlan = AuditPlan(), inv: Invocation = I
         top = write_audit(inv.out, plan.split, plan.top, table, x, names, _embeddings(inv.out, len(y_train),
                                                                                      len(y_test)), y_train)
         summary = {
-            "split": plan.split, "method": K_FOLD, "audit_id": rundir.audit_id(inv.out, plan.split), "digits": len(y), "folds": plan.folds,
+            "split": plan.split, "method": K_FOLD, "audit_id": rundir.audit_id(inv.out, plan.split),
+            "digits": len(y), "folds": plan.folds,
             "members_per_fold": recipe.members,
             "run_members_pooled": run_members,
             "cv_accuracy": float((probs.argmax(1) == y).mean()),

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import backend, data, files, manifest, outputs, report, rundir
-from ..config import ConfigError, Invocation, Recipe
+from ..config import IMAGES_OF, LIMIT_FLAGS, ConfigError, Invocation, Recipe
 from ..train import setup
 
 Log = Callable[[str], None]
@@ -69,8 +69,7 @@ def check_limits(recipe: Recipe, ds: data.Dataset) -> None:
 def check_classes(recipe: Recipe, ds: data.Dataset, splits: tuple[str, ...]) -> None:
     """Each split to be audited holds two classes or more: cleanlab ranks a label against the other classes."""
     for split in splits:
-        flag, limit, word = (("--test-limit", recipe.test_limit, "test") if split == "test" else
-                             ("--train-limit", recipe.train_limit, "training"))
+        flag, limit, word = LIMIT_FLAGS[split], recipe.limit(split), IMAGES_OF[split]
         labels = ds.y_test if split == "test" else ds.y_train
         present = np.unique(labels[:limit])
         if len(present) >= 2:

@@ -239,17 +239,21 @@ def default_data_dir(name: str = MNIST.name) -> Path:
 
     For MNIST, $AMBIGUOUS_DIGITS_DATA (when set) names the directory itself.
     """
-    if name == MNIST.name and os.environ.get("AMBIGUOUS_DIGITS_DATA"):
-        return Path(os.environ["AMBIGUOUS_DIGITS_DATA"]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache).expanduser() / "ambiguous-digits" / name
+    return _default_cache(name)[0]
 
 
 def cache_source(name: str = MNIST.name) -> str:
     """What chose default_data_dir(name), for an error about it: an environment variable, else --data-dir's default."""
+    return _default_cache(name)[1]
+
+
+def _default_cache(name: str) -> tuple[Path, str]:
+    """default_data_dir(name), and what chose it (cache_source)."""
     if name == MNIST.name and os.environ.get("AMBIGUOUS_DIGITS_DATA"):
-        return "AMBIGUOUS_DIGITS_DATA"
-    return "XDG_CACHE_HOME" if os.environ.get("XDG_CACHE_HOME") else "--data-dir"
+        return Path(os.environ["AMBIGUOUS_DIGITS_DATA"]).expanduser(), "AMBIGUOUS_DIGITS_DATA"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "ambiguous-digits" / name, "XDG_CACHE_HOME"
+    return Path.home() / ".cache" / "ambiguous-digits" / name, "--data-dir"
 
 
 def _try(spec: Published, label: str, fetch: Callable, log: Callable[[str], None]) -> dict[str, bytes] | str:
